@@ -1,0 +1,1 @@
+//! Codec helpers on real libraries (libopus, rubato, ogg).

@@ -1,0 +1,2 @@
+//! The walkie-bridge daemon: configuration, channel hubs with their floor arbiter,
+//! and (in later issues) the Matrix side, archive and store.
