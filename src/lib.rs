@@ -1,2 +1,6 @@
 //! The walkie-bridge daemon: configuration, channel hubs with their floor arbiter,
 //! and (in later issues) the Matrix side, archive and store.
+
+pub mod config;
+pub mod hub;
+pub mod registration;
