@@ -1,1 +1,9 @@
-//! Channel hubs.
+//! Channel hubs: one actor per `[[channel]]` that owns the channel's floor and
+//! routes the holder's audio to every other endpoint. The hub never knows which
+//! external system an endpoint speaks to.
+
+mod channel;
+pub mod floor;
+
+pub use channel::{AttachError, ChannelHub, HubStats};
+pub use floor::{Claimant, Decision, Floor, FloorSettings, Input};

@@ -4,3 +4,15 @@
 //! none of them.
 
 pub mod audio;
+pub mod endpoint;
+pub mod floor;
+pub mod frame;
+pub mod ids;
+
+pub use endpoint::{
+    Capabilities, Downlink, Endpoint, EndpointError, EndpointFuture, HubClosed, HubLink,
+    LinkCounters, Resource, Uplink,
+};
+pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
+pub use frame::{AudioFrame, DownFrame};
+pub use ids::{EndpointId, StreamKey, Talker, TxId};

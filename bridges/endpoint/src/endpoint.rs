@@ -1,0 +1,217 @@
+//! The seam between a channel hub and an external system.
+//!
+//! An endpoint is a task: it owns its connection and its reconnect loop, reports
+//! talks upward through a [`HubLink`] and hears floor events and the floor holder's
+//! audio back on the same link. It never sees another endpoint.
+
+use crate::floor::{FloorEvent, Priority, TalkKind};
+use crate::frame::{AudioFrame, DownFrame};
+use crate::ids::{EndpointId, StreamKey, Talker};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// What an endpoint says to its hub. `stream` separates simultaneous talkers on
+/// one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Uplink {
+    TalkStart {
+        stream: StreamKey,
+        talker: Talker,
+        priority: Priority,
+        kind: TalkKind,
+    },
+    Audio {
+        stream: StreamKey,
+        frame: AudioFrame,
+    },
+    TalkEnd {
+        stream: StreamKey,
+    },
+}
+
+/// What an endpoint hears from its hub.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Downlink {
+    Floor(FloorEvent),
+    Audio(DownFrame),
+}
+
+/// Declared by an endpoint so the hub can serve it without knowing its system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// The endpoint wants decoded 48 kHz PCM with each frame (radio, pcm16 MQTT).
+    pub needs_pcm: bool,
+    /// The endpoint never talks (the recorder).
+    pub listen_only: bool,
+}
+
+/// Something only one endpoint may own; claims are checked at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    SerialPort(PathBuf),
+    SoundCard(String),
+    Listen(std::net::SocketAddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The endpoint cannot go on and retrying will not help (bad credentials,
+    /// a device that does not exist). The message is for the operator.
+    #[error("{0}")]
+    Fatal(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type EndpointFuture = Pin<Box<dyn Future<Output = Result<(), EndpointError>> + Send>>;
+
+/// One trait for every external system. `run` returns when `shutdown` fires (after
+/// leaving its system in a safe state) or when it fails for good; reconnecting is
+/// the endpoint's own business inside `run`.
+pub trait Endpoint: Send + 'static {
+    fn id(&self) -> &EndpointId;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn resources(&self) -> Vec<Resource> {
+        Vec::new()
+    }
+
+    fn run(self: Box<Self>, link: HubLink, shutdown: CancellationToken) -> EndpointFuture;
+}
+
+/// The hub is gone (shutting down); the endpoint should wind down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the channel hub has stopped")]
+pub struct HubClosed;
+
+/// Counts what a slow or overeager endpoint lost, so it shows in logs and metrics
+/// instead of vanishing silently.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Uplink audio frames dropped because the hub's inbox was full.
+    pub uplink_dropped: AtomicU64,
+    /// Downlink audio frames skipped because this endpoint fell behind.
+    pub downlink_lagged: AtomicU64,
+}
+
+/// An endpoint's end of its connection to the channel hub.
+///
+/// Control goes both ways without loss; audio upward is `try_send` (a full hub
+/// inbox drops the frame rather than stall the endpoint's receive loop) and audio
+/// downward is a bounded ring: a slow endpoint loses its oldest frames.
+#[derive(Debug)]
+pub struct HubLink {
+    id: EndpointId,
+    uplink: mpsc::Sender<(EndpointId, Uplink)>,
+    gone: mpsc::UnboundedSender<EndpointId>,
+    control: mpsc::UnboundedReceiver<FloorEvent>,
+    audio: broadcast::Receiver<DownFrame>,
+    counters: Arc<LinkCounters>,
+}
+
+impl HubLink {
+    /// Used by the hub when it attaches an endpoint.
+    pub fn new(
+        id: EndpointId,
+        uplink: mpsc::Sender<(EndpointId, Uplink)>,
+        gone: mpsc::UnboundedSender<EndpointId>,
+        control: mpsc::UnboundedReceiver<FloorEvent>,
+        audio: broadcast::Receiver<DownFrame>,
+    ) -> Self {
+        Self {
+            id,
+            uplink,
+            gone,
+            control,
+            audio,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn id(&self) -> &EndpointId {
+        &self.id
+    }
+
+    pub fn counters(&self) -> Arc<LinkCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    pub async fn talk_start(
+        &self,
+        stream: StreamKey,
+        talker: Talker,
+        priority: Priority,
+        kind: TalkKind,
+    ) -> Result<(), HubClosed> {
+        self.send(Uplink::TalkStart {
+            stream,
+            talker,
+            priority,
+            kind,
+        })
+        .await
+    }
+
+    pub async fn talk_end(&self, stream: StreamKey) -> Result<(), HubClosed> {
+        self.send(Uplink::TalkEnd { stream }).await
+    }
+
+    /// Never waits: audio that cannot be taken now is worthless later.
+    pub fn audio(&self, stream: StreamKey, frame: AudioFrame) -> Result<(), HubClosed> {
+        match self
+            .uplink
+            .try_send((self.id.clone(), Uplink::Audio { stream, frame }))
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.uplink_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(HubClosed),
+        }
+    }
+
+    async fn send(&self, message: Uplink) -> Result<(), HubClosed> {
+        self.uplink
+            .send((self.id.clone(), message))
+            .await
+            .map_err(|_| HubClosed)
+    }
+
+    /// The next thing the hub has for this endpoint. Floor events come before audio
+    /// that was queued at the same moment, so a `Taken` is seen before its frames.
+    pub async fn recv(&mut self) -> Result<Downlink, HubClosed> {
+        loop {
+            tokio::select! {
+                biased;
+                event = self.control.recv() => {
+                    return event.map(Downlink::Floor).ok_or(HubClosed);
+                }
+                frame = self.audio.recv() => match frame {
+                    Ok(frame) => return Ok(Downlink::Audio(frame)),
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        self.counters.downlink_lagged.fetch_add(skipped, Ordering::Relaxed);
+                        tracing::debug!(endpoint = %self.id, skipped, "fell behind; oldest audio frames dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(HubClosed),
+                },
+            }
+        }
+    }
+}
+
+impl Drop for HubLink {
+    /// Tells the hub this endpoint is gone, so a floor it held is released at once
+    /// rather than after the idle timeout. Unbounded so it cannot fail for space.
+    fn drop(&mut self) {
+        let _ = self.gone.send(self.id.clone());
+    }
+}

@@ -1,0 +1,320 @@
+//! The channel actor: one task, one inbox, one floor.
+
+use super::floor::{Claimant, Decision, Floor, FloorSettings, Input};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, Uplink};
+
+/// Uplink messages waiting for the hub. Audio beyond this is dropped at the
+/// endpoint (counted there); control messages wait for room.
+const INBOX_CAPACITY: usize = 256;
+/// Frames an endpoint may fall behind before it loses the oldest: one second.
+const AUDIO_DOWNLINK_FRAMES: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("endpoint {0} is already attached to channel {1}")]
+    Duplicate(EndpointId, String),
+}
+
+/// Counters a hub keeps for metrics and tests; readable while it runs.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub frames_forwarded: AtomicU64,
+    /// Frames from someone who does not hold the floor.
+    pub frames_refused: AtomicU64,
+    pub grants: AtomicU64,
+    pub denials: AtomicU64,
+    pub releases: AtomicU64,
+}
+
+struct Attached {
+    capabilities: Capabilities,
+    control: mpsc::UnboundedSender<FloorEvent>,
+    audio: broadcast::Sender<DownFrame>,
+}
+
+/// A channel hub before it runs: attach endpoints, then [`ChannelHub::run`].
+pub struct ChannelHub {
+    name: String,
+    floor: Floor,
+    endpoints: BTreeMap<EndpointId, Attached>,
+    inbox_tx: mpsc::Sender<(EndpointId, Uplink)>,
+    inbox: mpsc::Receiver<(EndpointId, Uplink)>,
+    gone_tx: mpsc::UnboundedSender<EndpointId>,
+    gone: mpsc::UnboundedReceiver<EndpointId>,
+    stats: Arc<HubStats>,
+    metrics: HubMetrics,
+}
+
+/// Per-frame counters resolved once, so the audio path does not build label sets.
+struct HubMetrics {
+    frames_forwarded: metrics::Counter,
+    frames_refused: metrics::Counter,
+}
+
+impl HubMetrics {
+    fn new(channel: &str) -> Self {
+        Self {
+            frames_forwarded: metrics::counter!("walkie_frames_forwarded_total", "channel" => channel.to_owned()),
+            frames_refused: metrics::counter!("walkie_frames_refused_total", "channel" => channel.to_owned()),
+        }
+    }
+}
+
+impl ChannelHub {
+    pub fn new(name: impl Into<String>, settings: FloorSettings) -> Self {
+        let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (gone_tx, gone) = mpsc::unbounded_channel();
+        let name = name.into();
+        Self {
+            metrics: HubMetrics::new(&name),
+            name,
+            floor: Floor::new(settings),
+            endpoints: BTreeMap::new(),
+            inbox_tx,
+            inbox,
+            gone_tx,
+            gone,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> Arc<HubStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Connects an endpoint; the returned link is handed to its task.
+    pub fn attach(
+        &mut self,
+        id: EndpointId,
+        capabilities: Capabilities,
+    ) -> Result<HubLink, AttachError> {
+        if self.endpoints.contains_key(&id) {
+            return Err(AttachError::Duplicate(id, self.name.clone()));
+        }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (audio, audio_rx) = broadcast::channel(AUDIO_DOWNLINK_FRAMES);
+        self.endpoints.insert(
+            id.clone(),
+            Attached {
+                capabilities,
+                control,
+                audio,
+            },
+        );
+        Ok(HubLink::new(
+            id,
+            self.inbox_tx.clone(),
+            self.gone_tx.clone(),
+            control_rx,
+            audio_rx,
+        ))
+    }
+
+    /// Runs until `shutdown` fires. On the way out the floor is released and every
+    /// endpoint is told, so a keyed radio hears the release before its link closes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = info_span!("channel", channel = %self.name);
+        self.event_loop(shutdown).instrument(span).await;
+    }
+
+    async fn event_loop(mut self, shutdown: CancellationToken) {
+        info!(endpoints = self.endpoints.len(), "channel hub started");
+        loop {
+            let deadline = self.floor.next_deadline().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_some(deadline) => {
+                    self.apply(Input::Tick);
+                }
+                Some(endpoint) = self.gone.recv() => {
+                    debug!(%endpoint, "endpoint detached");
+                    self.endpoints.remove(&endpoint);
+                    self.apply(Input::EndpointGone { endpoint });
+                }
+                Some((endpoint, uplink)) = self.inbox.recv() => self.on_uplink(endpoint, uplink),
+            }
+        }
+        self.apply(Input::Shutdown);
+        info!("channel hub stopped");
+    }
+
+    fn on_uplink(&mut self, endpoint: EndpointId, uplink: Uplink) {
+        // Messages still in the inbox from an endpoint already detached must not
+        // revive it: a grant to a ghost would hold the floor until the idle timeout.
+        if !self.endpoints.contains_key(&endpoint) {
+            return;
+        }
+        match uplink {
+            Uplink::TalkStart {
+                stream,
+                talker,
+                priority,
+                kind,
+            } => self.apply(Input::Request {
+                who: Claimant { endpoint, stream },
+                talker,
+                priority,
+                kind,
+            }),
+            Uplink::Audio { stream, frame } => {
+                let who = Claimant { endpoint, stream };
+                match self.floor.audio(Instant::now().into_std(), &who) {
+                    Some(tx) => self.forward(&who.endpoint, DownFrame { tx, frame }),
+                    None => {
+                        self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.frames_refused.increment(1);
+                    }
+                }
+            }
+            Uplink::TalkEnd { stream } => self.apply(Input::Done {
+                who: Claimant { endpoint, stream },
+            }),
+        }
+    }
+
+    /// The holder's frame to every other endpoint, never back to its source.
+    fn forward(&mut self, source: &EndpointId, frame: DownFrame) {
+        for (id, attached) in &self.endpoints {
+            if id != source {
+                // A send error only means the endpoint has no receiver right now
+                // (it is being torn down); its `gone` notice is on the way.
+                let _ = attached.audio.send(frame.clone());
+            }
+        }
+        self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
+        self.metrics.frames_forwarded.increment(1);
+    }
+
+    fn apply(&mut self, input: Input) {
+        let decisions = self.floor.handle(Instant::now().into_std(), input);
+        for decision in decisions {
+            self.announce(decision);
+        }
+    }
+
+    fn announce(&mut self, decision: Decision) {
+        let kind = decision_kind(&decision);
+        metrics::counter!("walkie_floor_decisions_total", "channel" => self.name.clone(), "decision" => kind)
+            .increment(1);
+        match decision {
+            Decision::Granted {
+                who,
+                tx,
+                talker,
+                priority,
+            } => {
+                info!(endpoint = %who.endpoint, stream = %who.stream, %tx, talker = %talker, ?priority, "floor granted");
+                self.stats.grants.fetch_add(1, Ordering::Relaxed);
+                self.tell(
+                    &who.endpoint,
+                    FloorEvent::Granted {
+                        stream: who.stream,
+                        tx,
+                    },
+                );
+                let taken = FloorEvent::Taken {
+                    tx,
+                    talker,
+                    source: who.endpoint.clone(),
+                    priority,
+                };
+                self.tell_all_but(&who.endpoint, &taken);
+            }
+            Decision::Denied {
+                who,
+                reason,
+                holder,
+            } => {
+                info!(endpoint = %who.endpoint, stream = %who.stream, %reason, "floor denied");
+                self.stats.denials.fetch_add(1, Ordering::Relaxed);
+                self.tell(
+                    &who.endpoint,
+                    FloorEvent::Denied {
+                        stream: who.stream,
+                        reason,
+                        holder,
+                    },
+                );
+            }
+            Decision::Queued { who, position } => {
+                info!(endpoint = %who.endpoint, stream = %who.stream, position, "floor request queued");
+                self.tell(
+                    &who.endpoint,
+                    FloorEvent::Queued {
+                        stream: who.stream,
+                        position,
+                    },
+                );
+            }
+            Decision::Dequeued { who } => {
+                debug!(endpoint = %who.endpoint, stream = %who.stream, "floor request withdrawn");
+            }
+            Decision::Released { who, tx, reason } => {
+                info!(endpoint = %who.endpoint, stream = %who.stream, %tx, %reason, "floor released");
+                self.stats.releases.fetch_add(1, Ordering::Relaxed);
+                self.tell_all(&FloorEvent::Released { tx, reason });
+            }
+            Decision::Idle => {
+                debug!("floor idle");
+                self.tell_all(&FloorEvent::Idle);
+            }
+        }
+    }
+
+    fn tell(&self, endpoint: &EndpointId, event: FloorEvent) {
+        if let Some(attached) = self.endpoints.get(endpoint) {
+            if attached.control.send(event).is_err() {
+                warn!(%endpoint, "endpoint no longer listens for floor events");
+            }
+        }
+    }
+
+    fn tell_all(&self, event: &FloorEvent) {
+        for id in self.endpoints.keys() {
+            self.tell(id, event.clone());
+        }
+    }
+
+    fn tell_all_but(&self, except: &EndpointId, event: &FloorEvent) {
+        for id in self.endpoints.keys().filter(|id| *id != except) {
+            self.tell(id, event.clone());
+        }
+    }
+
+    #[allow(dead_code)]
+    fn needs_pcm(&self, except: &EndpointId) -> bool {
+        self.endpoints
+            .iter()
+            .any(|(id, a)| id != except && a.capabilities.needs_pcm)
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn decision_kind(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Granted { .. } => "granted",
+        Decision::Denied { .. } => "denied",
+        Decision::Queued { .. } => "queued",
+        Decision::Dequeued { .. } => "dequeued",
+        Decision::Released { .. } => "released",
+        Decision::Idle => "idle",
+    }
+}
