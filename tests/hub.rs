@@ -1,0 +1,333 @@
+//! The channel hub as a running actor: what each endpoint hears, in what order, and
+//! that audio goes to everyone but its source. Endpoints here are bare `HubLink`s,
+//! which is exactly what an endpoint task holds.
+
+use std::time::Duration;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use walkie_bridge::hub::{ChannelHub, FloorSettings};
+use walkie_endpoint::{
+    AudioFrame, Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, ReleaseReason,
+    StreamKey, TalkKind, Talker,
+};
+
+/// Long enough for any event on a loaded CI machine, short enough to fail fast.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn settings() -> FloorSettings {
+    FloorSettings {
+        max_talk: Duration::from_secs(60),
+        idle_release: Duration::from_millis(1500),
+        hang: Duration::ZERO,
+        queue: true,
+        queue_max: 10,
+    }
+}
+
+struct Running {
+    links: Vec<HubLink>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    stats: std::sync::Arc<walkie_bridge::hub::HubStats>,
+}
+
+fn start(settings: FloorSettings, names: &[&str]) -> Running {
+    let mut hub = ChannelHub::new("test", settings);
+    let links = names
+        .iter()
+        .map(|name| hub.attach(EndpointId::new(*name), Capabilities::default()))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("distinct endpoint names attach");
+    let stats = hub.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(hub.run(shutdown.clone()));
+    Running {
+        links,
+        shutdown,
+        task,
+        stats,
+    }
+}
+
+async fn next(link: &mut HubLink) -> Downlink {
+    timeout(WAIT, link.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{} heard nothing within {WAIT:?}", link.id()))
+        .expect("hub still running")
+}
+
+async fn next_floor(link: &mut HubLink) -> FloorEvent {
+    match next(link).await {
+        Downlink::Floor(event) => event,
+        Downlink::Audio(frame) => panic!("{} expected a floor event, got audio {frame:?}", link.id()),
+    }
+}
+
+fn talker(name: &str) -> Talker {
+    Talker::new(name, format!("{name} (Test)"))
+}
+
+async fn request(link: &HubLink, stream: u64, name: &str, priority: Priority) {
+    link.talk_start(StreamKey(stream), talker(name), priority, TalkKind::Live)
+        .await
+        .expect("hub running");
+}
+
+#[tokio::test]
+async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        stats,
+    } = start(settings(), &["test.a", "test.b", "test.c"]);
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
+        panic!("alice was not granted");
+    };
+    for link in &mut links[1..] {
+        match next_floor(link).await {
+            FloorEvent::Taken {
+                tx: taken, talker, source, ..
+            } => {
+                assert_eq!(taken, tx);
+                assert_eq!(talker.name, "alice");
+                assert_eq!(source.as_str(), "test.a");
+            }
+            other => panic!("expected Taken, got {other:?}"),
+        }
+    }
+    for seq in 0..5u32 {
+        links[0]
+            .audio(StreamKey(1), AudioFrame::opus(seq, vec![seq as u8; 3]))
+            .expect("hub running");
+    }
+    for link in &mut links[1..] {
+        for seq in 0..5u32 {
+            match next(link).await {
+                Downlink::Audio(frame) => {
+                    assert_eq!(frame.tx, tx);
+                    assert_eq!(frame.frame.seq, seq);
+                    assert_eq!(frame.frame.opus.as_ref(), &[seq as u8; 3]);
+                }
+                other => panic!("expected audio, got {other:?}"),
+            }
+        }
+    }
+    links[0].talk_end(StreamKey(1)).await.expect("hub running");
+    // The source hears its own release and the idle floor, but none of its frames.
+    assert_eq!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released {
+            tx,
+            reason: ReleaseReason::TalkerDone
+        }
+    );
+    assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
+    for link in &mut links[1..] {
+        assert_eq!(
+            next_floor(link).await,
+            FloorEvent::Released {
+                tx,
+                reason: ReleaseReason::TalkerDone
+            }
+        );
+        assert_eq!(next_floor(link).await, FloorEvent::Idle);
+    }
+    assert_eq!(stats.frames_forwarded.load(std::sync::atomic::Ordering::Relaxed), 5);
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+}
+
+#[tokio::test]
+async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        stats,
+    } = start(settings(), &["test.a", "test.b", "test.c"]);
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    let FloorEvent::Granted { tx: first, .. } = next_floor(&mut links[0]).await else {
+        panic!("alice was not granted");
+    };
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(next_floor(&mut links[2]).await, FloorEvent::Taken { .. }));
+
+    request(&links[1], 7, "bob", Priority::Normal).await;
+    assert_eq!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Queued {
+            stream: StreamKey(7),
+            position: 1
+        }
+    );
+    // Bob talks over alice anyway: nobody may hear it.
+    links[1]
+        .audio(StreamKey(7), AudioFrame::opus(0, vec![0xbb]))
+        .expect("hub running");
+    // A frame from the holder afterwards proves the hub processed bob's frame first.
+    links[0]
+        .audio(StreamKey(1), AudioFrame::opus(0, vec![0xaa]))
+        .expect("hub running");
+    for link in &mut links[1..] {
+        match next(link).await {
+            Downlink::Audio(frame) => assert_eq!(frame.frame.opus.as_ref(), &[0xaa]),
+            other => panic!("expected alice's frame, got {other:?}"),
+        }
+    }
+    assert_eq!(stats.frames_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    links[0].talk_end(StreamKey(1)).await.expect("hub running");
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Released { tx, .. } if tx == first
+    ));
+    let FloorEvent::Granted { stream, tx: second } = next_floor(&mut links[1]).await else {
+        panic!("bob was not granted after alice");
+    };
+    assert_eq!(stream, StreamKey(7));
+    assert_ne!(second, first);
+    assert!(matches!(next_floor(&mut links[0]).await, FloorEvent::Released { .. }));
+    match next_floor(&mut links[0]).await {
+        FloorEvent::Taken { tx, talker, .. } => {
+            assert_eq!(tx, second);
+            assert_eq!(talker.name, "bob");
+        }
+        other => panic!("expected bob's Taken, got {other:?}"),
+    }
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+}
+
+#[tokio::test]
+async fn silence_releases_the_floor_after_idle_release() {
+    let idle = Duration::from_millis(200);
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(
+        FloorSettings {
+            idle_release: idle,
+            ..settings()
+        },
+        &["test.a", "test.b"],
+    );
+    let started = tokio::time::Instant::now();
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
+        panic!("alice was not granted");
+    };
+    // No audio and no talk end: a client that died holding the button.
+    assert_eq!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released {
+            tx,
+            reason: ReleaseReason::IdleTimeout
+        }
+    );
+    assert!(started.elapsed() >= idle, "released before idle_release_ms");
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Released {
+            reason: ReleaseReason::IdleTimeout,
+            ..
+        }
+    ));
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+}
+
+#[tokio::test]
+async fn an_emergency_revokes_the_holder_at_once() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.b"]);
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
+        panic!("alice was not granted");
+    };
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    request(&links[1], 2, "rescue", Priority::Emergency).await;
+    assert_eq!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released {
+            tx,
+            reason: ReleaseReason::Revoked
+        }
+    );
+    match next_floor(&mut links[0]).await {
+        FloorEvent::Taken {
+            talker, priority, ..
+        } => {
+            assert_eq!(talker.name, "rescue");
+            assert_eq!(priority, Priority::Emergency);
+        }
+        other => panic!("expected the emergency's Taken, got {other:?}"),
+    }
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Released { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Granted { stream: StreamKey(2), .. }
+    ));
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_goes_away_frees_the_floor_at_once() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.b"]);
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    assert!(matches!(next_floor(&mut links[0]).await, FloorEvent::Granted { .. }));
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    // The endpoint task ended: its link is dropped.
+    drop(links.remove(0));
+    assert!(matches!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released {
+            reason: ReleaseReason::EndpointGone,
+            ..
+        }
+    ));
+    assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_endpoint_the_floor_is_released() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.b"]);
+    request(&links[0], 1, "alice", Priority::Normal).await;
+    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
+        panic!("alice was not granted");
+    };
+    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    shutdown.cancel();
+    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    // A keyed radio must hear this before its link closes.
+    for link in &mut links {
+        assert_eq!(
+            next_floor(link).await,
+            FloorEvent::Released {
+                tx,
+                reason: ReleaseReason::Shutdown
+            }
+        );
+    }
+}
