@@ -14,7 +14,11 @@ pub struct AudioFrame {
     /// Sender's sequence number, per stream; a gap means frames were lost.
     pub seq: u32,
     pub opus: Bytes,
-    /// 48 kHz mono samples of `opus`, when decoded.
+    /// 48 kHz mono samples of `opus`, when decoded. On the way down to an endpoint
+    /// that needs PCM this may be longer than one frame: concealment for frames lost
+    /// just before is put in front, so playing `pcm` back to back keeps the talker's
+    /// timing. A frame that came late (its slot already concealed) carries `None`
+    /// and is to be skipped by PCM consumers.
     pub pcm: Option<Arc<[i16]>>,
 }
 
