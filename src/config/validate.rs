@@ -912,3 +912,116 @@ fn channels(r: &mut Report, raw: Vec<RawChannel>, endpoints: &Endpoints) -> Vec<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    const BASE: &str = r#"
+[homeserver]
+url = "https://matrix.example.org"
+domain = "example.org"
+
+[appservice]
+listen = "[::1]:29333"
+id = "walkie"
+as_token = "a"
+hs_token = "b"
+bot_localpart = "walkie"
+puppet_prefix = "walkie_"
+"#;
+
+    fn errors(extra: &str) -> Vec<String> {
+        let text = format!("{BASE}{extra}");
+        match Config::from_toml_str(&text, "config/example.toml", [("", ""); 0]) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn display_names_file_key_and_reason() {
+        let errs = errors(
+            "[[channel]]\nname = \"ops\"\nroom = \"#ops:example.org\"\nendpoints = [\"mqtt.lobby\"]\n",
+        );
+        assert_eq!(
+            errs,
+            ["config/example.toml: channel[0].endpoints[0]: no endpoint \"mqtt.lobby\" is configured"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_endpoint_is_not_also_reported_as_missing() {
+        let errs = errors(
+            "[[channel]]\nname = \"ops\"\nroom = \"#ops:example.org\"\nendpoints = [\"mumble.ops\"]\n\
+             [mumble.ops]\nserver = \"nohost\"\nchannel = \"Ops\"\nusername = \"w\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("mumble.ops.server"), "{errs:?}");
+    }
+
+    #[test]
+    fn registration_url_follows_listen_with_ipv6() {
+        let text = format!("{BASE}[[channel]]\nname = \"x\"\nroom = \"!r\"\n");
+        let (config, warnings) = Config::from_toml_str(&text, "t.toml", [("", ""); 0]).unwrap();
+        assert_eq!(config.appservice.url.as_str(), "http://[::1]:29333/");
+        // The channel without endpoints is legal, but worth a word.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "channel[0].endpoints");
+    }
+
+    #[test]
+    fn rigctld_is_required_exactly_when_used() {
+        let radio = |extra: &str| {
+            errors(&format!(
+                "[[channel]]\nname = \"x\"\nroom = \"!r\"\nendpoints = [\"radio.r\"]\n\
+                 [radio.r]\n{extra}\n"
+            ))
+        };
+        assert!(radio("ptt = \"rigctld\"\nrigctld = \"127.0.0.1:4532\"").is_empty());
+        assert!(
+            radio("ptt = \"none\"\ncos = \"rigctld\"\nrigctld = \"localhost:4532\"").is_empty()
+        );
+        assert!(radio("ptt = \"none\"\ncos = \"rigctld\"")[0]
+            .contains("radio.r.rigctld: is required when cos"));
+        assert!(radio("port = \"/dev/x\"\nrigctld = \"localhost:4532\"")[0]
+            .contains("neither ptt nor cos"));
+        assert!(radio("ptt = \"dtr\"")[0].contains("radio.r.port: is required when ptt = \"dtr\""));
+    }
+
+    #[test]
+    fn mqtt_endpoints_on_one_broker_must_not_collide() {
+        let errs = errors(
+            "[mqtt.a]\nbroker = \"mqtt://b\"\nprefix = \"p\"\nclient_id = \"c\"\n\
+             [mqtt.b]\nbroker = \"mqtt://b:1883\"\nprefix = \"p\"\nclient_id = \"c\"\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("mqtt.b.client_id")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("mqtt.b.prefix")), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_prefixes_and_brokers() {
+        for (extra, expect) in [
+            ("broker = \"mqtt://b\"\nprefix = \"a/#\"", "wildcard"),
+            (
+                "broker = \"mqtt://b\"\nprefix = \"/a\"",
+                "must not start or end",
+            ),
+            ("broker = \"mqtt://u:p@b\"\nprefix = \"a\"", "credentials"),
+            (
+                "broker = \"tcp://b\"\nprefix = \"a\"",
+                "mqtt:// or mqtts://",
+            ),
+            (
+                "broker = \"mqtts://b\"\nprefix = \"a\"\nkeep_alive_s = 1",
+                "keep_alive_s",
+            ),
+        ] {
+            let errs = errors(&format!("[mqtt.a]\n{extra}\n"));
+            assert!(errs.iter().any(|e| e.contains(expect)), "{extra}: {errs:?}");
+        }
+    }
+}
