@@ -2,5 +2,6 @@
 //! and (in later issues) the Matrix side, archive and store.
 
 pub mod config;
+pub mod daemon;
 pub mod hub;
 pub mod registration;

@@ -1,1 +1,249 @@
-//! Configuration: typed schema, loading and validation.
+//! Configuration: the TOML file of DESIGN.md §6 plus `WALKIE__…` environment
+//! overrides, checked as a whole before anything starts.
+//!
+//! [`Config::load`] reads, deserializes (naming the full key path of a bad value)
+//! and validates, collecting every problem it can find into [`ConfigErrors`].
+//! Findings that do not stop the bridge come back as [`Warning`]s.
+
+mod error;
+mod load;
+mod schema;
+mod types;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors, Warning};
+pub use load::{DEFAULT_PATH, ENV_PREFIX, ENV_SEPARATOR};
+pub use schema::STATE_DIR;
+pub use types::{
+    Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, UserGlob,
+};
+pub use url::Url;
+
+use crate::hub::FloorSettings;
+
+/// The whole, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub homeserver: HomeserverConfig,
+    pub appservice: AppserviceConfig,
+    pub database: DatabaseConfig,
+    pub floor: FloorConfig,
+    pub archive: ArchiveConfig,
+    pub logging: LoggingConfig,
+    /// In file order.
+    pub channels: Vec<ChannelConfig>,
+    /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
+    pub endpoints: BTreeMap<EndpointId, EndpointSpec>,
+}
+
+impl Config {
+    pub fn endpoint(&self, id: &EndpointId) -> Option<&EndpointSpec> {
+        self.endpoints.get(id)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HomeserverConfig {
+    /// Client-server API base, `http://` or `https://`.
+    pub url: Url,
+    /// The server name in user IDs (`@walkie:<domain>`).
+    pub domain: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppserviceConfig {
+    /// Where the bridge serves the appservice API (and the live-talk page).
+    pub listen: SocketAddr,
+    /// How the homeserver reaches `listen`; `http://<listen>` unless configured.
+    pub url: Url,
+    pub id: String,
+    /// Sent by the bridge to the homeserver.
+    pub as_token: Secret,
+    /// Sent by the homeserver to the bridge.
+    pub hs_token: Secret,
+    pub bot_localpart: String,
+    pub puppet_prefix: String,
+}
+
+impl AppserviceConfig {
+    pub fn bot_user_id(&self, domain: &str) -> String {
+        format!("@{}:{}", self.bot_localpart, domain)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`, as sqlx takes it.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloorConfig {
+    pub max_talk: Duration,
+    pub idle_release: Duration,
+    pub hang: Duration,
+    pub queue: bool,
+    pub queue_max: usize,
+}
+
+impl FloorConfig {
+    /// The arbiter's settings for a channel hub.
+    pub fn settings(&self) -> FloorSettings {
+        FloorSettings {
+            max_talk: self.max_talk,
+            idle_release: self.idle_release,
+            hang: self.hang,
+            queue: self.queue,
+            queue_max: self.queue_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ArchiveConfig {
+    /// Finished recordings wait here until the homeserver has accepted them.
+    pub spool_dir: PathBuf,
+    /// Shorter transmissions (kerchunks, key clicks) are not archived.
+    pub min_archive: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoggingConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub room: RoomRef,
+    pub endpoints: Vec<EndpointId>,
+}
+
+/// One endpoint's settings; the variant is the `kind` of its address.
+#[derive(Clone, Debug)]
+pub enum EndpointSpec {
+    Mumble(MumbleConfig),
+    Mqtt(MqttConfig),
+    Radio(RadioConfig),
+}
+
+impl EndpointSpec {
+    pub fn kind(&self) -> EndpointKind {
+        match self {
+            Self::Mumble(_) => EndpointKind::Mumble,
+            Self::Mqtt(_) => EndpointKind::Mqtt,
+            Self::Radio(_) => EndpointKind::Radio,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MumbleConfig {
+    pub server: HostPort,
+    /// Channel to join, by name.
+    pub channel: String,
+    pub username: String,
+    pub password: Option<Secret>,
+    /// Both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub accept_invalid_cert: bool,
+    /// Post "<talker> is talking" text messages in the Mumble channel.
+    pub announce_talker: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    pub broker: Broker,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra CA certificate for an `mqtts://` broker.
+    pub ca_file: Option<PathBuf>,
+    /// `walkie-bridge-<name>` is a sensible choice when unset.
+    pub client_id: Option<String>,
+    pub keep_alive: Duration,
+    /// Topic prefix without a trailing `/`.
+    pub prefix: String,
+    pub payload: Payload,
+    pub ha_discovery: bool,
+}
+
+/// An MQTT broker address from an `mqtt://` or `mqtts://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    pub tls: bool,
+    pub host: String,
+    /// 1883 or 8883 unless the URL names one.
+    pub port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct RadioConfig {
+    /// Serial device; only absent when neither PTT nor COS uses a serial line.
+    pub port: Option<PathBuf>,
+    pub ptt: Ptt,
+    pub ptt_invert: bool,
+    /// Present exactly when `ptt` or `cos` is rigctld.
+    pub rigctld: Option<HostPort>,
+    pub cos: Cos,
+    pub audio_in: String,
+    pub audio_out: String,
+    pub tx_delay: Duration,
+    pub ptt_hang: Duration,
+    pub tx_timeout: Duration,
+    pub vox: VoxConfig,
+    /// Uppercase; when set, sent in Morse every `id_interval` while transmitting.
+    pub callsign: Option<String>,
+    pub id_interval: Duration,
+    /// Received audio is ignored this long after unkeying (our own tail).
+    pub rx_mute_after_tx: Duration,
+    /// Empty means anyone allowed by the room's opt-in may key the radio, unless
+    /// `transmit_min_power_level` is set.
+    pub transmit_allow: Vec<UserGlob>,
+    pub transmit_min_power_level: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoxConfig {
+    pub threshold_dbfs: f64,
+    pub attack: Duration,
+    pub hang: Duration,
+}
+
+impl RadioConfig {
+    /// What this radio holds exclusively; two radios may not share any of these.
+    pub fn resources(&self) -> Vec<Resource> {
+        let mut out = Vec::new();
+        if let Some(port) = &self.port {
+            out.push(Resource::SerialPort(port.clone()));
+        }
+        out.push(Resource::AudioIn(self.audio_in.clone()));
+        out.push(Resource::AudioOut(self.audio_out.clone()));
+        if let Some(rig) = &self.rigctld {
+            out.push(Resource::Rigctld(rig.clone()));
+        }
+        out
+    }
+}
+
+/// Something only one endpoint can own at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    SerialPort(PathBuf),
+    /// ALSA capture device name.
+    AudioIn(String),
+    /// ALSA playback device name.
+    AudioOut(String),
+    /// One rigctld drives one rig.
+    Rigctld(HostPort),
+}

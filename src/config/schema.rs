@@ -1,0 +1,225 @@
+//! The file as written: serde structs that mirror the TOML one to one, with the
+//! defaults of DESIGN.md. Addresses, names and ranges stay unchecked here; the
+//! validator turns these into the typed [`super::Config`] and reports every problem
+//! at once, which a failing `Deserialize` could not.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::types::{Cos, Payload, Ptt, Secret};
+
+/// Where systemd's `StateDirectory=walkie-bridge` puts the service's state.
+pub const STATE_DIR: &str = "/var/lib/walkie-bridge";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub homeserver: RawHomeserver,
+    pub appservice: RawAppservice,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub floor: RawFloor,
+    #[serde(default)]
+    pub archive: RawArchive,
+    #[serde(default)]
+    pub logging: RawLogging,
+    #[serde(default)]
+    pub channel: Vec<RawChannel>,
+    #[serde(default)]
+    pub mumble: BTreeMap<String, RawMumble>,
+    #[serde(default)]
+    pub mqtt: BTreeMap<String, RawMqtt>,
+    #[serde(default)]
+    pub radio: BTreeMap<String, RawRadio>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHomeserver {
+    pub url: String,
+    pub domain: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAppservice {
+    pub listen: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    pub id: String,
+    #[serde(default)]
+    pub as_token: Secret,
+    #[serde(default)]
+    pub hs_token: Secret,
+    pub bot_localpart: String,
+    pub puppet_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDatabase {
+    pub url: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: format!("sqlite://{STATE_DIR}/walkie.db"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawFloor {
+    pub max_talk_s: u64,
+    pub idle_release_ms: u64,
+    pub hang_ms: u64,
+    pub queue: bool,
+    pub queue_max: u64,
+}
+
+impl Default for RawFloor {
+    fn default() -> Self {
+        Self {
+            max_talk_s: 60,
+            idle_release_ms: 1500,
+            hang_ms: 300,
+            queue: true,
+            queue_max: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawArchive {
+    pub spool_dir: PathBuf,
+    pub min_archive_ms: u64,
+}
+
+impl Default for RawArchive {
+    fn default() -> Self {
+        Self {
+            spool_dir: PathBuf::from(STATE_DIR).join("spool"),
+            min_archive_ms: 300,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLogging {
+    pub level: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawChannel {
+    pub name: String,
+    pub room: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMumble {
+    pub server: String,
+    pub channel: String,
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub accept_invalid_cert: bool,
+    #[serde(default)]
+    pub announce_talker: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMqtt {
+    pub broker: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    pub prefix: String,
+    #[serde(default)]
+    pub payload: Payload,
+    #[serde(default)]
+    pub ha_discovery: bool,
+}
+
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRadio {
+    pub port: Option<PathBuf>,
+    pub ptt: Ptt,
+    pub ptt_invert: bool,
+    pub rigctld: Option<String>,
+    pub cos: Cos,
+    pub audio_in: String,
+    pub audio_out: String,
+    pub tx_delay_ms: u64,
+    pub ptt_hang_ms: u64,
+    pub tx_timeout_s: u64,
+    pub vox_threshold_dbfs: f64,
+    pub vox_attack_ms: u64,
+    pub vox_hang_ms: u64,
+    pub callsign: Option<String>,
+    pub id_interval_s: u64,
+    pub rx_mute_after_tx_ms: u64,
+    pub transmit_allow: Vec<String>,
+    pub transmit_min_power_level: Option<i64>,
+}
+
+impl Default for RawRadio {
+    fn default() -> Self {
+        Self {
+            port: None,
+            ptt: Ptt::Rts,
+            ptt_invert: false,
+            rigctld: None,
+            cos: Cos::Vox,
+            audio_in: "default".into(),
+            audio_out: "default".into(),
+            tx_delay_ms: 150,
+            ptt_hang_ms: 200,
+            tx_timeout_s: 180,
+            vox_threshold_dbfs: -40.0,
+            vox_attack_ms: 40,
+            vox_hang_ms: 800,
+            callsign: None,
+            id_interval_s: 600,
+            rx_mute_after_tx_ms: 500,
+            transmit_allow: Vec::new(),
+            transmit_min_power_level: None,
+        }
+    }
+}

@@ -1,0 +1,1027 @@
+//! Raw file → typed [`Config`], collecting every error instead of stopping at the
+//! first, so one `check-config` run shows everything there is to fix.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use super::error::{ConfigError, Warning};
+use super::schema::{
+    RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
+    RawLogging, RawMqtt, RawMumble, RawRadio,
+};
+use super::types::{check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, UserGlob};
+use super::{
+    AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
+    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LoggingConfig, MqttConfig,
+    MumbleConfig, RadioConfig, Resource, VoxConfig,
+};
+
+/// Endpoint tables as found: `declared` includes those that failed validation, so a
+/// channel naming one is not told it does not exist.
+#[derive(Default)]
+struct Endpoints {
+    declared: BTreeSet<EndpointId>,
+    valid: BTreeMap<EndpointId, EndpointSpec>,
+}
+
+struct Report<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+    warnings: Vec<Warning>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            key: Some(key.into()),
+            reason: reason.into(),
+        });
+    }
+
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Records a failed parse under `key`; `None` then stands for "already reported".
+    fn check<T>(&mut self, key: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        result.map_err(|reason| self.error(key, reason)).ok()
+    }
+
+    fn in_range(&mut self, key: &str, value: u64, range: RangeInclusive<u64>, unit: &str) -> u64 {
+        if !range.contains(&value) {
+            let why = if value == 0 {
+                "must not be 0".to_owned()
+            } else {
+                format!("{value} {unit} is out of range")
+            };
+            self.error(
+                key,
+                format!("{why}: expected {}..={} {unit}", range.start(), range.end()),
+            );
+        }
+        value
+    }
+
+    fn millis(&mut self, key: &str, value: u64, range: RangeInclusive<u64>) -> Duration {
+        Duration::from_millis(self.in_range(key, value, range, "ms"))
+    }
+
+    fn secs(&mut self, key: &str, value: u64, range: RangeInclusive<u64>) -> Duration {
+        Duration::from_secs(self.in_range(key, value, range, "s"))
+    }
+
+    fn non_empty(&mut self, key: &str, value: &str) {
+        if value.trim().is_empty() {
+            self.error(key, "must not be empty");
+        }
+    }
+}
+
+pub(crate) fn validate(
+    raw: RawConfig,
+    file: &Path,
+) -> Result<(Config, Vec<Warning>), Vec<ConfigError>> {
+    let mut r = Report {
+        file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    let homeserver = homeserver(&mut r, raw.homeserver);
+    let appservice = appservice(&mut r, raw.appservice);
+    let database = database(&mut r, raw.database);
+    let floor = floor(&mut r, raw.floor);
+    let archive = archive(&mut r, raw.archive);
+    let logging = logging(&mut r, raw.logging);
+
+    let mut endpoints = Endpoints::default();
+    for (name, m) in raw.mumble {
+        endpoint(
+            &mut r,
+            &mut endpoints,
+            EndpointKind::Mumble,
+            name,
+            |r, key| mumble(r, key, m).map(EndpointSpec::Mumble),
+        );
+    }
+    let mut brokers = MqttClaims::default();
+    for (name, m) in raw.mqtt {
+        endpoint(
+            &mut r,
+            &mut endpoints,
+            EndpointKind::Mqtt,
+            name,
+            |r, key| mqtt(r, key, m, &mut brokers).map(EndpointSpec::Mqtt),
+        );
+    }
+    let mut claims = HashMap::new();
+    for (name, radio_raw) in raw.radio {
+        endpoint(
+            &mut r,
+            &mut endpoints,
+            EndpointKind::Radio,
+            name,
+            |r, key| {
+                let radio = radio(r, key, radio_raw)?;
+                claim_resources(r, key, &radio, &mut claims);
+                if let Some(floor) = &floor {
+                    if radio.tx_timeout < floor.max_talk {
+                        r.warn(
+                            format!("{key}.tx_timeout_s"),
+                            format!(
+                                "{} s is shorter than floor.max_talk_s ({} s): long transmissions \
+                             will be cut off on the radio before the floor ends them",
+                                radio.tx_timeout.as_secs(),
+                                floor.max_talk.as_secs()
+                            ),
+                        );
+                    }
+                }
+                Some(EndpointSpec::Radio(radio))
+            },
+        );
+    }
+
+    let channels = channels(&mut r, raw.channel, &endpoints);
+
+    match (homeserver, appservice, database, floor, archive, logging) {
+        (
+            Some(homeserver),
+            Some(appservice),
+            Some(database),
+            Some(floor),
+            Some(archive),
+            Some(logging),
+        ) if r.errors.is_empty() => {
+            let config = Config {
+                homeserver,
+                appservice,
+                database,
+                floor,
+                archive,
+                logging,
+                channels,
+                endpoints: endpoints.valid,
+            };
+            Ok((config, r.warnings))
+        }
+        _ => {
+            if r.errors.is_empty() {
+                // A section came back empty without saying why: a validator bug, but
+                // the user still deserves an answer rather than a panic.
+                r.errors.push(ConfigError {
+                    file: file.to_owned(),
+                    key: None,
+                    reason: "the configuration could not be validated (internal error)".into(),
+                });
+            }
+            Err(r.errors)
+        }
+    }
+}
+
+fn http_url(key: &str, s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{s:?}: the scheme must be http or https, not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{key} must not contain credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{s:?} must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn homeserver(r: &mut Report, raw: RawHomeserver) -> Option<HomeserverConfig> {
+    let url = r.check("homeserver.url", http_url("homeserver.url", &raw.url));
+    let domain = r.check(
+        "homeserver.domain",
+        check_server_name(&raw.domain).map(|()| raw.domain.clone()),
+    );
+    Some(HomeserverConfig {
+        url: url?,
+        domain: domain?,
+    })
+}
+
+/// Localparts of new Matrix user IDs: lowercase letters, digits and `._=-/+`.
+fn check_localpart(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/+".contains(*c)))
+    {
+        Some(c) => Err(format!(
+            "{s:?} contains {c:?}; a Matrix localpart may only contain a-z, 0-9 and ._=-/+"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn appservice(r: &mut Report, raw: RawAppservice) -> Option<AppserviceConfig> {
+    let listen = r.check(
+        "appservice.listen",
+        raw.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not a socket address: expected IP:port, e.g. \"127.0.0.1:29333\"",
+                raw.listen
+            )
+        }),
+    );
+    let url = match (&raw.url, listen) {
+        (Some(url), _) => r.check("appservice.url", http_url("appservice.url", url)),
+        (None, Some(listen)) => {
+            if listen.ip().is_unspecified() {
+                r.warn(
+                    "appservice.listen",
+                    format!(
+                        "{listen} listens on every address; set appservice.url to the \
+                         address the homeserver should use (the registration says http://{listen})"
+                    ),
+                );
+            }
+            r.check(
+                "appservice.listen",
+                Url::parse(&format!("http://{listen}")).map_err(|e| e.to_string()),
+            )
+        }
+        (None, None) => None,
+    };
+
+    if raw.id.trim().is_empty() || raw.id.chars().any(char::is_whitespace) {
+        r.error(
+            "appservice.id",
+            "must be non-empty and contain no whitespace",
+        );
+    }
+    for (key, token) in [
+        ("appservice.as_token", &raw.as_token),
+        ("appservice.hs_token", &raw.hs_token),
+    ] {
+        if token.is_empty() {
+            r.error(
+                key,
+                "is missing or empty: set a long random value (e.g. `openssl rand -hex 32`)",
+            );
+        } else if token
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            r.error(key, "must not contain whitespace or control characters");
+        }
+    }
+    if !raw.as_token.is_empty() && raw.as_token == raw.hs_token {
+        r.error(
+            "appservice.hs_token",
+            "must differ from as_token: with equal tokens anyone who learns one can \
+             impersonate both the homeserver and the bridge",
+        );
+    }
+    if let Err(reason) = check_localpart(&raw.bot_localpart) {
+        r.error("appservice.bot_localpart", reason);
+    }
+    match check_localpart(&raw.puppet_prefix) {
+        // An empty prefix would claim every user ID on the homeserver.
+        Err(_) if raw.puppet_prefix.is_empty() => r.error(
+            "appservice.puppet_prefix",
+            "must not be empty: the bridge would claim every user on the homeserver",
+        ),
+        Err(reason) => r.error("appservice.puppet_prefix", reason),
+        Ok(()) => {}
+    }
+
+    Some(AppserviceConfig {
+        listen: listen?,
+        url: url?,
+        id: raw.id,
+        as_token: raw.as_token,
+        hs_token: raw.hs_token,
+        bot_localpart: raw.bot_localpart,
+        puppet_prefix: raw.puppet_prefix,
+    })
+}
+
+fn database(r: &mut Report, raw: RawDatabase) -> Option<DatabaseConfig> {
+    let ok = ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| raw.url.starts_with(p));
+    if !ok {
+        r.error(
+            "database.url",
+            format!(
+                "{:?} is neither a sqlite: nor a postgres:// URL",
+                redact_url(&raw.url)
+            ),
+        );
+        return None;
+    }
+    Some(DatabaseConfig { url: raw.url })
+}
+
+/// Database URLs may carry a password; errors show the URL without it.
+fn redact_url(s: &str) -> String {
+    match Url::parse(s) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+fn floor(r: &mut Report, raw: RawFloor) -> Option<FloorConfig> {
+    let max_talk = r.secs("floor.max_talk_s", raw.max_talk_s, 1..=3600);
+    let idle_release = r.millis("floor.idle_release_ms", raw.idle_release_ms, 100..=60_000);
+    let hang = r.millis("floor.hang_ms", raw.hang_ms, 0..=10_000);
+    let queue_max = if raw.queue {
+        r.in_range("floor.queue_max", raw.queue_max, 1..=1000, "requests")
+    } else {
+        raw.queue_max.min(1000)
+    };
+    Some(FloorConfig {
+        max_talk,
+        idle_release,
+        hang,
+        queue: raw.queue,
+        queue_max: usize::try_from(queue_max).ok()?,
+    })
+}
+
+fn archive(r: &mut Report, raw: RawArchive) -> Option<ArchiveConfig> {
+    if raw.spool_dir.as_os_str().is_empty() {
+        r.error("archive.spool_dir", "must not be empty");
+    }
+    let min_archive = r.millis("archive.min_archive_ms", raw.min_archive_ms, 0..=10_000);
+    Some(ArchiveConfig {
+        spool_dir: raw.spool_dir,
+        min_archive,
+    })
+}
+
+fn logging(r: &mut Report, raw: RawLogging) -> Option<LoggingConfig> {
+    r.check(
+        "logging.level",
+        tracing_subscriber::EnvFilter::try_new(&raw.level)
+            .map(|_| LoggingConfig {
+                level: raw.level.clone(),
+            })
+            .map_err(|e| {
+                format!(
+                    "{:?} is not a log filter (e.g. \"info\" or \"walkie_bridge=debug,info\"): {e}",
+                    raw.level
+                )
+            }),
+    )
+}
+
+fn endpoint(
+    r: &mut Report,
+    endpoints: &mut Endpoints,
+    kind: EndpointKind,
+    name: String,
+    build: impl FnOnce(&mut Report, &str) -> Option<EndpointSpec>,
+) {
+    let key = format!("{kind}.{name}");
+    if let Err(reason) = check_endpoint_name(&name) {
+        r.error(&key, reason);
+        return;
+    }
+    let id = EndpointId::new(kind, name);
+    endpoints.declared.insert(id.clone());
+    if let Some(spec) = build(r, &key) {
+        endpoints.valid.insert(id, spec);
+    }
+}
+
+fn mumble(r: &mut Report, key: &str, raw: RawMumble) -> Option<MumbleConfig> {
+    let server = r.check(
+        format!("{key}.server"),
+        raw.server
+            .parse::<HostPort>()
+            .map_err(|e| format!("{e}; expected host:port, e.g. \"mumble.example.org:64738\"")),
+    );
+    r.non_empty(&format!("{key}.channel"), &raw.channel);
+    r.non_empty(&format!("{key}.username"), &raw.username);
+    if raw.password.as_ref().is_some_and(|p| p.is_empty()) {
+        r.error(
+            format!("{key}.password"),
+            "is empty: remove the key if the server needs no password",
+        );
+    }
+    match (&raw.client_cert, &raw.client_key) {
+        (Some(_), None) => r.error(
+            format!("{key}.client_key"),
+            "is required when client_cert is set",
+        ),
+        (None, Some(_)) => r.error(
+            format!("{key}.client_cert"),
+            "is required when client_key is set",
+        ),
+        _ => {}
+    }
+    Some(MumbleConfig {
+        server: server?,
+        channel: raw.channel,
+        username: raw.username,
+        password: raw.password,
+        client_cert: raw.client_cert,
+        client_key: raw.client_key,
+        accept_invalid_cert: raw.accept_invalid_cert,
+        announce_talker: raw.announce_talker,
+    })
+}
+
+/// What MQTT endpoints claim on their brokers, to catch two that would fight.
+#[derive(Default)]
+struct MqttClaims {
+    /// (broker, client id) → endpoint key
+    client_ids: HashMap<(String, u16, String), String>,
+    /// (broker, prefix) → endpoint key
+    prefixes: HashMap<(String, u16, String), String>,
+}
+
+fn broker(s: &str) -> Result<Broker, String> {
+    let url = Url::parse(s).map_err(|e| {
+        format!("{s:?} is not a URL ({e}); expected e.g. \"mqtt://broker.example.org:1883\"")
+    })?;
+    let tls = match url.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        other => {
+            return Err(format!(
+                "{s:?}: the scheme must be mqtt:// or mqtts://, not {other}://"
+            ))
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials: use the username and password keys".into());
+    }
+    let host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
+        _ => return Err(format!("{s:?} has no host")),
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{s:?}: a broker URL has no path, query or fragment (the topic prefix is `prefix`)"
+        ));
+    }
+    let port = match url.port() {
+        Some(0) => return Err(format!("{s:?}: port 0 is not a port")),
+        Some(p) => p,
+        None if tls => 8883,
+        None => 1883,
+    };
+    Ok(Broker {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn check_topic_prefix(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if p.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "{p:?} contains an MQTT wildcard (+ or #) or NUL; a prefix is a plain topic"
+        ));
+    }
+    if p.starts_with('/') || p.ends_with('/') {
+        return Err(format!("{p:?} must not start or end with '/'"));
+    }
+    if p.starts_with('$') {
+        return Err(format!(
+            "{p:?}: topics starting with '$' belong to the broker"
+        ));
+    }
+    Ok(())
+}
+
+fn mqtt(r: &mut Report, key: &str, raw: RawMqtt, claims: &mut MqttClaims) -> Option<MqttConfig> {
+    let broker = r.check(format!("{key}.broker"), broker(&raw.broker));
+    if raw.username.as_deref().is_some_and(|u| u.is_empty()) {
+        r.error(
+            format!("{key}.username"),
+            "is empty: remove the key for an anonymous connection",
+        );
+    }
+    if raw.password.is_some() && raw.username.is_none() {
+        r.error(
+            format!("{key}.password"),
+            "is set without a username: MQTT sends a password only with a username",
+        );
+    }
+    if let (Some(b), Some(_)) = (&broker, &raw.ca_file) {
+        if !b.tls {
+            r.warn(
+                format!("{key}.ca_file"),
+                "has no effect: the broker URL is mqtt:// (use mqtts:// for TLS)",
+            );
+        }
+    }
+    if let Some(id) = &raw.client_id {
+        if id.is_empty() || id.len() > 65_535 {
+            r.error(format!("{key}.client_id"), "must be 1 to 65535 bytes long");
+        }
+    }
+    let keep_alive = r.secs(&format!("{key}.keep_alive_s"), raw.keep_alive_s, 5..=65_535);
+    let prefix_ok = r
+        .check(format!("{key}.prefix"), check_topic_prefix(&raw.prefix))
+        .is_some();
+
+    if let Some(b) = &broker {
+        if let Some(id) = &raw.client_id {
+            let slot = (b.host.clone(), b.port, id.clone());
+            if let Some(other) = claims.client_ids.get(&slot) {
+                r.error(
+                    format!("{key}.client_id"),
+                    format!(
+                        "{id:?} is already used by {other} on the same broker; the broker \
+                         would disconnect one whenever the other connects"
+                    ),
+                );
+            } else {
+                claims.client_ids.insert(slot, key.to_owned());
+            }
+        }
+        if prefix_ok {
+            let slot = (b.host.clone(), b.port, raw.prefix.clone());
+            if let Some(other) = claims.prefixes.get(&slot) {
+                r.error(
+                    format!("{key}.prefix"),
+                    format!(
+                        "{:?} is already used by {other} on the same broker; their topics \
+                         would mix",
+                        raw.prefix
+                    ),
+                );
+            } else {
+                claims.prefixes.insert(slot, key.to_owned());
+            }
+        }
+    }
+
+    Some(MqttConfig {
+        broker: broker?,
+        username: raw.username,
+        password: raw.password,
+        ca_file: raw.ca_file,
+        client_id: raw.client_id,
+        keep_alive,
+        prefix: raw.prefix,
+        payload: raw.payload,
+        ha_discovery: raw.ha_discovery,
+    })
+}
+
+/// Characters that have an International Morse Code representation.
+fn check_callsign(s: &str) -> Result<String, String> {
+    let upper = s.to_ascii_uppercase();
+    if !(3..=16).contains(&upper.len()) {
+        return Err(format!("{s:?} must be 3 to 16 characters long"));
+    }
+    match upper
+        .chars()
+        .find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '/' || *c == '-'))
+    {
+        Some(c) => Err(format!(
+            "{s:?} contains {c:?}, which has no Morse code (use A-Z, 0-9, / and -)"
+        )),
+        None => Ok(upper),
+    }
+}
+
+fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
+    let serial_users: Vec<String> = [
+        raw.ptt
+            .uses_serial_line()
+            .then(|| format!("ptt = {:?}", raw.ptt.as_str())),
+        raw.cos
+            .uses_serial_line()
+            .then(|| format!("cos = \"{}\"", raw.cos)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match &raw.port {
+        None if !serial_users.is_empty() => r.error(
+            format!("{key}.port"),
+            format!(
+                "is required when {}: the serial device, e.g. \"/dev/ttyUSB0\"",
+                serial_users.join(" and ")
+            ),
+        ),
+        Some(p) if p.as_os_str().is_empty() => r.error(format!("{key}.port"), "must not be empty"),
+        Some(_) if serial_users.is_empty() => r.warn(
+            format!("{key}.port"),
+            "is not used: neither ptt nor cos uses a serial line",
+        ),
+        _ => {}
+    }
+
+    let rig_users: Vec<&str> = [
+        (raw.ptt == Ptt::Rigctld).then_some("ptt = \"rigctld\""),
+        (raw.cos == Cos::Rigctld).then_some("cos = \"rigctld\""),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    // `Err(())`: already reported; the radio is invalid but checking goes on.
+    let rigctld: Result<Option<HostPort>, ()> = match (&raw.rigctld, rig_users.is_empty()) {
+        (None, false) => {
+            r.error(
+                format!("{key}.rigctld"),
+                format!(
+                    "is required when {}: the address of hamlib's rigctld, e.g. \"127.0.0.1:4532\"",
+                    rig_users.join(" and ")
+                ),
+            );
+            Err(())
+        }
+        (Some(_), true) => {
+            r.error(
+                format!("{key}.rigctld"),
+                "is set but neither ptt nor cos is \"rigctld\"",
+            );
+            Err(())
+        }
+        (Some(addr), false) => r
+            .check(
+                format!("{key}.rigctld"),
+                addr.parse::<HostPort>()
+                    .map_err(|e| format!("{e}; expected e.g. \"127.0.0.1:4532\"")),
+            )
+            .map(Some)
+            .ok_or(()),
+        (None, true) => Ok(None),
+    };
+    if raw.ptt_invert && !raw.ptt.uses_serial_line() {
+        r.warn(
+            format!("{key}.ptt_invert"),
+            format!("has no effect with ptt = {:?}", raw.ptt.as_str()),
+        );
+    }
+    r.non_empty(&format!("{key}.audio_in"), &raw.audio_in);
+    r.non_empty(&format!("{key}.audio_out"), &raw.audio_out);
+
+    let tx_delay = r.millis(&format!("{key}.tx_delay_ms"), raw.tx_delay_ms, 0..=2_000);
+    let ptt_hang = r.millis(&format!("{key}.ptt_hang_ms"), raw.ptt_hang_ms, 0..=5_000);
+    let tx_timeout = r.secs(&format!("{key}.tx_timeout_s"), raw.tx_timeout_s, 1..=3_600);
+    if !(raw.vox_threshold_dbfs.is_finite() && (-100.0..=0.0).contains(&raw.vox_threshold_dbfs)) {
+        r.error(
+            format!("{key}.vox_threshold_dbfs"),
+            format!(
+                "{} dBFS is out of range: expected -100..=0",
+                raw.vox_threshold_dbfs
+            ),
+        );
+    }
+    let vox_attack = r.millis(
+        &format!("{key}.vox_attack_ms"),
+        raw.vox_attack_ms,
+        0..=5_000,
+    );
+    let vox_hang = r.millis(&format!("{key}.vox_hang_ms"), raw.vox_hang_ms, 0..=30_000);
+    let callsign: Result<Option<String>, ()> = match &raw.callsign {
+        Some(c) => r
+            .check(format!("{key}.callsign"), check_callsign(c))
+            .map(Some)
+            .ok_or(()),
+        None => Ok(None),
+    };
+    let id_interval = r.secs(
+        &format!("{key}.id_interval_s"),
+        raw.id_interval_s,
+        60..=3_600,
+    );
+    let rx_mute_after_tx = r.millis(
+        &format!("{key}.rx_mute_after_tx_ms"),
+        raw.rx_mute_after_tx_ms,
+        0..=10_000,
+    );
+    let transmit_allow: Vec<Option<UserGlob>> = raw
+        .transmit_allow
+        .iter()
+        .enumerate()
+        .map(|(i, g)| r.check(format!("{key}.transmit_allow[{i}]"), g.parse()))
+        .collect();
+    // Matrix power levels are JSON integers within ±(2^53 - 1).
+    const MAX_POWER: i64 = (1 << 53) - 1;
+    if let Some(level) = raw.transmit_min_power_level {
+        if !(-MAX_POWER..=MAX_POWER).contains(&level) {
+            r.error(
+                format!("{key}.transmit_min_power_level"),
+                format!("{level} is outside the range Matrix power levels can take"),
+            );
+        }
+    }
+
+    Some(RadioConfig {
+        port: raw.port,
+        ptt: raw.ptt,
+        ptt_invert: raw.ptt_invert,
+        rigctld: rigctld.ok()?,
+        cos: raw.cos,
+        audio_in: raw.audio_in,
+        audio_out: raw.audio_out,
+        tx_delay,
+        ptt_hang,
+        tx_timeout,
+        vox: VoxConfig {
+            threshold_dbfs: raw.vox_threshold_dbfs,
+            attack: vox_attack,
+            hang: vox_hang,
+        },
+        callsign: callsign.ok()?,
+        id_interval,
+        rx_mute_after_tx,
+        transmit_allow: transmit_allow.into_iter().collect::<Option<_>>()?,
+        transmit_min_power_level: raw.transmit_min_power_level,
+    })
+}
+
+/// The identity two claims are compared by: the device a `/dev/serial/by-id` link
+/// points to, and an ALSA card without the `plug` conversion layer in front of it.
+fn resource_identity(res: &Resource) -> (u8, String) {
+    match res {
+        Resource::SerialPort(p) => (
+            0,
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| PathBuf::from(p))
+                .display()
+                .to_string(),
+        ),
+        Resource::AudioIn(d) => (1, d.strip_prefix("plug").unwrap_or(d).to_owned()),
+        Resource::AudioOut(d) => (2, d.strip_prefix("plug").unwrap_or(d).to_owned()),
+        Resource::Rigctld(hp) => (3, hp.to_string()),
+    }
+}
+
+fn claim_resources(
+    r: &mut Report,
+    key: &str,
+    radio: &RadioConfig,
+    claims: &mut HashMap<(u8, String), String>,
+) {
+    for res in radio.resources() {
+        let (sub, what) = match &res {
+            Resource::SerialPort(p) => {
+                ("port", format!("serial port {:?}", p.display().to_string()))
+            }
+            Resource::AudioIn(d) => ("audio_in", format!("sound card {d:?} (capture)")),
+            Resource::AudioOut(d) => ("audio_out", format!("sound card {d:?} (playback)")),
+            Resource::Rigctld(hp) => ("rigctld", format!("rigctld at {hp}")),
+        };
+        let id = resource_identity(&res);
+        match claims.get(&id) {
+            Some(other) => r.error(
+                format!("{key}.{sub}"),
+                format!("{what} is already used by {other}; two radios cannot share it"),
+            ),
+            None => {
+                claims.insert(id, key.to_owned());
+            }
+        }
+    }
+}
+
+fn channels(r: &mut Report, raw: Vec<RawChannel>, endpoints: &Endpoints) -> Vec<ChannelConfig> {
+    if raw.is_empty() {
+        r.warn(
+            "channel",
+            "no [[channel]] is configured: the bridge has nothing to bridge",
+        );
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut rooms: HashMap<String, usize> = HashMap::new();
+    let mut users: HashMap<EndpointId, (usize, String)> = HashMap::new();
+    let mut out = Vec::new();
+
+    for (i, ch) in raw.into_iter().enumerate() {
+        let key = format!("channel[{i}]");
+        if ch.name.trim().is_empty() || ch.name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            r.error(
+                format!("{key}.name"),
+                format!(
+                    "{:?}: a channel name must be non-empty and contain no whitespace",
+                    ch.name
+                ),
+            );
+        } else if let Some(first) = names.get(&ch.name) {
+            r.error(
+                format!("{key}.name"),
+                format!(
+                    "duplicate channel name {:?}: channel[{first}] has it already",
+                    ch.name
+                ),
+            );
+        } else {
+            names.insert(ch.name.clone(), i);
+        }
+
+        let room = r.check(format!("{key}.room"), ch.room.parse::<RoomRef>());
+        if room.is_some() {
+            if let Some(first) = rooms.get(&ch.room) {
+                r.error(
+                    format!("{key}.room"),
+                    format!(
+                        "room {:?} is already bridged by channel[{first}]; one room has one floor",
+                        ch.room
+                    ),
+                );
+            } else {
+                rooms.insert(ch.room.clone(), i);
+            }
+        }
+
+        if ch.endpoints.is_empty() {
+            r.warn(
+                format!("{key}.endpoints"),
+                format!(
+                    "channel {:?} has no endpoints: only Matrix users can talk on it",
+                    ch.name
+                ),
+            );
+        }
+        let mut ids = Vec::new();
+        for (j, e) in ch.endpoints.iter().enumerate() {
+            let ekey = format!("{key}.endpoints[{j}]");
+            let Some(id) = r.check(&ekey, e.parse::<EndpointId>()) else {
+                continue;
+            };
+            if !endpoints.declared.contains(&id) {
+                r.error(&ekey, format!("no endpoint \"{id}\" is configured"));
+                continue;
+            }
+            match users.get(&id) {
+                Some((other, _)) if *other == i => {
+                    r.error(&ekey, format!("endpoint \"{id}\" is listed twice"));
+                }
+                Some((other, other_name)) => r.error(
+                    &ekey,
+                    format!(
+                        "endpoint \"{id}\" is already used by channel {other_name:?} \
+                         (channel[{other}]): one endpoint connection carries one floor"
+                    ),
+                ),
+                None => {
+                    users.insert(id.clone(), (i, ch.name.clone()));
+                    ids.push(id);
+                }
+            }
+        }
+        if let Some(room) = room {
+            out.push(ChannelConfig {
+                name: ch.name,
+                room,
+                endpoints: ids,
+            });
+        }
+    }
+
+    for id in endpoints.valid.keys() {
+        if !users.contains_key(id) {
+            r.warn(
+                id.to_string(),
+                "is not used by any channel; it will not be started",
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    const BASE: &str = r#"
+[homeserver]
+url = "https://matrix.example.org"
+domain = "example.org"
+
+[appservice]
+listen = "[::1]:29333"
+id = "walkie"
+as_token = "a"
+hs_token = "b"
+bot_localpart = "walkie"
+puppet_prefix = "walkie_"
+"#;
+
+    fn errors(extra: &str) -> Vec<String> {
+        let text = format!("{BASE}{extra}");
+        match Config::from_toml_str(&text, "config/example.toml", [("", ""); 0]) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn display_names_file_key_and_reason() {
+        let errs = errors(
+            "[[channel]]\nname = \"ops\"\nroom = \"#ops:example.org\"\nendpoints = [\"mqtt.lobby\"]\n",
+        );
+        assert_eq!(
+            errs,
+            ["config/example.toml: channel[0].endpoints[0]: no endpoint \"mqtt.lobby\" is configured"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_endpoint_is_not_also_reported_as_missing() {
+        let errs = errors(
+            "[[channel]]\nname = \"ops\"\nroom = \"#ops:example.org\"\nendpoints = [\"mumble.ops\"]\n\
+             [mumble.ops]\nserver = \"nohost\"\nchannel = \"Ops\"\nusername = \"w\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("mumble.ops.server"), "{errs:?}");
+    }
+
+    #[test]
+    fn registration_url_follows_listen_with_ipv6() {
+        let text = format!("{BASE}[[channel]]\nname = \"x\"\nroom = \"!r\"\n");
+        let (config, warnings) = Config::from_toml_str(&text, "t.toml", [("", ""); 0]).unwrap();
+        assert_eq!(config.appservice.url.as_str(), "http://[::1]:29333/");
+        // The channel without endpoints is legal, but worth a word.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "channel[0].endpoints");
+    }
+
+    #[test]
+    fn rigctld_is_required_exactly_when_used() {
+        let radio = |extra: &str| {
+            errors(&format!(
+                "[[channel]]\nname = \"x\"\nroom = \"!r\"\nendpoints = [\"radio.r\"]\n\
+                 [radio.r]\n{extra}\n"
+            ))
+        };
+        assert!(radio("ptt = \"rigctld\"\nrigctld = \"127.0.0.1:4532\"").is_empty());
+        assert!(
+            radio("ptt = \"none\"\ncos = \"rigctld\"\nrigctld = \"localhost:4532\"").is_empty()
+        );
+        assert!(radio("ptt = \"none\"\ncos = \"rigctld\"")[0]
+            .contains("radio.r.rigctld: is required when cos"));
+        assert!(radio("port = \"/dev/x\"\nrigctld = \"localhost:4532\"")[0]
+            .contains("neither ptt nor cos"));
+        assert!(radio("ptt = \"dtr\"")[0].contains("radio.r.port: is required when ptt = \"dtr\""));
+    }
+
+    #[test]
+    fn mqtt_endpoints_on_one_broker_must_not_collide() {
+        let errs = errors(
+            "[mqtt.a]\nbroker = \"mqtt://b\"\nprefix = \"p\"\nclient_id = \"c\"\n\
+             [mqtt.b]\nbroker = \"mqtt://b:1883\"\nprefix = \"p\"\nclient_id = \"c\"\n",
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("mqtt.b.client_id")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("mqtt.b.prefix")), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_prefixes_and_brokers() {
+        for (extra, expect) in [
+            ("broker = \"mqtt://b\"\nprefix = \"a/#\"", "wildcard"),
+            (
+                "broker = \"mqtt://b\"\nprefix = \"/a\"",
+                "must not start or end",
+            ),
+            ("broker = \"mqtt://u:p@b\"\nprefix = \"a\"", "credentials"),
+            (
+                "broker = \"tcp://b\"\nprefix = \"a\"",
+                "mqtt:// or mqtts://",
+            ),
+            (
+                "broker = \"mqtts://b\"\nprefix = \"a\"\nkeep_alive_s = 1",
+                "keep_alive_s",
+            ),
+        ] {
+            let errs = errors(&format!("[mqtt.a]\n{extra}\n"));
+            assert!(errs.iter().any(|e| e.contains(expect)), "{extra}: {errs:?}");
+        }
+    }
+}
