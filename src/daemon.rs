@@ -16,13 +16,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|(id, spec)| {
             let what = match spec.kind() {
                 EndpointKind::Mumble => "the Mumble endpoint is not built yet (issue #4)",
-                EndpointKind::Mqtt => "the MQTT endpoint is not built yet",
-                EndpointKind::Radio => "the radio endpoint is not built yet",
+                EndpointKind::Mqtt => "the MQTT endpoint is not built yet (issue #5)",
+                EndpointKind::Radio => "the radio endpoint is not built yet (issue #6)",
             };
             format!("endpoint {id}: {what}")
         })
         .collect();
-    missing.push("the Matrix appservice is not built yet".into());
+    missing.push("the Matrix appservice is not built yet (issue #3)".into());
     anyhow::bail!(
         "walkie-bridge cannot run this configuration yet:\n  {}",
         missing.join("\n  ")
