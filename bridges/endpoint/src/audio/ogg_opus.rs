@@ -20,6 +20,8 @@ pub const VENDOR: &str = "walkie-bridge";
 const PACKETS_PER_PAGE: u64 = 50;
 /// Granule value of a page on which no packet ends.
 const NO_GRANULE: u64 = u64::MAX;
+/// TOC byte alone: CELT fullband 20 ms, one empty frame, which decoders render as silence.
+const SILENT_PACKET: [u8; 1] = [31 << 3];
 const HEAD_MAGIC: &[u8; 8] = b"OpusHead";
 const TAGS_MAGIC: &[u8; 8] = b"OpusTags";
 
@@ -355,7 +357,20 @@ impl<W: Write> OggOpusWriter<W> {
     /// Ends the stream (EOS page) and returns the inner writer and what was written.
     ///
     /// The playback length is everything the packets decode to, minus pre-skip.
+    ///
+    /// A stream that got no packet at all still needs one audio packet —
+    /// players reject an empty stream — so one silent 20 ms packet is written
+    /// and trimmed away: the file plays for 0 ms.
     pub fn finish(mut self) -> Result<(W, OggOpusStats), AudioError> {
+        if self.packets == 0 {
+            self.write_packet(&SILENT_PACKET)?;
+            let trimmed = self.granule.min(u64::from(self.pre_skip));
+            if let Some(p) = self.pending.as_mut() {
+                p.granule = trimmed;
+            }
+            self.write_pending(PacketWriteEndInfo::EndStream)?;
+            return self.into_parts(trimmed);
+        }
         self.write_pending(PacketWriteEndInfo::EndStream)?;
         let final_granule = self.granule;
         self.into_parts(final_granule)
@@ -622,11 +637,19 @@ impl<R: Read> OggOpusReader<R> {
         self.final_granule
     }
 
-    /// Reads all remaining packets.
+    /// Reads all remaining packets and checks that the input ends with the stream.
     pub fn read_to_end(mut self) -> Result<OggOpusAudio, AudioError> {
         let mut packets = Vec::new();
         while let Some(p) = self.next_packet()? {
             packets.push(p);
+        }
+        // Only a whole-file read may insist that nothing follows: a streaming
+        // caller of `next_packet` should not block on a socket after EOS.
+        let mut probe = [0u8; 1];
+        if read_up_to(&mut self.inner, &mut probe)? > 0 {
+            return Err(AudioError::Unsupported(
+                "data after the end-of-stream page (chained or concatenated Ogg)".into(),
+            ));
         }
         let samples = self
             .final_granule
