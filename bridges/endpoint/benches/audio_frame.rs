@@ -43,6 +43,7 @@ struct Ops {
     enc: OpusEncoder,
     down: Resampler,
     up: Resampler,
+    fifo: Vec<i16>,
 }
 
 impl Ops {
@@ -54,6 +55,7 @@ impl Ops {
             enc: OpusEncoder::new().expect("encoder"),
             down: Resampler::new(48_000, 16_000).expect("48k→16k"),
             up: Resampler::new(16_000, 48_000).expect("16k→48k"),
+            fifo: Vec::with_capacity(FRAME_SAMPLES * 3),
         }
     }
 
@@ -97,9 +99,14 @@ impl Ops {
         let i = self.next();
         let pcm = self.dec.decode(&self.input.packets[i]).expect("decode");
         let pcm16 = self.down.process(&pcm).expect("down");
-        let pcm48 = self.up.process(&pcm16).expect("up");
-        debug_assert_eq!(pcm48.len(), FRAME_SAMPLES);
-        self.enc.encode(&pcm48).expect("encode").len()
+        self.fifo.extend(self.up.process(&pcm16).expect("up"));
+        // The resamplers' trimmed start-up delay shifts block boundaries, so
+        // frames for the encoder are cut from a FIFO, as a live path would.
+        if self.fifo.len() < FRAME_SAMPLES {
+            return 0;
+        }
+        let frame: Vec<i16> = self.fifo.drain(..FRAME_SAMPLES).collect();
+        self.enc.encode(&frame).expect("encode").len()
     }
 }
 

@@ -386,3 +386,79 @@ fn reader_rejects_garbage_non_opus_and_truncation() {
         Err(AudioError::Unsupported(_))
     ));
 }
+
+/// Ogg's CRC-32 (polynomial 0x04c11db7, no reflection), to forge pages that
+/// get past the checksum and reach the packet-assembly logic.
+fn ogg_crc(data: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for &b in data {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Splits a stream into pages: (start, end) byte offsets.
+fn pages(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 27 <= bytes.len() {
+        let nseg = bytes[at + 26] as usize;
+        let Some(lacing) = bytes.get(at + 27..at + 27 + nseg) else {
+            break;
+        };
+        let end = at + 27 + nseg + lacing.iter().map(|&l| l as usize).sum::<usize>();
+        out.push((at, end));
+        at = end;
+    }
+    out
+}
+
+#[test]
+fn forged_pages_with_valid_crc_error_without_panicking() {
+    let src = speech(48_000);
+    let bytes = encode_ogg_opus(&src[..48_000 * 2], 64_000).expect("encode");
+    let layout = pages(&bytes);
+    assert_eq!(layout.last().map(|p| p.1), Some(bytes.len()), "page split");
+    let mut state = 0x9e37_79b9_u32;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let mut rejected = 0;
+    for _ in 0..2_000 {
+        let mut forged = bytes.clone();
+        let (start, end) = layout[rand() as usize % layout.len()];
+        // Header fields (flags, granule, serial, sequence) or lacing/body bytes.
+        let at = if rand() % 2 == 0 {
+            start + 5 + rand() as usize % 13
+        } else {
+            start + 26 + rand() as usize % (end - start - 26)
+        };
+        forged[at] = rand() as u8;
+        let (s, e) = pages(&forged)
+            .into_iter()
+            .find(|&(s, e)| s <= at && at < e.max(s + 27))
+            .unwrap_or((start, end.min(forged.len())));
+        let e = e.min(forged.len());
+        if e > s + 26 {
+            forged[s + 22..s + 26].fill(0);
+            let crc = ogg_crc(&forged[s..e]);
+            forged[s + 22..s + 26].copy_from_slice(&crc.to_le_bytes());
+        }
+        if read_ogg_opus(&forged).is_err() {
+            rejected += 1;
+        }
+        let _ = decode_ogg_opus(&forged);
+    }
+    println!("forged pages rejected: {rejected} of 2000");
+    assert!(rejected > 100, "the reader accepted almost every forgery");
+}

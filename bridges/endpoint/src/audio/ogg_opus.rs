@@ -409,7 +409,7 @@ impl<W: Write> OggOpusWriter<W> {
             packets: self.packets,
             final_granule,
             samples,
-            duration_ms: (samples * 1000 + u64::from(SAMPLE_RATE) / 2) / u64::from(SAMPLE_RATE),
+            duration_ms: samples_to_ms(samples),
         };
         let mut inner = self.writer.into_inner();
         inner.flush()?;
@@ -455,7 +455,8 @@ pub struct OggOpusAudio {
     pub final_granule: u64,
     /// Samples the packets decode to (pre-skip included, end trimming not applied).
     pub decoded_samples: u64,
-    /// Playback length in samples: final granule − pre-skip.
+    /// Playback length in samples: final granule − pre-skip (the granule
+    /// clamped to `decoded_samples` if a stream claims more than it holds).
     pub samples: u64,
     /// Playback length in milliseconds (rounded).
     pub duration_ms: u64,
@@ -513,6 +514,11 @@ fn map_ogg_error(e: OggReadError) -> AudioError {
             "pages out of order (continuation or BOS flags do not match)".into(),
         ),
     }
+}
+
+fn samples_to_ms(samples: u64) -> u64 {
+    let ms = (u128::from(samples) * 1000 + u128::from(SAMPLE_RATE) / 2) / u128::from(SAMPLE_RATE);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// Reads as much of `buf` as the stream has; returns how much that was.
@@ -651,8 +657,18 @@ impl<R: Read> OggOpusReader<R> {
                 "data after the end-of-stream page (chained or concatenated Ogg)".into(),
             ));
         }
+        // A granule beyond what the packets decode to is out of spec; trust the
+        // packets, which is what a player will actually be able to play.
+        if self.final_granule > self.decoded_samples {
+            tracing::warn!(
+                granule = self.final_granule,
+                decoded = self.decoded_samples,
+                "Ogg Opus final granule exceeds the decodable samples; clamping the duration"
+            );
+        }
         let samples = self
             .final_granule
+            .min(self.decoded_samples)
             .saturating_sub(u64::from(self.head.pre_skip));
         Ok(OggOpusAudio {
             head: self.head,
@@ -662,7 +678,7 @@ impl<R: Read> OggOpusReader<R> {
             final_granule: self.final_granule,
             decoded_samples: self.decoded_samples,
             samples,
-            duration_ms: (samples * 1000 + u64::from(SAMPLE_RATE) / 2) / u64::from(SAMPLE_RATE),
+            duration_ms: samples_to_ms(samples),
         })
     }
 
