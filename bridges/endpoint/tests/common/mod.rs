@@ -15,16 +15,23 @@ pub const TEXT: &str = "Walkie bridge radio check. The quick brown fox jumps ove
                         Please respond on channel two, over.";
 
 pub struct Fixtures {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Fixtures {
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
+    /// A scratch directory for files a test writes, unique to this process.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+        SCRATCH.get_or_init(|| {
+            let d = self.dir.join(format!("scratch-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("scratch dir");
+            d
+        })
     }
 }
 
@@ -44,12 +51,19 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// Generates the speech fixtures once per test binary.
+/// Generates the speech fixtures once per test binary, into cargo's target
+/// temp dir (so nothing piles up in /tmp). They are regenerated on every run
+/// — the tools must work — but built in a private directory and renamed into
+/// place, so test binaries running in parallel never see half-written files.
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir for fixtures");
-        let raw = dir.path().join("espeak.wav");
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("walkie-audio-fixtures");
+        remove_stale(&root);
+        let building = root.join(format!("building-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&building);
+        std::fs::create_dir_all(&building).expect("fixture dir");
+        let raw = building.join("espeak.wav");
         run(
             Command::new("espeak-ng").arg("-w").arg(&raw).arg(TEXT),
             "synthesising speech",
@@ -59,12 +73,31 @@ pub fn fixtures() -> &'static Fixtures {
                 Command::new("sox")
                     .arg(&raw)
                     .args(["-r", &rate.to_string(), "-c", "1", "-b", "16"])
-                    .arg(dir.path().join(format!("speech{rate}.wav"))),
+                    .arg(building.join(format!("speech{rate}.wav"))),
                 "converting speech",
             );
         }
+        let dir = root.join(format!("speech-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&building, &dir).expect("move fixtures into place");
         Fixtures { dir }
     })
+}
+
+/// Drops fixture directories of test processes that have exited.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 pub fn read_wav(path: &Path) -> (Vec<i16>, u32) {
