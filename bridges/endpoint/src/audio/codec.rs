@@ -1,0 +1,203 @@
+//! Opus encoding and decoding in the bridge's internal format: 48 kHz mono, 20 ms frames.
+
+use super::AudioError;
+use bytes::Bytes;
+use opus::{Application, Bitrate, Channels};
+use std::borrow::Cow;
+
+/// Sample rate of all audio inside the bridge, in Hz.
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Length of one internal frame, in milliseconds.
+pub const FRAME_MS: u32 = 20;
+/// Samples in one 20 ms frame at 48 kHz mono.
+pub const FRAME_SAMPLES: usize = (SAMPLE_RATE / 1000 * FRAME_MS) as usize;
+/// Bitrate the encoder starts with, in bit/s: clear speech at a fraction of a
+/// Mumble default (and small archive files).
+pub const DEFAULT_BITRATE: i32 = 24_000;
+/// Pre-skip to assume for Opus packets from an encoder we cannot ask, e.g. a
+/// Mumble client: libopus at 48 kHz in VOIP or AUDIO mode reports this lookahead.
+pub const DEFAULT_PRE_SKIP: u16 = 312;
+
+/// Longest duration one Opus packet can carry (120 ms at 48 kHz).
+const MAX_PACKET_SAMPLES: usize = 5_760;
+/// libopus' recommended output buffer; no packet at any bitrate is larger.
+const MAX_PACKET_BYTES: usize = 4_000;
+
+/// Splits PCM into 960-sample frames; the last one is zero-padded.
+///
+/// Full frames borrow from `pcm`, only the padded tail is copied. Empty input
+/// yields no frame at all.
+pub fn frames_of(pcm: &[i16]) -> impl Iterator<Item = Cow<'_, [i16]>> {
+    pcm.chunks(FRAME_SAMPLES).map(|chunk| {
+        if chunk.len() == FRAME_SAMPLES {
+            Cow::Borrowed(chunk)
+        } else {
+            let mut padded = chunk.to_vec();
+            padded.resize(FRAME_SAMPLES, 0);
+            Cow::Owned(padded)
+        }
+    })
+}
+
+/// Duration of an Opus packet in samples at 48 kHz, read from its TOC byte(s).
+///
+/// Works for packets from any encoder (multi-frame packets included), which is
+/// what the Ogg writer needs to compute granule positions of passed-through audio.
+pub fn packet_samples(packet: &[u8]) -> Result<usize, AudioError> {
+    if packet.is_empty() {
+        return Err(AudioError::InvalidPacket("empty packet".into()));
+    }
+    let samples = opus::packet::get_nb_samples(packet, SAMPLE_RATE)?;
+    if samples == 0 || samples > MAX_PACKET_SAMPLES {
+        return Err(AudioError::InvalidPacket(format!(
+            "packet claims {samples} samples (allowed 1..={MAX_PACKET_SAMPLES})"
+        )));
+    }
+    Ok(samples)
+}
+
+/// Opus encoder for 48 kHz mono speech in 20 ms frames (VOIP application).
+pub struct OpusEncoder {
+    inner: opus::Encoder,
+    lookahead: u16,
+    bitrate: i32,
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder")
+            .field("bitrate", &self.bitrate)
+            .field("lookahead", &self.lookahead)
+            .finish()
+    }
+}
+
+impl OpusEncoder {
+    /// An encoder at [`DEFAULT_BITRATE`].
+    pub fn new() -> Result<Self, AudioError> {
+        Self::with_bitrate(DEFAULT_BITRATE)
+    }
+
+    /// An encoder at `bitrate` bit/s (6000..=510000).
+    pub fn with_bitrate(bitrate: i32) -> Result<Self, AudioError> {
+        let inner = opus::Encoder::new(SAMPLE_RATE, Channels::Mono, Application::Voip)?;
+        let mut enc = Self {
+            inner,
+            lookahead: 0,
+            bitrate,
+        };
+        enc.set_bitrate(bitrate)?;
+        let lookahead = enc.inner.get_lookahead()?;
+        enc.lookahead = u16::try_from(lookahead).map_err(|_| {
+            AudioError::InvalidArgument(format!("encoder reports lookahead {lookahead}"))
+        })?;
+        Ok(enc)
+    }
+
+    /// Changes the target bitrate for the following frames.
+    pub fn set_bitrate(&mut self, bitrate: i32) -> Result<(), AudioError> {
+        // libopus clamps silently; an out-of-range value is a config mistake worth reporting.
+        if !(6_000..=510_000).contains(&bitrate) {
+            return Err(AudioError::Bitrate(bitrate));
+        }
+        self.inner.set_bitrate(Bitrate::Bits(bitrate))?;
+        self.bitrate = bitrate;
+        Ok(())
+    }
+
+    /// The target bitrate in bit/s.
+    pub fn bitrate(&self) -> i32 {
+        self.bitrate
+    }
+
+    /// Samples of algorithmic delay: the decoder's output lags the input by
+    /// this much, so it is the Ogg pre-skip for streams from this encoder.
+    pub fn lookahead(&self) -> u16 {
+        self.lookahead
+    }
+
+    /// Encodes exactly one frame of [`FRAME_SAMPLES`] samples into one packet.
+    pub fn encode(&mut self, frame: &[i16]) -> Result<Bytes, AudioError> {
+        if frame.len() != FRAME_SAMPLES {
+            return Err(AudioError::FrameSize {
+                expected: FRAME_SAMPLES,
+                got: frame.len(),
+            });
+        }
+        let mut out = vec![0u8; MAX_PACKET_BYTES];
+        let len = self.inner.encode(frame, &mut out)?;
+        out.truncate(len);
+        Ok(Bytes::from(out))
+    }
+
+    /// Forgets all history, as if freshly created (for a new transmission).
+    pub fn reset(&mut self) -> Result<(), AudioError> {
+        self.inner.reset_state()?;
+        Ok(())
+    }
+}
+
+/// Opus decoder producing 48 kHz mono PCM.
+///
+/// Stereo packets are down-mixed by libopus, so any Opus stream decodes.
+pub struct OpusDecoder {
+    inner: opus::Decoder,
+    /// Reused so steady-state decoding does not allocate the worst-case buffer each time.
+    scratch: Vec<i16>,
+}
+
+impl std::fmt::Debug for OpusDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusDecoder").finish_non_exhaustive()
+    }
+}
+
+impl OpusDecoder {
+    /// A fresh decoder.
+    pub fn new() -> Result<Self, AudioError> {
+        Ok(Self {
+            inner: opus::Decoder::new(SAMPLE_RATE, Channels::Mono)?,
+            scratch: vec![0; MAX_PACKET_SAMPLES],
+        })
+    }
+
+    /// Decodes one packet (any duration from 2.5 to 120 ms).
+    ///
+    /// An empty slice is an error here rather than "packet lost", so that a
+    /// zero-length payload from the network is not silently concealed; use
+    /// [`decode_lost`](Self::decode_lost) for a known gap.
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, AudioError> {
+        packet_samples(packet)?;
+        let n = self.inner.decode(packet, &mut self.scratch, false)?;
+        Ok(self.scratch[..n.min(self.scratch.len())].to_vec())
+    }
+
+    /// Packet-loss concealment for one missing 20 ms frame.
+    ///
+    /// Never fails: if libopus cannot conceal (it can always, barring a bug)
+    /// the gap is filled with silence, which is what a listener would get anyway.
+    pub fn decode_lost(&mut self) -> Vec<i16> {
+        match self
+            .inner
+            .decode(&[], &mut self.scratch[..FRAME_SAMPLES], false)
+        {
+            Ok(n) => self.scratch[..n.min(FRAME_SAMPLES)].to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "opus packet-loss concealment failed; inserting silence");
+                vec![0; FRAME_SAMPLES]
+            }
+        }
+    }
+
+    /// Output gain in Q7.8 dB, as carried by the OpusHead of an Ogg stream.
+    pub fn set_gain_q8(&mut self, gain: i16) -> Result<(), AudioError> {
+        self.inner.set_gain(i32::from(gain))?;
+        Ok(())
+    }
+
+    /// Forgets all history (for a new transmission).
+    pub fn reset(&mut self) -> Result<(), AudioError> {
+        self.inner.reset_state()?;
+        Ok(())
+    }
+}
