@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use walkie_bridge::hub::{ChannelHub, Claimant, Floor, FloorSettings, Input};
 use walkie_endpoint::{
-    Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, StreamKey, TalkKind,
-    Talker,
+    Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker,
 };
 
 const ROUNDS: usize = 20_000;

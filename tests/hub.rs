@@ -59,7 +59,9 @@ async fn next(link: &mut HubLink) -> Downlink {
 async fn next_floor(link: &mut HubLink) -> FloorEvent {
     match next(link).await {
         Downlink::Floor(event) => event,
-        Downlink::Audio(frame) => panic!("{} expected a floor event, got audio {frame:?}", link.id()),
+        Downlink::Audio(frame) => {
+            panic!("{} expected a floor event, got audio {frame:?}", link.id())
+        }
     }
 }
 
@@ -88,7 +90,10 @@ async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
     for link in &mut links[1..] {
         match next_floor(link).await {
             FloorEvent::Taken {
-                tx: taken, talker, source, ..
+                tx: taken,
+                talker,
+                source,
+                ..
             } => {
                 assert_eq!(taken, tx);
                 assert_eq!(talker.name, "alice");
@@ -134,9 +139,17 @@ async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
         );
         assert_eq!(next_floor(link).await, FloorEvent::Idle);
     }
-    assert_eq!(stats.frames_forwarded.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert_eq!(
+        stats
+            .frames_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
 }
 
 #[tokio::test]
@@ -151,8 +164,14 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
     let FloorEvent::Granted { tx: first, .. } = next_floor(&mut links[0]).await else {
         panic!("alice was not granted");
     };
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
-    assert!(matches!(next_floor(&mut links[2]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Taken { .. }
+    ));
+    assert!(matches!(
+        next_floor(&mut links[2]).await,
+        FloorEvent::Taken { .. }
+    ));
 
     request(&links[1], 7, "bob", Priority::Normal).await;
     assert_eq!(
@@ -176,7 +195,12 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
             other => panic!("expected alice's frame, got {other:?}"),
         }
     }
-    assert_eq!(stats.frames_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats
+            .frames_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     links[0].talk_end(StreamKey(1)).await.expect("hub running");
     assert!(matches!(
@@ -188,7 +212,10 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
     };
     assert_eq!(stream, StreamKey(7));
     assert_ne!(second, first);
-    assert!(matches!(next_floor(&mut links[0]).await, FloorEvent::Released { .. }));
+    assert!(matches!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released { .. }
+    ));
     match next_floor(&mut links[0]).await {
         FloorEvent::Taken { tx, talker, .. } => {
             assert_eq!(tx, second);
@@ -197,7 +224,10 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
         other => panic!("expected bob's Taken, got {other:?}"),
     }
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
 }
 
 #[tokio::test]
@@ -229,7 +259,10 @@ async fn silence_releases_the_floor_after_idle_release() {
         }
     );
     assert!(started.elapsed() >= idle, "released before idle_release_ms");
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Taken { .. }
+    ));
     assert!(matches!(
         next_floor(&mut links[1]).await,
         FloorEvent::Released {
@@ -238,7 +271,10 @@ async fn silence_releases_the_floor_after_idle_release() {
         }
     ));
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
 }
 
 #[tokio::test]
@@ -253,7 +289,10 @@ async fn an_emergency_revokes_the_holder_at_once() {
     let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
         panic!("alice was not granted");
     };
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Taken { .. }
+    ));
     request(&links[1], 2, "rescue", Priority::Emergency).await;
     assert_eq!(
         next_floor(&mut links[0]).await,
@@ -271,13 +310,22 @@ async fn an_emergency_revokes_the_holder_at_once() {
         }
         other => panic!("expected the emergency's Taken, got {other:?}"),
     }
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Released { .. }));
     assert!(matches!(
         next_floor(&mut links[1]).await,
-        FloorEvent::Granted { stream: StreamKey(2), .. }
+        FloorEvent::Released { .. }
+    ));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Granted {
+            stream: StreamKey(2),
+            ..
+        }
     ));
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
 }
 
 #[tokio::test]
@@ -289,8 +337,14 @@ async fn an_endpoint_that_goes_away_frees_the_floor_at_once() {
         ..
     } = start(settings(), &["test.a", "test.b"]);
     request(&links[0], 1, "alice", Priority::Normal).await;
-    assert!(matches!(next_floor(&mut links[0]).await, FloorEvent::Granted { .. }));
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Granted { .. }
+    ));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Taken { .. }
+    ));
     // The endpoint task ended: its link is dropped.
     drop(links.remove(0));
     assert!(matches!(
@@ -302,7 +356,10 @@ async fn an_endpoint_that_goes_away_frees_the_floor_at_once() {
     ));
     assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
 }
 
 #[tokio::test]
@@ -317,9 +374,15 @@ async fn shutdown_tells_every_endpoint_the_floor_is_released() {
     let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
         panic!("alice was not granted");
     };
-    assert!(matches!(next_floor(&mut links[1]).await, FloorEvent::Taken { .. }));
+    assert!(matches!(
+        next_floor(&mut links[1]).await,
+        FloorEvent::Taken { .. }
+    ));
     shutdown.cancel();
-    timeout(WAIT, task).await.expect("hub stops").expect("hub task did not panic");
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
     // A keyed radio must hear this before its link closes.
     for link in &mut links {
         assert_eq!(

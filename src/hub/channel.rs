@@ -1,6 +1,7 @@
 //! The channel actor: one task, one inbox, one floor.
 
 use super::floor::{Claimant, Decision, Floor, FloorSettings, Input};
+use super::pcm::TransmissionDecoder;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +32,12 @@ pub struct HubStats {
     pub grants: AtomicU64,
     pub denials: AtomicU64,
     pub releases: AtomicU64,
+    /// Lost frames filled in by Opus concealment for PCM consumers.
+    pub frames_concealed: AtomicU64,
+    /// Frames that arrived after a later one (no PCM for them).
+    pub frames_late: AtomicU64,
+    /// Packets libopus could not decode.
+    pub frames_corrupt: AtomicU64,
 }
 
 struct Attached {
@@ -50,6 +57,9 @@ pub struct ChannelHub {
     gone: mpsc::UnboundedReceiver<EndpointId>,
     stats: Arc<HubStats>,
     metrics: HubMetrics,
+    /// Decoder of the current transmission, present only while some endpoint other
+    /// than the holder's wants PCM.
+    decoder: Option<TransmissionDecoder>,
 }
 
 /// Per-frame counters resolved once, so the audio path does not build label sets.
@@ -82,6 +92,7 @@ impl ChannelHub {
             gone_tx,
             gone,
             stats: Arc::default(),
+            decoder: None,
         }
     }
 
@@ -171,7 +182,13 @@ impl ChannelHub {
             Uplink::Audio { stream, frame } => {
                 let who = Claimant { endpoint, stream };
                 match self.floor.audio(Instant::now().into_std(), &who) {
-                    Some(tx) => self.forward(&who.endpoint, DownFrame { tx, frame }),
+                    Some(tx) => {
+                        let mut frame = frame;
+                        if self.needs_pcm(&who.endpoint) {
+                            self.decode(tx, &mut frame);
+                        }
+                        self.forward(&who.endpoint, DownFrame { tx, frame });
+                    }
                     None => {
                         self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
                         self.metrics.frames_refused.increment(1);
@@ -264,6 +281,7 @@ impl ChannelHub {
             Decision::Released { who, tx, reason } => {
                 info!(endpoint = %who.endpoint, stream = %who.stream, %tx, %reason, "floor released");
                 self.stats.releases.fetch_add(1, Ordering::Relaxed);
+                self.decoder = None;
                 self.tell_all(&FloorEvent::Released { tx, reason });
             }
             Decision::Idle => {
@@ -293,11 +311,40 @@ impl ChannelHub {
         }
     }
 
-    #[allow(dead_code)]
     fn needs_pcm(&self, except: &EndpointId) -> bool {
         self.endpoints
             .iter()
             .any(|(id, a)| id != except && a.capabilities.needs_pcm)
+    }
+
+    fn decode(&mut self, tx: walkie_endpoint::TxId, frame: &mut walkie_endpoint::AudioFrame) {
+        if self.decoder.as_ref().is_none_or(|d| d.tx() != tx) {
+            self.decoder = match TransmissionDecoder::new(tx) {
+                Ok(decoder) => Some(decoder),
+                Err(error) => {
+                    // Only an out-of-memory libopus fails here; the Opus still flows.
+                    warn!(%tx, %error, "cannot create an Opus decoder; PCM consumers get silence");
+                    None
+                }
+            };
+        }
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        let outcome = decoder.decode_into(frame);
+        if outcome.concealed > 0 {
+            self.stats
+                .frames_concealed
+                .fetch_add(u64::from(outcome.concealed), Ordering::Relaxed);
+        }
+        if outcome.late {
+            self.stats.frames_late.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.corrupt {
+            self.stats.frames_corrupt.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("walkie_frames_corrupt_total", "channel" => self.name.clone())
+                .increment(1);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod channel;
 pub mod floor;
+mod pcm;
 
 pub use channel::{AttachError, ChannelHub, HubStats};
 pub use floor::{Claimant, Decision, Floor, FloorSettings, Input};
