@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use walkie_bridge::hub::{ChannelHub, FloorSettings};
 use walkie_endpoint::{
     AudioFrame, Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, ReleaseReason,
-    StreamKey, TalkKind, Talker,
+    StreamKey, TalkKind, Talker, TxId,
 };
 
 /// Long enough for any event on a loaded CI machine, short enough to fail fast.
@@ -75,6 +75,48 @@ async fn request(link: &HubLink, stream: u64, name: &str, priority: Priority) {
         .expect("hub running");
 }
 
+/// `links[talker]` asks for a quiet floor: it hears its grant and every other
+/// endpoint hears who took it.
+async fn take_floor(links: &mut [HubLink], talker: usize, stream: u64, name: &str) -> TxId {
+    request(&links[talker], stream, name, Priority::Normal).await;
+    let FloorEvent::Granted {
+        tx,
+        stream: granted,
+    } = next_floor(&mut links[talker]).await
+    else {
+        panic!("{name} was not granted");
+    };
+    assert_eq!(granted, StreamKey(stream));
+    let source = links[talker].id().clone();
+    for (index, link) in links.iter_mut().enumerate() {
+        if index == talker {
+            continue;
+        }
+        match next_floor(link).await {
+            FloorEvent::Taken {
+                tx: taken,
+                talker,
+                source: from,
+                ..
+            } => {
+                assert_eq!(taken, tx);
+                assert_eq!(talker.name, name);
+                assert_eq!(from, source);
+            }
+            other => panic!("{} expected Taken, got {other:?}", link.id()),
+        }
+    }
+    tx
+}
+
+async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    shutdown.cancel();
+    timeout(WAIT, task)
+        .await
+        .expect("hub stops")
+        .expect("hub task did not panic");
+}
+
 #[tokio::test]
 async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
     let Running {
@@ -83,25 +125,7 @@ async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
         task,
         stats,
     } = start(settings(), &["test.a", "test.b", "test.c"]);
-    request(&links[0], 1, "alice", Priority::Normal).await;
-    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
-        panic!("alice was not granted");
-    };
-    for link in &mut links[1..] {
-        match next_floor(link).await {
-            FloorEvent::Taken {
-                tx: taken,
-                talker,
-                source,
-                ..
-            } => {
-                assert_eq!(taken, tx);
-                assert_eq!(talker.name, "alice");
-                assert_eq!(source.as_str(), "test.a");
-            }
-            other => panic!("expected Taken, got {other:?}"),
-        }
-    }
+    let tx = take_floor(&mut links, 0, 1, "alice").await;
     for seq in 0..5u32 {
         links[0]
             .audio(StreamKey(1), AudioFrame::opus(seq, vec![seq as u8; 3]))
@@ -145,11 +169,7 @@ async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
             .load(std::sync::atomic::Ordering::Relaxed),
         5
     );
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    stop(shutdown, task).await;
 }
 
 #[tokio::test]
@@ -160,18 +180,7 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
         task,
         stats,
     } = start(settings(), &["test.a", "test.b", "test.c"]);
-    request(&links[0], 1, "alice", Priority::Normal).await;
-    let FloorEvent::Granted { tx: first, .. } = next_floor(&mut links[0]).await else {
-        panic!("alice was not granted");
-    };
-    assert!(matches!(
-        next_floor(&mut links[1]).await,
-        FloorEvent::Taken { .. }
-    ));
-    assert!(matches!(
-        next_floor(&mut links[2]).await,
-        FloorEvent::Taken { .. }
-    ));
+    let first = take_floor(&mut links, 0, 1, "alice").await;
 
     request(&links[1], 7, "bob", Priority::Normal).await;
     assert_eq!(
@@ -223,11 +232,7 @@ async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
         }
         other => panic!("expected bob's Taken, got {other:?}"),
     }
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    stop(shutdown, task).await;
 }
 
 #[tokio::test]
@@ -270,11 +275,7 @@ async fn silence_releases_the_floor_after_idle_release() {
             ..
         }
     ));
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    stop(shutdown, task).await;
 }
 
 #[tokio::test]
@@ -285,14 +286,7 @@ async fn an_emergency_revokes_the_holder_at_once() {
         task,
         ..
     } = start(settings(), &["test.a", "test.b"]);
-    request(&links[0], 1, "alice", Priority::Normal).await;
-    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
-        panic!("alice was not granted");
-    };
-    assert!(matches!(
-        next_floor(&mut links[1]).await,
-        FloorEvent::Taken { .. }
-    ));
+    let tx = take_floor(&mut links, 0, 1, "alice").await;
     request(&links[1], 2, "rescue", Priority::Emergency).await;
     assert_eq!(
         next_floor(&mut links[0]).await,
@@ -321,11 +315,7 @@ async fn an_emergency_revokes_the_holder_at_once() {
             ..
         }
     ));
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    stop(shutdown, task).await;
 }
 
 #[tokio::test]
@@ -336,15 +326,7 @@ async fn an_endpoint_that_goes_away_frees_the_floor_at_once() {
         task,
         ..
     } = start(settings(), &["test.a", "test.b"]);
-    request(&links[0], 1, "alice", Priority::Normal).await;
-    assert!(matches!(
-        next_floor(&mut links[0]).await,
-        FloorEvent::Granted { .. }
-    ));
-    assert!(matches!(
-        next_floor(&mut links[1]).await,
-        FloorEvent::Taken { .. }
-    ));
+    take_floor(&mut links, 0, 1, "alice").await;
     // The endpoint task ended: its link is dropped.
     drop(links.remove(0));
     assert!(matches!(
@@ -355,11 +337,7 @@ async fn an_endpoint_that_goes_away_frees_the_floor_at_once() {
         }
     ));
     assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    stop(shutdown, task).await;
 }
 
 #[tokio::test]
@@ -370,19 +348,8 @@ async fn shutdown_tells_every_endpoint_the_floor_is_released() {
         task,
         ..
     } = start(settings(), &["test.a", "test.b"]);
-    request(&links[0], 1, "alice", Priority::Normal).await;
-    let FloorEvent::Granted { tx, .. } = next_floor(&mut links[0]).await else {
-        panic!("alice was not granted");
-    };
-    assert!(matches!(
-        next_floor(&mut links[1]).await,
-        FloorEvent::Taken { .. }
-    ));
-    shutdown.cancel();
-    timeout(WAIT, task)
-        .await
-        .expect("hub stops")
-        .expect("hub task did not panic");
+    let tx = take_floor(&mut links, 0, 1, "alice").await;
+    stop(shutdown, task).await;
     // A keyed radio must hear this before its link closes.
     for link in &mut links {
         assert_eq!(

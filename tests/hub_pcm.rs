@@ -28,6 +28,26 @@ async fn next_audio(link: &mut HubLink) -> DownFrame {
     }
 }
 
+/// The talker on `link` asks for a quiet floor and waits for its grant.
+async fn take_floor(link: &mut HubLink) {
+    link.talk_start(
+        StreamKey(1),
+        Talker::new("alice", "alice (Test)"),
+        Priority::Normal,
+        TalkKind::Live,
+    )
+    .await
+    .expect("hub running");
+    loop {
+        match timeout(WAIT, link.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(closed)) => panic!("{}: {closed}", link.id()),
+            Err(_) => panic!("{} was not granted within {WAIT:?}", link.id()),
+        }
+    }
+}
+
 #[tokio::test]
 async fn pcm_consumers_get_decoded_speech_with_lost_frames_concealed() {
     let speech = common::speech(48_000);
@@ -38,7 +58,7 @@ async fn pcm_consumers_get_decoded_speech_with_lost_frames_concealed() {
     let frames = packets.len();
 
     let mut hub = ChannelHub::new("pcm", FloorSettings::default());
-    let source = hub
+    let mut source = hub
         .attach(EndpointId::new("test.source"), Capabilities::default())
         .expect("attach");
     let mut radio = hub
@@ -54,25 +74,7 @@ async fn pcm_consumers_get_decoded_speech_with_lost_frames_concealed() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(hub.run(shutdown.clone()));
 
-    source
-        .talk_start(
-            StreamKey(1),
-            Talker::new("alice", "alice (Test)"),
-            Priority::Normal,
-            TalkKind::Live,
-        )
-        .await
-        .expect("hub running");
-    let mut source = source;
-    loop {
-        if let Downlink::Floor(FloorEvent::Granted { .. }) = timeout(WAIT, source.recv())
-            .await
-            .expect("grant")
-            .expect("hub running")
-        {
-            break;
-        }
-    }
+    take_floor(&mut source).await;
 
     // Frames 100 and 101 are lost; 101 then turns up after 102.
     let order: Vec<usize> = (0..100).chain([102, 101]).chain(103..frames).collect();
@@ -142,24 +144,7 @@ async fn without_pcm_consumers_nothing_is_decoded() {
     let stats = hub.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(hub.run(shutdown.clone()));
-    source
-        .talk_start(
-            StreamKey(1),
-            Talker::new("alice", "alice (Test)"),
-            Priority::Normal,
-            TalkKind::Live,
-        )
-        .await
-        .expect("hub running");
-    loop {
-        if let Downlink::Floor(FloorEvent::Granted { .. }) = timeout(WAIT, source.recv())
-            .await
-            .expect("grant")
-            .expect("hub running")
-        {
-            break;
-        }
-    }
+    take_floor(&mut source).await;
     // Not even valid Opus: passthrough must not look inside.
     source
         .audio(StreamKey(1), AudioFrame::opus(0, vec![0xff, 0xff, 0xff]))
