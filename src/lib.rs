@@ -5,3 +5,4 @@ pub mod config;
 pub mod daemon;
 pub mod hub;
 pub mod registration;
+pub mod store;
