@@ -38,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 pub use error::StoreError;
 pub use opt_ins::OptIn;
@@ -136,10 +137,16 @@ impl Store {
             .and_then(|f| f.parent())
             .filter(|p| !p.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                url: shown.clone(),
-                reason: format!("cannot create folder {}: {e}", parent.display()),
-            })?;
+            let reason = if parent.exists() && !parent.is_dir() {
+                Some(format!("{} is not a folder", parent.display()))
+            } else {
+                std::fs::create_dir_all(parent)
+                    .err()
+                    .map(|e| format!("cannot create folder {}: {e}", parent.display()))
+            };
+            if let Some(reason) = reason {
+                return Err(StoreError::Open { url: shown, reason });
+            }
         }
 
         let pool_options = if memory {
@@ -184,6 +191,14 @@ impl Store {
             url: shown.clone(),
             cause,
         })?;
+        // One connection first: the pool retries a refused connection until its
+        // timeout and then reports only "timed out"; this says what happened.
+        let probe = options.connect().await.map_err(|e| StoreError::Open {
+            url: shown.clone(),
+            reason: describe(&e),
+        })?;
+        // Closing the probe politely is a courtesy; a failure here changes nothing.
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_MAX_CONNECTIONS)
             .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
