@@ -10,6 +10,11 @@ impl Store {
     /// recorded. Atomic (one `INSERT … ON CONFLICT DO NOTHING`), so of several
     /// concurrent deliveries of one transaction — in this process or in another
     /// one on the same database — exactly one gets true.
+    ///
+    /// Claiming before processing means a crash in the middle loses the rest of
+    /// that transaction (the homeserver's retry is answered "done"); claiming after
+    /// means a crash replays it. The Matrix side picks; [`Store::txn_handled`]
+    /// serves the second order.
     pub async fn mark_txn_handled(&self, txn_id: &str) -> Result<bool, StoreError> {
         let now = to_ms(SystemTime::now());
         let inserted = on_pool!(self, pool => sqlx::query(
