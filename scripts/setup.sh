@@ -5,10 +5,12 @@ set -euo pipefail
 
 # Build: libopus-dev + cmake + pkg-config (the opus crate links libopus).
 # Tests: opus-tools (opusinfo/opusdec check the Ogg files we write),
+#        postgresql (initdb/pg_ctl: the store is tested on PostgreSQL too),
 #        espeak-ng + sox (real speech fixtures).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
+  postgresql
 )
 
 missing=()

@@ -6,3 +6,4 @@ pub mod daemon;
 pub mod hub;
 pub mod matrix;
 pub mod registration;
+pub mod store;

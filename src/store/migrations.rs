@@ -1,0 +1,65 @@
+//! The schema, embedded in the binary: one migration set per backend, because the
+//! two SQL dialects will diverge as the schema changes (SQLite's limited
+//! `ALTER TABLE`, PostgreSQL's richer types). The files live in `migrations/sqlite/`
+//! and `migrations/postgres/` at the repository root, named as sqlx-cli expects
+//! (`sqlx migrate info --source migrations/sqlite` works on a bridge's database).
+//!
+//! `include_str!` instead of `sqlx::migrate!`: no proc-macro build of sqlx, and
+//! cargo rebuilds when a file changes without a build script. A new migration is one
+//! more line in each list below.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// `(version, description, sql)`, ascending.
+type Embedded = &'static [(i64, &'static str, &'static str)];
+
+pub(crate) const SQLITE: Embedded = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+)];
+
+pub(crate) const POSTGRES: Embedded = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+/// The highest schema version this build knows.
+pub(crate) fn latest(set: Embedded) -> i64 {
+    set.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
+}
+
+pub(crate) async fn migrator(set: Embedded) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Source(set)).await
+}
+
+#[derive(Debug)]
+struct Source(Embedded);
+
+type BoxDynError = Box<dyn std::error::Error + Send + Sync>;
+
+impl MigrationSource<'static> for Source {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
