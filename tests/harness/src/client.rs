@@ -235,7 +235,8 @@ pub struct MatrixClient {
 }
 
 impl MatrixClient {
-    /// A client for the homeserver at `base_url` using `access_token`.
+    /// A client for the homeserver at `base_url` using `access_token` (empty: send
+    /// no `Authorization` header).
     pub fn new(base_url: impl AsRef<str>, access_token: impl Into<String>) -> MatrixClient {
         let base = Url::parse(base_url.as_ref()).expect("homeserver URL parses");
         MatrixClient {
@@ -666,7 +667,12 @@ impl MatrixClient {
     }
 
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let request = request.bearer_auth(&self.access_token);
+        // An empty token means "no authentication" (e.g. for /versions).
+        let request = if self.access_token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(&self.access_token)
+        };
         match &self.assert_user_id {
             Some(user_id) => request.query(&[("user_id", user_id)]),
             None => request,
