@@ -11,7 +11,7 @@ mod ports;
 mod process;
 mod synapse;
 
-pub use appservice::{AppserviceRegistration, Registration};
+pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
 pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
 pub use ports::free_port;
 pub use process::{log_tail, ChildGuard};
