@@ -1,0 +1,96 @@
+//! Integration-test harness for walkie-bridge.
+//!
+//! Starts a real Synapse on 127.0.0.1 (see [`SynapseBuilder`]) and gives tests a small
+//! Matrix client ([`MatrixClient`]) to create rooms, send and await events, and move
+//! media. Processes started here are owned by guards ([`ChildGuard`]) and die with
+//! the test. See `README.md` beside this crate for environment variables and logs.
+
+mod appservice;
+mod client;
+mod ports;
+mod process;
+mod synapse;
+
+pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
+pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
+pub use ports::free_port;
+pub use process::{log_tail, ChildGuard};
+pub use synapse::{synapse_python, workspace_root, Synapse, SynapseBuilder, TestUser};
+
+/// Errors of the harness. Matrix errors keep the HTTP status and `errcode`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The homeserver answered with a non-success status.
+    #[error("{method} {path}: HTTP {status} {errcode}: {message}", errcode = errcode.as_deref().unwrap_or("(no errcode)"))]
+    Matrix {
+        method: String,
+        path: String,
+        status: u16,
+        errcode: Option<String>,
+        message: String,
+    },
+    /// The request did not get an answer (connection refused, timeout, bad body).
+    #[error("{method} {path}: {source}")]
+    Http {
+        method: String,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer lacked a field the harness needs.
+    #[error("{what}: unexpected answer: {body}")]
+    Unexpected { what: String, body: String },
+    /// Waiting for something timed out.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
+    /// Synapse failed to start, stop or answer; carries the tail of its logs.
+    #[error("{message}\n{log_tail}")]
+    Synapse { message: String, log_tail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The HTTP status of a homeserver answer, if this error is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Matrix { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The Matrix `errcode` of a homeserver answer, if any.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            Error::Matrix { errcode, .. } => errcode.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result of the harness.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Random alphanumeric string (secrets, passwords, transaction ids).
+pub(crate) fn random_string(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
