@@ -1,7 +1,11 @@
-//! The Matrix side: the homeserver client, puppets, and (as it lands) the
-//! appservice server, floor mirror and voice messages in.
+//! The Matrix side: the homeserver client, puppets, room start-up, and (as it
+//! lands) the appservice server, floor mirror and voice messages in.
 
 pub mod client;
 pub mod puppet_id;
+pub mod puppets;
+pub mod room_setup;
 
 pub use client::{Homeserver, MatrixError};
+pub use puppets::{PuppetError, Puppets};
+pub use room_setup::{prepare_room, PreparedRoom, RoomSetupError, FLOOR_EVENT_TYPE};
