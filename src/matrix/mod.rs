@@ -5,7 +5,9 @@ pub mod client;
 pub mod puppet_id;
 pub mod puppets;
 pub mod room_setup;
+pub mod room_worker;
 
 pub use client::{Homeserver, MatrixError};
 pub use puppets::{PuppetError, Puppets};
 pub use room_setup::{prepare_room, PreparedRoom, RoomSetupError, FLOOR_EVENT_TYPE};
+pub use room_worker::{RoomOp, RoomWorker};

@@ -1,0 +1,234 @@
+//! Everything a channel says in its Matrix room, done in order by one task per room:
+//! the floor mirror (talker's puppet typing, the `org.matrix.msc4002.floor` state
+//! event), notices, reactions and threaded replies.
+//!
+//! HTTP calls take milliseconds to seconds; the channel's hub link must never wait
+//! for them. The room endpoint therefore only queues [`RoomOp`]s here, and this task
+//! works them off one by one — the per-room serial queue of mautrix bridgev2.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+use walkie_endpoint::{EndpointId, Talker, TxId};
+
+use super::client::Homeserver;
+use super::puppets::Puppets;
+use super::room_setup::FLOOR_EVENT_TYPE;
+
+/// Attempts for one operation while the homeserver has a hiccup. The floor mirror
+/// is best effort: a state that could not be written is overtaken by the next one.
+const ATTEMPTS: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone)]
+pub enum RoomOp {
+    /// Someone holds the floor: their puppet types and the state event says so.
+    /// A Matrix user (`talker.matrix_user_id`) is named as themself, without a puppet.
+    FloorTaken {
+        tx: TxId,
+        talker: Talker,
+        source: EndpointId,
+        since: SystemTime,
+    },
+    /// Transmission `tx` ended: its puppet stops typing.
+    FloorReleased { tx: TxId },
+    /// Nobody holds or waits for the floor.
+    FloorIdle,
+    /// A bot notice; `thread_root` makes it a threaded reply to that event.
+    Notice {
+        text: String,
+        thread_root: Option<OwnedEventId>,
+    },
+    /// The bot reacts to an event (a voice message that went out).
+    React { event_id: OwnedEventId, key: String },
+}
+
+pub struct RoomWorker {
+    homeserver: Homeserver,
+    puppets: Puppets,
+    room: OwnedRoomId,
+    bot: OwnedUserId,
+    /// How long a typing notice lasts if its "stopped" is lost.
+    typing_timeout: Duration,
+    typing: HashMap<TxId, OwnedUserId>,
+}
+
+impl RoomWorker {
+    pub fn new(
+        homeserver: Homeserver,
+        puppets: Puppets,
+        room: OwnedRoomId,
+        bot: OwnedUserId,
+        max_talk: Duration,
+    ) -> Self {
+        Self {
+            homeserver,
+            puppets,
+            room,
+            bot,
+            typing_timeout: max_talk + Duration::from_secs(5),
+            typing: HashMap::new(),
+        }
+    }
+
+    /// Works off `ops` until the sender side is dropped or `shutdown` fires; on
+    /// shutdown the floor is written idle so the room does not show a stale talker.
+    pub async fn run(
+        mut self,
+        mut ops: mpsc::UnboundedReceiver<RoomOp>,
+        shutdown: CancellationToken,
+    ) {
+        let span = tracing::info_span!("room", room = %self.room);
+        async move {
+            loop {
+                let op = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    op = ops.recv() => match op {
+                        Some(op) => op,
+                        None => break,
+                    },
+                };
+                self.apply(op).await;
+            }
+            // Whatever is still queued is out of date now; only the end state matters.
+            let talkers: Vec<TxId> = self.typing.keys().copied().collect();
+            for tx in talkers {
+                self.apply(RoomOp::FloorReleased { tx }).await;
+            }
+            self.apply(RoomOp::FloorIdle).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn apply(&mut self, op: RoomOp) {
+        match op {
+            RoomOp::FloorTaken {
+                tx,
+                talker,
+                source,
+                since,
+            } => self.floor_taken(tx, &talker, &source, since).await,
+            RoomOp::FloorReleased { tx } => {
+                if let Some(puppet) = self.typing.remove(&tx) {
+                    let (homeserver, room) = (&self.homeserver, &self.room);
+                    retry("typing stopped", || {
+                        homeserver.typing(room, &puppet, false, Duration::ZERO)
+                    })
+                    .await;
+                }
+            }
+            RoomOp::FloorIdle => {
+                self.write_floor(json!({ "state": "idle" })).await;
+            }
+            RoomOp::Notice { text, thread_root } => {
+                let mut content = json!({ "msgtype": "m.notice", "body": text });
+                if let Some(root) = thread_root {
+                    content["m.relates_to"] = json!({
+                        "rel_type": "m.thread",
+                        "event_id": root,
+                        "is_falling_back": true,
+                        "m.in_reply_to": { "event_id": root },
+                    });
+                }
+                self.send_as_bot("m.room.message", content).await;
+            }
+            RoomOp::React { event_id, key } => {
+                let content = json!({
+                    "m.relates_to": { "rel_type": "m.annotation", "event_id": event_id, "key": key }
+                });
+                self.send_as_bot("m.reaction", content).await;
+            }
+        }
+    }
+
+    async fn floor_taken(
+        &mut self,
+        tx: TxId,
+        talker: &Talker,
+        source: &EndpointId,
+        since: SystemTime,
+    ) {
+        // A Matrix user talks as themself; everyone else through their puppet.
+        let talker_id = match &talker.matrix_user_id {
+            Some(user) => Some(user.clone()),
+            None => match self.puppets.ensure(source, talker, &self.room).await {
+                Ok(puppet) => {
+                    let (homeserver, room, timeout) =
+                        (&self.homeserver, &self.room, self.typing_timeout);
+                    retry("typing started", || {
+                        homeserver.typing(room, &puppet, true, timeout)
+                    })
+                    .await;
+                    let id = puppet.to_string();
+                    self.typing.insert(tx, puppet);
+                    Some(id)
+                }
+                Err(error) => {
+                    warn!(%tx, talker = %talker, %error, "no puppet for the talker; the floor state names them only");
+                    None
+                }
+            },
+        };
+        let since_ts = since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.write_floor(json!({
+            "state": "taken",
+            "talker": talker_id.unwrap_or_else(|| talker.name.clone()),
+            "talker_name": talker.display_name,
+            "endpoint": source.as_str(),
+            "tx_id": tx.to_string(),
+            "since_ts": since_ts,
+        }))
+        .await;
+    }
+
+    async fn write_floor(&self, content: Value) {
+        let (homeserver, room, bot) = (&self.homeserver, &self.room, &self.bot);
+        retry("floor state", || {
+            homeserver.send_state(room, FLOOR_EVENT_TYPE, "", &content, bot)
+        })
+        .await;
+    }
+
+    async fn send_as_bot(&self, event_type: &str, content: Value) {
+        let txn = TxId::generate().to_string();
+        let (homeserver, room, bot) = (&self.homeserver, &self.room, &self.bot);
+        retry(event_type, || {
+            homeserver.send(room, event_type, &txn, &content, bot)
+        })
+        .await;
+    }
+}
+
+/// Runs `call` until it succeeds, fails for good, or runs out of attempts; logs the
+/// outcome. Never returns an error: the room mirror must not stop the channel.
+async fn retry<T, F, Fut>(what: &str, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, super::client::MatrixError>>,
+{
+    for attempt in 1..=ATTEMPTS {
+        match call().await {
+            Ok(_) => {
+                debug!(what, "done");
+                return;
+            }
+            Err(error) if error.is_transient() && attempt < ATTEMPTS => {
+                debug!(what, attempt, %error, "retrying");
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+            }
+            Err(error) => {
+                warn!(what, %error, "could not update the room");
+                return;
+            }
+        }
+    }
+}
