@@ -8,6 +8,8 @@ pub mod endpoint;
 pub mod floor;
 pub mod frame;
 pub mod ids;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use endpoint::{
     Capabilities, Downlink, Endpoint, EndpointError, EndpointFuture, HubClosed, HubLink,
