@@ -252,7 +252,7 @@ async fn every_route_wants_the_hs_token() {
 }
 
 #[tokio::test]
-async fn the_user_query_knows_the_bot_and_stored_puppets_only() {
+async fn the_user_query_knows_the_bot_and_registered_puppets_only() {
     let db = Db::new();
     let store = db.open().await;
     store
@@ -262,6 +262,16 @@ async fn the_user_query_knows_the_bot_and_stored_puppets_only() {
             talker_name: "alice".into(),
             display_name: "alice (Mumble)".into(),
             registered: true,
+        })
+        .await
+        .unwrap();
+    store
+        .upsert_puppet(&PuppetProfile {
+            user_id: "@walkie_mumble_carol:walkie.test".into(),
+            endpoint: walkie_endpoint::EndpointId::new("mumble.ops"),
+            talker_name: "carol".into(),
+            display_name: "carol (Mumble)".into(),
+            registered: false,
         })
         .await
         .unwrap();
@@ -279,6 +289,7 @@ async fn the_user_query_knows_the_bot_and_stored_puppets_only() {
     }
     for unknown in [
         "@walkie_mumble_bob:walkie.test",
+        "@walkie_mumble_carol:walkie.test",
         "@alice:walkie.test",
         "@walkie:elsewhere.test",
         "@walkie_mumble_alice:elsewhere.test",

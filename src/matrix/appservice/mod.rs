@@ -19,10 +19,11 @@
 //! dispatcher twice — never zero times. Within one process a short memory of
 //! dispatched event ids drops such repeats (also when a homeserver re-sends an
 //! event in a new transaction); across a restart **consumers must treat event ids
-//! as idempotency keys** (an archive post, a command reply and a queued voice
-//! message are each keyed by the event id they answer). The one window left is the
-//! other way round: events already in the dispatcher's queue when the process
-//! dies after step 3 are lost — the same as any work in memory at a crash.
+//! as idempotency keys** — for instance by sending the answer to an event with a
+//! Matrix transaction id derived from that event's id, so the homeserver drops the
+//! second answer. The one window left is the other way round: events still in the
+//! dispatcher's queue when the process dies after step 3 are lost — like any work
+//! held in memory at a crash.
 //!
 //! A store failure answers `500 M_UNKNOWN`, so the homeserver retries later.
 //!
@@ -363,8 +364,8 @@ async fn ping(body: Bytes) -> Response {
 }
 
 /// Whether a user in our namespace exists. The bot always does; a puppet does
-/// once the bridge made it. Anything else is unknown: the bridge does not create
-/// users on demand.
+/// once the bridge registered it. Anything else is unknown: the bridge does not
+/// create users on demand, and a `200` obliges the bridge to have created it.
 async fn query_user(State(shared): State<Arc<Shared>>, Path(user_id): Path<String>) -> Response {
     let not_found = || matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user");
     let Ok(user) = UserId::parse(&user_id) else {
@@ -377,8 +378,8 @@ async fn query_user(State(shared): State<Arc<Shared>>, Path(user_id): Path<Strin
         return not_found();
     }
     match shared.store.puppet(user.as_str()).await {
-        Ok(Some(_)) => empty_ok(),
-        Ok(None) => not_found(),
+        Ok(Some(puppet)) if puppet.profile.registered => empty_ok(),
+        Ok(_) => not_found(),
         Err(e) => {
             error!(user = %user, error = %e, "cannot look up a puppet for the homeserver");
             store_failed()
