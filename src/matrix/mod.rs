@@ -1,12 +1,15 @@
 //! The Matrix side: the homeserver client, puppets, room start-up, and (as it
 //! lands) the appservice server, floor mirror and voice messages in.
 
+pub mod appservice;
 pub mod client;
+pub mod commands;
 pub mod puppet_id;
 pub mod puppets;
 pub mod room_setup;
 pub mod room_worker;
 
+pub use appservice::{AppserviceError, AppserviceServer, BridgeUsers, Inbound};
 pub use client::{Homeserver, MatrixError};
 pub use puppets::{PuppetError, Puppets};
 pub use room_setup::{prepare_room, PreparedRoom, RoomSetupError, FLOOR_EVENT_TYPE};

@@ -1,0 +1,131 @@
+//! What the appservice hands to the rest of the bridge, and how one transaction
+//! body becomes those values.
+
+use ruma::events::{AnySyncEphemeralRoomEvent, AnyTimelineEvent, TimelineEventType};
+use ruma::serde::Raw;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde::Deserialize;
+
+/// One event pushed by the homeserver, in the order the homeserver sent it.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// A room (timeline) event: a message, a membership change, a state event…
+    RoomEvent(RoomEvent),
+    /// A typing notice or read receipt (MSC2409), when the registration asks for
+    /// them.
+    Ephemeral(EphemeralEvent),
+}
+
+/// A timeline event whose envelope (type, ids, sender) was checked. The content
+/// was not: a consumer deserializes [`RoomEvent::event`] for the types it handles,
+/// so an odd content in a type nobody here reads cannot cost a good event.
+#[derive(Clone, Debug)]
+pub struct RoomEvent {
+    /// The homeserver's transaction this event came in (for logs).
+    pub txn_id: String,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub event_id: OwnedEventId,
+    pub event_type: TimelineEventType,
+    /// Present on state events: for `m.room.member` the user the change is about.
+    pub state_key: Option<String>,
+    /// The bot or a puppet sent it: the bridge's own voice, never to be bridged
+    /// back (no loops).
+    pub from_bridge: bool,
+    pub event: Raw<AnyTimelineEvent>,
+}
+
+/// An ephemeral event of one room.
+#[derive(Clone, Debug)]
+pub struct EphemeralEvent {
+    pub txn_id: String,
+    pub room_id: OwnedRoomId,
+    /// `m.typing`, `m.receipt`, …
+    pub event_type: String,
+    /// The event as pushed (with its `room_id`), readable as the sync form ruma
+    /// has types for.
+    pub event: Raw<AnySyncEphemeralRoomEvent>,
+}
+
+/// The body of `PUT /_matrix/app/v1/transactions/{txnId}`. Each event stays raw
+/// JSON until [`check_timeline`]/[`check_ephemeral`] looks at it, so one malformed
+/// event cannot make the whole transaction unreadable.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TransactionBody {
+    #[serde(default)]
+    pub events: Vec<Raw<AnyTimelineEvent>>,
+    #[serde(default)]
+    pub ephemeral: Option<Vec<Raw<AnySyncEphemeralRoomEvent>>>,
+    /// MSC2409's unstable name. Synapse sends both names, with the same events,
+    /// when the registration asks for both; only one list may be used.
+    #[serde(default, rename = "de.sorunome.msc2409.ephemeral")]
+    pub ephemeral_unstable: Option<Vec<Raw<AnySyncEphemeralRoomEvent>>>,
+}
+
+impl TransactionBody {
+    pub fn into_parts(
+        self,
+    ) -> (
+        Vec<Raw<AnyTimelineEvent>>,
+        Vec<Raw<AnySyncEphemeralRoomEvent>>,
+    ) {
+        let ephemeral = self
+            .ephemeral
+            .or(self.ephemeral_unstable)
+            .unwrap_or_default();
+        (self.events, ephemeral)
+    }
+}
+
+#[derive(Deserialize)]
+struct TimelineEnvelope {
+    #[serde(rename = "type")]
+    event_type: TimelineEventType,
+    event_id: OwnedEventId,
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    #[serde(default)]
+    state_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EphemeralEnvelope {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    room_id: Option<OwnedRoomId>,
+}
+
+/// Reads the envelope of a timeline event; the error says what is wrong with it.
+pub(crate) fn check_timeline(
+    txn_id: &str,
+    raw: Raw<AnyTimelineEvent>,
+    is_bridge_user: impl Fn(&OwnedUserId) -> bool,
+) -> Result<RoomEvent, serde_json::Error> {
+    let envelope: TimelineEnvelope = raw.deserialize_as_unchecked()?;
+    Ok(RoomEvent {
+        txn_id: txn_id.to_owned(),
+        from_bridge: is_bridge_user(&envelope.sender),
+        room_id: envelope.room_id,
+        sender: envelope.sender,
+        event_id: envelope.event_id,
+        event_type: envelope.event_type,
+        state_key: envelope.state_key,
+        event: raw,
+    })
+}
+
+/// Reads the envelope of an ephemeral event. `Ok(None)`: valid but of no room
+/// (presence), which the bridge has no use for.
+pub(crate) fn check_ephemeral(
+    txn_id: &str,
+    raw: Raw<AnySyncEphemeralRoomEvent>,
+) -> Result<Option<EphemeralEvent>, serde_json::Error> {
+    let envelope: EphemeralEnvelope = raw.deserialize_as_unchecked()?;
+    Ok(envelope.room_id.map(|room_id| EphemeralEvent {
+        txn_id: txn_id.to_owned(),
+        room_id,
+        event_type: envelope.event_type,
+        event: raw,
+    }))
+}
