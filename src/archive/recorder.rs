@@ -166,6 +166,8 @@ impl Recorder {
             }
             self.stats.lost += u64::from(ahead - 1);
         }
+        // Taken even by an invalid packet, so the next one does not look like a gap.
+        self.last_seq = Some(frame.seq);
         let samples = match packet_samples(&frame.opus) {
             Ok(n) => n,
             Err(e) => {
@@ -180,7 +182,6 @@ impl Recorder {
         writer
             .write_packet(&frame.opus)
             .map_err(ArchiveError::audio("writing", &self.part))?;
-        self.last_seq = Some(frame.seq);
         self.stats.packets += 1;
         let pcm = match self.decoder.as_mut().map(|d| d.decode(&frame.opus)) {
             Some(Ok(pcm)) => pcm,
