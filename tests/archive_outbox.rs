@@ -529,3 +529,49 @@ async fn a_lost_spool_file_is_given_up_unless_already_uploaded() {
     assert_eq!(messages[0]["content"]["url"], mxc.as_str());
     assert_eq!(env.store.posted_count().await.expect("count"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_a_crash_kept_from_the_outbox_are_posted_after_recovery() {
+    let env = Env::start(true).await;
+    // Finished and renamed, but the bridge died before enqueueing it.
+    let finished = env.record(1.0);
+    // Cut off mid-recording: a .part with a second of complete pages.
+    let speech = common::speech(48_000);
+    let mut recorder =
+        walkie_bridge::archive::Recorder::start(env.spool.path(), meta(&env.room, PUPPET))
+            .expect("start");
+    for (seq, p) in opus_packets(&speech[..48_000 * 2]).into_iter().enumerate() {
+        recorder
+            .push(&walkie_endpoint::AudioFrame::opus(seq as u32, p))
+            .expect("push");
+    }
+    let cut_tx = recorder.meta().tx;
+    drop(recorder);
+
+    let recovery = walkie_bridge::archive::recover_spool(env.spool.path(), &env.store)
+        .await
+        .expect("recovery");
+    assert_eq!(recovery.salvaged, [cut_tx]);
+    assert_eq!(recovery.enqueued.len(), 2);
+    let outbox = env.spawn_outbox(env.store.clone(), quick_poll());
+    outbox.waker.wake();
+    let store = env.store.clone();
+    eventually("both posted", WAIT, || async {
+        (store.outbox_depth().await.expect("depth") == 0).then_some(())
+    })
+    .await;
+    outbox.stop().await;
+    let messages = env.voice_messages().await;
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let durations: Vec<u64> = messages
+        .iter()
+        .map(|m| m["content"]["info"]["duration"].as_u64().expect("duration"))
+        .collect();
+    // Oldest first: the finished one started before the cut one.
+    assert_eq!(durations[0], finished.duration_ms);
+    assert_eq!(
+        durations[1], 994,
+        "the one complete page (50 packets) of the cut recording"
+    );
+    assert!(archive_common::files_in(env.spool.path()).is_empty());
+}

@@ -338,7 +338,7 @@ async fn a_finished_file_missing_from_the_outbox_is_queued_once() {
 
     let recovery = recover_spool(spool.path(), &store).await.expect("recovery");
     assert_eq!(recovery.enqueued, [lost.tx]);
-    assert_eq!(recovery.removed, [posted.path.clone()]);
+    assert_eq!(recovery.removed, std::slice::from_ref(&posted.path));
     let entry = store
         .outbox_entry(lost.tx)
         .await

@@ -222,7 +222,7 @@ impl Outbox {
         let file_name = voice_message_file_name(&item.channel, item.created_at);
         let mxc = match &entry.mxc_uri {
             Some(mxc) => OwnedMxcUri::from(mxc.as_str()),
-            None => match self.upload(&entry, &sender, &file_name).await {
+            None => match self.upload(&entry, &room, &sender, &file_name).await {
                 Ok(mxc) => mxc,
                 Err(outcome) => return outcome,
             },
@@ -265,6 +265,7 @@ impl Outbox {
     async fn upload(
         &self,
         entry: &OutboxEntry,
+        room: &OwnedRoomId,
         sender: &OwnedUserId,
         file_name: &str,
     ) -> Result<OwnedMxcUri, Outcome> {
@@ -280,10 +281,9 @@ impl Outbox {
                     .await)
             }
             Err(e) => {
-                let room = RoomId::parse(&item.room_id).map_err(|_| Outcome::GivenUp)?;
                 let error = format!("cannot read spool file {}: {e}", item.path.display());
                 return Err(self
-                    .failed(entry, &room, sender, Step::Upload, &error, None)
+                    .failed(entry, room, sender, Step::Upload, &error, None)
                     .await);
             }
         };
@@ -299,12 +299,9 @@ impl Outbox {
                 tracing::debug!(%mxc, "voice message uploaded");
                 Ok(mxc)
             }
-            Err(e) => {
-                let room = RoomId::parse(&item.room_id).map_err(|_| Outcome::GivenUp)?;
-                Err(self
-                    .failed(entry, &room, sender, Step::Upload, &e.to_string(), Some(&e))
-                    .await)
-            }
+            Err(e) => Err(self
+                .failed(entry, room, sender, Step::Upload, &e.to_string(), Some(&e))
+                .await),
         }
     }
 

@@ -153,7 +153,9 @@ impl Recorder {
         &self.part
     }
 
-    /// Appends one frame's Opus packet. Only I/O errors are errors; lost, late
+    /// Appends one frame's Opus packet. `frame.pcm` is not used: the hub may
+    /// have put concealment in it that the file does not hold, and the
+    /// waveform must match the file. Only I/O errors are errors; lost, late
     /// and invalid packets are counted in [`stats`](Self::stats). After an
     /// error the file is in an unknown state: [`abort`](Self::abort) it.
     pub fn push(&mut self, frame: &AudioFrame) -> Result<(), ArchiveError> {
