@@ -1,6 +1,7 @@
 //! The walkie-bridge daemon: configuration, channel hubs with their floor arbiter,
 //! and (in later issues) the Matrix side, archive and store.
 
+pub mod archive;
 pub mod config;
 pub mod daemon;
 pub mod hub;

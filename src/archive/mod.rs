@@ -1,0 +1,81 @@
+//! The archive (DESIGN.md §4): every transmission ends as an `m.audio` voice
+//! message in its room.
+//!
+//! Three stages, each surviving a crash of the one after it:
+//!
+//! 1. [`Recorder`] writes one transmission to `<spool_dir>/<tx>.ogg.part`,
+//!    passing the talker's Opus packets through unchanged, and on
+//!    [`finish`](Recorder::finish) renames it to `<tx>.ogg` and returns the
+//!    [`OutboxItem`] for the store.
+//! 2. The caller enqueues that item ([`Store::enqueue_outbox`]) and
+//!    [`wakes`](OutboxWaker::wake) the outbox. [`recover_spool`] at start-up
+//!    enqueues what a crash left between rename and enqueue, and salvages
+//!    recordings cut off mid-way.
+//! 3. [`Outbox::run`] uploads the file and posts the event as the talker,
+//!    with the transmission id as transaction id, retrying with backoff until
+//!    the homeserver accepts it.
+//!
+//! [`Store::enqueue_outbox`]: crate::store::Store::enqueue_outbox
+
+mod outbox;
+mod recorder;
+mod recovery;
+mod spool;
+mod voice_message;
+
+use std::path::PathBuf;
+
+pub use outbox::{Outbox, OutboxSettings, OutboxWaker, ABANDONED_PREFIX};
+pub use recorder::{Recorder, RecordingMeta, RecordingStats};
+pub use recovery::{recover_spool, Recovery};
+pub use spool::{spool_path, MIMETYPE};
+pub use voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
+
+pub use crate::store::OutboxItem;
+
+/// What can go wrong while recording or recovering the spool, worded for the
+/// person running the bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A spool file or directory could not be created, written, synced or renamed.
+    #[error("archive spool: {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Ogg Opus writer or reader refused (bad packet, broken file).
+    #[error("archive spool: {what} {}: {source}", path.display())]
+    Audio {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: walkie_endpoint::audio::AudioError,
+    },
+    /// The store could not queue or look up a recording.
+    #[error("archive: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl ArchiveError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ArchiveError {
+        let path = path.into();
+        move |source| ArchiveError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    pub(crate) fn audio(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(walkie_endpoint::audio::AudioError) -> ArchiveError {
+        let path = path.into();
+        move |source| ArchiveError::Audio { what, path, source }
+    }
+}

@@ -1,0 +1,425 @@
+//! Posts queued recordings as voice messages, until the homeserver accepts them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
+use super::OutboxItem;
+use crate::matrix::{Homeserver, MatrixError};
+use crate::store::{OutboxEntry, Store};
+
+/// Event id recorded for an item given up on (its spool file is gone before
+/// upload, or its row names no valid room or user). The store has no state
+/// for "abandoned", and the item must leave the queue rather than be retried
+/// forever; a value that can never be a real event id (those start with `$`)
+/// does that while keeping the row, with the reason after the prefix, for the
+/// operator to find.
+pub const ABANDONED_PREFIX: &str = "walkie:abandoned: ";
+
+/// Timing of the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxSettings {
+    /// Delay after the first transient failure; doubles with each further one.
+    pub first_retry: Duration,
+    /// Longest delay; also the delay after a non-transient failure (403, 404…),
+    /// which needs an operator to fix something and is retried slowly.
+    pub max_retry: Duration,
+    /// Relative spread of each delay (0.2 = ±20 %), so items that failed
+    /// together do not all come back in the same instant.
+    pub jitter: f64,
+    /// Items read from the store per pass.
+    pub batch: u32,
+    /// Longest idle wait between looks at the store, for items this worker did
+    /// not schedule itself (queued by recovery, or failed in an earlier run).
+    pub poll: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            first_retry: Duration::from_secs(1),
+            max_retry: Duration::from_secs(60),
+            jitter: 0.2,
+            batch: 16,
+            poll: Duration::from_secs(5),
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// Delay before the attempt after `failures` failed ones.
+    fn backoff(&self, failures: u32, transient: bool) -> Duration {
+        let base = if transient {
+            let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(30));
+            self.first_retry.saturating_mul(factor).min(self.max_retry)
+        } else {
+            self.max_retry
+        };
+        let spread = if self.jitter > 0.0 {
+            rand::random_range(-self.jitter..=self.jitter)
+        } else {
+            0.0
+        };
+        base.mul_f64((1.0 + spread).max(0.0))
+    }
+}
+
+/// Wakes the outbox after an item was queued; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    /// A wake-up is remembered if the outbox is busy, so none is lost.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The worker that uploads and posts queued recordings (see the module docs of
+/// [`archive`](super)). One per bridge: two workers on one database would
+/// upload the same files twice (though never post twice).
+pub struct Outbox {
+    store: Store,
+    homeserver: Homeserver,
+    settings: OutboxSettings,
+    notify: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Posted,
+    /// Failed; try again at this time.
+    Retry(SystemTime),
+    /// Left the queue without being posted.
+    GivenUp,
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Upload,
+    Post,
+}
+
+impl Outbox {
+    pub fn new(store: Store, homeserver: Homeserver) -> Self {
+        Self::with_settings(store, homeserver, OutboxSettings::default())
+    }
+
+    pub fn with_settings(store: Store, homeserver: Homeserver, settings: OutboxSettings) -> Self {
+        Self {
+            store,
+            homeserver,
+            settings,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The handle the recording side calls after enqueueing.
+    pub fn waker(&self) -> OutboxWaker {
+        OutboxWaker(self.notify.clone())
+    }
+
+    /// Works the queue until `shutdown`; the request in flight then finishes
+    /// (an upload is recorded, a post is recorded) before this returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!("archive outbox running");
+        let mut next_retry: Option<SystemTime> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.report_gauges().await;
+            let now = SystemTime::now();
+            next_retry = next_retry.filter(|t| *t > now);
+            let due = match self.store.due_outbox(now, self.settings.batch).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the archive outbox; trying again");
+                    next_retry = Some(now + self.settings.poll);
+                    Vec::new()
+                }
+            };
+            let full = due.len() == self.settings.batch as usize;
+            for entry in due {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                if let Outcome::Retry(at) = self.deliver(entry).await {
+                    next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
+                }
+            }
+            if full {
+                continue;
+            }
+            let wait = next_retry
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or(self.settings.poll)
+                .min(self.settings.poll);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!("archive outbox stopped");
+    }
+
+    async fn report_gauges(&self) {
+        if let Ok(depth) = self.store.outbox_depth().await {
+            metrics::gauge!("walkie_archive_outbox_depth").set(depth as f64);
+        }
+        if let Ok(age) = self.store.outbox_oldest_age(SystemTime::now()).await {
+            metrics::gauge!("walkie_archive_outbox_oldest_age_seconds")
+                .set(age.map_or(0.0, |a| a.as_secs_f64()));
+        }
+    }
+
+    async fn deliver(&self, entry: OutboxEntry) -> Outcome {
+        let span = tracing::info_span!("archive", channel = %entry.item.channel, tx = %entry.item.tx,
+            attempt = entry.attempts + 1);
+        self.deliver_inner(entry).instrument(span).await
+    }
+
+    async fn deliver_inner(&self, entry: OutboxEntry) -> Outcome {
+        let item = &entry.item;
+        let sender = match UserId::parse(&item.sender) {
+            Ok(u) => u,
+            Err(e) => {
+                return self
+                    .give_up(
+                        item,
+                        &format!("sender {:?} is not a user id: {e}", item.sender),
+                    )
+                    .await
+            }
+        };
+        let room = match RoomId::parse(&item.room_id) {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .give_up(
+                        item,
+                        &format!("room {:?} is not a room id: {e}", item.room_id),
+                    )
+                    .await
+            }
+        };
+        let file_name = voice_message_file_name(&item.channel, item.created_at);
+        let mxc = match &entry.mxc_uri {
+            Some(mxc) => OwnedMxcUri::from(mxc.as_str()),
+            None => match self.upload(&entry, &room, &sender, &file_name).await {
+                Ok(mxc) => mxc,
+                Err(outcome) => return outcome,
+            },
+        };
+        let content = voice_message_content(&VoiceMessage::of(item, &mxc, &file_name));
+        let txn_id = item.tx.to_string();
+        match self
+            .homeserver
+            .send(&room, "m.room.message", &txn_id, &content, &sender)
+            .await
+        {
+            Ok(event_id) => {
+                if let Err(e) = self.store.outbox_posted(item.tx, event_id.as_str()).await {
+                    // Posted all the same; the retry this causes gets the same
+                    // event back from the homeserver's transaction dedupe.
+                    tracing::error!(error = %e, %event_id, "voice message posted but not recorded");
+                }
+                remove_spool_file(item);
+                metrics::counter!("walkie_archive_voice_messages_posted_total",
+                    "channel" => item.channel.clone())
+                .increment(1);
+                let delay = SystemTime::now()
+                    .duration_since(item.created_at)
+                    .unwrap_or_default();
+                metrics::histogram!("walkie_archive_post_delay_seconds")
+                    .record(delay.as_secs_f64());
+                tracing::info!(%event_id, room = %room, sender = %sender, duration_ms = item.duration_ms,
+                    "voice message posted");
+                Outcome::Posted
+            }
+            Err(e) => {
+                self.failed(&entry, &room, &sender, Step::Post, &e.to_string(), Some(&e))
+                    .await
+            }
+        }
+    }
+
+    /// Uploads the spool file and records its URI, so a crash from here on
+    /// does not upload it again.
+    async fn upload(
+        &self,
+        entry: &OutboxEntry,
+        room: &OwnedRoomId,
+        sender: &OwnedUserId,
+        file_name: &str,
+    ) -> Result<OwnedMxcUri, Outcome> {
+        let item = &entry.item;
+        let data = match tokio::fs::read(&item.path).await {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self
+                    .give_up(
+                        item,
+                        &format!("spool file {} is missing", item.path.display()),
+                    )
+                    .await)
+            }
+            Err(e) => {
+                let error = format!("cannot read spool file {}: {e}", item.path.display());
+                return Err(self
+                    .failed(entry, room, sender, Step::Upload, &error, None)
+                    .await);
+            }
+        };
+        match self
+            .homeserver
+            .upload(data, &item.mimetype, file_name, sender)
+            .await
+        {
+            Ok(mxc) => {
+                if let Err(e) = self.store.outbox_uploaded(item.tx, mxc.as_str()).await {
+                    tracing::error!(error = %e, %mxc, "upload not recorded; a retry uploads again");
+                }
+                tracing::debug!(%mxc, "voice message uploaded");
+                Ok(mxc)
+            }
+            Err(e) => Err(self
+                .failed(entry, room, sender, Step::Upload, &e.to_string(), Some(&e))
+                .await),
+        }
+    }
+
+    async fn failed(
+        &self,
+        entry: &OutboxEntry,
+        room: &OwnedRoomId,
+        sender: &OwnedUserId,
+        step: Step,
+        error: &str,
+        matrix: Option<&MatrixError>,
+    ) -> Outcome {
+        let item = &entry.item;
+        let (what, counter) = match step {
+            Step::Upload => ("upload", "walkie_archive_upload_failures_total"),
+            Step::Post => ("post", "walkie_archive_post_failures_total"),
+        };
+        metrics::counter!(counter, "channel" => item.channel.clone()).increment(1);
+        let transient = matrix.is_some_and(MatrixError::is_transient);
+        let failures = entry.attempts.saturating_add(1);
+        let delay = self.settings.backoff(failures, transient);
+        let next = SystemTime::now() + delay;
+        let retry_in_ms = delay.as_millis() as u64;
+        if transient {
+            tracing::warn!(%error, retry_in_ms, "voice message {what} failed; retrying");
+        } else {
+            let fix = operator_hint(matrix, step, room, sender);
+            tracing::error!(%error, retry_in_ms, fix, "voice message {what} refused; retrying slowly");
+        }
+        if let Err(e) = self.store.outbox_failed(item.tx, error, next).await {
+            tracing::error!(error = %e, "cannot record the failed attempt");
+        }
+        Outcome::Retry(next)
+    }
+
+    async fn give_up(&self, item: &OutboxItem, reason: &str) -> Outcome {
+        tracing::error!(%reason, path = %item.path.display(), room = %item.room_id,
+            "voice message given up: this transmission will not be archived");
+        metrics::counter!("walkie_archive_abandoned_total", "channel" => item.channel.clone())
+            .increment(1);
+        let marker = format!("{ABANDONED_PREFIX}{reason}");
+        if let Err(e) = self.store.outbox_posted(item.tx, &marker).await {
+            tracing::error!(error = %e, "cannot take the item out of the queue");
+        }
+        Outcome::GivenUp
+    }
+}
+
+/// What the operator has to change for a refused request to succeed.
+fn operator_hint(
+    error: Option<&MatrixError>,
+    step: Step,
+    room: &RoomId,
+    sender: &UserId,
+) -> String {
+    let Some(MatrixError::Api {
+        status, errcode, ..
+    }) = error
+    else {
+        return match error {
+            None => "check that the bridge may read its spool directory".into(),
+            Some(_) => "check the homeserver URL and its logs".into(),
+        };
+    };
+    match (*status, errcode.as_str(), step) {
+        (StatusCode::UNAUTHORIZED, ..) | (_, "M_UNKNOWN_TOKEN" | "M_MISSING_TOKEN", _) => {
+            "the homeserver does not accept appservice.as_token: install the registration \
+             generated from this config on the homeserver and restart it"
+                .into()
+        }
+        (StatusCode::PAYLOAD_TOO_LARGE, ..) | (_, "M_TOO_LARGE", _) => {
+            "the recording is larger than the homeserver's max_upload_size: raise it".into()
+        }
+        (StatusCode::FORBIDDEN, _, Step::Post) => format!(
+            "{sender} may not post in {room}: it must be joined, and the room's power levels \
+             must let it send m.room.message"
+        ),
+        (StatusCode::FORBIDDEN, _, Step::Upload) => format!(
+            "{sender} may not upload media: check that it is registered in the appservice's \
+             user namespace and the homeserver's media settings"
+        ),
+        (StatusCode::NOT_FOUND, _, Step::Post) => {
+            format!("the homeserver does not know room {room}: check the channel's room")
+        }
+        _ => "see the homeserver's log for why it refused".into(),
+    }
+}
+
+fn remove_spool_file(item: &OutboxItem) {
+    if let Err(e) = std::fs::remove_file(&item.path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %item.path.display(), error = %e, "cannot delete posted recording");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_the_cap() {
+        let s = OutboxSettings {
+            jitter: 0.0,
+            ..OutboxSettings::default()
+        };
+        let secs: Vec<u64> = (1..=9).map(|n| s.backoff(n, true).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(s.backoff(1, false), Duration::from_secs(60));
+        assert_eq!(s.backoff(u32::MAX, true), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_spread() {
+        let s = OutboxSettings::default();
+        for _ in 0..200 {
+            let d = s.backoff(3, true).as_secs_f64();
+            assert!((3.2..=4.8).contains(&d), "{d}");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! One transmission to one spool file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use walkie_endpoint::audio::{
+    packet_samples, OggOpusOptions, OggOpusWriter, OpusDecoder, Waveform, DEFAULT_PRE_SKIP,
+};
+use walkie_endpoint::{AudioFrame, TxId};
+
+use super::spool::{self, MIMETYPE};
+use super::{ArchiveError, OutboxItem};
+
+/// Who said what where: everything the outbox needs besides the audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingMeta {
+    /// The transmission; names the file and becomes the Matrix transaction id.
+    pub tx: TxId,
+    /// The `[[channel]]` name.
+    pub channel: String,
+    pub room_id: String,
+    /// The Matrix user that will post it (the talker's puppet, or the real user).
+    pub sender: String,
+    /// Display name of the talker, written into the file's `ARTIST` tag.
+    pub talker: String,
+    pub started_at: SystemTime,
+}
+
+/// What a recording received, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordingStats {
+    /// Packets written to the file.
+    pub packets: u64,
+    /// Frames the sequence numbers say were lost on the way (not in the file).
+    pub lost: u64,
+    /// Frames that came after a later one, or twice (dropped).
+    pub late: u64,
+    /// Packets with no valid Opus TOC (not in the file: their length is unknown).
+    pub invalid: u64,
+    /// Packets written but libopus could not decode (silent in the waveform).
+    pub undecodable: u64,
+}
+
+/// Writes one transmission to `<spool_dir>/<tx>.ogg.part`. Plain blocking
+/// file I/O: call it from a blocking-friendly context (the recorder endpoint's
+/// own thread or `spawn_blocking`); one 20 ms packet costs a few microseconds
+/// plus a page write per second.
+///
+/// Packets go into the file exactly as received. Sequence gaps are *spliced*:
+/// a lost frame is not written (no concealment, no silence), so the file holds
+/// the packets that arrived, in order, back to back, and plays shorter than
+/// the transmission by the lost time. Late or repeated frames (seq not after
+/// the last written one) are dropped, because Ogg cannot hold them out of
+/// order. The waveform is computed from exactly the packets in the file,
+/// decoded in file order, so it matches what a player draws.
+///
+/// A recorder dropped without [`finish`](Self::finish) or
+/// [`abort`](Self::abort) leaves its `.part` file behind on purpose:
+/// [`recover_spool`](super::recover_spool) salvages it at the next start.
+pub struct Recorder {
+    meta: RecordingMeta,
+    spool_dir: PathBuf,
+    part: PathBuf,
+    writer: Option<OggOpusWriter<File>>,
+    decoder: Option<OpusDecoder>,
+    waveform: Waveform,
+    /// Decoded samples still to drop from the waveform: the pre-skip, which a
+    /// player does not play either.
+    skip: usize,
+    last_seq: Option<u32>,
+    stats: RecordingStats,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("tx", &self.meta.tx)
+            .field("channel", &self.meta.channel)
+            .field("part", &self.part)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Creates `<spool_dir>/<tx>.ogg.part` (and the spool directory if needed)
+    /// and writes the Ogg headers. Fails if a file for this transmission exists.
+    pub fn start(spool_dir: &Path, meta: RecordingMeta) -> Result<Recorder, ArchiveError> {
+        std::fs::create_dir_all(spool_dir)
+            .map_err(ArchiveError::io("creating spool directory", spool_dir))?;
+        let part = spool::part_path(spool_dir, meta.tx);
+        // Unbuffered on purpose: the Ogg writer emits whole pages (~1 s of audio),
+        // so every completed page reaches the file at once and a crash loses at
+        // most the page in progress.
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .map_err(ArchiveError::io("creating", &part))?;
+        let writer = OggOpusWriter::with_options(
+            file,
+            OggOpusOptions {
+                // The packets come from encoders we cannot ask (Mumble, browsers).
+                pre_skip: DEFAULT_PRE_SKIP,
+                serial: None,
+                comments: spool::comments(&meta),
+            },
+        );
+        let writer = match writer {
+            Ok(w) => w,
+            Err(source) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(ArchiveError::Audio {
+                    what: "writing Ogg headers to",
+                    path: part,
+                    source,
+                });
+            }
+        };
+        let decoder = match OpusDecoder::new() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // The file is what matters; without a decoder the waveform is flat.
+                tracing::warn!(tx = %meta.tx, error = %e, "no Opus decoder for the waveform");
+                None
+            }
+        };
+        tracing::debug!(tx = %meta.tx, channel = %meta.channel, path = %part.display(), "recording");
+        Ok(Recorder {
+            spool_dir: spool_dir.to_path_buf(),
+            part,
+            writer: Some(writer),
+            decoder,
+            waveform: Waveform::new(),
+            skip: usize::from(DEFAULT_PRE_SKIP),
+            last_seq: None,
+            stats: RecordingStats::default(),
+            meta,
+        })
+    }
+
+    pub fn meta(&self) -> &RecordingMeta {
+        &self.meta
+    }
+
+    pub fn stats(&self) -> RecordingStats {
+        self.stats
+    }
+
+    /// The `.part` file being written.
+    pub fn part_path(&self) -> &Path {
+        &self.part
+    }
+
+    /// Appends one frame's Opus packet. `frame.pcm` is not used: the hub may
+    /// have put concealment in it that the file does not hold, and the
+    /// waveform must match the file. Only I/O errors are errors; lost, late
+    /// and invalid packets are counted in [`stats`](Self::stats). After an
+    /// error the file is in an unknown state: [`abort`](Self::abort) it.
+    pub fn push(&mut self, frame: &AudioFrame) -> Result<(), ArchiveError> {
+        if let Some(last) = self.last_seq {
+            // Wrapping distance: a sender's u32 counter may wrap mid-transmission.
+            let ahead = frame.seq.wrapping_sub(last);
+            if ahead == 0 || ahead > u32::MAX / 2 {
+                self.stats.late += 1;
+                return Ok(());
+            }
+            self.stats.lost += u64::from(ahead - 1);
+        }
+        // Taken even by an invalid packet, so the next one does not look like a gap.
+        self.last_seq = Some(frame.seq);
+        let samples = match packet_samples(&frame.opus) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.invalid += 1;
+                tracing::debug!(tx = %self.meta.tx, seq = frame.seq, error = %e, "invalid Opus packet not recorded");
+                return Ok(());
+            }
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        writer
+            .write_packet(&frame.opus)
+            .map_err(ArchiveError::audio("writing", &self.part))?;
+        self.stats.packets += 1;
+        let pcm = match self.decoder.as_mut().map(|d| d.decode(&frame.opus)) {
+            Some(Ok(pcm)) => pcm,
+            Some(Err(_)) | None => {
+                if self.decoder.is_some() {
+                    self.stats.undecodable += 1;
+                }
+                vec![0; samples]
+            }
+        };
+        let skip = self.skip.min(pcm.len());
+        self.skip -= skip;
+        self.waveform.push_pcm(&pcm[skip..]);
+        Ok(())
+    }
+
+    /// Ends the file, syncs it and renames it to `<tx>.ogg`; returns the item to
+    /// enqueue. A recording playing shorter than `min_archive` (or holding no
+    /// packet at all) is deleted instead and `None` returned.
+    pub fn finish(mut self, min_archive: Duration) -> Result<Option<OutboxItem>, ArchiveError> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(None);
+        };
+        let part = self.part.clone();
+        let finished = writer
+            .finish()
+            .map_err(ArchiveError::audio("finishing", &part));
+        let (file, ogg) = match finished {
+            Ok(done) => done,
+            Err(e) => {
+                self.remove_part();
+                return Err(e);
+            }
+        };
+        let stats = self.stats;
+        let tx = self.meta.tx;
+        let channel = self.meta.channel.clone();
+        if stats.packets == 0 || u128::from(ogg.duration_ms) < min_archive.as_millis() {
+            drop(file);
+            self.remove_part();
+            metrics::counter!("walkie_archive_dropped_total", "channel" => channel.clone(), "reason" => "short")
+                .increment(1);
+            tracing::debug!(%tx, %channel, duration_ms = ogg.duration_ms, min_ms = min_archive.as_millis() as u64,
+                "transmission shorter than archive.min_archive_ms; not archived");
+            return Ok(None);
+        }
+        if let Err(e) = file.sync_all() {
+            drop(file);
+            self.remove_part();
+            return Err(ArchiveError::io("syncing", &part)(e));
+        }
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                drop(file);
+                self.remove_part();
+                return Err(ArchiveError::io("reading size of", &part)(e));
+            }
+        };
+        drop(file);
+        let path = spool::spool_path(&self.spool_dir, tx);
+        if let Err(e) = std::fs::rename(&part, &path) {
+            // Leave the .part: it is complete, and recovery will pick it up.
+            return Err(ArchiveError::io("renaming", &part)(e));
+        }
+        spool::sync_dir(&self.spool_dir)?;
+        if stats.lost + stats.late + stats.invalid + stats.undecodable > 0 {
+            tracing::info!(%tx, %channel, lost = stats.lost, late = stats.late, invalid = stats.invalid,
+                undecodable = stats.undecodable, "recording had damaged audio");
+        }
+        Ok(Some(OutboxItem {
+            tx,
+            channel,
+            room_id: self.meta.room_id.clone(),
+            sender: self.meta.sender.clone(),
+            path,
+            duration_ms: ogg.duration_ms,
+            size,
+            waveform: self.waveform.finish(),
+            mimetype: MIMETYPE.into(),
+            created_at: self.meta.started_at,
+        }))
+    }
+
+    /// Deletes the recording.
+    pub fn abort(mut self) {
+        self.writer = None;
+        self.remove_part();
+    }
+
+    fn remove_part(&mut self) {
+        self.writer = None;
+        if let Err(e) = std::fs::remove_file(&self.part) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.part.display(), error = %e, "cannot delete spool file");
+            }
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            tracing::warn!(tx = %self.meta.tx, path = %self.part.display(),
+                "recorder dropped unfinished; the file is salvaged at the next start");
+        }
+    }
+}
