@@ -26,7 +26,7 @@ pub enum AudioError {
     #[error("invalid Opus packet: {0}")]
     InvalidPacket(String),
     /// A sample rate the resampler does not handle.
-    #[error("sample rate {0} Hz is not supported (use 8000, 16000, 44100 or 48000)")]
+    #[error("sample rate {0} Hz is not supported (1000..=384000 Hz)")]
     UnsupportedRate(u32),
     /// rubato refused to build or run.
     #[error("resampler: {0}")]

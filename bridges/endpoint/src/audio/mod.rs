@@ -23,7 +23,7 @@ pub use ogg_opus::{
     decode_ogg_opus, encode_ogg_opus, read_ogg_opus, DecodedOggOpus, OggOpusAudio, OggOpusOptions,
     OggOpusReader, OggOpusStats, OggOpusWriter, OpusHead, OpusTags, VENDOR,
 };
-pub use resample::{resample, Resampler, SUPPORTED_RATES};
+pub use resample::{resample, Resampler, MAX_RATE, MIN_RATE, SUPPORTED_RATES};
 pub use vox::{VoxConfig, VoxDetector, VoxEvent};
 pub use waveform::{
     duration_ms, waveform, Waveform, WAVEFORM_MAX, WAVEFORM_MIN_REFERENCE_DBFS, WAVEFORM_POINTS,
