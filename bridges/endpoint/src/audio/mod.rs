@@ -7,6 +7,7 @@
 
 mod codec;
 mod error;
+mod import;
 mod level;
 mod ogg_opus;
 mod resample;
@@ -18,6 +19,7 @@ pub use codec::{
     FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE,
 };
 pub use error::AudioError;
+pub use import::{import_voice_message, sniff_format, ImportLimits, Imported, SourceFormat};
 pub use level::{dbfs, DBFS_FLOOR};
 pub use ogg_opus::{
     decode_ogg_opus, encode_ogg_opus, read_ogg_opus, DecodedOggOpus, OggOpusAudio, OggOpusOptions,
