@@ -224,7 +224,7 @@ fn stereo_ogg_opus_is_mixed_down() {
 
 #[test]
 fn wav_at_several_rates_and_layouts() {
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("16k-mono-s16.wav", &["-r", "16000", "-c", "1", "-b", "16"]),
         (
             "22k05-stereo-s16.wav",
@@ -237,6 +237,10 @@ fn wav_at_several_rates_and_layouts() {
         (
             "11k025-mono-u8.wav",
             &["-r", "11025", "-c", "1", "-b", "8", "-e", "unsigned"],
+        ),
+        (
+            "24k-mono-f32.wav",
+            &["-r", "24000", "-c", "1", "-b", "32", "-e", "floating-point"],
         ),
     ];
     for (name, args) in cases {
@@ -289,6 +293,93 @@ fn m4a_aac() {
     assert_eq!(imported.source_rate, 44_100);
     assert_eq!(imported.skipped_packets, 0);
     check_speech("m4a aac-lc 44.1k mono 24 kbit/s", &imported, 0.8);
+}
+
+/// The AAC frames of the M4A fixture, each behind a 7-byte ADTS header
+/// (ISO 14496-3 §1.A.2): the same audio as a raw `.aac` file.
+fn m4a_to_adts(m4a: &[u8]) -> Vec<u8> {
+    use symphonia::core::formats::{probe::Hint, FormatOptions, TrackType};
+    use symphonia::core::io::MediaSourceStream;
+    let source = MediaSourceStream::new(
+        Box::new(std::io::Cursor::new(m4a.to_vec())),
+        Default::default(),
+    );
+    let mut reader = symphonia::default::get_probe()
+        .probe(
+            &Hint::new(),
+            source,
+            FormatOptions::default(),
+            Default::default(),
+        )
+        .expect("probe m4a");
+    let track = reader.default_track(TrackType::Audio).expect("track").id;
+    let mut out = Vec::new();
+    while let Some(packet) = reader.next_packet().expect("packet") {
+        if packet.track_id != track {
+            continue;
+        }
+        let len = packet.data.len() + 7;
+        // MPEG-4, no CRC; AAC-LC (profile 1); 44100 Hz (index 4); mono; buffer fullness "VBR".
+        out.extend_from_slice(&[
+            0xFF,
+            0xF1,
+            (1 << 6) | (4 << 2),
+            (1 << 6) | (len >> 11) as u8,
+            (len >> 3) as u8,
+            ((len & 7) << 5) as u8 | 0x1F,
+            0xFC,
+        ]);
+        out.extend_from_slice(&packet.data);
+    }
+    out
+}
+
+#[test]
+fn aac_in_adts() {
+    let adts = m4a_to_adts(&committed_fixture("speech-aac.m4a"));
+    assert_eq!(sniff_format(&adts).expect("adts"), SourceFormat::Adts);
+    let imported = import(&adts, "audio/aac");
+    assert_eq!(imported.source_format, "aac-adts");
+    assert_eq!(imported.source_rate, 44_100);
+    check_speech("aac adts 44.1k mono 24 kbit/s", &imported, 0.8);
+}
+
+/// Without LAME's Info frame an MP3 declares no length (the reader estimates
+/// one from the size) and no encoder delay: it must still import, not be
+/// taken for a cut-off file.
+#[test]
+fn mp3_without_a_length_header() {
+    let mp3 = committed_fixture("speech.mp3");
+    let tag = 10
+        + mp3[6..10]
+            .iter()
+            .fold(0usize, |a, &b| (a << 7) | usize::from(b));
+    // First frame: MPEG-2 layer III, 22050 Hz, no padding; 72 × bitrate / rate bytes.
+    let header = &mp3[tag..tag + 4];
+    assert_eq!(
+        header[..2],
+        [0xFF, 0xF3],
+        "fixture starts with an MPEG-2 layer III frame"
+    );
+    let kbps =
+        [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160][usize::from(header[2] >> 4)];
+    let info_len = 72 * kbps * 1000 / 22_050;
+    // After the header, 9 bytes of MPEG-2 mono side information.
+    assert_eq!(
+        &mp3[tag + 4 + 9..tag + 4 + 13],
+        b"Info",
+        "first frame is LAME's Info frame"
+    );
+    let bare = [&mp3[..tag], &mp3[tag + info_len..]].concat();
+    let imported = import(&bare, "audio/mpeg");
+    assert_eq!(imported.source_format, "mp3");
+    // The encoder delay (~50 ms) and padding stay in: a little longer than the source.
+    let dd = imported.duration_ms as i64 - SOURCE_MS as i64;
+    println!(
+        "mp3 without Info frame: {} ms ({dd:+} ms)",
+        imported.duration_ms
+    );
+    assert!((0..=120).contains(&dd), "duration off by {dd} ms");
 }
 
 #[test]

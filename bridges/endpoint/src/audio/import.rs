@@ -111,6 +111,37 @@ impl SourceFormat {
         }
     }
 
+    /// Whether the length the demuxer reports is stored in the file, rather
+    /// than estimated from its size: only then does falling short of it mean
+    /// the file was cut off.
+    fn stores_length(self, bytes: &[u8]) -> bool {
+        match self {
+            Self::OggOpus
+            | Self::OggVorbis
+            | Self::OggFlac
+            | Self::Mp4
+            | Self::Wav
+            | Self::Flac => true,
+            Self::Adts => false,
+            // A VBR MP3 without a Xing/Info/VBRI header gets an estimate from
+            // its size and first bitrate, which can be far off.
+            Self::Mp3 => {
+                let start = if bytes.starts_with(b"ID3") {
+                    id3v2_len(bytes).unwrap_or(0)
+                } else {
+                    0
+                };
+                bytes
+                    .get(start..bytes.len().min(start + 200))
+                    .is_some_and(|frame| {
+                        frame
+                            .windows(4)
+                            .any(|w| w == b"Xing" || w == b"Info" || w == b"VBRI")
+                    })
+            }
+        }
+    }
+
     fn extension(self) -> &'static str {
         match self {
             Self::OggOpus => "opus",
@@ -714,6 +745,7 @@ fn import_with_symphonia(
             return Err(too_long(limits, sink.decoded_48k()));
         }
     }
+    let declared_end = declared_end.filter(|_| format.stores_length(bytes));
     if let (Some(declared), Some(end), Some(tb)) = (declared_end, timeline.end, time_base) {
         let to_ms = |ts: i64| {
             let ms =
