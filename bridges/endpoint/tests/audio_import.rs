@@ -422,6 +422,13 @@ fn sniffing_reads_magic_numbers() {
     );
     let flac = read(&sox_file("sniff.flac", &[]));
     assert_eq!(sniff_format(&flac).expect("flac"), SourceFormat::Flac);
+    // Taggers put ID3v2 in front of FLAC too; what follows the tag decides.
+    let tagged = [b"ID3\x04\0\0\0\0\0\x0a".as_slice(), &[0; 10], &flac].concat();
+    assert_eq!(
+        sniff_format(&tagged).expect("tagged flac"),
+        SourceFormat::Flac
+    );
+    assert_eq!(import(&tagged, "audio/flac").source_format, "flac");
 }
 
 /// A deterministic byte generator for garbage inputs.

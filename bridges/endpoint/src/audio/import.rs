@@ -178,10 +178,13 @@ pub fn sniff_format(bytes: &[u8]) -> Result<SourceFormat, AudioError> {
     if bytes.starts_with(b"ID3") {
         // ID3v2 is put in front of MP3 mostly, but also of ADTS and FLAC:
         // what follows the tag decides.
-        let after = id3v2_len(bytes)?;
-        return match bytes.get(after..).map(sniff_frame_sync) {
-            Some(Some(format)) => format,
-            _ => Err(AudioError::Corrupt {
+        let rest = bytes.get(id3v2_len(bytes)?..).unwrap_or_default();
+        if rest.starts_with(b"fLaC") {
+            return Ok(SourceFormat::Flac);
+        }
+        return match sniff_frame_sync(rest) {
+            Some(format) => format,
+            None => Err(AudioError::Corrupt {
                 format: SourceFormat::Mp3.name(),
                 reason: "no audio frame after the ID3 tag".into(),
             }),
