@@ -646,6 +646,11 @@ fn damage_in_the_middle_is_skipped_and_counted() {
                         i.duration_ms,
                         whole.duration_ms
                     );
+                    // Lost and undecodable packets become silence of their
+                    // length, so everything after them keeps its time.
+                    if what != "mp3" {
+                        assert_eq!(i.duration_ms, whole.duration_ms, "{what} seed {seed}");
+                    }
                     first_ok.get_or_insert(i);
                 }
                 Err(e) => println!("{what} seed {seed}: {e}"),

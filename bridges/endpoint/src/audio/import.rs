@@ -632,6 +632,33 @@ impl Timeline {
     }
 }
 
+/// Puts silence for `ts` time-base units of lost audio into `sink`, unless
+/// that would pass the cap. Nothing before the first decoded audio: there is
+/// no rate to make silence at yet, and leading silence is no loss.
+fn fill_gap(
+    sink: &mut PcmSink,
+    ts: u64,
+    time_base: Option<symphonia::core::units::TimeBase>,
+    cap: u64,
+    limits: &ImportLimits,
+) -> Result<(), AudioError> {
+    if sink.rate == 0 || ts == 0 {
+        return Ok(());
+    }
+    let frames = match time_base {
+        Some(tb) => {
+            u128::from(ts) * u128::from(tb.numer.get()) * u128::from(sink.rate)
+                / u128::from(tb.denom.get())
+        }
+        None => u128::from(ts),
+    };
+    let gap_48k = frames * u128::from(SAMPLE_RATE) / u128::from(sink.rate);
+    if u128::from(sink.decoded_48k()) + gap_48k > u128::from(cap) {
+        return Err(too_long(limits, cap.saturating_add(1)));
+    }
+    sink.push_gap(u64::try_from(frames).unwrap_or(u64::MAX))
+}
+
 fn import_with_symphonia(
     bytes: &[u8],
     format: SourceFormat,
@@ -699,21 +726,9 @@ fn import_with_symphonia(
         // Demuxers drop damaged packets silently (a page or frame with a bad
         // CRC); the jump in timestamps is the only trace.
         let gap = timeline.advance(&packet);
-        if gap > 0 && sink.rate > 0 {
-            let frames = match time_base {
-                Some(tb) => {
-                    let f = u128::from(gap) * u128::from(tb.numer.get()) * u128::from(sink.rate)
-                        / u128::from(tb.denom.get());
-                    u64::try_from(f).unwrap_or(u64::MAX)
-                }
-                None => gap,
-            };
-            let gap_48k = u128::from(frames) * u128::from(SAMPLE_RATE) / u128::from(sink.rate);
-            if u128::from(sink.decoded_48k()) + gap_48k > u128::from(cap) {
-                return Err(too_long(limits, cap.saturating_add(1)));
-            }
+        if gap > 0 {
             skipped += 1;
-            sink.push_gap(frames)?;
+            fill_gap(&mut sink, gap, time_base, cap, limits)?;
         }
         match decoder.decode(&packet) {
             Ok(buf) => {
@@ -730,6 +745,8 @@ fn import_with_symphonia(
             ) => {
                 skipped += 1;
                 bad_in_a_row += 1;
+                // Silence in its place keeps what follows in time, as for a lost packet.
+                fill_gap(&mut sink, packet.dur.get(), time_base, cap, limits)?;
                 tracing::debug!(format = name, error = %e, "skipping undecodable packet");
                 if bad_in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS {
                     return Err(match e {
