@@ -26,7 +26,7 @@ pub enum AudioError {
     #[error("invalid Opus packet: {0}")]
     InvalidPacket(String),
     /// A sample rate the resampler does not handle.
-    #[error("sample rate {0} Hz is not supported (use 8000, 16000, 44100 or 48000)")]
+    #[error("sample rate {0} Hz is not supported (1000..=384000 Hz)")]
     UnsupportedRate(u32),
     /// rubato refused to build or run.
     #[error("resampler: {0}")]
@@ -46,6 +46,40 @@ pub enum AudioError {
     /// A caller-supplied value that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An imported file is larger than the caller allows; refused before parsing.
+    #[error("file is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Size of the input in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An imported file plays longer than the caller allows; decoding stopped
+    /// as soon as the limit was passed.
+    #[error("audio is longer than the limit of {limit_ms} ms (stopped after {decoded_ms} ms)")]
+    TooLong {
+        /// The limit in milliseconds.
+        limit_ms: u64,
+        /// How much had been read when decoding stopped, in milliseconds.
+        decoded_ms: u64,
+    },
+    /// Bytes that are not audio in a format the bridge imports.
+    #[error("unsupported audio format: {0}")]
+    UnsupportedFormat(String),
+    /// A file of a recognised format that cannot be decoded (damaged or cut off).
+    #[error("corrupt {format} file: {reason}")]
+    Corrupt {
+        /// The format the bytes were recognised as.
+        format: &'static str,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// A well-formed file without a single sample of audio.
+    #[error("{format} file contains no audio")]
+    NoAudio {
+        /// The format the bytes were recognised as.
+        format: &'static str,
+    },
     /// The underlying reader or writer failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),

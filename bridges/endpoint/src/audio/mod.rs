@@ -7,6 +7,7 @@
 
 mod codec;
 mod error;
+mod import;
 mod level;
 mod ogg_opus;
 mod resample;
@@ -18,12 +19,13 @@ pub use codec::{
     FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE,
 };
 pub use error::AudioError;
+pub use import::{import_voice_message, sniff_format, ImportLimits, Imported, SourceFormat};
 pub use level::{dbfs, DBFS_FLOOR};
 pub use ogg_opus::{
     decode_ogg_opus, encode_ogg_opus, read_ogg_opus, DecodedOggOpus, OggOpusAudio, OggOpusOptions,
     OggOpusReader, OggOpusStats, OggOpusWriter, OpusHead, OpusTags, VENDOR,
 };
-pub use resample::{resample, Resampler, SUPPORTED_RATES};
+pub use resample::{resample, Resampler, MAX_RATE, MIN_RATE, SUPPORTED_RATES};
 pub use vox::{VoxConfig, VoxDetector, VoxEvent};
 pub use waveform::{
     duration_ms, waveform, Waveform, WAVEFORM_MAX, WAVEFORM_MIN_REFERENCE_DBFS, WAVEFORM_POINTS,

@@ -1,13 +1,19 @@
 //! Sample-rate conversion between the rates the bridge meets: 8 kHz (radio and
 //! narrowband intercoms), 16 kHz (MQTT `pcm16`), 44.1 kHz (sound cards, files)
-//! and 48 kHz (the internal Opus rate).
+//! and 48 kHz (the internal Opus rate) — and whatever rate an imported voice
+//! message happens to have (11.025, 22.05, 24, 32 kHz…).
 
 use super::AudioError;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler as _, WindowFunction};
 
-/// Rates [`Resampler`] converts between, in Hz.
+/// The rates the bridge's own endpoints use, in Hz. [`Resampler`] accepts any
+/// rate in [`MIN_RATE`]`..=`[`MAX_RATE`]; these are the ones it is tuned and tested for.
 pub const SUPPORTED_RATES: [u32; 4] = [8_000, 16_000, 44_100, 48_000];
+/// Lowest rate [`Resampler`] accepts, in Hz.
+pub const MIN_RATE: u32 = 1_000;
+/// Highest rate [`Resampler`] accepts, in Hz: bounds the FFT a file header can ask for.
+pub const MAX_RATE: u32 = 384_000;
 
 /// Streaming mono resampler with its start-up latency removed.
 ///
@@ -15,11 +21,15 @@ pub const SUPPORTED_RATES: [u32; 4] = [8_000, 16_000, 44_100, 48_000];
 /// input time `n / to`, exactly as if the whole signal had been converted at
 /// once, so a 48k → 16k → 48k round trip lines up with the source.
 ///
-/// Internally it runs rubato's synchronous FFT resampler on 20 ms blocks
-/// (every supported rate divides into whole 20 ms blocks, and an even output
-/// block makes rubato's delay a whole number of samples, so trimming is exact).
-/// The price is 10 ms of start-up delay, paid once and trimmed, plus up to
-/// 20 ms of buffering while streaming.
+/// Internally it runs rubato's synchronous FFT resampler on blocks of about
+/// 20 ms: the smallest whole multiple of the rates' ratio (`from / gcd` input
+/// samples) that reaches 20 ms with both blocks even. rubato's delay is then
+/// exactly half an output block, so trimming is exact; an odd input block
+/// would leave half an input sample of delay (1.09 output samples at
+/// 22050 → 48000). For the [`SUPPORTED_RATES`] blocks are exactly 20 ms; for
+/// 11025 and 22050 Hz 26.7 ms; for a coprime pair such as 44101 → 48000 two seconds.
+/// The price is half a block of start-up delay, paid once and trimmed, plus up
+/// to one block of buffering while streaming.
 pub struct Resampler {
     from: u32,
     to: u32,
@@ -46,11 +56,29 @@ impl std::fmt::Debug for Resampler {
 }
 
 fn check_rate(rate: u32) -> Result<(), AudioError> {
-    if SUPPORTED_RATES.contains(&rate) {
+    if (MIN_RATE..=MAX_RATE).contains(&rate) {
         Ok(())
     } else {
         Err(AudioError::UnsupportedRate(rate))
     }
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Input and output block sizes: see [`Resampler`].
+fn block_sizes(from: u32, to: u32) -> (usize, usize) {
+    let g = gcd(from, to);
+    let (unit_in, unit_out) = ((from / g) as usize, (to / g) as usize);
+    let mut k = (from as usize).div_ceil(50).div_ceil(unit_in).max(1);
+    if (k * unit_in) % 2 == 1 || (k * unit_out) % 2 == 1 {
+        k += 1;
+    }
+    (k * unit_in, k * unit_out)
 }
 
 fn to_f32(s: i16) -> f32 {
@@ -63,12 +91,11 @@ fn to_i16(s: f32) -> i16 {
 }
 
 impl Resampler {
-    /// A resampler from `from` Hz to `to` Hz; both must be in [`SUPPORTED_RATES`].
+    /// A resampler from `from` Hz to `to` Hz; both must be in [`MIN_RATE`]`..=`[`MAX_RATE`].
     pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
         check_rate(from)?;
         check_rate(to)?;
-        let block_in = (from / 50) as usize;
-        let block_out = (to / 50) as usize;
+        let (block_in, block_out) = block_sizes(from, to);
         let (inner, delay) = if from == to {
             (None, 0)
         } else {
