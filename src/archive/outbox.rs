@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
 use super::OutboxItem;
-use crate::matrix::{Homeserver, MatrixError};
+use crate::matrix::{Homeserver, MatrixError, PuppetError, Puppets};
 use crate::store::{OutboxEntry, Store};
 
 /// Event id recorded for an item given up on (its spool file is gone before
@@ -89,6 +89,8 @@ pub struct Outbox {
     homeserver: Homeserver,
     settings: OutboxSettings,
     notify: Arc<Notify>,
+    /// Makes sure a sender may post before its first attempt.
+    puppets: Option<Puppets>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -125,7 +127,15 @@ impl Outbox {
             homeserver,
             settings,
             notify: Arc::new(Notify::new()),
+            puppets: None,
         }
+    }
+
+    /// Lets the outbox register and join a puppet that is not in the room yet —
+    /// its talk may have started while the homeserver was down.
+    pub fn with_puppets(mut self, puppets: Puppets) -> Self {
+        self.puppets = Some(puppets);
+        self
     }
 
     /// The handle the recording side calls after enqueueing.
@@ -219,6 +229,17 @@ impl Outbox {
                     .await
             }
         };
+        if let Some(puppets) = &self.puppets {
+            if let Err(e) = puppets.ensure_member(&sender, &room).await {
+                let matrix = match &e {
+                    PuppetError::Matrix(m) => Some(m),
+                    _ => None,
+                };
+                return self
+                    .failed(&entry, &room, &sender, Step::Post, &e.to_string(), matrix)
+                    .await;
+            }
+        }
         let file_name = voice_message_file_name(&item.channel, item.created_at);
         let mxc = match &entry.mxc_uri {
             Some(mxc) => OwnedMxcUri::from(mxc.as_str()),

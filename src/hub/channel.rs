@@ -14,8 +14,11 @@ use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, 
 /// Uplink messages waiting for the hub. Audio beyond this is dropped at the
 /// endpoint (counted there); control messages wait for room.
 const INBOX_CAPACITY: usize = 256;
-/// Frames an endpoint may fall behind before it loses the oldest: one second.
-const AUDIO_DOWNLINK_FRAMES: usize = 50;
+/// Frames an endpoint may fall behind before it loses the oldest: five seconds.
+/// Talkers arrive in bursts (a network hiccup, a voice message read from disk) and
+/// the recorder must not lose a word to a moment of scheduling delay; a slot is a
+/// few dozen bytes, so the depth costs nothing until it is used.
+const AUDIO_DOWNLINK_FRAMES: usize = 250;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {

@@ -6,6 +6,7 @@ pub mod client;
 pub mod commands;
 pub mod puppet_id;
 pub mod puppets;
+pub mod room_endpoint;
 pub mod room_setup;
 pub mod room_worker;
 

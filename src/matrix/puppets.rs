@@ -135,6 +135,35 @@ impl Puppets {
         Ok(())
     }
 
+    /// Makes sure `user` — the bot or a puppet — may post in `room`, when only its
+    /// user ID is known (the archive outbox, after a restart or an outage that hid
+    /// the talk's start). The display name is left to [`Puppets::ensure`], which
+    /// the talker's next talk runs.
+    pub async fn ensure_member(&self, user: &UserId, room: &RoomId) -> Result<(), PuppetError> {
+        if user == self.bot {
+            return Ok(());
+        }
+        let known = self.store.puppet(user.as_str()).await?;
+        if known
+            .as_ref()
+            .is_some_and(|p| p.joined_rooms.contains(room.as_str()))
+        {
+            return Ok(());
+        }
+        if !known.as_ref().is_some_and(|p| p.profile.registered) {
+            self.homeserver.register(user.localpart()).await?;
+        }
+        self.join(user, room).await?;
+        // Without a stored profile there is nothing to attach the room to; `ensure`
+        // stores both the next time this talker talks, and joining again is harmless.
+        if known.is_some() {
+            self.store
+                .mark_puppet_joined(user.as_str(), room.as_str())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Forgets that the puppet is in `room` (it was kicked or left), so the next
     /// talk joins it again.
     pub async fn forget_membership(&self, user: &UserId, room: &RoomId) -> Result<(), PuppetError> {

@@ -1,0 +1,533 @@
+//! The whole Matrix side against a real Synapse: the daemon runs in-process with a
+//! test endpoint on its channel, Synapse pushes transactions to its appservice API,
+//! and real users act in the room through the client-server API.
+
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use walkie_bridge::config::Config;
+use walkie_bridge::daemon::Daemon;
+use walkie_bridge::registration::Registration;
+use walkie_bridge::store::Store;
+use walkie_endpoint::audio::{
+    decode_ogg_opus, encode_ogg_opus, frames_of, OpusDecoder, OpusEncoder,
+};
+use walkie_endpoint::testkit::TestEndpoint;
+use walkie_endpoint::{
+    AudioFrame, Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, StreamKey,
+    TalkKind, Talker,
+};
+use walkie_harness::{
+    free_port, CreateRoom, MatrixClient, Preset, Synapse, SynapseBuilder, TestUser,
+};
+
+const SERVER: &str = "walkie.test";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    synapse: Synapse,
+    alice: TestUser,
+    room_id: String,
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+fn config_text(homeserver: &str, listen: u16, dir: &std::path::Path) -> String {
+    format!(
+        r##"
+[homeserver]
+url = "{homeserver}"
+domain = "{SERVER}"
+
+[appservice]
+listen = "127.0.0.1:{listen}"
+id = "walkie"
+as_token = "as-token-for-the-matrix-bridge-test"
+hs_token = "hs-token-for-the-matrix-bridge-test"
+bot_localpart = "walkie"
+puppet_prefix = "walkie_"
+
+[database]
+url = "sqlite://{db}"
+
+[archive]
+spool_dir = "{spool}"
+
+[floor]
+idle_release_ms = 1500
+
+[[channel]]
+name = "ops"
+room = "#ops:{SERVER}"
+endpoints = []
+"##,
+        db = dir.join("walkie.db").display(),
+        spool = dir.join("spool").display(),
+    )
+}
+
+fn load(text: &str) -> Config {
+    let (config, _warnings) =
+        Config::from_toml_str(text, "test.toml", Vec::<(String, String)>::new())
+            .unwrap_or_else(|errors| panic!("test config is invalid: {errors}"));
+    config
+}
+
+async fn setup() -> Setup {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_port();
+    // The registration does not depend on the homeserver's URL, which is known
+    // only once Synapse runs.
+    let provisional = load(&config_text("http://127.0.0.1:1", listen, dir.path()));
+    let registration = Registration::from_config(&provisional)
+        .to_yaml()
+        .expect("registration YAML");
+    let synapse = SynapseBuilder::new()
+        .server_name(SERVER)
+        .appservice_registration(registration)
+        .start()
+        .await
+        .expect("Synapse starts");
+    let config = load(&config_text(&synapse.url(), listen, dir.path()));
+    let alice = synapse.register_user("alice", false).await.expect("alice");
+    let bot = format!("@walkie:{SERVER}");
+    let room_id = synapse
+        .client(&alice)
+        .create_room(
+            &CreateRoom::new()
+                .name("Ops")
+                .alias("ops")
+                .preset(Preset::Public)
+                .power_levels(json!({ "users": { bot.clone(): 100 } })),
+        )
+        .await
+        .expect("room");
+    Setup {
+        synapse,
+        alice,
+        room_id,
+        config,
+        dir,
+    }
+}
+
+struct Running {
+    link: HubLink,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_daemon(config: &Config) -> Running {
+    let (endpoint, handle) =
+        TestEndpoint::new(EndpointId::new("test.radio"), Capabilities::default());
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(config.clone()).with_endpoint("ops", Box::new(endpoint));
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let link = tokio::time::timeout(WAIT, handle.link())
+        .await
+        .expect("the daemon starts the channel in time")
+        .expect("the daemon runs the test endpoint");
+    Running {
+        link,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task did not panic")
+            .expect("daemon ends cleanly");
+    }
+}
+
+fn speech_packets() -> (Vec<i16>, Vec<bytes::Bytes>) {
+    let speech = common::speech(48_000);
+    let mut encoder = OpusEncoder::new().expect("encoder");
+    let packets = frames_of(&speech)
+        .map(|frame| encoder.encode(&frame).expect("encode"))
+        .collect();
+    (speech, packets)
+}
+
+async fn next_floor(link: &mut HubLink) -> FloorEvent {
+    loop {
+        match tokio::time::timeout(WAIT, link.recv()).await {
+            Ok(Ok(Downlink::Floor(event))) => return event,
+            Ok(Ok(Downlink::Audio(_))) => continue,
+            Ok(Err(closed)) => panic!("hub gone: {closed}"),
+            Err(_) => panic!("no floor event within {WAIT:?}"),
+        }
+    }
+}
+
+/// One transmission from the test endpoint, as a radio user would make it.
+async fn transmit(link: &mut HubLink, talker: &str, packets: &[bytes::Bytes]) {
+    let stream = StreamKey(1);
+    link.talk_start(
+        stream,
+        Talker::new(talker, format!("{talker} (Radio)")),
+        Priority::Normal,
+        TalkKind::Live,
+    )
+    .await
+    .expect("hub running");
+    loop {
+        match next_floor(link).await {
+            FloorEvent::Granted { .. } => break,
+            FloorEvent::Denied { reason, .. } => panic!("transmission denied: {reason}"),
+            _ => continue,
+        }
+    }
+    // A talker speaks at one frame per 20 ms; ten times faster keeps the test short
+    // and still far inside what the hub's inbox takes without dropping.
+    let mut pace = tokio::time::interval(Duration::from_millis(2));
+    for (seq, packet) in packets.iter().enumerate() {
+        pace.tick().await;
+        link.audio(stream, AudioFrame::opus(seq as u32, packet.clone()))
+            .expect("hub running");
+    }
+    assert_eq!(
+        link.counters()
+            .uplink_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the hub dropped frames of the transmission"
+    );
+    link.talk_end(stream).await.expect("hub running");
+    loop {
+        if let FloorEvent::Released { .. } = next_floor(link).await {
+            break;
+        }
+    }
+}
+
+fn is_voice_message_from(event: &walkie_harness::SyncEvent, sender: &str) -> bool {
+    event.event_type() == "m.room.message"
+        && event.sender() == sender
+        && event.content()["msgtype"] == "m.audio"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmission_becomes_a_playable_voice_message_and_the_floor_is_mirrored() {
+    let setup = setup().await;
+    let alice = setup.synapse.client(&setup.alice);
+    let mut running = start_daemon(&setup.config).await;
+    let (speech, packets) = speech_packets();
+    transmit(&mut running.link, "kilo", &packets).await;
+
+    let puppet = format!("@walkie_test_kilo:{SERVER}");
+    let floor_taken = alice
+        .sync_until(
+            |e| e.event_type() == "org.matrix.msc4002.floor" && e.content()["state"] == "taken",
+            WAIT,
+        )
+        .await
+        .expect("floor state taken");
+    assert_eq!(floor_taken.content()["talker"], puppet.as_str());
+    assert_eq!(floor_taken.content()["endpoint"], "test.radio");
+    assert!(floor_taken.content()["tx_id"]
+        .as_str()
+        .is_some_and(|t| t.len() == 32));
+    assert!(floor_taken.content()["since_ts"].as_u64().is_some());
+    alice
+        .sync_until(
+            |e| e.event_type() == "org.matrix.msc4002.floor" && e.content()["state"] == "idle",
+            WAIT,
+        )
+        .await
+        .expect("floor state back to idle");
+    let message = alice
+        .sync_until(|e| is_voice_message_from(e, &puppet), WAIT)
+        .await
+        .expect("voice message posted by the talker's puppet");
+    let content = message.content().clone();
+    assert_eq!(content["body"], "Voice message");
+    assert_eq!(content["info"]["mimetype"], "audio/ogg");
+    assert!(content["org.matrix.msc3245.voice"].is_object());
+    let duration = content["info"]["duration"].as_u64().expect("info.duration");
+    let source_ms = speech.len() as u64 * 1000 / 48_000;
+    assert!(
+        duration.abs_diff(source_ms) <= 50,
+        "info.duration {duration} ms, spoken {source_ms} ms"
+    );
+    assert_eq!(content["org.matrix.msc1767.audio"]["duration"], duration);
+    let waveform = content["org.matrix.msc1767.audio"]["waveform"]
+        .as_array()
+        .expect("waveform");
+    assert!(
+        (30..=120).contains(&waveform.len()),
+        "{} waveform points",
+        waveform.len()
+    );
+    assert!(waveform
+        .iter()
+        .all(|v| v.as_u64().is_some_and(|v| v <= 1024)));
+
+    let mxc = content["url"].as_str().expect("url");
+    let ogg = alice.download(mxc).await.expect("download");
+    assert_eq!(content["info"]["size"].as_u64(), Some(ogg.len() as u64));
+    let decoded = decode_ogg_opus(&ogg).expect("the archive is valid Ogg Opus");
+    assert!(
+        decoded.duration_ms.abs_diff(source_ms) <= 50,
+        "decoded {} ms",
+        decoded.duration_ms
+    );
+    let (_, correlation) = common::best_lag(&speech, &decoded.pcm, -400..=400);
+    assert!(
+        correlation > 0.85,
+        "archived audio does not match what was said: {correlation:.3}"
+    );
+
+    let display = alice.displayname(&puppet).await.expect("profile");
+    assert_eq!(display.as_deref(), Some("kilo (Radio)"));
+    running.stop().await;
+}
+
+async fn voice_message_bytes() -> (Vec<i16>, Vec<u8>) {
+    let speech = common::speech(48_000);
+    let ogg = encode_ogg_opus(&speech, 24_000).expect("Ogg Opus");
+    (speech, ogg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_users_voice_message_is_transmitted_and_acknowledged() {
+    let setup = setup().await;
+    let alice = setup.synapse.client(&setup.alice);
+    let mut running = start_daemon(&setup.config).await;
+    let bot = format!("@walkie:{SERVER}");
+
+    alice
+        .send_text(&setup.room_id, "!wt on")
+        .await
+        .expect("command");
+    alice
+        .sync_until(
+            |e| {
+                e.sender() == bot
+                    && e.content()["msgtype"] == "m.notice"
+                    && e.body().is_some_and(|b| b.contains("!wt off"))
+            },
+            WAIT,
+        )
+        .await
+        .expect("the bot confirms the opt-in");
+
+    let (speech, ogg) = voice_message_bytes().await;
+    let source_ms = speech.len() as u64 * 1000 / 48_000;
+    let event_id = alice
+        .send_voice_message(&setup.room_id, ogg, source_ms)
+        .await
+        .expect("voice message");
+
+    let mut decoder = OpusDecoder::new().expect("decoder");
+    let mut pcm = Vec::new();
+    let mut frames = 0u64;
+    let mut taken_by = None;
+    let started = Instant::now();
+    loop {
+        let down = tokio::time::timeout(WAIT, running.link.recv())
+            .await
+            .expect("the voice message is played within the wait")
+            .expect("hub running");
+        match down {
+            Downlink::Floor(FloorEvent::Taken { talker, source, .. }) => {
+                assert_eq!(source.as_str(), "matrix.ops");
+                taken_by = talker.matrix_user_id.clone();
+            }
+            Downlink::Audio(frame) => {
+                frames += 1;
+                pcm.extend(decoder.decode(&frame.frame.opus).expect("valid Opus"));
+            }
+            Downlink::Floor(FloorEvent::Released { .. }) => break,
+            Downlink::Floor(_) => {}
+        }
+    }
+    let played = started.elapsed();
+    assert_eq!(taken_by.as_deref(), Some(setup.alice.user_id.as_str()));
+    let played_ms = frames * 20;
+    assert!(
+        played_ms.abs_diff(source_ms) <= 50,
+        "played {played_ms} ms of {source_ms} ms"
+    );
+    // Paced in real time, as a radio needs it.
+    assert!(
+        played >= Duration::from_millis(source_ms * 9 / 10),
+        "played in {played:?}"
+    );
+    let (_, correlation) = common::best_lag(&speech, &pcm, -400..=400);
+    assert!(
+        correlation > 0.85,
+        "transmitted audio does not match: {correlation:.3}"
+    );
+
+    alice
+        .sync_until(
+            |e| {
+                e.event_type() == "m.reaction"
+                    && e.sender() == bot
+                    && e.content()["m.relates_to"]["event_id"] == event_id.as_str()
+            },
+            WAIT,
+        )
+        .await
+        .expect("the bot acknowledges the transmission");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_message_from_a_user_who_did_not_opt_in_is_refused_with_a_reason() {
+    let setup = setup().await;
+    let bob = setup
+        .synapse
+        .register_user("bob", false)
+        .await
+        .expect("bob");
+    let bob_client = setup.synapse.client(&bob);
+    bob_client.join(&setup.room_id).await.expect("bob joins");
+    let mut running = start_daemon(&setup.config).await;
+    let bot = format!("@walkie:{SERVER}");
+
+    let (speech, ogg) = voice_message_bytes().await;
+    let event_id = bob_client
+        .send_voice_message(&setup.room_id, ogg, speech.len() as u64 / 48)
+        .await
+        .expect("voice message");
+    let reply = bob_client
+        .sync_until(
+            |e| {
+                e.sender() == bot
+                    && e.content()["m.relates_to"]["rel_type"] == "m.thread"
+                    && e.content()["m.relates_to"]["event_id"] == event_id.as_str()
+            },
+            WAIT,
+        )
+        .await
+        .expect("a threaded reply explains the refusal");
+    assert!(
+        reply.body().is_some_and(|b| b.contains("opted in")),
+        "{:?}",
+        reply.body()
+    );
+    // Nothing reached the channel.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), running.link.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "a refused voice message reached the channel: {quiet:?}"
+    );
+    running.stop().await;
+}
+
+/// Counts the voice messages in the room, by the talker's puppet.
+async fn voice_messages(client: &MatrixClient, room: &str, sender: &str) -> Vec<Value> {
+    client
+        .room_messages(room, 100)
+        .await
+        .expect("room messages")
+        .into_iter()
+        .filter(|e| e["sender"] == sender && e["content"]["msgtype"] == "m.audio")
+        .collect()
+}
+
+async fn wait_for_outbox_depth(store: &Store, depth: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = store.outbox_depth().await.expect("outbox depth");
+        if now == depth {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outbox depth stayed {now}, expected {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn open_store(setup: &Setup) -> Store {
+    let path: PathBuf = setup.dir.path().join("walkie.db");
+    Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("store")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_transmissions_during_a_20_s_outage_are_posted_exactly_once() {
+    let mut setup = setup().await;
+    let (_, packets) = speech_packets();
+    let mut running = start_daemon(&setup.config).await;
+    let store = open_store(&setup).await;
+
+    setup.synapse.stop().await.expect("Synapse stops");
+    let outage = Instant::now();
+    for talker in ["one", "two", "three"] {
+        transmit(&mut running.link, talker, &packets[..50]).await;
+    }
+    wait_for_outbox_depth(&store, 3, WAIT).await;
+    // The scenario is a 20 s outage; this wait is its length, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
+    setup.synapse.start_again().await.expect("Synapse back");
+
+    wait_for_outbox_depth(&store, 0, Duration::from_secs(90)).await;
+    let alice = setup.synapse.client(&setup.alice);
+    for talker in ["one", "two", "three"] {
+        let puppet = format!("@walkie_test_{talker}:{SERVER}");
+        let posted = voice_messages(&alice, &setup.room_id, &puppet).await;
+        assert_eq!(posted.len(), 1, "{talker}: {} voice messages", posted.len());
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_after_recording_posts_exactly_once_after_restart() {
+    let mut setup = setup().await;
+    let (_, packets) = speech_packets();
+    let store = open_store(&setup).await;
+
+    // The first bridge runs on a runtime of its own, so it can be killed outright.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = setup.config.clone();
+    let mut first = runtime
+        .spawn(async move { start_daemon(&config).await })
+        .await
+        .expect("first bridge started");
+    // With the homeserver down the recording cannot be uploaded yet.
+    setup.synapse.stop().await.expect("Synapse stops");
+    transmit(&mut first.link, "kilo", &packets[..100]).await;
+    wait_for_outbox_depth(&store, 1, WAIT).await;
+    // SIGKILL, as far as the bridge's files and database can tell: every task
+    // dies where it stands, nothing is flushed or shut down.
+    drop(first);
+    runtime.shutdown_background();
+
+    setup.synapse.start_again().await.expect("Synapse back");
+    let second = start_daemon(&setup.config).await;
+    wait_for_outbox_depth(&store, 0, Duration::from_secs(60)).await;
+    let alice = setup.synapse.client(&setup.alice);
+    let puppet = format!("@walkie_test_kilo:{SERVER}");
+    let posted = voice_messages(&alice, &setup.room_id, &puppet).await;
+    assert_eq!(
+        posted.len(),
+        1,
+        "{} voice messages after the restart",
+        posted.len()
+    );
+    second.stop().await;
+}
