@@ -1,0 +1,217 @@
+//! A running bridge for tests and benches: a real Synapse with the bridge's
+//! registration, a room, and the daemon in-process with a test endpoint on the
+//! channel. Included with `#[path]` by the tests and benches that need it.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use walkie_bridge::config::Config;
+use walkie_bridge::daemon::Daemon;
+use walkie_bridge::registration::Registration;
+use walkie_endpoint::audio::{frames_of, OpusEncoder};
+use walkie_endpoint::testkit::TestEndpoint;
+use walkie_endpoint::{
+    AudioFrame, Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, StreamKey,
+    TalkKind, Talker,
+};
+use walkie_harness::{free_port, CreateRoom, Preset, Synapse, SynapseBuilder, TestUser};
+
+use super::common;
+
+pub const SERVER: &str = "walkie.test";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Setup {
+    pub synapse: Synapse,
+    pub alice: TestUser,
+    pub room_id: String,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config_text(homeserver: &str, listen: u16, dir: &std::path::Path) -> String {
+    format!(
+        r##"
+[homeserver]
+url = "{homeserver}"
+domain = "{SERVER}"
+
+[appservice]
+listen = "127.0.0.1:{listen}"
+id = "walkie"
+as_token = "as-token-for-the-matrix-bridge-test"
+hs_token = "hs-token-for-the-matrix-bridge-test"
+bot_localpart = "walkie"
+puppet_prefix = "walkie_"
+
+[database]
+url = "sqlite://{db}"
+
+[archive]
+spool_dir = "{spool}"
+
+[floor]
+idle_release_ms = 1500
+
+[[channel]]
+name = "ops"
+room = "#ops:{SERVER}"
+endpoints = []
+"##,
+        db = dir.join("walkie.db").display(),
+        spool = dir.join("spool").display(),
+    )
+}
+
+pub fn load(text: &str) -> Config {
+    let (config, _warnings) =
+        Config::from_toml_str(text, "test.toml", Vec::<(String, String)>::new())
+            .unwrap_or_else(|errors| panic!("test config is invalid: {errors}"));
+    config
+}
+
+pub async fn setup() -> Setup {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_port();
+    // The registration does not depend on the homeserver's URL, which is known
+    // only once Synapse runs.
+    let provisional = load(&config_text("http://127.0.0.1:1", listen, dir.path()));
+    let registration = Registration::from_config(&provisional)
+        .to_yaml()
+        .expect("registration YAML");
+    let synapse = SynapseBuilder::new()
+        .server_name(SERVER)
+        .appservice_registration(registration)
+        .start()
+        .await
+        .expect("Synapse starts");
+    let config = load(&config_text(&synapse.url(), listen, dir.path()));
+    let alice = synapse.register_user("alice", false).await.expect("alice");
+    let bot = format!("@walkie:{SERVER}");
+    let room_id = synapse
+        .client(&alice)
+        .create_room(
+            &CreateRoom::new()
+                .name("Ops")
+                .alias("ops")
+                .preset(Preset::Public)
+                .power_levels(json!({ "users": { bot.clone(): 100 } })),
+        )
+        .await
+        .expect("room");
+    Setup {
+        synapse,
+        alice,
+        room_id,
+        config,
+        dir,
+    }
+}
+
+pub struct Running {
+    pub link: HubLink,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_daemon(config: &Config) -> Running {
+    let (endpoint, handle) =
+        TestEndpoint::new(EndpointId::new("test.radio"), Capabilities::default());
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(config.clone()).with_endpoint("ops", Box::new(endpoint));
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let link = tokio::time::timeout(WAIT, handle.link())
+        .await
+        .expect("the daemon starts the channel in time")
+        .expect("the daemon runs the test endpoint");
+    Running {
+        link,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task did not panic")
+            .expect("daemon ends cleanly");
+    }
+}
+
+pub fn speech_packets() -> (Vec<i16>, Vec<bytes::Bytes>) {
+    let speech = common::speech(48_000);
+    let mut encoder = OpusEncoder::new().expect("encoder");
+    let packets = frames_of(&speech)
+        .map(|frame| encoder.encode(&frame).expect("encode"))
+        .collect();
+    (speech, packets)
+}
+
+pub async fn next_floor(link: &mut HubLink) -> FloorEvent {
+    loop {
+        match tokio::time::timeout(WAIT, link.recv()).await {
+            Ok(Ok(Downlink::Floor(event))) => return event,
+            Ok(Ok(Downlink::Audio(_))) => continue,
+            Ok(Err(closed)) => panic!("hub gone: {closed}"),
+            Err(_) => panic!("no floor event within {WAIT:?}"),
+        }
+    }
+}
+
+/// One transmission from the test endpoint, as a radio user would make it.
+pub async fn transmit(link: &mut HubLink, talker: &str, packets: &[bytes::Bytes]) {
+    let stream = StreamKey(1);
+    link.talk_start(
+        stream,
+        Talker::new(talker, format!("{talker} (Radio)")),
+        Priority::Normal,
+        TalkKind::Live,
+    )
+    .await
+    .expect("hub running");
+    loop {
+        match next_floor(link).await {
+            FloorEvent::Granted { .. } => break,
+            FloorEvent::Denied { reason, .. } => panic!("transmission denied: {reason}"),
+            _ => continue,
+        }
+    }
+    // A talker speaks at one frame per 20 ms; ten times faster keeps the test short
+    // and still far inside what the hub's inbox takes without dropping.
+    let mut pace = tokio::time::interval(Duration::from_millis(2));
+    for (seq, packet) in packets.iter().enumerate() {
+        pace.tick().await;
+        link.audio(stream, AudioFrame::opus(seq as u32, packet.clone()))
+            .expect("hub running");
+    }
+    assert_eq!(
+        link.counters()
+            .uplink_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the hub dropped frames of the transmission"
+    );
+    link.talk_end(stream).await.expect("hub running");
+    loop {
+        if let FloorEvent::Released { .. } = next_floor(link).await {
+            break;
+        }
+    }
+}
+
+pub fn is_voice_message_from(event: &walkie_harness::SyncEvent, sender: &str) -> bool {
+    event.event_type() == "m.room.message"
+        && event.sender() == sender
+        && event.content()["msgtype"] == "m.audio"
+}
