@@ -243,8 +243,10 @@ async fn run_daemon(
         info!(channel = %channel.name, room = %prepared.room_id, "channel bridged");
         hubs.spawn(hub.run(hub_token.clone()));
     }
-    for channel in extra.keys() {
-        warn!(%channel, "a test endpoint names a channel that is not bridged");
+    // Endpoints of channels that are not bridged are dropped here, so whoever
+    // waits for them to start learns that they never will.
+    for channel in extra.into_keys() {
+        warn!(%channel, "an extra endpoint names a channel that is not bridged");
     }
 
     if let Err(error) = recover_spool(&config.archive.spool_dir, &store).await {

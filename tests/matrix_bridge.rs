@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bridge_common::{
-    is_voice_message_from, setup, speech_packets, start_daemon, transmit, Setup, SERVER, WAIT,
+    is_voice_message_from, ops_room, setup, setup_with_room, speech_packets, start_daemon,
+    transmit, try_start_daemon, Running, Setup, SERVER, WAIT,
 };
 use serde_json::Value;
 use walkie_bridge::store::Store;
@@ -328,4 +329,103 @@ async fn a_bridge_killed_after_recording_posts_exactly_once_after_restart() {
         posted.len()
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_talkers_puppet_types_while_the_talk_lasts() {
+    let setup = setup().await;
+    let alice = setup.synapse.client(&setup.alice);
+    let running = start_daemon(&setup.config).await;
+    let (_, packets) = speech_packets();
+    let puppet = format!("@walkie_test_kilo:{SERVER}");
+    let link = running.link;
+    let stream = walkie_endpoint::StreamKey(1);
+    link.talk_start(
+        stream,
+        walkie_endpoint::Talker::new("kilo", "kilo (Radio)"),
+        walkie_endpoint::Priority::Normal,
+        walkie_endpoint::TalkKind::Live,
+    )
+    .await
+    .expect("hub running");
+    let typing = |user: &str, present: bool| {
+        let user = user.to_owned();
+        move |e: &walkie_harness::SyncEvent| {
+            e.event_type() == "m.typing"
+                && e.content()["user_ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|id| id == user.as_str()) == present)
+        }
+    };
+    // Talk in real time until the room shows the puppet typing.
+    let watcher = {
+        let alice = alice.clone();
+        let predicate = typing(&puppet, true);
+        tokio::spawn(async move { alice.sync_until(predicate, WAIT).await })
+    };
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut seq = 0u32;
+    while !watcher.is_finished() {
+        pace.tick().await;
+        let packet = packets[seq as usize % packets.len()].clone();
+        link.audio(stream, walkie_endpoint::AudioFrame::opus(seq, packet))
+            .expect("hub running");
+        seq += 1;
+        assert!(seq < 1500, "no typing notice within 30 s of talk");
+    }
+    watcher
+        .await
+        .expect("watcher")
+        .expect("the puppet types while talking");
+    link.talk_end(stream).await.expect("hub running");
+    alice
+        .sync_until(typing(&puppet, false), WAIT)
+        .await
+        .expect("the puppet stops typing when the talk ends");
+    Running::from_parts(link, running.shutdown, running.task)
+        .stop()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_without_power_says_what_it_lacks_in_the_room() {
+    let room = ops_room().power_levels(serde_json::json!({
+        "users": { format!("@walkie:{SERVER}"): 0 },
+        "state_default": 50,
+    }));
+    let setup = setup_with_room(room).await;
+    let alice = setup.synapse.client(&setup.alice);
+    let running = start_daemon(&setup.config).await;
+    let bot = format!("@walkie:{SERVER}");
+    let notice = alice
+        .sync_until(
+            |e| e.sender() == bot && e.content()["msgtype"] == "m.notice",
+            WAIT,
+        )
+        .await
+        .expect("the bot explains what it lacks");
+    let body = notice.body().unwrap_or_default();
+    assert!(
+        body.contains("org.matrix.msc4002.floor") && body.contains("50"),
+        "unhelpful notice: {body}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_is_not_bridged() {
+    let room = ops_room().initial_state(
+        "m.room.encryption",
+        "",
+        serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" }),
+    );
+    let setup = setup_with_room(room).await;
+    let ((shutdown, task), link) = try_start_daemon(&setup.config).await;
+    assert!(link.is_none(), "the encrypted room's channel was bridged");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("daemon stops")
+        .expect("no panic")
+        .expect("daemon ends cleanly");
 }

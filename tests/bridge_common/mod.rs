@@ -73,7 +73,20 @@ pub fn load(text: &str) -> Config {
     config
 }
 
+/// The room every test uses: public, alias `#ops`, the bot at power level 100.
+pub fn ops_room() -> CreateRoom {
+    CreateRoom::new()
+        .name("Ops")
+        .alias("ops")
+        .preset(Preset::Public)
+        .power_levels(json!({ "users": { format!("@walkie:{SERVER}"): 100 } }))
+}
+
 pub async fn setup() -> Setup {
+    setup_with_room(ops_room()).await
+}
+
+pub async fn setup_with_room(room: CreateRoom) -> Setup {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -94,16 +107,9 @@ pub async fn setup() -> Setup {
         .expect("Synapse starts");
     let config = load(&config_text(&synapse.url(), listen, dir.path()));
     let alice = synapse.register_user("alice", false).await.expect("alice");
-    let bot = format!("@walkie:{SERVER}");
     let room_id = synapse
         .client(&alice)
-        .create_room(
-            &CreateRoom::new()
-                .name("Ops")
-                .alias("ops")
-                .preset(Preset::Public)
-                .power_levels(json!({ "users": { bot.clone(): 100 } })),
-        )
+        .create_room(&room)
         .await
         .expect("room");
     Setup {
@@ -122,6 +128,24 @@ pub struct Running {
 }
 
 pub async fn start_daemon(config: &Config) -> Running {
+    let (running, link) = try_start_daemon(config).await;
+    Running {
+        link: link.expect("the daemon runs the test endpoint"),
+        shutdown: running.0,
+        task: running.1,
+    }
+}
+
+/// Starts the daemon; the link is `None` when it did not bridge the channel.
+pub async fn try_start_daemon(
+    config: &Config,
+) -> (
+    (
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ),
+    Option<HubLink>,
+) {
     let (endpoint, handle) =
         TestEndpoint::new(EndpointId::new("test.radio"), Capabilities::default());
     let shutdown = CancellationToken::new();
@@ -129,16 +153,23 @@ pub async fn start_daemon(config: &Config) -> Running {
     let task = tokio::spawn(daemon.run(shutdown.clone()));
     let link = tokio::time::timeout(WAIT, handle.link())
         .await
-        .expect("the daemon starts the channel in time")
-        .expect("the daemon runs the test endpoint");
-    Running {
-        link,
-        shutdown,
-        task,
-    }
+        .expect("the daemon starts (or skips) the channel in time");
+    ((shutdown, task), link)
 }
 
 impl Running {
+    pub fn from_parts(
+        link: HubLink,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Self {
+            link,
+            shutdown,
+            task,
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.task)
