@@ -1,30 +1,15 @@
 #!/usr/bin/env bash
-# The README's first command: set up, build, and run the bridge's main job on loopback.
+# The README's first command: set up, then run the bridge against a local Synapse.
 #
-# Status: the Matrix side (issue #3) and the Mumble endpoint (issue #4) are not built
-# yet, so there is no local Synapse or murmurd to start. This script does everything
-# that is real today — checks the example configuration, prints the appservice
-# registration a homeserver would load — and then starts the daemon, which names the
-# endpoints it cannot run yet and exits. It never pretends to bridge anything.
+# What you see (examples/demo.rs): Synapse starts on loopback with the bridge's
+# appservice registration; a user creates #ops; the bridge joins it. A talker on the
+# radio side speaks and the transmission appears in the room as a voice message from
+# its puppet; the user opts in with `!wt on`, posts a voice message, and the radio
+# side hears it. The radio side is the bridge's test endpoint standing in for
+# Mumble, MQTT and radios until their endpoints land (issues #4-#6).
+#
+# Run from a terminal, the demo keeps running until Ctrl-C so you can look around.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --locked --release --bin walkie-bridge
-bin=${CARGO_TARGET_DIR:-target}/release/walkie-bridge
-
-echo
-echo "== walkie-bridge check-config config/example.toml"
-"$bin" check-config config/example.toml
-
-echo
-echo "== walkie-bridge generate-registration -c config/example.toml"
-"$bin" generate-registration -c config/example.toml
-
-echo
-echo "== walkie-bridge run -c config/example.toml"
-status=0
-"$bin" run -c config/example.toml || status=$?
-echo
-echo "walkie-bridge run exited with $status: the endpoints above arrive with their issues."
-echo "Until then, 'scripts/test.sh' shows what works: the floor arbiter, the channel hub"
-echo "and the audio core, tested on real speech."
+exec cargo run --locked --example demo

@@ -361,3 +361,49 @@ async fn shutdown_tells_every_endpoint_the_floor_is_released() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_release_never_overtakes_the_last_frames_of_its_transmission() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.b"]);
+    for round in 0..20u8 {
+        let tx = take_floor(&mut links, 0, 1, "alice").await;
+        // The listener reads nothing until the talk is over, so everything the hub
+        // sent it is waiting on both channels at once.
+        for seq in 0..40u32 {
+            links[0]
+                .audio(StreamKey(1), AudioFrame::opus(seq, vec![round]))
+                .expect("hub running");
+        }
+        links[0].talk_end(StreamKey(1)).await.expect("hub running");
+        assert_eq!(
+            next_floor(&mut links[0]).await,
+            FloorEvent::Released {
+                tx,
+                reason: ReleaseReason::TalkerDone
+            }
+        );
+        assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
+        for seq in 0..40u32 {
+            match next(&mut links[1]).await {
+                Downlink::Audio(frame) => {
+                    assert_eq!((frame.tx, frame.frame.seq), (tx, seq));
+                }
+                other => panic!("round {round}: frame {seq} overtaken by {other:?}"),
+            }
+        }
+        assert_eq!(
+            next_floor(&mut links[1]).await,
+            FloorEvent::Released {
+                tx,
+                reason: ReleaseReason::TalkerDone
+            }
+        );
+        assert_eq!(next_floor(&mut links[1]).await, FloorEvent::Idle);
+    }
+    stop(shutdown, task).await;
+}

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
-use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, Uplink};
+use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, Ordered, Uplink};
 
 /// Uplink messages waiting for the hub. Audio beyond this is dropped at the
 /// endpoint (counted there); control messages wait for room.
@@ -45,8 +45,8 @@ pub struct HubStats {
 
 struct Attached {
     capabilities: Capabilities,
-    control: mpsc::UnboundedSender<FloorEvent>,
-    audio: broadcast::Sender<DownFrame>,
+    control: mpsc::UnboundedSender<Ordered<FloorEvent>>,
+    audio: broadcast::Sender<Ordered<DownFrame>>,
 }
 
 /// A channel hub before it runs: attach endpoints, then [`ChannelHub::run`].
@@ -63,6 +63,9 @@ pub struct ChannelHub {
     /// Decoder of the current transmission, present only while some endpoint other
     /// than the holder's wants PCM.
     decoder: Option<TransmissionDecoder>,
+    /// Stamps every downlink message, so each link hands control and audio out in
+    /// the order they were sent.
+    sent: u64,
 }
 
 /// Per-frame counters resolved once, so the audio path does not build label sets.
@@ -96,6 +99,7 @@ impl ChannelHub {
             gone,
             stats: Arc::default(),
             decoder: None,
+            sent: 0,
         }
     }
 
@@ -206,11 +210,16 @@ impl ChannelHub {
 
     /// The holder's frame to every other endpoint, never back to its source.
     fn forward(&mut self, source: &EndpointId, frame: DownFrame) {
+        self.sent += 1;
+        let order = self.sent;
         for (id, attached) in &self.endpoints {
             if id != source {
                 // A send error only means the endpoint has no receiver right now
                 // (it is being torn down); its `gone` notice is on the way.
-                let _ = attached.audio.send(frame.clone());
+                let _ = attached.audio.send(Ordered {
+                    order,
+                    message: frame.clone(),
+                });
             }
         }
         self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -294,23 +303,36 @@ impl ChannelHub {
         }
     }
 
-    fn tell(&self, endpoint: &EndpointId, event: FloorEvent) {
+    fn tell(&mut self, endpoint: &EndpointId, event: FloorEvent) {
+        self.sent += 1;
+        let order = self.sent;
         if let Some(attached) = self.endpoints.get(endpoint) {
-            if attached.control.send(event).is_err() {
+            let message = Ordered {
+                order,
+                message: event,
+            };
+            if attached.control.send(message).is_err() {
                 warn!(%endpoint, "endpoint no longer listens for floor events");
             }
         }
     }
 
-    fn tell_all(&self, event: &FloorEvent) {
-        for id in self.endpoints.keys() {
-            self.tell(id, event.clone());
+    fn tell_all(&mut self, event: &FloorEvent) {
+        let ids: Vec<EndpointId> = self.endpoints.keys().cloned().collect();
+        for id in ids {
+            self.tell(&id, event.clone());
         }
     }
 
-    fn tell_all_but(&self, except: &EndpointId, event: &FloorEvent) {
-        for id in self.endpoints.keys().filter(|id| *id != except) {
-            self.tell(id, event.clone());
+    fn tell_all_but(&mut self, except: &EndpointId, event: &FloorEvent) {
+        let ids: Vec<EndpointId> = self
+            .endpoints
+            .keys()
+            .filter(|id| *id != except)
+            .cloned()
+            .collect();
+        for id in ids {
+            self.tell(&id, event.clone());
         }
     }
 

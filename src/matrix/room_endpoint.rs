@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 use walkie_endpoint::audio::{import_voice_message, ImportLimits, FRAME_MS};
 use walkie_endpoint::{
     AudioFrame, DenyReason, DownFrame, Downlink, Endpoint, EndpointError, EndpointFuture,
@@ -80,15 +80,12 @@ impl Endpoint for RoomEndpoint {
         &self.parts.id
     }
 
+    /// The daemon runs every endpoint inside a span naming its channel and id.
     fn run(self: Box<Self>, link: HubLink, shutdown: CancellationToken) -> EndpointFuture {
-        let span = info_span!("endpoint", channel = %self.parts.channel, endpoint = %self.parts.id);
-        Box::pin(
-            async move {
-                let mut state = RoomState::new(self.parts, link);
-                state.run(shutdown).await
-            }
-            .instrument(span),
-        )
+        Box::pin(async move {
+            let mut state = RoomState::new(self.parts, link);
+            state.run(shutdown).await
+        })
     }
 }
 

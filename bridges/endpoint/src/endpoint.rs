@@ -112,9 +112,23 @@ pub struct HubLink {
     id: EndpointId,
     uplink: mpsc::Sender<(EndpointId, Uplink)>,
     gone: mpsc::UnboundedSender<EndpointId>,
-    control: mpsc::UnboundedReceiver<FloorEvent>,
-    audio: broadcast::Receiver<DownFrame>,
+    control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+    audio: broadcast::Receiver<Ordered<DownFrame>>,
+    /// Taken off a channel but not yet handed out, because the other channel
+    /// had something the hub sent earlier.
+    next_control: Option<Ordered<FloorEvent>>,
+    next_audio: Option<Ordered<DownFrame>>,
     counters: Arc<LinkCounters>,
+}
+
+/// A downlink message stamped with the hub's send order. Control and audio travel
+/// on two channels (one lossless, one a lossy ring), and the stamp lets the link
+/// hand them out in exactly the order the hub sent them: a `Released` never
+/// overtakes the last frames of its transmission, a `Taken` never lags its first.
+#[derive(Debug, Clone)]
+pub struct Ordered<T> {
+    pub order: u64,
+    pub message: T,
 }
 
 impl HubLink {
@@ -123,8 +137,8 @@ impl HubLink {
         id: EndpointId,
         uplink: mpsc::Sender<(EndpointId, Uplink)>,
         gone: mpsc::UnboundedSender<EndpointId>,
-        control: mpsc::UnboundedReceiver<FloorEvent>,
-        audio: broadcast::Receiver<DownFrame>,
+        control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+        audio: broadcast::Receiver<Ordered<DownFrame>>,
     ) -> Self {
         Self {
             id,
@@ -132,6 +146,8 @@ impl HubLink {
             gone,
             control,
             audio,
+            next_control: None,
+            next_audio: None,
             counters: Arc::default(),
         }
     }
@@ -186,25 +202,66 @@ impl HubLink {
             .map_err(|_| HubClosed)
     }
 
-    /// The next thing the hub has for this endpoint. Floor events come before audio
-    /// that was queued at the same moment, so a `Taken` is seen before its frames.
+    /// The next thing the hub has for this endpoint, in the order the hub sent it.
+    /// Cancel-safe: nothing taken off a channel is lost if the future is dropped.
     pub async fn recv(&mut self) -> Result<Downlink, HubClosed> {
         loop {
-            tokio::select! {
-                biased;
-                event = self.control.recv() => {
-                    return event.map(Downlink::Floor).ok_or(HubClosed);
-                }
-                frame = self.audio.recv() => match frame {
-                    Ok(frame) => return Ok(Downlink::Audio(frame)),
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        self.counters.downlink_lagged.fetch_add(skipped, Ordering::Relaxed);
-                        tracing::debug!(endpoint = %self.id, skipped, "fell behind; oldest audio frames dropped");
+            self.fill_ready();
+            // Whatever the hub sent before a waiting message is already on its
+            // channel (the hub sends from one task), so a lone waiting message
+            // cannot be overtaken by anything still to come.
+            let control_first = match (&self.next_control, &self.next_audio) {
+                (Some(control), Some(audio)) => Some(control.order < audio.order),
+                (Some(_), None) => Some(true),
+                (None, Some(_)) => Some(false),
+                (None, None) => None,
+            };
+            match control_first {
+                Some(true) => {
+                    if let Some(event) = self.next_control.take() {
+                        return Ok(Downlink::Floor(event.message));
                     }
+                }
+                Some(false) => {
+                    if let Some(frame) = self.next_audio.take() {
+                        return Ok(Downlink::Audio(frame.message));
+                    }
+                }
+                None => {}
+            }
+            tokio::select! {
+                event = self.control.recv() => match event {
+                    Some(event) => self.next_control = Some(event),
+                    None => return Err(HubClosed),
+                },
+                frame = self.audio.recv() => match frame {
+                    Ok(frame) => self.next_audio = Some(frame),
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => self.lagged(skipped),
                     Err(broadcast::error::RecvError::Closed) => return Err(HubClosed),
                 },
             }
         }
+    }
+
+    /// Takes whatever is already waiting on either channel, without waiting.
+    fn fill_ready(&mut self) {
+        if self.next_control.is_none() {
+            self.next_control = self.control.try_recv().ok();
+        }
+        while self.next_audio.is_none() {
+            match self.audio.try_recv() {
+                Ok(frame) => self.next_audio = Some(frame),
+                Err(broadcast::error::TryRecvError::Lagged(skipped)) => self.lagged(skipped),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn lagged(&mut self, skipped: u64) {
+        self.counters
+            .downlink_lagged
+            .fetch_add(skipped, Ordering::Relaxed);
+        tracing::debug!(endpoint = %self.id, skipped, "fell behind; oldest audio frames dropped");
     }
 }
 

@@ -13,7 +13,7 @@ pub mod testkit;
 
 pub use endpoint::{
     Capabilities, Downlink, Endpoint, EndpointError, EndpointFuture, HubClosed, HubLink,
-    LinkCounters, Resource, Uplink,
+    LinkCounters, Ordered, Resource, Uplink,
 };
 pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
 pub use frame::{AudioFrame, DownFrame};

@@ -58,7 +58,11 @@ fn run(cmd: &mut Command, what: &str) {
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("walkie-audio-fixtures");
+        // Cargo gives tests and benches a temp dir of their own; examples (the demo)
+        // fall back to the system's.
+        let root = option_env!("CARGO_TARGET_TMPDIR")
+            .map_or_else(std::env::temp_dir, PathBuf::from)
+            .join("walkie-audio-fixtures");
         remove_stale(&root);
         let building = root.join(format!("building-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&building);
