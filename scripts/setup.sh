@@ -8,11 +8,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Build: libopus-dev + cmake + pkg-config (the opus crate links libopus).
 # Tests: opus-tools (opusinfo/opusdec check the Ogg files we write),
 #        postgresql (initdb/pg_ctl: the store is tested on PostgreSQL too),
-#        espeak-ng + sox (real speech fixtures).
+#        espeak-ng + sox (real speech fixtures),
+#        mumble-server (murmurd 1.3.4, started by tests/harness on free ports).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
+  mumble-server
 )
 
 apt_install() {
@@ -33,6 +35,30 @@ apt_install() {
 }
 
 apt_install "${PACKAGES[@]}"
+
+# Debian's mumble-server starts a system murmurd on 0.0.0.0:64738 where an init system
+# runs. Tests start their own murmurd (harness: free ports, temp dirs); the system one
+# is not needed, so stop it and keep it from starting at boot. Containers often have
+# systemctl without systemd running, or no init system at all: handle each case.
+quiet_mumble_server() {
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    if systemctl is-enabled --quiet mumble-server 2>/dev/null \
+      || systemctl is-active --quiet mumble-server 2>/dev/null; then
+      echo "setup: stopping and disabling the system mumble-server (tests start their own)" >&2
+      "${sudo[@]}" systemctl disable --now mumble-server >/dev/null 2>&1 || true
+    fi
+  elif [[ -x /etc/init.d/mumble-server ]]; then
+    # SysV init or none: the init script stops a daemon started from its pid file.
+    if [[ -s /run/mumble-server/mumble-server.pid ]]; then
+      echo "setup: stopping the system mumble-server (tests start their own)" >&2
+      "${sudo[@]}" /etc/init.d/mumble-server stop >/dev/null 2>&1 || true
+    fi
+    command -v update-rc.d >/dev/null && "${sudo[@]}" update-rc.d mumble-server disable >/dev/null 2>&1 || true
+  fi
+}
+quiet_mumble_server
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 
@@ -62,4 +88,33 @@ if ! synapse_installed; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "matrix-synapse==$SYNAPSE_VERSION"
   synapse_installed || { echo "setup: matrix-synapse $SYNAPSE_VERSION did not install into $VENV" >&2; exit 1; }
+fi
+
+# Mumble test clients (tests/harness/python/mumble_client.py) use pymumble in a
+# second virtualenv, .venv-test, so its pins never disturb Synapse's. pymumble 1.6.1
+# (the newest) pins opuslib==3.0.1 and protobuf==3.12.2 itself: the pure-Python
+# protobuf 3.12 runtime loads pymumble's old generated mumble_pb2 on Python 3.11
+# (protobuf >= 4 would refuse it). opuslib needs libopus0 at run time (libopus-dev
+# above). The harness uses this venv unless WALKIE_TEST_PYTHON names another python.
+PYMUMBLE_VERSION=1.6.1
+TEST_VENV="$ROOT/.venv-test"
+
+pymumble_installed() {
+  "$TEST_VENV/bin/python" -c 'import sys, importlib.metadata as m, pymumble_py3, opuslib
+sys.exit(m.version("pymumble") != sys.argv[1])' "$PYMUMBLE_VERSION" 2>/dev/null
+}
+
+if ! pymumble_installed; then
+  PYTHON=${PYTHON:-python3}
+  if ! command -v "$PYTHON" >/dev/null || ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
+  if ! "$TEST_VENV/bin/python" -c '' 2>/dev/null; then
+    echo "setup: creating $TEST_VENV" >&2
+    "$PYTHON" -m venv --clear "$TEST_VENV"
+  fi
+  echo "setup: installing pymumble==$PYMUMBLE_VERSION into $TEST_VENV" >&2
+  "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "pymumble==$PYMUMBLE_VERSION" "opuslib==3.0.1" "protobuf==3.12.2"
+  pymumble_installed || { echo "setup: pymumble $PYMUMBLE_VERSION did not install into $TEST_VENV" >&2; exit 1; }
 fi
