@@ -2,18 +2,30 @@
 //!
 //! Starts a real Synapse on 127.0.0.1 (see [`SynapseBuilder`]) and gives tests a small
 //! Matrix client ([`MatrixClient`]) to create rooms, send and await events, and move
-//! media. Processes started here are owned by guards ([`ChildGuard`]) and die with
-//! the test. See `README.md` beside this crate for environment variables and logs.
+//! media. Starts a real murmurd (see [`MurmurBuilder`]) and drives pymumble clients
+//! ([`MumbleTestClient`]) that send, record and message on it. Processes started
+//! here are owned by guards ([`ChildGuard`]) and die with the test. See `README.md`
+//! beside this crate for environment variables and logs.
 
 mod appservice;
 mod client;
+mod mumble_client;
+mod murmur;
 mod ports;
 mod process;
 mod synapse;
 
 pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
 pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
-pub use ports::free_port;
+pub use mumble_client::{
+    MumbleEvent, MumbleTestClient, MumbleUser, RecordedStream, Recording, SentAudio, TextMessage,
+    CLIENT_TIMEOUT,
+};
+pub use murmur::{
+    murmurd_path, test_python, Murmur, MurmurBuilder, MURMUR_READY_TIMEOUT, MURMUR_STOP_GRACE,
+    MURMUR_SYSTEM_USER,
+};
+pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
 pub use synapse::{synapse_python, workspace_root, Synapse, SynapseBuilder, TestUser};
 
@@ -49,6 +61,16 @@ pub enum Error {
     /// Synapse failed to start, stop or answer; carries the tail of its logs.
     #[error("{message}\n{log_tail}")]
     Synapse { message: String, log_tail: String },
+    /// murmurd failed to start or stop; carries the tail of its log.
+    #[error("{message}\n{log_tail}")]
+    Murmur { message: String, log_tail: String },
+    /// A Mumble test client failed a command or died; carries the tail of its log.
+    #[error("mumble test client {client}: {message}\n{log_tail}")]
+    MumbleClient {
+        client: String,
+        message: String,
+        log_tail: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -35,21 +35,45 @@ impl ChildGuard {
     /// missing). `name` appears in messages about the process.
     pub fn spawn(
         name: impl Into<String>,
-        mut command: Command,
+        command: Command,
         log_path: impl Into<PathBuf>,
     ) -> io::Result<ChildGuard> {
+        Self::spawn_with(name, command, log_path.into(), false)
+    }
+
+    /// Like [`ChildGuard::spawn`], but the child's stdin and stdout are pipes, handed
+    /// back to talk to it; only stderr goes to the log file.
+    pub fn spawn_piped(
+        name: impl Into<String>,
+        command: Command,
+        log_path: impl Into<PathBuf>,
+    ) -> io::Result<(ChildGuard, ChildStdin, ChildStdout)> {
+        let mut guard = Self::spawn_with(name, command, log_path.into(), true)?;
+        let stdin = guard.child.stdin.take().expect("stdin is piped");
+        let stdout = guard.child.stdout.take().expect("stdout is piped");
+        Ok((guard, stdin, stdout))
+    }
+
+    fn spawn_with(
+        name: impl Into<String>,
+        mut command: Command,
+        log_path: PathBuf,
+        piped: bool,
+    ) -> io::Result<ChildGuard> {
         let name = name.into();
-        let log_path = log_path.into();
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         writeln!(log, "=== walkie-harness: starting {name}: {command:?}")?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .process_group(0);
+        if piped {
+            command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        } else {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?));
+        }
+        command.stderr(Stdio::from(log)).process_group(0);
         // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid,
         // _exit) between fork and exec.
         unsafe {

@@ -1,0 +1,649 @@
+//! A third-party Mumble client for tests: pymumble, driven over line-delimited JSON.
+//!
+//! [`MumbleTestClient`] runs `tests/harness/python/mumble_client.py` with the test
+//! Python ([`crate::test_python`]) under a [`ChildGuard`], sends it commands on stdin
+//! and reads answers and pushed events on stdout. Every method takes `&self`, so a
+//! test can send audio and await a text message at the same time
+//! (`tokio::join!(client.send_wav(..), client.wait_for_text(..))`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{oneshot, watch};
+
+use crate::murmur::{test_python, Murmur};
+use crate::process::{log_tail, ChildGuard};
+use crate::synapse::workspace_root;
+use crate::{Error, Result};
+
+/// Bound on the Python process's start-up (imports) and on most commands.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const TAIL_LINES: usize = 40;
+
+/// A text message the client received.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TextMessage {
+    /// User name of the sender (`None` for messages from the server itself).
+    pub sender: Option<String>,
+    /// The message as sent (Mumble text messages are HTML).
+    pub message: String,
+    /// Sent to this user (rather than to a channel).
+    pub private: bool,
+}
+
+/// A user on the server, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MumbleUser {
+    pub name: String,
+    pub session: u32,
+    /// Channel path below Root (`""` is Root itself, `"Ops/Sub"`).
+    pub channel: String,
+}
+
+/// Audio received from one user between `record_start` and `record_stop`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordedStream {
+    /// 48 kHz mono 16-bit WAV of the decoded audio, frames back to back.
+    pub path: PathBuf,
+    pub samples: u64,
+    /// Opus packets received (one 10–60 ms frame each).
+    pub packets: u64,
+    /// Frames that carried the terminator flag (end of a transmission).
+    pub terminators: u64,
+    /// Arrival of the first and last packet, seconds after `record_start`.
+    pub first_at: Option<f64>,
+    pub last_at: Option<f64>,
+}
+
+impl RecordedStream {
+    /// Decoded duration (`samples` at 48 kHz).
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.samples as f64 / 48_000.0)
+    }
+}
+
+/// Per-sender recordings of one `record_start` … `record_stop`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recording {
+    pub streams: BTreeMap<String, RecordedStream>,
+}
+
+impl Recording {
+    /// The stream of `user`, if anything was received from them.
+    pub fn get(&self, user: &str) -> Option<&RecordedStream> {
+        self.streams.get(user)
+    }
+}
+
+/// What `send_wav` sent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SentAudio {
+    pub samples: u64,
+    /// Opus packets sent (20 ms each).
+    pub frames: u64,
+    /// Wall-clock time the real-time send took.
+    pub seconds: f64,
+}
+
+/// Something the client pushed without being asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MumbleEvent {
+    /// A text message arrived.
+    Text(TextMessage),
+    /// The users in the client's channel changed (path, sorted names, self included).
+    Users { channel: String, users: Vec<String> },
+    /// A frame with the terminator flag arrived from `user`; `samples` recorded so
+    /// far from them (0 when not recording).
+    VoiceEnd { user: String, samples: u64 },
+    /// The connection to murmurd ended.
+    Disconnected,
+    /// Anything else the script sends (e.g. `ready`).
+    Other(Value),
+}
+
+impl MumbleEvent {
+    fn parse(value: Value) -> MumbleEvent {
+        let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
+        match value["event"].as_str() {
+            Some("text") => match serde_json::from_value(value.clone()) {
+                Ok(message) => MumbleEvent::Text(message),
+                Err(_) => MumbleEvent::Other(value),
+            },
+            Some("users") => MumbleEvent::Users {
+                channel: text("channel"),
+                users: value["users"]
+                    .as_array()
+                    .map(|users| {
+                        users
+                            .iter()
+                            .filter_map(|u| u.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            Some("voice_end") => MumbleEvent::VoiceEnd {
+                user: text("user"),
+                samples: value["samples"].as_u64().unwrap_or_default(),
+            },
+            Some("disconnected") => MumbleEvent::Disconnected,
+            _ => MumbleEvent::Other(value),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    events: Mutex<Vec<MumbleEvent>>,
+    /// Closed stdout (the script exited).
+    closed: Mutex<bool>,
+}
+
+/// A pymumble client in its own Python process. Dropping it ends the process.
+pub struct MumbleTestClient {
+    label: Mutex<String>,
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    shared: Arc<Shared>,
+    /// Bumped on every event and on exit: waiters re-check on change.
+    version: watch::Receiver<u64>,
+    next_id: AtomicU64,
+    log_path: PathBuf,
+    child: Mutex<ChildGuard>,
+    reader: tokio::task::JoinHandle<()>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for MumbleTestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MumbleTestClient")
+            .field("label", &self.label())
+            .field("log_path", &self.log_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MumbleTestClient {
+    /// Starts the Python client (not yet connected) and waits until pymumble has
+    /// been imported.
+    ///
+    /// # Panics
+    /// When the test Python is not installed (see [`crate::test_python`]).
+    pub async fn spawn() -> Result<MumbleTestClient> {
+        let python = test_python();
+        let script = workspace_root().join("tests/harness/python/mumble_client.py");
+        let temp = tempfile::Builder::new()
+            .prefix("walkie-mumble-client-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a Mumble client's temp dir", e))?;
+        let (temp, dir) =
+            if std::env::var_os("WALKIE_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty()) {
+                (None, temp.keep())
+            } else {
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            };
+        let log_path = dir.join("mumble_client.log");
+        let mut command = Command::new(&python);
+        command
+            .arg("-u")
+            .arg(&script)
+            .current_dir(&dir)
+            .env("PYTHONUNBUFFERED", "1");
+        let (mut child, stdin, stdout) =
+            ChildGuard::spawn_piped("mumble test client", command, &log_path)
+                .map_err(|e| Error::io(format!("starting {}", python.display()), e))?;
+        child.set_print_log_on_panic(false);
+        let stdin = tokio::process::ChildStdin::from_std(stdin)
+            .map_err(|e| Error::io("Mumble client stdin", e))?;
+        let stdout = tokio::process::ChildStdout::from_std(stdout)
+            .map_err(|e| Error::io("Mumble client stdout", e))?;
+        let shared = Arc::new(Shared::default());
+        let (bump, version) = watch::channel(0u64);
+        let reader = tokio::spawn(read_output(stdout, shared.clone(), bump));
+        let client = MumbleTestClient {
+            label: Mutex::new("(not connected)".to_string()),
+            stdin: tokio::sync::Mutex::new(stdin),
+            shared,
+            version,
+            next_id: AtomicU64::new(1),
+            log_path,
+            child: Mutex::new(child),
+            reader,
+            _temp: temp,
+        };
+        client
+            .wait_for_event(
+                |e| matches!(e, MumbleEvent::Other(v) if v["event"] == "ready"),
+                CLIENT_TIMEOUT,
+            )
+            .await?;
+        Ok(client)
+    }
+
+    /// Spawns a client and connects it to `murmur` as `username` in `channel` (a path
+    /// below Root such as `"Ops/Sub"`; `""` stays in Root).
+    pub async fn join(murmur: &Murmur, username: &str, channel: &str) -> Result<MumbleTestClient> {
+        let client = MumbleTestClient::spawn().await?;
+        client
+            .connect(murmur.host(), murmur.port(), username, channel)
+            .await?;
+        Ok(client)
+    }
+
+    /// Connects (TLS, any server certificate) as `username` and moves into `channel`;
+    /// answers once the server confirmed the move.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        username: &str,
+        channel: &str,
+    ) -> Result<()> {
+        self.connect_with_password(host, port, username, "", channel)
+            .await
+    }
+
+    /// [`MumbleTestClient::connect`] with a password (e.g. `SuperUser` and
+    /// [`Murmur::superuser_password`]).
+    pub async fn connect_with_password(
+        &self,
+        host: &str,
+        port: u16,
+        username: &str,
+        password: &str,
+        channel: &str,
+    ) -> Result<()> {
+        *self.label.lock().expect("label lock") = format!("{username}@{host}:{port}");
+        let timeout = CLIENT_TIMEOUT.saturating_sub(Duration::from_secs(5));
+        self.request(
+            json!({"cmd": "connect", "host": host, "port": port, "username": username,
+                   "password": password, "channel": channel,
+                   "timeout": timeout.as_secs_f64()}),
+            CLIENT_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Streams a 48 kHz mono 16-bit WAV as Opus in real time (20 ms packets) and
+    /// answers when the last packet is sent; `terminate` sets the terminator flag on
+    /// the last frame.
+    pub async fn send_wav(&self, path: &Path, terminate: bool) -> Result<SentAudio> {
+        // 96 000 bytes per second of audio, plus slack.
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+            .len();
+        let timeout = Duration::from_secs_f64(bytes as f64 / 96_000.0) + CLIENT_TIMEOUT;
+        let answer = self
+            .request(
+                json!({"cmd": "send_wav", "path": path, "terminate": terminate}),
+                timeout,
+            )
+            .await?;
+        self.parse(answer, "send_wav")
+    }
+
+    /// Starts collecting received audio (per sender), dropping anything collected
+    /// before.
+    pub async fn record_start(&self) -> Result<()> {
+        self.request(json!({"cmd": "record_start"}), CLIENT_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops collecting and writes one WAV per sender into `dir` (`<user>.wav`).
+    pub async fn record_stop(&self, dir: &Path) -> Result<Recording> {
+        let answer = self
+            .request(json!({"cmd": "record_stop", "dir": dir}), CLIENT_TIMEOUT)
+            .await?;
+        Ok(Recording {
+            streams: self.parse(answer["streams"].clone(), "record_stop")?,
+        })
+    }
+
+    /// Every text message received since connecting, oldest first.
+    pub async fn text_messages(&self) -> Result<Vec<TextMessage>> {
+        let answer = self
+            .request(json!({"cmd": "text_messages"}), CLIENT_TIMEOUT)
+            .await?;
+        self.parse(answer["messages"].clone(), "text_messages")
+    }
+
+    /// Names of the users in this client's channel (itself included), sorted.
+    pub async fn users(&self) -> Result<Vec<String>> {
+        let answer = self
+            .request(json!({"cmd": "users"}), CLIENT_TIMEOUT)
+            .await?;
+        let channel = answer["channel"].as_str().unwrap_or_default().to_string();
+        let users: Vec<MumbleUser> = self.parse(answer["users"].clone(), "users")?;
+        Ok(users
+            .into_iter()
+            .filter(|u| u.channel == channel)
+            .map(|u| u.name)
+            .collect())
+    }
+
+    /// Every user on the server with their channel.
+    pub async fn all_users(&self) -> Result<Vec<MumbleUser>> {
+        let answer = self
+            .request(json!({"cmd": "users"}), CLIENT_TIMEOUT)
+            .await?;
+        self.parse(answer["users"].clone(), "users")
+    }
+
+    /// Sends a private text message to the user named `to_user`.
+    pub async fn send_text(&self, to_user: &str, text: &str) -> Result<()> {
+        self.request(
+            json!({"cmd": "send_text", "to": to_user, "text": text}),
+            CLIENT_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a text message to this client's channel.
+    pub async fn send_channel_text(&self, text: &str) -> Result<()> {
+        self.request(
+            json!({"cmd": "send_text", "to": null, "text": text}),
+            CLIENT_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Leaves the server (the process stays, and may connect again).
+    pub async fn disconnect(&self) -> Result<()> {
+        self.request(json!({"cmd": "disconnect"}), CLIENT_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    /// Every event pushed so far, oldest first.
+    pub fn events(&self) -> Vec<MumbleEvent> {
+        self.shared.events.lock().expect("events lock").clone()
+    }
+
+    /// Waits for the first event (received since spawn, past or future) that
+    /// `predicate` accepts.
+    pub async fn wait_for_event(
+        &self,
+        predicate: impl Fn(&MumbleEvent) -> bool,
+        timeout: Duration,
+    ) -> Result<MumbleEvent> {
+        let mut version = self.version.clone();
+        let wait = async {
+            loop {
+                version.borrow_and_update();
+                if let Some(event) = self
+                    .shared
+                    .events
+                    .lock()
+                    .expect("events lock")
+                    .iter()
+                    .find(|e| predicate(e))
+                {
+                    return Ok(event.clone());
+                }
+                if *self.shared.closed.lock().expect("closed lock") {
+                    return Err(self.error("exited while a test waited for an event"));
+                }
+                if version.changed().await.is_err() {
+                    return Err(self.error("output ended while a test waited for an event"));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("an event on Mumble client {}", self.label()),
+                after: timeout,
+            })?
+    }
+
+    /// Waits for the first text message (received since connecting, past or future)
+    /// that `predicate` accepts.
+    pub async fn wait_for_text(
+        &self,
+        predicate: impl Fn(&TextMessage) -> bool,
+        timeout: Duration,
+    ) -> Result<TextMessage> {
+        match self
+            .wait_for_event(
+                |e| matches!(e, MumbleEvent::Text(t) if predicate(t)),
+                timeout,
+            )
+            .await?
+        {
+            MumbleEvent::Text(text) => Ok(text),
+            _ => unreachable!("the predicate accepts text events only"),
+        }
+    }
+
+    /// Waits until the latest user list of this client's channel satisfies
+    /// `predicate` (e.g. `|users| users.contains(&"walkie".into())`).
+    pub async fn wait_for_users(
+        &self,
+        predicate: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let latest = |e: &MumbleEvent| matches!(e, MumbleEvent::Users { .. });
+        let mut version = self.version.clone();
+        let wait = async {
+            loop {
+                version.borrow_and_update();
+                let current = self
+                    .shared
+                    .events
+                    .lock()
+                    .expect("events lock")
+                    .iter()
+                    .rev()
+                    .find(|e| latest(e))
+                    .cloned();
+                if let Some(MumbleEvent::Users { users, .. }) = current {
+                    if predicate(&users) {
+                        return Ok(users);
+                    }
+                }
+                if *self.shared.closed.lock().expect("closed lock") {
+                    return Err(self.error("exited while a test waited for users"));
+                }
+                if version.changed().await.is_err() {
+                    return Err(self.error("output ended while a test waited for users"));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("the user list on Mumble client {}", self.label()),
+                after: timeout,
+            })?
+    }
+
+    /// The file receiving the script's stderr (pymumble's log, tracebacks).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `lines` lines of the script's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, lines)
+    }
+
+    fn label(&self) -> String {
+        self.label.lock().expect("label lock").clone()
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::MumbleClient {
+            client: self.label(),
+            message: message.into(),
+            log_tail: format!(
+                "--- {} ---\n{}",
+                self.log_path.display(),
+                self.log_tail(TAIL_LINES)
+            ),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, value: Value, what: &str) -> Result<T> {
+        serde_json::from_value(value.clone()).map_err(|e| Error::Unexpected {
+            what: format!("Mumble client {what}: {e}"),
+            body: value.to_string(),
+        })
+    }
+
+    fn forget(&self, id: u64) {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&id);
+    }
+
+    async fn request(&self, mut request: Value, timeout: Duration) -> Result<Value> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request["id"] = json!(id);
+        let command = request["cmd"].as_str().unwrap_or_default().to_string();
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .insert(id, reply);
+        if *self.shared.closed.lock().expect("closed lock") {
+            self.forget(id);
+            return Err(self.error(format!("{command}: the client process has exited")));
+        }
+        let mut line = request.to_string();
+        line.push('\n');
+        let written = {
+            let mut stdin = self.stdin.lock().await;
+            match stdin.write_all(line.as_bytes()).await {
+                Ok(()) => stdin.flush().await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = written {
+            self.forget(id);
+            return Err(self.error(format!("{command}: writing the request: {e}")));
+        }
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => {
+                return Err(self.error(format!("{command}: the client exited before answering")))
+            }
+            Err(_) => {
+                self.forget(id);
+                return Err(self.error(format!("{command}: no answer within {timeout:?}")));
+            }
+        };
+        if answer["ok"] == true {
+            Ok(answer)
+        } else {
+            Err(self.error(format!(
+                "{command} failed: {}",
+                answer["error"].as_str().unwrap_or("(no error text)")
+            )))
+        }
+    }
+}
+
+impl Drop for MumbleTestClient {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- walkie-harness: Mumble test client {} ({}) ---\n{}",
+                self.label(),
+                self.log_path.display(),
+                self.log_tail(TAIL_LINES)
+            );
+        }
+        self.reader.abort();
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.stop_blocking(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Reads the script's stdout: answers go to their waiting request, events to the
+/// event list. On EOF every pending request fails.
+async fn read_output(
+    stdout: tokio::process::ChildStdout,
+    shared: Arc<Shared>,
+    bump: watch::Sender<u64>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(value) = serde_json::from_str::<Value>(&line) else {
+            eprintln!("walkie-harness: Mumble test client printed a non-JSON line: {line}");
+            continue;
+        };
+        if let Some(id) = value.get("id").and_then(Value::as_u64) {
+            if let Some(reply) = shared.pending.lock().expect("pending lock").remove(&id) {
+                let _ = reply.send(value);
+            }
+        } else if value.get("event").is_some() {
+            shared
+                .events
+                .lock()
+                .expect("events lock")
+                .push(MumbleEvent::parse(value));
+            bump.send_modify(|v| *v += 1);
+        } else {
+            eprintln!("walkie-harness: Mumble test client answered without id: {line}");
+        }
+    }
+    *shared.closed.lock().expect("closed lock") = true;
+    shared.pending.lock().expect("pending lock").clear();
+    bump.send_modify(|v| *v += 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse() {
+        assert_eq!(
+            MumbleEvent::parse(
+                json!({"event": "text", "sender": "bob", "message": "hi", "private": true})
+            ),
+            MumbleEvent::Text(TextMessage {
+                sender: Some("bob".into()),
+                message: "hi".into(),
+                private: true
+            })
+        );
+        assert_eq!(
+            MumbleEvent::parse(json!({"event": "users", "channel": "Ops", "users": ["a", "b"]})),
+            MumbleEvent::Users {
+                channel: "Ops".into(),
+                users: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            MumbleEvent::parse(json!({"event": "voice_end", "user": "a", "samples": 960})),
+            MumbleEvent::VoiceEnd {
+                user: "a".into(),
+                samples: 960
+            }
+        );
+        assert_eq!(
+            MumbleEvent::parse(json!({"event": "disconnected"})),
+            MumbleEvent::Disconnected
+        );
+        assert!(matches!(
+            MumbleEvent::parse(json!({"event": "ready"})),
+            MumbleEvent::Other(_)
+        ));
+    }
+}

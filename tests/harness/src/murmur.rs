@@ -1,0 +1,701 @@
+//! A real Mumble server (Debian's murmurd 1.3.4) on 127.0.0.1, one per test, in a
+//! temp dir.
+//!
+//! murmurd 1.3 has no config key for channels. The harness creates them in its
+//! SQLite database before the first start: `murmurd -ini FILE -supw PASSWORD` creates
+//! the schema and virtual server 1 (and sets the SuperUser password) without booting
+//! the server, the channels are inserted as rows of `channels`, and only then does the
+//! real `murmurd -fg` start. Channels therefore exist before the first client
+//! connects, no client needs permissions, and nothing races a running server.
+
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::ports::free_tcp_udp_port;
+use crate::process::{log_tail, ChildGuard};
+use crate::{random_string, workspace_root, Error, Result};
+
+/// Bound on the wait for murmurd's port after a start.
+pub const MURMUR_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Grace period between SIGTERM and SIGKILL in [`Murmur::stop`].
+pub const MURMUR_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The user Debian's murmurd switches to when started as root.
+pub const MURMUR_SYSTEM_USER: &str = "mumble-server";
+const TAIL_LINES: usize = 60;
+const HOST: &str = "127.0.0.1";
+
+/// The murmurd binary: `$WALKIE_MURMURD`, else `murmurd` on `PATH`, else
+/// `/usr/sbin/murmurd` (Debian's `mumble-server`; `/usr/sbin` is often not on a
+/// non-root `PATH`).
+///
+/// # Panics
+/// When there is none: tests never skip, they tell how to fix it.
+pub fn murmurd_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("WALKIE_MURMURD").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "WALKIE_MURMURD={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("murmurd"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_default();
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/murmurd")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "murmurd not found (neither on PATH nor /usr/sbin/murmurd). Run \
+                 scripts/setup.sh (Debian package mumble-server) or set WALKIE_MURMURD."
+            )
+        })
+}
+
+/// The Python interpreter with `pymumble` installed, used for the Mumble test clients
+/// and to write murmurd's channels: `$WALKIE_TEST_PYTHON`, else
+/// `<workspace root>/.venv-test/bin/python`.
+///
+/// # Panics
+/// When the interpreter does not exist.
+pub fn test_python() -> PathBuf {
+    let (python, origin) = match std::env::var_os("WALKIE_TEST_PYTHON") {
+        Some(python) if !python.is_empty() => (PathBuf::from(python), "WALKIE_TEST_PYTHON"),
+        _ => (
+            workspace_root().join(".venv-test/bin/python"),
+            "the default location",
+        ),
+    };
+    if !python.exists() {
+        panic!(
+            "the test clients' Python interpreter {} ({origin}) does not exist. \
+             Run scripts/setup.sh to create .venv-test with pymumble, \
+             or point WALKIE_TEST_PYTHON at a python that has it.",
+            python.display()
+        );
+    }
+    python
+}
+
+/// Configures and starts a [`Murmur`].
+#[derive(Debug, Clone)]
+pub struct MurmurBuilder {
+    channels: Vec<String>,
+    welcome: String,
+    superuser_password: Option<String>,
+    extra_config: Vec<(String, String)>,
+}
+
+impl Default for MurmurBuilder {
+    fn default() -> Self {
+        MurmurBuilder::new()
+    }
+}
+
+impl MurmurBuilder {
+    /// No channels but Root, a short welcome text, a random SuperUser password.
+    pub fn new() -> MurmurBuilder {
+        MurmurBuilder {
+            channels: Vec::new(),
+            welcome: "walkie-harness murmurd".to_string(),
+            superuser_password: None,
+            extra_config: Vec::new(),
+        }
+    }
+
+    /// Channels to create, as paths below Root: `["Ops", "Ops/Sub"]`. Missing parents
+    /// are created too; a leading `Root/` is accepted and ignored. Adds to earlier
+    /// calls.
+    pub fn channels(mut self, paths: &[&str]) -> MurmurBuilder {
+        self.channels.extend(paths.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// The welcome text (`welcometext`, HTML allowed) murmurd sends on connect.
+    pub fn welcome(mut self, text: impl Into<String>) -> MurmurBuilder {
+        self.welcome = text.into();
+        self
+    }
+
+    /// The SuperUser's password (default: random, see [`Murmur::superuser_password`]).
+    pub fn superuser_password(mut self, password: impl Into<String>) -> MurmurBuilder {
+        self.superuser_password = Some(password.into());
+        self
+    }
+
+    /// Sets a key of `murmur.ini`, overriding the harness's value (e.g.
+    /// `("username", "[ -~]+")` to allow spaces in user names). The value is written
+    /// as it is, so quote it where murmurd's (QSettings) ini syntax needs it.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> MurmurBuilder {
+        self.extra_config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Creates the temp dir, the database (with channels and SuperUser password) and
+    /// the config, starts murmurd on a free port and waits until it listens.
+    ///
+    /// # Panics
+    /// When murmurd or the test Python is not installed (see [`murmurd_path`],
+    /// [`test_python`]).
+    pub async fn start(self) -> Result<Murmur> {
+        let murmurd = murmurd_path();
+        let python = test_python();
+        let channels = channel_rows(&self.channels)?;
+        let temp = tempfile::Builder::new()
+            .prefix("walkie-murmur-")
+            .tempdir()
+            .map_err(|e| Error::io("creating murmurd's temp dir", e))?;
+        let (temp, dir) =
+            if std::env::var_os("WALKIE_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty()) {
+                (None, temp.keep())
+            } else {
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            };
+        let mut murmur = Murmur {
+            _temp: temp,
+            murmurd,
+            ini_path: dir.join("murmur.ini"),
+            log_path: dir.join("murmurd.log"),
+            db_path: dir.join("murmur.sqlite"),
+            dir,
+            port: 0,
+            superuser_password: self
+                .superuser_password
+                .clone()
+                .unwrap_or_else(|| random_string(20)),
+            channels: channels.iter().map(|c| c.path.clone()).collect(),
+            run_as: murmur_user()?,
+            child: None,
+            started_in: Duration::ZERO,
+        };
+        murmur.chown(&murmur.dir)?;
+        murmur.port = free_tcp_udp_port();
+        murmur.write_config(&self)?;
+        murmur.set_superuser_password().await?;
+        murmur.insert_channels(&python, &channels).await?;
+        // The free port may be taken between finding it and murmurd binding it: try
+        // again with a new one when that is why the start failed.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match murmur.launch().await {
+                Ok(()) => return Ok(murmur),
+                Err(LaunchError::PortTaken(error)) if attempt < 3 => {
+                    eprintln!("walkie-harness: murmurd port was taken, retrying: {error}");
+                    murmur.port = free_tcp_udp_port();
+                    murmur.write_config(&self)?;
+                }
+                Err(LaunchError::PortTaken(error) | LaunchError::Other(error)) => {
+                    return Err(error)
+                }
+            }
+        }
+    }
+}
+
+/// A running (or stopped) murmurd. Dropping it stops the process and deletes its temp
+/// dir (kept when `WALKIE_KEEP_TEST_DIRS` is set); when the thread is panicking the
+/// tail of murmurd's log is printed first.
+#[derive(Debug)]
+pub struct Murmur {
+    _temp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    murmurd: PathBuf,
+    ini_path: PathBuf,
+    log_path: PathBuf,
+    db_path: PathBuf,
+    port: u16,
+    superuser_password: String,
+    channels: Vec<String>,
+    /// (uid, gid) murmurd switches to when started as root.
+    run_as: Option<(u32, u32)>,
+    child: Option<ChildGuard>,
+    started_in: Duration,
+}
+
+impl Murmur {
+    /// Shorthand for `MurmurBuilder::new()`.
+    pub fn builder() -> MurmurBuilder {
+        MurmurBuilder::new()
+    }
+
+    /// Always `127.0.0.1`.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The TCP (control) and UDP (voice) port: the same number.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port`, the form of the bridge's `server` key.
+    pub fn address(&self) -> String {
+        format!("{HOST}:{}", self.port)
+    }
+
+    /// `mumble://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mumble://{HOST}:{}", self.port)
+    }
+
+    /// The password of the `SuperUser` account.
+    pub fn superuser_password(&self) -> &str {
+        &self.superuser_password
+    }
+
+    /// The channel paths created below Root, parents first (`["Ops", "Ops/Sub"]`).
+    pub fn channels(&self) -> &[String] {
+        &self.channels
+    }
+
+    /// The temp dir holding config, database and log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ini_path(&self) -> &Path {
+        &self.ini_path
+    }
+
+    /// murmurd's SQLite database (channels, users, the server certificate).
+    pub fn database_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// murmurd's output (with `-fg` it logs to stdout; every start appends).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `lines` lines of murmurd's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path, lines)
+    }
+
+    /// How long the last (re)start took until the port accepted connections.
+    pub fn started_in(&self) -> Duration {
+        self.started_in
+    }
+
+    /// Whether the murmurd process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// Stops murmurd: SIGTERM, wait for it to exit (SIGKILL after 10 s).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            child
+                .stop(MURMUR_STOP_GRACE)
+                .await
+                .map_err(|e| Error::io("stopping murmurd", e))?;
+        }
+        self.child = None;
+        Ok(())
+    }
+
+    /// SIGKILLs murmurd (a crash: no clean shutdown).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut() {
+            child.kill().map_err(|e| Error::io("killing murmurd", e))?;
+        }
+        self.child = None;
+        Ok(())
+    }
+
+    /// Starts murmurd again with the same config, port and data (stopping it first if
+    /// it still runs) and waits until it listens.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.stop().await?;
+        match self.launch().await {
+            Ok(()) => Ok(()),
+            Err(LaunchError::PortTaken(error) | LaunchError::Other(error)) => Err(error),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::Murmur {
+            message: message.into(),
+            log_tail: format!(
+                "--- {} ---\n{}",
+                self.log_path.display(),
+                self.log_tail(TAIL_LINES)
+            ),
+        }
+    }
+
+    async fn launch(&mut self) -> Result<(), LaunchError> {
+        // The log is appended to on every start: only read what this start writes.
+        let log_offset = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
+        let mut command = Command::new(&self.murmurd);
+        command
+            .arg("-fg")
+            .arg("-ini")
+            .arg(&self.ini_path)
+            .current_dir(&self.dir);
+        let started = Instant::now();
+        let mut child = ChildGuard::spawn("murmurd", command, &self.log_path).map_err(|e| {
+            LaunchError::Other(Error::io(format!("starting {}", self.murmurd.display()), e))
+        })?;
+        // Murmur's drop prints the log.
+        child.set_print_log_on_panic(false);
+        self.child = Some(child);
+        let result = self.wait_ready(log_offset).await;
+        match result {
+            Ok(()) => self.started_in = started.elapsed(),
+            Err(_) => {
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.kill();
+                }
+            }
+        }
+        result
+    }
+
+    /// Ready when murmurd logged that virtual server 1 listens on our port, its UDP
+    /// socket is bound, and the TCP port accepts a connection. murmurd does not exit
+    /// when the port is taken: it logs the failure and runs on with the server
+    /// stopped, so the log is read to fail fast.
+    async fn wait_ready(&mut self, log_offset: u64) -> Result<(), LaunchError> {
+        let started = Instant::now();
+        let listening = format!("Server listening on {HOST}:{}", self.port);
+        loop {
+            let child = self.child.as_mut().expect("launched");
+            let exited = child
+                .try_wait()
+                .map_err(|e| LaunchError::Other(Error::io("waiting for murmurd", e)))?;
+            if let Some(status) = exited {
+                return Err(LaunchError::Other(
+                    self.error(format!("murmurd exited during start-up ({status})")),
+                ));
+            }
+            let log = read_from(&self.log_path, log_offset);
+            if log.contains("TCP Listen on") && log.contains("failed")
+                || log.contains("Failed to bind UDP Socket")
+            {
+                return Err(LaunchError::PortTaken(self.error(format!(
+                    "murmurd could not bind {HOST}:{} (TCP or UDP)",
+                    self.port
+                ))));
+            }
+            if log.contains(&listening)
+                && TcpStream::connect_timeout(
+                    &(Ipv4Addr::LOCALHOST, self.port).into(),
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if started.elapsed() > MURMUR_READY_TIMEOUT {
+                return Err(LaunchError::Other(self.error(format!(
+                    "murmurd did not listen on {HOST}:{} within {MURMUR_READY_TIMEOUT:?}",
+                    self.port
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `murmurd -ini FILE -supw PASSWORD`: creates the database (schema, server 1)
+    /// when missing, sets the password and exits without booting the server.
+    async fn set_superuser_password(&self) -> Result<()> {
+        let output = tokio::process::Command::new(&self.murmurd)
+            .arg("-ini")
+            .arg(&self.ini_path)
+            .arg("-supw")
+            .arg(&self.superuser_password)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {} -supw", self.murmurd.display()), e))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        append(
+            &self.log_path,
+            &format!("=== walkie-harness: murmurd -supw ===\n{text}"),
+        )?;
+        if !output.status.success() || !text.contains("Superuser password set") {
+            return Err(self.error(format!(
+                "murmurd -supw failed ({}); is {} writable by murmurd's user?",
+                output.status,
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inserts the channels into the database murmurd created (Python's sqlite3: the
+    /// harness has no SQLite of its own, the test Python is needed anyway).
+    async fn insert_channels(&self, python: &Path, channels: &[ChannelRow]) -> Result<()> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let rows = serde_json::to_string(
+            &channels
+                .iter()
+                .map(|c| (c.id, c.parent, c.name.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .expect("rows serialise");
+        let output = tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(INSERT_CHANNELS)
+            .arg(&self.db_path)
+            .arg(rows)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
+        if !output.status.success() {
+            return Err(self.error(format!(
+                "writing channels into {} failed ({}): {}",
+                self.db_path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        // Files Python (root) created or rewrote must stay murmurd's.
+        self.chown(&self.db_path)
+    }
+
+    fn write_config(&self, builder: &MurmurBuilder) -> Result<()> {
+        let path = |p: &Path| quote(&p.display().to_string());
+        let mut lines = vec![
+            ("database".to_string(), path(&self.db_path)),
+            // With -fg murmurd logs to stdout, which the harness appends to this
+            // same file; the key only matters if someone runs it detached.
+            ("logfile".to_string(), path(&self.log_path)),
+            ("pidfile".to_string(), path(&self.dir.join("murmurd.pid"))),
+            ("ice".to_string(), "\"\"".to_string()),
+            ("dbus".to_string(), String::new()),
+            ("bonjour".to_string(), "false".to_string()),
+            ("host".to_string(), HOST.to_string()),
+            ("port".to_string(), self.port.to_string()),
+            ("serverpassword".to_string(), String::new()),
+            ("bandwidth".to_string(), "72000".to_string()),
+            ("users".to_string(), "100".to_string()),
+            ("welcometext".to_string(), quote(&builder.welcome)),
+            // Reconnect tests must not get their address banned.
+            ("autobanAttempts".to_string(), "0".to_string()),
+            // Opus for everyone, whatever the clients announce.
+            ("opusthreshold".to_string(), "0".to_string()),
+            // Skips the ~1 s PBKDF2 benchmark of a first start; test passwords
+            // need no strength.
+            ("kdfiterations".to_string(), "1000".to_string()),
+            // The default text-message rate limit (burst 5, 1/s) would drop test
+            // messages sent in a burst.
+            ("messageburst".to_string(), "100".to_string()),
+            ("messagelimit".to_string(), "100".to_string()),
+            ("allowping".to_string(), "true".to_string()),
+            ("certrequired".to_string(), "false".to_string()),
+        ];
+        if self.run_as.is_some() {
+            lines.push(("uname".to_string(), MURMUR_SYSTEM_USER.to_string()));
+        }
+        for (key, value) in &builder.extra_config {
+            match lines.iter_mut().find(|(k, _)| k == key) {
+                Some(line) => line.1 = value.clone(),
+                None => lines.push((key.clone(), value.clone())),
+            }
+        }
+        let mut text = String::from("; written by walkie-harness\n");
+        for (key, value) in lines {
+            text.push_str(&format!("{key}={value}\n"));
+        }
+        std::fs::write(&self.ini_path, text)
+            .map_err(|e| Error::io(format!("writing {}", self.ini_path.display()), e))?;
+        self.chown(&self.ini_path)
+    }
+
+    /// Gives `path` to the user murmurd runs as (a no-op unless we are root).
+    fn chown(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Murmur {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- walkie-harness: murmurd at {} (dir {}) ---\n{}",
+                self.address(),
+                self.dir.display(),
+                self.log_tail(TAIL_LINES)
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.stop_blocking(crate::process::DROP_GRACE);
+        }
+    }
+}
+
+enum LaunchError {
+    /// The port was taken: a first start may retry with another.
+    PortTaken(Error),
+    Other(Error),
+}
+
+const INSERT_CHANNELS: &str = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+with db:
+    servers = [row[0] for row in db.execute("SELECT server_id FROM servers")]
+    if servers != [1]:
+        sys.exit("expected virtual server 1 in murmurd's database, found %r" % servers)
+    for channel_id, parent_id, name in json.loads(sys.argv[2]):
+        db.execute(
+            "INSERT INTO channels (server_id, channel_id, parent_id, name, inheritacl)"
+            " VALUES (1, ?, ?, ?, 1)",
+            (channel_id, parent_id, name),
+        )
+db.close()
+"#;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChannelRow {
+    id: u32,
+    parent: u32,
+    name: String,
+    path: String,
+}
+
+/// Channel rows for `paths` (ids from 1; Root is 0 and created by murmurd), parents
+/// before children, each path once.
+fn channel_rows(paths: &[String]) -> Result<Vec<ChannelRow>> {
+    let mut rows: Vec<ChannelRow> = Vec::new();
+    for path in paths {
+        let trimmed = path.trim_matches('/');
+        let trimmed = trimmed.strip_prefix("Root/").unwrap_or(trimmed);
+        let mut parent = 0;
+        let mut so_far = String::new();
+        for name in trimmed.split('/') {
+            if name.is_empty() || name == "Root" && so_far.is_empty() {
+                return Err(Error::Murmur {
+                    message: format!("bad channel path {path:?}"),
+                    log_tail: String::new(),
+                });
+            }
+            if !so_far.is_empty() {
+                so_far.push('/');
+            }
+            so_far.push_str(name);
+            parent = match rows.iter().find(|row| row.path == so_far) {
+                Some(row) => row.id,
+                None => {
+                    let id = rows.len() as u32 + 1;
+                    rows.push(ChannelRow {
+                        id,
+                        parent,
+                        name: name.to_string(),
+                        path: so_far.clone(),
+                    });
+                    id
+                }
+            };
+        }
+    }
+    Ok(rows)
+}
+
+/// (uid, gid) of murmurd's system user when we are root (murmurd switches to it and
+/// must be able to write its directory), `None` otherwise (murmurd runs as us).
+fn murmur_user() -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new(MURMUR_SYSTEM_USER).expect("no NUL");
+    // SAFETY: getpwnam returns NULL or a pointer to a static record, read at once.
+    // Tests run in threads, but nothing else in the harness calls getpw*.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(Error::Murmur {
+            message: format!(
+                "running as root, but there is no user {MURMUR_SYSTEM_USER:?} for murmurd \
+                 to switch to; install Debian's mumble-server (scripts/setup.sh)"
+            ),
+            log_tail: String::new(),
+        });
+    }
+    // SAFETY: non-null, points to a valid passwd record.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+/// QSettings ini value in double quotes.
+fn quote(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        if file.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = file.read_to_end(&mut text);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(paths: &[&str]) -> Vec<String> {
+        paths.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn channel_rows_create_parents_once() {
+        let rows = channel_rows(&paths(&["Ops", "Ops/Sub", "Root/Lobby/Deep", "Ops"])).unwrap();
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id, r.parent, r.name.as_str(), r.path.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, 0, "Ops", "Ops"),
+                (2, 1, "Sub", "Ops/Sub"),
+                (3, 0, "Lobby", "Lobby"),
+                (4, 3, "Deep", "Lobby/Deep"),
+            ]
+        );
+        assert!(channel_rows(&paths(&["Ops//Sub"])).is_err());
+        assert!(channel_rows(&paths(&[""])).is_err());
+    }
+
+    #[test]
+    fn quote_escapes_for_qsettings() {
+        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+    }
+}
