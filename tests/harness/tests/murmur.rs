@@ -275,3 +275,31 @@ async fn kill_and_start_again_works() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_taken_port_fails_the_start_instead_of_hanging() {
+    let mut murmur = start().await;
+    murmur.stop().await.unwrap();
+    // Something else takes murmurd's port while it is down. murmurd 1.3.4 does not
+    // exit then (it logs the failure and runs on with the server stopped), and the
+    // port does accept connections — the other listener's. The harness reads the log.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", murmur.port())).unwrap();
+    let started = Instant::now();
+    let error = murmur.start_again().await.expect_err("the port is taken");
+    let text = error.to_string();
+    assert!(text.contains("could not bind"), "{text}");
+    assert!(text.contains("already in use"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!murmur.is_running());
+
+    drop(squatter);
+    murmur.start_again().await.expect("the port is free again");
+    let alice = MumbleTestClient::join(&murmur, "alice", "Ops")
+        .await
+        .unwrap();
+    assert_eq!(alice.users().await.unwrap(), names(&["alice"]));
+}
