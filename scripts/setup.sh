@@ -92,10 +92,11 @@ fi
 
 # Mumble test clients (tests/harness/python/mumble_client.py) use pymumble in a
 # second virtualenv, .venv-test, so its pins never disturb Synapse's. pymumble 1.6.1
-# (the newest) pins opuslib==3.0.1 and protobuf==3.12.2 itself: the pure-Python
-# protobuf 3.12 runtime loads pymumble's old generated mumble_pb2 on Python 3.11
-# (protobuf >= 4 would refuse it). opuslib needs libopus0 at run time (libopus-dev
-# above). The harness uses this venv unless WALKIE_TEST_PYTHON names another python.
+# (the newest) pins opuslib==3.0.1 and protobuf==3.12.2 itself: protobuf 3.12 (pure
+# Python on 3.11) loads pymumble's old generated mumble_pb2, protobuf >= 4 refuses it
+# unless PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python. opuslib needs libopus0 at run
+# time (libopus-dev above). The harness uses this venv unless WALKIE_TEST_PYTHON names
+# another python.
 PYMUMBLE_VERSION=1.6.1
 TEST_VENV="$ROOT/.venv-test"
 
