@@ -1109,7 +1109,10 @@ impl Actor {
     }
 
     async fn on_user_state(&mut self, m: &proto::UserState) {
-        let Some(change) = self.state.apply_user_state(m) else {
+        let change = self.state.apply_user_state(m);
+        // Comments and names change without an event; the roster shows them.
+        self.publish_roster();
+        let Some(change) = change else {
             return;
         };
         let ours = m.session.map(Session) == Some(self.session) && self.session != Session(0);
@@ -1134,7 +1137,9 @@ impl Actor {
             }
             UserChange::Left(_) => return,
         };
-        self.publish_roster();
+        if ours {
+            self.publish_roster();
+        }
         self.emit(event).await;
     }
 

@@ -31,6 +31,8 @@ pub struct User {
     pub channel: ChannelId,
     /// SHA-1 of the user's certificate (hex), when the server told us.
     pub cert_hash: Option<String>,
+    /// The user's comment; long comments arrive only as a hash and stay `None`.
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +104,7 @@ impl ServerState {
                     name: m.name.clone().unwrap_or_default(),
                     channel: m.channel_id.map_or(ChannelId::ROOT, ChannelId),
                     cert_hash: m.hash.clone(),
+                    comment: m.comment.clone(),
                 };
                 self.users.insert(session, user.clone());
                 Some(UserChange::Joined(user))
@@ -112,6 +115,9 @@ impl ServerState {
                 }
                 if let Some(hash) = &m.hash {
                     user.cert_hash = Some(hash.clone());
+                }
+                if let Some(comment) = &m.comment {
+                    user.comment = Some(comment.clone());
                 }
                 match m.channel_id.map(ChannelId) {
                     Some(to) if to != user.channel => {

@@ -275,12 +275,9 @@ async fn users_text_comment_and_disconnect() {
         )
     );
 
-    // The comment round-trips through the server: bob's own UserState echo
-    // is not an event, but alice is told nothing either — so read it back
-    // via a fresh client, which gets comments in its initial sync.
+    // The server applies bob's messages in order and relays the comment
+    // before the text: once alice has the text, her roster has the comment.
     bob.set_comment("talker: carol").await.expect("set comment");
-    // A text message from bob to alice after the comment orders the two on
-    // bob's connection: once alice has it, the server has applied the comment.
     bob.send_text_to_user(alice.our_session(), "done")
         .await
         .expect("text");
@@ -288,6 +285,12 @@ async fn users_text_comment_and_disconnect() {
         matches!(ev, Event::TextMessage { .. }).then_some(())
     })
     .await;
+    let bob_seen = alice
+        .users()
+        .into_iter()
+        .find(|u| u.session == bob.our_session())
+        .expect("alice sees bob");
+    assert_eq!(bob_seen.comment.as_deref(), Some("talker: carol"));
 
     let alice_session = alice.our_session();
     alice.disconnect().await;
@@ -390,4 +393,121 @@ async fn unknown_channel_and_untrusted_certificate_are_refused() {
         Err(MumbleError::Tls { .. }) => {}
         other => panic!("expected a TLS error, got {other:?}"),
     }
+}
+
+/// Relays TCP from `front` to `upstream`; UDP to the same port goes nowhere
+/// until [`udp_relay`] is started on it.
+async fn tcp_relay(front: tokio::net::TcpListener, upstream: String) {
+    while let Ok((mut inbound, _)) = front.accept().await {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Relays datagrams between one client on `front` and `upstream`. murmurd
+/// sees them from another port, and finds the user by trial decryption, as
+/// it does for clients behind NAT.
+async fn udp_relay(front: tokio::net::UdpSocket, upstream: String) {
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    back.connect(upstream).await.expect("connect");
+    let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let mut client = None;
+    loop {
+        tokio::select! {
+            Ok((n, from)) = front.recv_from(&mut a) => {
+                client = Some(from);
+                let _ = back.send(&a[..n]).await;
+            }
+            Ok(n) = back.recv(&mut b) => {
+                if let Some(c) = client {
+                    let _ = front.send_to(&b[..n], c).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `n` paced frames from `a`; returns how many `b_rx` received and
+/// through which transport.
+async fn burst(a: &ConnectionHandle, b_rx: &mut mpsc::Receiver<Event>, n: usize) -> Vec<Transport> {
+    let (_, packets) = speech_packets();
+    let sender = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, p) in packets.iter().take(n).enumerate() {
+            tick.tick().await;
+            a.send_voice(p, i + 1 == n).await.expect("send voice");
+        }
+    };
+    let receiver = async {
+        let mut via = Vec::new();
+        loop {
+            let (t, last) = next_matching(b_rx, |ev| match ev {
+                Event::Voice {
+                    transport,
+                    terminator,
+                    ..
+                } => Some((transport, terminator)),
+                _ => None,
+            })
+            .await;
+            via.push(t);
+            if last {
+                return via;
+            }
+        }
+    };
+    tokio::join!(sender, receiver).1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_the_tunnel_and_back_to_udp() {
+    let server = Murmurd::start().await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = front.local_addr().expect("addr").port();
+    tokio::spawn(tcp_relay(front, server.server()));
+
+    // Alice reaches the server only by TCP: her UDP pings go to a closed port.
+    let mut c = config(&server, "alice", TransportMode::Auto);
+    c.server = format!("127.0.0.1:{port}");
+    let (alice, _alice_rx) = Connection::connect(c).await.expect("alice via relay");
+    let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    wait_for_transport(&bob, Transport::Udp).await;
+
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10, "all frames arrive");
+    let s = alice.stats();
+    assert_eq!(
+        (s.voice_tx_tunnel, s.voice_tx_udp, s.udp_pongs),
+        (10, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(alice.transport(), Transport::Tunnel);
+
+    // UDP starts getting through: alice's next pings are answered.
+    let udp_front = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("bind udp");
+    let relay = tokio::spawn(udp_relay(udp_front, server.server()));
+    wait_for_transport(&alice, Transport::Udp).await;
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10);
+    let s = alice.stats();
+    assert_eq!((s.voice_tx_tunnel, s.voice_tx_udp), (10, 10), "{s:?}");
+
+    // And stops again: alice notices within the UDP timeout and tunnels.
+    relay.abort();
+    let _ = relay.await;
+    wait_for_transport(&alice, Transport::Tunnel).await;
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10, "frames still arrive after UDP died");
+    let s = alice.stats();
+    assert_eq!((s.voice_tx_tunnel, s.voice_tx_udp), (20, 10), "{s:?}");
 }
