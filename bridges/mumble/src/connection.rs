@@ -260,12 +260,6 @@ struct Roster {
     users: Vec<User>,
 }
 
-impl Default for ChannelId {
-    fn default() -> Self {
-        ChannelId::ROOT
-    }
-}
-
 /// Talks to the connection task. Dropping it closes the connection.
 pub struct ConnectionHandle {
     cmds: mpsc::Sender<Command>,

@@ -227,8 +227,9 @@ fn length_block(len: usize) -> Block {
     ((len as u128) * 8).to_be_bytes()
 }
 
-/// OCB2 encryption of `plain` into `out` (same length); returns the full tag.
-pub fn ocb_encrypt(cipher: &Aes128, plain: &[u8], out: &mut [u8], nonce: &Block) -> Block {
+/// OCB2 encryption of `plain` into `out`, which must have the same length
+/// (crate-private so that no caller can get that wrong); returns the full tag.
+pub(crate) fn ocb_encrypt(cipher: &Aes128, plain: &[u8], out: &mut [u8], nonce: &Block) -> Block {
     let mut delta = aes_encrypt(cipher, nonce);
     let mut checksum = [0u8; BLOCK];
     let mut rest = plain;
@@ -261,10 +262,10 @@ pub fn ocb_encrypt(cipher: &Aes128, plain: &[u8], out: &mut [u8], nonce: &Block)
     aes_encrypt(cipher, &xor(&delta, &checksum))
 }
 
-/// OCB2 decryption of `encrypted` into `out` (same length). Returns the full
-/// tag to compare, or `None` when the packet has the shape of the 2019/311
-/// forgery.
-pub fn ocb_decrypt(
+/// OCB2 decryption of `encrypted` into `out` (same length, as for
+/// [`ocb_encrypt`]). Returns the full tag to compare, or `None` when the packet
+/// has the shape of the 2019/311 forgery.
+pub(crate) fn ocb_decrypt(
     cipher: &Aes128,
     encrypted: &[u8],
     out: &mut [u8],

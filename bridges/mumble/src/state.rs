@@ -24,6 +24,12 @@ impl ChannelId {
     pub const ROOT: ChannelId = ChannelId(0);
 }
 
+impl Default for ChannelId {
+    fn default() -> Self {
+        ChannelId::ROOT
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub session: Session,
