@@ -1,0 +1,27 @@
+//! Mumble client protocol for walkie-bridge.
+//!
+//! [`Connection::connect`] logs in over TLS, joins a channel and hands back a
+//! [`ConnectionHandle`] (send voice and text) plus a stream of [`Event`]s
+//! (users, voice, text, disconnect). One task per connection owns all state;
+//! dropping the handle ends it. Voice travels as legacy Mumble voice packets
+//! over OCB2-AES128-encrypted UDP, or through the TCP tunnel when UDP does not
+//! get through. Floor control, talks and reconnecting are the endpoint's job,
+//! built on top of this crate.
+
+mod connection;
+pub mod crypt;
+mod error;
+pub mod proto;
+pub mod state;
+pub mod tcp;
+mod tls;
+pub mod udp;
+pub mod varint;
+pub mod voice;
+
+pub use connection::{
+    ConnectConfig, Connection, ConnectionHandle, DisconnectReason, Event, Stats, Transport,
+    TransportMode, DEFAULT_PORT,
+};
+pub use error::{DecodeError, MumbleError};
+pub use state::{ChannelId, Session, User};
