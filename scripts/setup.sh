@@ -14,7 +14,7 @@ PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
-  mumble-server
+  mumble-server openssl
 )
 
 apt_install() {

@@ -20,7 +20,8 @@ use tracing::{error, info, warn, Instrument};
 use walkie_endpoint::{Endpoint, EndpointId};
 
 use crate::archive::{recover_spool, Outbox};
-use crate::config::{Config, EndpointKind};
+use crate::config::Config;
+use crate::endpoints;
 use crate::hub::ChannelHub;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
@@ -74,26 +75,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Daemon::new(config).run(shutdown).await
 }
 
-fn refuse_unbuilt_endpoints(config: &Config) -> anyhow::Result<()> {
-    let missing: Vec<String> = config
-        .endpoints
-        .iter()
-        .map(|(id, spec)| {
-            let what = match spec.kind() {
-                EndpointKind::Mumble => "the Mumble endpoint is not built yet (issue #4)",
-                EndpointKind::Mqtt => "the MQTT endpoint is not built yet (issue #5)",
-                EndpointKind::Radio => "the radio endpoint is not built yet (issue #6)",
+/// Builds every configured endpoint, or says which cannot be built yet.
+fn build_endpoints(config: &Config) -> anyhow::Result<HashMap<String, Vec<Box<dyn Endpoint>>>> {
+    let mut by_channel: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
+    let mut problems = Vec::new();
+    for channel in &config.channels {
+        for id in &channel.endpoints {
+            let Some(spec) = config.endpoint(id) else {
+                continue;
             };
-            format!("endpoint {id}: {what}")
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+            match endpoints::build(id, spec, &config.floor) {
+                Ok(endpoint) => by_channel
+                    .entry(channel.name.clone())
+                    .or_default()
+                    .push(endpoint),
+                Err(error) => problems.push(error.to_string()),
+            }
+        }
     }
-    anyhow::bail!(
-        "walkie-bridge cannot run this configuration yet:\n  {}",
-        missing.join("\n  ")
-    )
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "walkie-bridge cannot run this configuration yet:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(by_channel)
 }
 
 async fn run_daemon(
@@ -101,7 +107,7 @@ async fn run_daemon(
     extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    refuse_unbuilt_endpoints(&config)?;
+    let mut configured = build_endpoints(&config)?;
 
     let store = Store::connect(&config.database.url)
         .await
@@ -223,6 +229,7 @@ async fn run_daemon(
             ops: ops_tx,
         }));
         let mut members = vec![room_endpoint];
+        members.extend(configured.remove(&channel.name).unwrap_or_default());
         members.extend(extra.remove(&channel.name).unwrap_or_default());
         for endpoint in members {
             let id = endpoint.id().clone();

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod config;
 pub mod daemon;
+pub mod endpoints;
 pub mod hub;
 pub mod matrix;
 pub mod registration;

@@ -10,6 +10,7 @@
 
 mod connection;
 pub mod crypt;
+mod endpoint;
 mod error;
 pub mod proto;
 pub mod state;
@@ -23,5 +24,6 @@ pub use connection::{
     ConnectConfig, Connection, ConnectionHandle, DisconnectReason, Event, Stats, Transport,
     TransportMode, DEFAULT_PORT,
 };
+pub use endpoint::{MumbleEndpoint, MumbleEndpointConfig};
 pub use error::{DecodeError, MumbleError};
 pub use state::{ChannelId, Session, User};

@@ -1,0 +1,403 @@
+//! The Mumble endpoint: one bot connection carries a channel's floor both ways.
+//!
+//! Up: each Mumble user's Opus stream becomes a talk on the hub (talker = user
+//! name), ended by the terminator flag, by silence (`idle_release`), by the user
+//! leaving, or by the connection dropping. Down: while another endpoint holds the
+//! floor the bot sends its frames unchanged and ends with a terminator. A Mumble
+//! user who talks while the floor is taken hears, by private text message, who
+//! holds it (at most once per `busy_notice_interval`).
+//!
+//! The endpoint owns its connection and reconnects with exponential backoff; the
+//! hub never learns that a Mumble server exists.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use walkie_endpoint::audio::packet_samples;
+use walkie_endpoint::{
+    AudioFrame, DenyReason, Downlink, Endpoint, EndpointError, EndpointFuture, EndpointId,
+    FloorEvent, HubClosed, HubLink, Priority, StreamKey, TalkKind, Talker, TxId,
+};
+
+use crate::connection::{ConnectConfig, Connection, ConnectionHandle, Event};
+use crate::state::Session;
+
+/// Mumble counts voice sequence numbers in 10 ms units.
+const SEQ_UNIT_SAMPLES: usize = 480;
+/// How often silent talks are looked for.
+const SILENCE_CHECK: Duration = Duration::from_millis(100);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// What a `[mumble.NAME]` section becomes, in this crate's own words (the daemon
+/// translates its config; this crate does not know the daemon).
+#[derive(Debug, Clone)]
+pub struct MumbleEndpointConfig {
+    pub connect: ConnectConfig,
+    /// Show the current talker in the bot's comment.
+    pub announce_talker: bool,
+    /// No voice from a user for this long ends their talk (lost terminator).
+    pub idle_release: Duration,
+    /// A busy user is told who holds the floor at most this often.
+    pub busy_notice_interval: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_cap: Duration,
+}
+
+pub struct MumbleEndpoint {
+    id: EndpointId,
+    config: MumbleEndpointConfig,
+}
+
+impl MumbleEndpoint {
+    pub fn new(id: EndpointId, config: MumbleEndpointConfig) -> Self {
+        Self { id, config }
+    }
+}
+
+impl Endpoint for MumbleEndpoint {
+    fn id(&self) -> &EndpointId {
+        &self.id
+    }
+
+    fn run(self: Box<Self>, link: HubLink, shutdown: CancellationToken) -> EndpointFuture {
+        Box::pin(async move {
+            let mut session = Bridge::new(self.config, link);
+            session.run(shutdown).await
+        })
+    }
+}
+
+/// One Mumble user talking, as a stream on the hub.
+struct Talk {
+    stream: StreamKey,
+    first_seq: u64,
+    last_heard: Instant,
+}
+
+struct Bridge {
+    config: MumbleEndpointConfig,
+    link: HubLink,
+    talks: HashMap<Session, Talk>,
+    names: HashMap<Session, String>,
+    /// The other side's transmission the bot is sending into Mumble.
+    sending: Option<TxId>,
+    /// Who holds the floor, for busy notices.
+    holder: Option<Talker>,
+    busy_notified: HashMap<Session, Instant>,
+}
+
+enum Ended {
+    Shutdown,
+    HubGone,
+    Disconnected(String),
+}
+
+impl Bridge {
+    fn new(config: MumbleEndpointConfig, link: HubLink) -> Self {
+        Self {
+            config,
+            link,
+            talks: HashMap::new(),
+            names: HashMap::new(),
+            sending: None,
+            holder: None,
+            busy_notified: HashMap::new(),
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), EndpointError> {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let connect = Connection::connect(self.config.connect.clone());
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                connected = connect => connected,
+            };
+            let ended = match connected {
+                Ok((handle, events)) => {
+                    retry = FIRST_RETRY;
+                    metrics::counter!("walkie_mumble_connects_total").increment(1);
+                    info!(server = %self.config.connect.server, channel = %self.config.connect.channel, "connected to Mumble");
+                    let ended = self.serve(&handle, events, &shutdown).await;
+                    self.end_all_talks().await;
+                    if matches!(ended, Ended::Shutdown | Ended::HubGone) {
+                        handle.disconnect().await;
+                    }
+                    ended
+                }
+                Err(error) => Ended::Disconnected(error.to_string()),
+            };
+            match ended {
+                Ended::Shutdown | Ended::HubGone => return Ok(()),
+                Ended::Disconnected(reason) => {
+                    metrics::counter!("walkie_mumble_disconnects_total").increment(1);
+                    warn!(%reason, retry_in = ?retry, "Mumble connection lost; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                // While disconnected the hub may still talk to us; keep its state
+                // current so the bot knows the floor when it is back.
+                _ = self.drain_hub_for(retry) => {}
+            }
+            retry = (retry * 2).min(self.config.reconnect_cap);
+        }
+    }
+
+    /// Follows the floor while there is no Mumble connection to act on it.
+    async fn drain_hub_for(&mut self, pause: Duration) {
+        let deadline = tokio::time::sleep(pause);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                down = self.link.recv() => match down {
+                    Ok(Downlink::Floor(event)) => self.track_floor(&event),
+                    Ok(Downlink::Audio(_)) => {}
+                    Err(HubClosed) => return,
+                },
+            }
+        }
+    }
+
+    fn track_floor(&mut self, event: &FloorEvent) {
+        match event {
+            FloorEvent::Taken { tx, talker, .. } => {
+                self.holder = Some(talker.clone());
+                self.sending = Some(*tx);
+            }
+            FloorEvent::Released { tx, .. } => {
+                if self.sending == Some(*tx) {
+                    self.sending = None;
+                }
+                self.holder = None;
+            }
+            FloorEvent::Idle => {
+                self.holder = None;
+                self.sending = None;
+            }
+            _ => {}
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        handle: &ConnectionHandle,
+        mut events: tokio::sync::mpsc::Receiver<Event>,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        for user in handle.users() {
+            self.names.insert(user.session, user.name);
+        }
+        let mut silence = tokio::time::interval(SILENCE_CHECK);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                down = self.link.recv() => match down {
+                    Ok(down) => self.from_hub(handle, down).await,
+                    Err(HubClosed) => return Ended::HubGone,
+                },
+                event = events.recv() => match event {
+                    Some(Event::Disconnected { reason }) => return Ended::Disconnected(reason.to_string()),
+                    None => return Ended::Disconnected("connection task ended".into()),
+                    Some(event) => {
+                        if self.from_mumble(handle, event).await.is_err() {
+                            return Ended::HubGone;
+                        }
+                    }
+                },
+                _ = silence.tick() => {
+                    if self.end_silent_talks().await.is_err() {
+                        return Ended::HubGone;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn from_hub(&mut self, handle: &ConnectionHandle, down: Downlink) {
+        match down {
+            Downlink::Floor(event) => {
+                match &event {
+                    FloorEvent::Taken { talker, .. } if self.config.announce_talker => {
+                        let _ = handle.set_comment(&format!("Talking: {talker}")).await;
+                    }
+                    FloorEvent::Released { tx, .. } if self.sending == Some(*tx) => {
+                        // An empty packet with the terminator flag: clients stop
+                        // showing the bot as talking at once.
+                        if let Err(error) = handle.send_voice(&[], true).await {
+                            debug!(%error, "terminator not sent");
+                        }
+                        if self.config.announce_talker {
+                            let _ = handle.set_comment("").await;
+                        }
+                    }
+                    FloorEvent::Denied {
+                        stream,
+                        reason,
+                        holder,
+                    } => {
+                        self.refused(handle, *stream, *reason, holder.as_ref())
+                            .await;
+                    }
+                    FloorEvent::Queued { stream, .. } => {
+                        // A live talk cannot wait: whoever talks over the floor
+                        // holder is not heard, and is told so.
+                        let holder = self.holder.clone();
+                        self.refused(handle, *stream, DenyReason::Busy, holder.as_ref())
+                            .await;
+                    }
+                    _ => {}
+                }
+                self.track_floor(&event);
+            }
+            Downlink::Audio(frame) => {
+                if self.sending == Some(frame.tx) {
+                    if let Err(error) = handle.send_voice(&frame.frame.opus, false).await {
+                        debug!(%error, "voice frame not sent");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn refused(
+        &mut self,
+        handle: &ConnectionHandle,
+        stream: StreamKey,
+        reason: DenyReason,
+        holder: Option<&Talker>,
+    ) {
+        let Some(session) = self
+            .talks
+            .iter()
+            .find(|(_, t)| t.stream == stream)
+            .map(|(session, _)| *session)
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let recently = self
+            .busy_notified
+            .get(&session)
+            .is_some_and(|at| now.duration_since(*at) < self.config.busy_notice_interval);
+        if recently {
+            return;
+        }
+        self.busy_notified.insert(session, now);
+        let text = match (reason, holder) {
+            (DenyReason::Busy, Some(holder)) => {
+                format!("You are not heard: {holder} is talking. Wait until they are done.")
+            }
+            (reason, _) => format!("You are not heard: {reason}."),
+        };
+        if let Err(error) = handle.send_text_to_user(session, &text).await {
+            debug!(%error, "busy notice not sent");
+        }
+    }
+
+    async fn from_mumble(
+        &mut self,
+        _handle: &ConnectionHandle,
+        event: Event,
+    ) -> Result<(), HubClosed> {
+        match event {
+            Event::Voice {
+                session,
+                name,
+                seq,
+                opus,
+                terminator,
+                ..
+            } => {
+                self.names.insert(session, name.clone());
+                if !self.talks.contains_key(&session) {
+                    if opus.is_empty() && terminator {
+                        return Ok(());
+                    }
+                    let stream = StreamKey(u64::from(session.0));
+                    self.link
+                        .talk_start(
+                            stream,
+                            Talker::new(name.clone(), format!("{name} (Mumble)")),
+                            Priority::Normal,
+                            TalkKind::Live,
+                        )
+                        .await?;
+                    self.talks.insert(
+                        session,
+                        Talk {
+                            stream,
+                            first_seq: seq,
+                            last_heard: Instant::now(),
+                        },
+                    );
+                }
+                if let Some(talk) = self.talks.get_mut(&session) {
+                    talk.last_heard = Instant::now();
+                    if !opus.is_empty() {
+                        // Mumble counts in 10 ms units; the hub counts frames.
+                        let units = packet_samples(&opus)
+                            .map_or(2, |samples| (samples / SEQ_UNIT_SAMPLES).max(1));
+                        let index = seq.saturating_sub(talk.first_seq) / units as u64;
+                        self.link
+                            .audio(talk.stream, AudioFrame::opus(index as u32, opus))?;
+                    }
+                    if terminator {
+                        let stream = talk.stream;
+                        self.talks.remove(&session);
+                        self.link.talk_end(stream).await?;
+                    }
+                }
+            }
+            Event::UserLeft { session, .. } => {
+                self.names.remove(&session);
+                self.busy_notified.remove(&session);
+                if let Some(talk) = self.talks.remove(&session) {
+                    self.link.talk_end(talk.stream).await?;
+                }
+            }
+            Event::UserMoved { session, .. } => {
+                // Moved out of our channel mid-talk: that talk is over.
+                if let Some(talk) = self.talks.remove(&session) {
+                    self.link.talk_end(talk.stream).await?;
+                }
+            }
+            Event::UserJoined { session, name, .. } => {
+                self.names.insert(session, name);
+            }
+            Event::TextMessage { .. } | Event::Disconnected { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn end_silent_talks(&mut self) -> Result<(), HubClosed> {
+        let now = Instant::now();
+        let silent: Vec<Session> = self
+            .talks
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last_heard) >= self.config.idle_release)
+            .map(|(s, _)| *s)
+            .collect();
+        for session in silent {
+            if let Some(talk) = self.talks.remove(&session) {
+                debug!(session = session.0, "talk ended by silence");
+                self.link.talk_end(talk.stream).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: every talk through it ends here, so the hub releases
+    /// the floor now and the recording is archived up to the cut.
+    async fn end_all_talks(&mut self) {
+        for (_, talk) in self.talks.drain() {
+            let _ = self.link.talk_end(talk.stream).await;
+        }
+        self.sending = None;
+    }
+}
