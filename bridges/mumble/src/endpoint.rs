@@ -198,14 +198,14 @@ impl Bridge {
                 biased;
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 down = self.link.recv() => match down {
-                    Ok(down) => self.from_hub(handle, down).await,
+                    Ok(down) => self.on_hub(handle, down).await,
                     Err(HubClosed) => return Ended::HubGone,
                 },
                 event = events.recv() => match event {
                     Some(Event::Disconnected { reason }) => return Ended::Disconnected(reason.to_string()),
                     None => return Ended::Disconnected("connection task ended".into()),
                     Some(event) => {
-                        if self.from_mumble(handle, event).await.is_err() {
+                        if self.on_mumble(handle, event).await.is_err() {
                             return Ended::HubGone;
                         }
                     }
@@ -219,7 +219,7 @@ impl Bridge {
         }
     }
 
-    async fn from_hub(&mut self, handle: &ConnectionHandle, down: Downlink) {
+    async fn on_hub(&mut self, handle: &ConnectionHandle, down: Downlink) {
         match down {
             Downlink::Floor(event) => {
                 match &event {
@@ -300,7 +300,7 @@ impl Bridge {
         }
     }
 
-    async fn from_mumble(
+    async fn on_mumble(
         &mut self,
         _handle: &ConnectionHandle,
         event: Event,
