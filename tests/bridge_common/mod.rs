@@ -30,9 +30,38 @@ pub struct Setup {
     pub room_id: String,
     pub config: Config,
     pub dir: tempfile::TempDir,
+    /// The appservice port the registration points at.
+    pub listen: u16,
 }
 
 pub fn config_text(homeserver: &str, listen: u16, dir: &std::path::Path) -> String {
+    config_text_with(homeserver, listen, dir, "")
+}
+
+/// The test configuration plus `mumble_server` as `[mumble.ops]` on the channel,
+/// when given.
+pub fn config_text_with(
+    homeserver: &str,
+    listen: u16,
+    dir: &std::path::Path,
+    mumble_server: &str,
+) -> String {
+    let (endpoints, mumble) = if mumble_server.is_empty() {
+        ("[]".to_owned(), String::new())
+    } else {
+        (
+            r#"["mumble.ops"]"#.to_owned(),
+            format!(
+                r#"
+[mumble.ops]
+server = "{mumble_server}"
+channel = "Ops"
+username = "walkie"
+accept_invalid_cert = true
+"#
+            ),
+        )
+    };
     format!(
         r##"
 [homeserver]
@@ -59,8 +88,8 @@ idle_release_ms = 1500
 [[channel]]
 name = "ops"
 room = "#ops:{SERVER}"
-endpoints = []
-"##,
+endpoints = {endpoints}
+{mumble}"##,
         db = dir.join("walkie.db").display(),
         spool = dir.join("spool").display(),
     )
@@ -118,6 +147,7 @@ pub async fn setup_with_room(room: CreateRoom) -> Setup {
         room_id,
         config,
         dir,
+        listen,
     }
 }
 
@@ -245,4 +275,16 @@ pub fn is_voice_message_from(event: &walkie_harness::SyncEvent, sender: &str) ->
     event.event_type() == "m.room.message"
         && event.sender() == sender
         && event.content()["msgtype"] == "m.audio"
+}
+
+impl Setup {
+    /// The same bridge with the channel's Mumble endpoint on `server`.
+    pub fn config_with_mumble(&self, server: &str) -> Config {
+        load(&config_text_with(
+            &self.synapse.url(),
+            self.listen,
+            self.dir.path(),
+            server,
+        ))
+    }
 }

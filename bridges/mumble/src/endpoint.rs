@@ -244,6 +244,19 @@ impl Bridge {
                         self.refused(handle, *stream, *reason, holder.as_ref())
                             .await;
                     }
+                    FloorEvent::Granted { stream, .. } => {
+                        // One of our own users holds the floor: the hub tells other
+                        // endpoints `Taken`, us only `Granted`; busy notices need the name.
+                        let name = self
+                            .talks
+                            .iter()
+                            .find(|(_, t)| t.stream == *stream)
+                            .and_then(|(session, _)| self.names.get(session));
+                        if let Some(name) = name {
+                            self.holder =
+                                Some(Talker::new(name.clone(), format!("{name} (Mumble)")));
+                        }
+                    }
                     FloorEvent::Queued { stream, .. } => {
                         // A live talk cannot wait: whoever talks over the floor
                         // holder is not heard, and is told so.

@@ -1,0 +1,483 @@
+//! The Mumble endpoint on a real murmurd, with pymumble clients as the Mumble users
+//! and a channel hub with a test endpoint as "everyone else".
+
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use walkie_bridge::hub::{ChannelHub, FloorSettings, HubStats};
+use walkie_endpoint::audio::{frames_of, OpusDecoder, OpusEncoder};
+use walkie_endpoint::{
+    AudioFrame, Capabilities, Downlink, Endpoint, EndpointId, FloorEvent, HubLink, Priority,
+    StreamKey, TalkKind, Talker,
+};
+use walkie_harness::{MumbleTestClient, Murmur};
+use walkie_mumble::{ConnectConfig, MumbleEndpoint, MumbleEndpointConfig, TransportMode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Bridge {
+    murmur: Murmur,
+    listener: HubLink,
+    stats: std::sync::Arc<HubStats>,
+    shutdown: CancellationToken,
+    hub: tokio::task::JoinHandle<()>,
+    endpoint: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+fn speech_wav(dir: &std::path::Path) -> (PathBuf, Vec<i16>) {
+    let speech = common::speech(48_000);
+    let path = dir.join("speech.wav");
+    common::write_wav(&path, &speech, 48_000);
+    (path, speech)
+}
+
+async fn start_bridge() -> Bridge {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let mut connect = ConnectConfig::new(murmur.address(), "walkie", "Ops");
+    connect.accept_invalid_cert = true;
+    connect.transport = TransportMode::Auto;
+    let endpoint = MumbleEndpoint::new(
+        EndpointId::new("mumble.ops"),
+        MumbleEndpointConfig {
+            connect,
+            announce_talker: true,
+            idle_release: Duration::from_millis(1500),
+            busy_notice_interval: Duration::from_secs(10),
+            reconnect_cap: Duration::from_secs(30),
+        },
+    );
+    let mut hub = ChannelHub::new("ops", FloorSettings::default());
+    let mumble_link = hub
+        .attach(endpoint.id().clone(), endpoint.capabilities())
+        .expect("attach");
+    let listener = hub
+        .attach(EndpointId::new("test.radio"), Capabilities::default())
+        .expect("attach");
+    let stats = hub.stats();
+    let shutdown = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(shutdown.clone()));
+    let token = shutdown.clone();
+    let endpoint_task = tokio::spawn(async move {
+        Box::new(endpoint)
+            .run(mumble_link, token)
+            .await
+            .expect("endpoint ends cleanly");
+    });
+    Bridge {
+        murmur,
+        listener,
+        stats,
+        shutdown,
+        hub: hub_task,
+        endpoint: endpoint_task,
+        dir: tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+impl Bridge {
+    /// A pymumble user in Ops who has seen the bridge's bot arrive.
+    async fn user(&self, name: &str) -> MumbleTestClient {
+        let client = MumbleTestClient::join(&self.murmur, name, "Ops")
+            .await
+            .expect("pymumble joins");
+        client
+            .wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
+            .await
+            .expect("the bridge's bot is in Ops");
+        client
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.endpoint)
+            .await
+            .expect("endpoint stops")
+            .expect("no panic");
+        tokio::time::timeout(WAIT, self.hub)
+            .await
+            .expect("hub stops")
+            .expect("no panic");
+    }
+}
+
+/// Everything the listener hears of one transmission: talker, frames, PCM.
+async fn hear_one(link: &mut HubLink) -> (Talker, u64, Vec<i16>) {
+    let mut decoder = OpusDecoder::new().expect("decoder");
+    let mut talker = None;
+    let mut frames = 0;
+    let mut pcm = Vec::new();
+    loop {
+        let down = tokio::time::timeout(WAIT, link.recv())
+            .await
+            .expect("the transmission arrives in time")
+            .expect("hub running");
+        match down {
+            Downlink::Floor(FloorEvent::Taken { talker: t, .. }) => talker = Some(t),
+            Downlink::Audio(frame) => {
+                frames += 1;
+                pcm.extend(decoder.decode(&frame.frame.opus).expect("valid Opus"));
+            }
+            Downlink::Floor(FloorEvent::Released { .. }) if talker.is_some() => {
+                return (talker.expect("taken before released"), frames, pcm);
+            }
+            Downlink::Floor(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_from_a_mumble_user_reaches_the_channel_intact() {
+    let mut bridge = start_bridge().await;
+    let alice = bridge.user("alice").await;
+    let (wav, speech) = speech_wav(bridge.dir.path());
+    let (sent, heard) = tokio::join!(alice.send_wav(&wav, true), hear_one(&mut bridge.listener));
+    let sent = sent.expect("alice talks");
+    let (talker, frames, pcm) = heard;
+    assert_eq!(talker.name, "alice");
+    assert_eq!(talker.display_name, "alice (Mumble)");
+    let spoken_ms = speech.len() as u64 * 1000 / 48_000;
+    let heard_ms = pcm.len() as u64 * 1000 / 48_000;
+    eprintln!(
+        "sent {} frames ({:.2} s), heard {frames} frames = {heard_ms} ms",
+        sent.frames, sent.seconds
+    );
+    assert!(
+        heard_ms.abs_diff(spoken_ms) <= 60,
+        "heard {heard_ms} ms of {spoken_ms} ms"
+    );
+    let level = common::energy_db(&pcm) - common::energy_db(&speech);
+    assert!(level.abs() < 2.0, "level changed by {level:.2} dB");
+    let (_, correlation) = common::best_lag(&speech, &pcm, -2000..=2000);
+    eprintln!("correlation {correlation:.3}, level {level:+.2} dB");
+    assert!(
+        correlation > 0.85,
+        "what arrived is not what alice said: {correlation:.3}"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_audio_reaches_mumble_users_intact() {
+    let mut bridge = start_bridge().await;
+    let bob = bridge.user("bob").await;
+    let speech = common::speech(48_000);
+    let mut encoder = OpusEncoder::new().expect("encoder");
+    let packets: Vec<_> = frames_of(&speech)
+        .map(|f| encoder.encode(&f).expect("encode"))
+        .collect();
+    bob.record_start().await.expect("record");
+    let stream = StreamKey(1);
+    bridge
+        .listener
+        .talk_start(
+            stream,
+            Talker::new("kilo", "kilo (Radio)"),
+            Priority::Normal,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    loop {
+        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+    // The radio side speaks in real time, as a radio does.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for (seq, packet) in packets.iter().enumerate() {
+        pace.tick().await;
+        bridge
+            .listener
+            .audio(stream, AudioFrame::opus(seq as u32, packet.clone()))
+            .expect("hub running");
+    }
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    bob.wait_for_event(
+        |e| matches!(e, walkie_harness::MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
+        WAIT,
+    )
+    .await
+    .expect("bob hears the end of the transmission");
+    let recording = bob.record_stop(bridge.dir.path()).await.expect("recording");
+    let stream = recording.get("walkie").expect("bob heard the bot");
+    assert!(
+        stream.terminators >= 1,
+        "the bot never ended its transmission"
+    );
+    let (pcm, rate) = common::read_wav(&stream.path);
+    assert_eq!(rate, 48_000);
+    let heard_ms = pcm.len() as u64 * 1000 / 48_000;
+    let spoken_ms = speech.len() as u64 * 1000 / 48_000;
+    assert!(
+        heard_ms.abs_diff(spoken_ms) <= 60,
+        "bob heard {heard_ms} ms of {spoken_ms} ms"
+    );
+    let (_, correlation) = common::best_lag(&speech, &pcm, -2000..=2000);
+    eprintln!("bob: {heard_ms} ms, correlation {correlation:.3}");
+    assert!(
+        correlation > 0.85,
+        "bob heard something else: {correlation:.3}"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor() {
+    let mut bridge = start_bridge().await;
+    let alice = bridge.user("alice").await;
+    let carol = bridge.user("carol").await;
+    let (wav, speech) = speech_wav(bridge.dir.path());
+    let stats = bridge.stats.clone();
+    // Alice starts; Carol starts talking a moment later, over her.
+    let alice_talks = alice.send_wav(&wav, true);
+    let carol_talks = async {
+        // Carol presses her button once alice holds the floor (polled: the hub's
+        // counters are the only place this test can see the grant without taking
+        // the listener's events away from `hear_one`).
+        let deadline = Instant::now() + WAIT;
+        while stats.grants.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "alice was never granted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        carol.send_wav(&wav, true).await
+    };
+    let busy = carol.wait_for_text(|t| t.message.contains("alice"), WAIT);
+    let (alice_sent, carol_sent, heard, busy) = tokio::join!(
+        alice_talks,
+        carol_talks,
+        hear_one(&mut bridge.listener),
+        busy
+    );
+    alice_sent.expect("alice talks");
+    carol_sent.expect("carol talks");
+    let (talker, _, pcm) = heard;
+    assert_eq!(talker.name, "alice", "the first talker holds the floor");
+    let (_, correlation) = common::best_lag(&speech, &pcm, -2000..=2000);
+    assert!(
+        correlation > 0.85,
+        "alice's speech was mixed or cut: {correlation:.3}"
+    );
+    let busy = busy.expect("carol is told who holds the floor");
+    assert!(
+        busy.message.contains("alice (Mumble) is talking"),
+        "{}",
+        busy.message
+    );
+    assert!(
+        stats.frames_refused.load(Ordering::Relaxed) > 100,
+        "carol's frames were not refused"
+    );
+    // Nothing of carol's reached the channel after alice either.
+    let after = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match bridge.listener.recv().await {
+                Ok(Downlink::Floor(FloorEvent::Taken { talker, .. })) => return Some(talker),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    if let Ok(Some(talker)) = after {
+        // Carol's queued request may be granted once alice is done, but only for
+        // what she still says then — never mixed into alice's transmission.
+        assert_eq!(talker.name, "carol");
+    }
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart() {
+    let mut bridge = start_bridge().await;
+    let alice = bridge.user("alice").await;
+    drop(alice);
+    bridge.murmur.kill().expect("kill murmurd");
+    let killed = Instant::now();
+    bridge.murmur.start_again().await.expect("murmurd back");
+    let watcher = MumbleTestClient::join(&bridge.murmur, "watcher", "Ops")
+        .await
+        .expect("watcher joins");
+    watcher
+        .wait_for_users(
+            |users| users.iter().any(|u| u == "walkie"),
+            Duration::from_secs(40),
+        )
+        .await
+        .expect("the bot comes back");
+    let back = killed.elapsed();
+    eprintln!("bridge back in Ops {back:?} after murmurd was killed");
+    assert!(back <= Duration::from_secs(35), "back only after {back:?}");
+    bridge.stop().await;
+}
+
+#[path = "bridge_common/mod.rs"]
+mod bridge_common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mumble_transmission_appears_in_the_room_as_a_voice_message() {
+    let setup = bridge_common::setup().await;
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let config = setup.config_with_mumble(&murmur.address());
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(walkie_bridge::daemon::run(config, shutdown.clone()));
+    let alice_mumble = MumbleTestClient::join(&murmur, "alice", "Ops")
+        .await
+        .expect("pymumble joins");
+    alice_mumble
+        .wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
+        .await
+        .expect("the bridge's bot is in Ops");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (wav, speech) = speech_wav(dir.path());
+    alice_mumble
+        .send_wav(&wav, true)
+        .await
+        .expect("alice talks");
+
+    let matrix = setup.synapse.client(&setup.alice);
+    let puppet = format!("@walkie_mumble_alice:{}", bridge_common::SERVER);
+    let message = matrix
+        .sync_until(|e| bridge_common::is_voice_message_from(e, &puppet), WAIT)
+        .await
+        .expect("alice's transmission is archived in the room");
+    let duration = message.content()["info"]["duration"]
+        .as_u64()
+        .expect("duration");
+    let spoken_ms = speech.len() as u64 * 1000 / 48_000;
+    assert!(
+        duration.abs_diff(spoken_ms) <= 60,
+        "archived {duration} ms of {spoken_ms} ms"
+    );
+    let ogg = matrix
+        .download(message.content()["url"].as_str().expect("url"))
+        .await
+        .expect("download");
+    let decoded = walkie_endpoint::audio::decode_ogg_opus(&ogg).expect("Ogg Opus");
+    let (_, correlation) = common::best_lag(&speech, &decoded.pcm, -2000..=2000);
+    assert!(
+        correlation > 0.85,
+        "archived audio differs: {correlation:.3}"
+    );
+    assert_eq!(
+        matrix
+            .displayname(&puppet)
+            .await
+            .expect("profile")
+            .as_deref(),
+        Some("alice (Mumble)")
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, daemon)
+        .await
+        .expect("daemon stops")
+        .expect("no panic")
+        .expect("daemon ends cleanly");
+}
+
+/// The real binary, SIGKILLed with a recording in its outbox, started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart() {
+    let mut setup = bridge_common::setup().await;
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let config_path = setup.dir.path().join("walkie.toml");
+    std::fs::write(
+        &config_path,
+        bridge_common::config_text_with(
+            &setup.synapse.url(),
+            setup.listen,
+            setup.dir.path(),
+            &murmur.address(),
+        ),
+    )
+    .expect("config written");
+    let start = |life: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"));
+        command.args(["run", "-c"]).arg(&config_path);
+        command.env("RUST_LOG", "walkie_bridge=debug,info");
+        walkie_harness::ChildGuard::spawn(
+            format!("walkie-bridge ({life})"),
+            command,
+            setup.dir.path().join(format!("bridge-{life}.log")),
+        )
+        .expect("walkie-bridge starts")
+    };
+    let mut first = start("first");
+    let alice = MumbleTestClient::join(&murmur, "alice", "Ops")
+        .await
+        .expect("pymumble joins");
+    alice
+        .wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
+        .await
+        .expect("the bridge's bot is in Ops");
+
+    // With the homeserver down, the recording waits in the outbox.
+    setup.synapse.stop().await.expect("Synapse stops");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (wav, _) = speech_wav(dir.path());
+    alice.send_wav(&wav, true).await.expect("alice talks");
+    let store = walkie_bridge::store::Store::connect(&format!(
+        "sqlite://{}",
+        setup.dir.path().join("walkie.db").display()
+    ))
+    .await
+    .expect("store");
+    let deadline = Instant::now() + WAIT;
+    while store.outbox_depth().await.expect("depth") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the recording never reached the outbox: {}",
+            first.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().expect("SIGKILL");
+
+    setup.synapse.start_again().await.expect("Synapse back");
+    let _second = start("second");
+    let matrix = setup.synapse.client(&setup.alice);
+    let puppet = format!("@walkie_mumble_alice:{}", bridge_common::SERVER);
+    matrix
+        .sync_until(
+            |e| bridge_common::is_voice_message_from(e, &puppet),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("the recording is posted after the restart");
+    let deadline = Instant::now() + WAIT;
+    while store.outbox_depth().await.expect("depth") > 0 {
+        assert!(Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posted: Vec<_> = matrix
+        .room_messages(&setup.room_id, 100)
+        .await
+        .expect("messages")
+        .into_iter()
+        .filter(|e| e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio")
+        .collect();
+    assert_eq!(posted.len(), 1, "posted {} times", posted.len());
+}
