@@ -1,14 +1,14 @@
-//! The README's first command (`scripts/demo.sh` runs this): a local Synapse on
-//! loopback, a room `#ops`, and the bridge with one talker on the radio side.
+//! The README's first command (`scripts/demo.sh` runs this): a local Synapse and a
+//! local murmurd on loopback, a room `#ops` and a Mumble channel `Ops`, and the
+//! bridge between them.
 //!
-//! 1. The radio side speaks (espeak-ng speech, Opus at 20 ms frames): the
-//!    transmission appears in the room as a voice message from its puppet.
-//! 2. The Matrix user opts in with `!wt on` and posts a voice message: the radio side
-//!    hears it, and the bot reacts ✅.
+//! 1. A Mumble user (`kilo`, a pymumble client) speaks: the transmission appears in
+//!    the room as a voice message from the puppet `@walkie_mumble_kilo`.
+//! 2. The Matrix user opts in with `!wt on` and posts a voice message: `kilo` hears
+//!    it on Mumble, and the bot reacts ✅.
 //!
-//! The radio side is the bridge's test endpoint standing in for Mumble, MQTT and the
-//! radio until their endpoints land (issues #4–#6); everything on the Matrix side is
-//! the real thing. The demo keeps running until Ctrl-C so you can look around.
+//! The demo keeps running until Ctrl-C so you can look around with a Matrix client
+//! and a Mumble client.
 
 #[path = "../tests/bridge_common/mod.rs"]
 mod bridge_common;
@@ -16,11 +16,12 @@ mod bridge_common;
 mod common;
 
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bridge_common::{is_voice_message_from, setup, speech_packets, start_daemon, transmit, SERVER};
-use walkie_endpoint::audio::{encode_ogg_opus, OpusDecoder};
-use walkie_endpoint::{Downlink, FloorEvent};
+use bridge_common::{is_voice_message_from, setup, SERVER};
+use tokio_util::sync::CancellationToken;
+use walkie_endpoint::audio::encode_ogg_opus;
+use walkie_harness::{MumbleEvent, MumbleTestClient, Murmur};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -32,28 +33,37 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn demo() -> anyhow::Result<()> {
-    println!("== starting Synapse on loopback and the bridge");
+    println!("== starting Synapse and murmurd on loopback, and the bridge");
     let setup = setup().await;
-    let alice = setup.synapse.client(&setup.alice);
-    let mut running = start_daemon(&setup.config).await;
+    let murmur = Murmur::builder().channels(&["Ops"]).start().await?;
+    let config = setup.config_with_mumble(&murmur.address());
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(walkie_bridge::daemon::run(config, shutdown.clone()));
+    let kilo = MumbleTestClient::join(&murmur, "kilo", "Ops").await?;
+    kilo.wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
+        .await?;
     println!(
-        "   Synapse {} · room #ops:{SERVER} ({}) · bridge appservice on {}",
+        "   Synapse {} · room #ops:{SERVER} · murmurd {} channel Ops · bridge bot \"walkie\" joined both",
         setup.synapse.url(),
-        setup.room_id,
-        setup.config.appservice.listen
+        murmur.address(),
     );
 
-    println!("\n== 1. the radio side talks (\"{}\")", common::TEXT);
-    let (speech, packets) = speech_packets();
-    transmit(&mut running.link, "radio-op", &packets).await;
-    let puppet = format!("@walkie_test_radio-op:{SERVER}");
+    println!("\n== 1. kilo talks on Mumble (\"{}\")", common::TEXT);
+    let speech = common::speech(48_000);
+    let dir = tempfile::tempdir()?;
+    let wav = dir.path().join("kilo.wav");
+    common::write_wav(&wav, &speech, 48_000);
+    kilo.send_wav(&wav, true).await?;
+    let alice = setup.synapse.client(&setup.alice);
+    let puppet = format!("@walkie_mumble_kilo:{SERVER}");
     let message = alice
         .sync_until(|e| is_voice_message_from(e, &puppet), WAIT)
         .await?;
     let content = message.content();
     println!(
-        "   voice message {} from {puppet}: {} ms, {} bytes of Ogg Opus at {}, {} waveform points",
+        "   voice message {} from {puppet} (\"{}\"): {} ms, {} bytes of Ogg Opus at {}, {} waveform points",
         message.event_id().unwrap_or("?"),
+        alice.displayname(&puppet).await?.unwrap_or_default(),
         content["info"]["duration"],
         content["info"]["size"],
         content["url"].as_str().unwrap_or("?"),
@@ -76,25 +86,21 @@ async fn demo() -> anyhow::Result<()> {
         )
         .await?;
     println!("   bot: {}", reply.body().unwrap_or_default());
+    kilo.record_start().await?;
     let ogg = encode_ogg_opus(&speech, 24_000)?;
     let event_id = alice
         .send_voice_message(&setup.room_id, ogg, speech.len() as u64 / 48)
         .await?;
-    let mut decoder = OpusDecoder::new()?;
-    let mut heard = 0usize;
-    let started = Instant::now();
-    loop {
-        match tokio::time::timeout(WAIT, running.link.recv()).await?? {
-            Downlink::Audio(frame) => heard += decoder.decode(&frame.frame.opus)?.len(),
-            Downlink::Floor(FloorEvent::Released { .. }) if heard > 0 => break,
-            Downlink::Floor(_) => {}
-        }
-    }
+    kilo.wait_for_event(
+        |e| matches!(e, MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
+        WAIT,
+    )
+    .await?;
+    let recording = kilo.record_stop(dir.path()).await?;
+    let heard = recording.get("walkie").map_or(0, |s| s.samples);
     println!(
-        "   the radio side heard {} ms of audio from {} (played in real time: {:.1} s)",
-        heard as u64 * 1000 / 48_000,
-        setup.alice.user_id,
-        started.elapsed().as_secs_f64()
+        "   kilo heard {} ms of audio from the bridge on Mumble",
+        heard * 1000 / 48_000
     );
     alice
         .sync_until(
@@ -114,7 +120,11 @@ async fn demo() -> anyhow::Result<()> {
         setup.alice.user_id, setup.alice.password
     );
     println!("   room         #ops:{SERVER}");
-    println!("   e.g. the room's last messages:");
+    println!(
+        "   Mumble       {} (channel Ops; the server certificate is self-signed)",
+        murmur.url()
+    );
+    println!("   the room's last messages:");
     println!(
         "   curl -s -H 'Authorization: Bearer {}' '{}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5' | python3 -m json.tool",
         setup.alice.access_token,
@@ -122,11 +132,10 @@ async fn demo() -> anyhow::Result<()> {
         setup.room_id
     );
     if std::io::stdin().is_terminal() {
-        println!(
-            "   or log in with any Matrix client (server URL above). Ctrl-C stops everything."
-        );
+        println!("   Ctrl-C stops everything.");
         tokio::signal::ctrl_c().await?;
     }
-    running.stop().await;
+    shutdown.cancel();
+    daemon.await??;
     Ok(())
 }
