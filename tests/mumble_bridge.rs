@@ -306,8 +306,36 @@ async fn a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor() 
 async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart() {
     let mut bridge = start_bridge().await;
     let alice = bridge.user("alice").await;
+    let (wav, _) = speech_wav(bridge.dir.path());
+    // murmurd dies while alice talks: her talk must end on the hub at once (so the
+    // floor is free and the recording is archived up to the cut), not hang.
+    let listener = &mut bridge.listener;
+    let murmur = &mut bridge.murmur;
+    let cut = async {
+        let mut frames = 0;
+        loop {
+            let down = tokio::time::timeout(WAIT, listener.recv())
+                .await
+                .expect("alice's talk arrives")
+                .expect("hub running");
+            match down {
+                Downlink::Audio(_) => {
+                    frames += 1;
+                    if frames == 50 {
+                        murmur.kill().expect("kill murmurd");
+                    }
+                }
+                Downlink::Floor(FloorEvent::Released { reason, .. }) if frames >= 50 => {
+                    return (frames, reason);
+                }
+                Downlink::Floor(_) => {}
+            }
+        }
+    };
+    let (_, (frames, reason)) = tokio::join!(alice.send_wav(&wav, true), cut);
+    eprintln!("talk cut after {frames} frames: {reason}");
+    assert!(frames < 300, "the talk went on after murmurd died ({frames} frames)");
     drop(alice);
-    bridge.murmur.kill().expect("kill murmurd");
     let killed = Instant::now();
     bridge.murmur.start_again().await.expect("murmurd back");
     let watcher = MumbleTestClient::join(&bridge.murmur, "watcher", "Ops")

@@ -150,7 +150,7 @@ impl EndpointSpec {
 #[derive(Clone, Debug)]
 pub struct MumbleConfig {
     pub server: HostPort,
-    /// Channel to join, by name.
+    /// Channel to join, by name or path ("Root/Ops").
     pub channel: String,
     pub username: String,
     pub password: Option<Secret>,
@@ -158,7 +158,7 @@ pub struct MumbleConfig {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub accept_invalid_cert: bool,
-    /// Post "<talker> is talking" text messages in the Mumble channel.
+    /// Show the current talker in the bot's comment.
     pub announce_talker: bool,
 }
 
