@@ -19,6 +19,7 @@ mod tls;
 pub mod udp;
 pub mod varint;
 pub mod voice;
+pub mod voice_v2;
 
 pub use connection::{
     ConnectConfig, Connection, ConnectionHandle, DisconnectReason, Event, Stats, Transport,
@@ -26,4 +27,6 @@ pub use connection::{
 };
 pub use endpoint::{MumbleEndpoint, MumbleEndpointConfig};
 pub use error::{DecodeError, MumbleError};
+pub use proto::MumbleVersion;
 pub use state::{ChannelId, Session, User};
+pub use voice_v2::VoiceFormat;
