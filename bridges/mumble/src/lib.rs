@@ -3,9 +3,10 @@
 //! [`Connection::connect`] logs in over TLS, joins a channel and hands back a
 //! [`ConnectionHandle`] (send voice and text) plus a stream of [`Event`]s
 //! (users, voice, text, disconnect). One task per connection owns all state;
-//! dropping the handle ends it. Voice travels as legacy Mumble voice packets
-//! over OCB2-AES128-encrypted UDP, or through the TCP tunnel when UDP does not
-//! get through. Floor control, talks and reconnecting are the endpoint's job,
+//! dropping the handle ends it. Voice travels as Mumble voice packets — the
+//! legacy format, or the protobuf one of Mumble ≥ 1.5 when the server is ≥ 1.5
+//! ([`VoiceFormat`]) — over OCB2-AES128-encrypted UDP, or through the TCP
+//! tunnel when UDP does not get through. Floor control, talks and reconnecting are the endpoint's job,
 //! built on top of this crate.
 
 mod connection;
