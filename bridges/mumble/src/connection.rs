@@ -22,11 +22,12 @@ use tracing::{debug, info, info_span, trace, warn, Instrument};
 
 use crate::crypt::{CryptError, CryptState};
 use crate::error::MumbleError;
-use crate::proto::{self, ControlMessage, MessageType};
+use crate::proto::{self, ControlMessage, MessageType, MumbleVersion};
 use crate::state::{ChannelId, ServerState, Session, User, UserChange};
 use crate::tcp::{self, Decoded, Frame, FrameDecoder};
 use crate::udp::{Opened, UdpLink, PING_INTERVAL};
 use crate::voice::{self, AudioPacket, Direction, VoicePacket};
+use crate::voice_v2::{self, VoiceFormat};
 
 pub const DEFAULT_PORT: u16 = 64738;
 const TCP_PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -34,9 +35,10 @@ const TCP_PING_INTERVAL: Duration = Duration::from_secs(5);
 const TCP_TIMEOUT: Duration = Duration::from_secs(30);
 const EVENT_CAPACITY: usize = 1024;
 const COMMAND_CAPACITY: usize = 256;
-/// We announce 1.3.4: servers ≥ 1.5 then keep speaking the legacy voice
-/// format with us, which is the one implemented here.
-const OUR_VERSION: u32 = proto::version_v1(1, 3, 4);
+/// How long to wait for the server's Version (murmurd sends it right after
+/// the TLS handshake) before announcing ours. Without it we announce 1.3.4
+/// and speak the legacy format, which every server understands.
+const SERVER_VERSION_WAIT: Duration = Duration::from_secs(3);
 
 /// How to reach and log in to a Mumble server.
 #[derive(Clone)]
@@ -267,6 +269,8 @@ pub struct ConnectionHandle {
     roster: watch::Receiver<Arc<Roster>>,
     transport: watch::Receiver<Transport>,
     counters: Arc<Counters>,
+    voice_format: VoiceFormat,
+    server_version: Option<MumbleVersion>,
     task: JoinHandle<()>,
 }
 
@@ -275,6 +279,7 @@ impl fmt::Debug for ConnectionHandle {
         f.debug_struct("ConnectionHandle")
             .field("session", &self.session)
             .field("transport", &*self.transport.borrow())
+            .field("voice_format", &self.voice_format)
             .finish_non_exhaustive()
     }
 }
@@ -347,6 +352,18 @@ impl ConnectionHandle {
         self.counters.snapshot()
     }
 
+    /// The voice packet format negotiated at log-in: protobuf when the
+    /// server announced ≥ 1.5.0 (and we then announced 1.5.0), legacy
+    /// otherwise. Fixed for the connection's lifetime.
+    pub fn voice_format(&self) -> VoiceFormat {
+        self.voice_format
+    }
+
+    /// The version the server announced, if it did.
+    pub fn server_version(&self) -> Option<MumbleVersion> {
+        self.server_version
+    }
+
     pub fn is_closed(&self) -> bool {
         self.cmds.is_closed()
     }
@@ -381,6 +398,8 @@ impl Connection {
         let roster = actor.roster_tx.subscribe();
         let transport = actor.transport_tx.subscribe();
         let counters = actor.counters.clone();
+        let voice_format = actor.format;
+        let server_version = actor.server_version;
         let task = tokio::spawn(actor.run(cmd_rx, events_tx).instrument(span));
         let handle = ConnectionHandle {
             cmds: cmd_tx,
@@ -388,6 +407,8 @@ impl Connection {
             roster,
             transport,
             counters,
+            voice_format,
+            server_version,
             task,
         };
         Ok((handle, events_rx))
@@ -495,6 +516,9 @@ struct Actor {
     join_denied: Option<String>,
     joining: bool,
     seq: u64,
+    /// Negotiated before Authenticate; see [`VoiceFormat`].
+    format: VoiceFormat,
+    server_version: Option<MumbleVersion>,
     counters: Arc<Counters>,
     started: Instant,
     tcp_packets: u32,
@@ -576,6 +600,8 @@ async fn login(config: &ConnectConfig) -> Result<Actor, MumbleError> {
         join_denied: None,
         joining: false,
         seq: 0,
+        format: VoiceFormat::Legacy,
+        server_version: None,
         counters,
         started: now,
         tcp_packets: 0,
@@ -592,14 +618,61 @@ async fn login(config: &ConnectConfig) -> Result<Actor, MumbleError> {
 }
 
 impl Actor {
+    /// Reads the server's Version, which murmurd sends unasked as soon as TLS
+    /// is up. Frames before it are handled as usual. `None` if the server does
+    /// not send one within [`SERVER_VERSION_WAIT`] or it does not decode.
+    async fn read_server_version(&mut self) -> Result<Option<MumbleVersion>, MumbleError> {
+        let until = tokio::time::Instant::now() + SERVER_VERSION_WAIT;
+        loop {
+            // next_frame is cancel-safe: a timeout loses nothing.
+            let Ok(frame) = timeout_at(until, self.reader.next_frame()).await else {
+                warn!("the server sent no Version; announcing 1.3.4 (legacy voice format)");
+                return Ok(None);
+            };
+            let frame = frame?.ok_or(MumbleError::ServerClosed("logging in"))?;
+            if frame.kind == MessageType::Version as u16 {
+                self.tcp_packets = self.tcp_packets.wrapping_add(1);
+                let Some(v) = self.decode::<proto::Version>(MessageType::Version, frame.payload)
+                else {
+                    return Ok(None);
+                };
+                let version = MumbleVersion::of(&v);
+                info!(
+                    version = %version.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                    release = v.release.as_deref().unwrap_or(""),
+                    "server version"
+                );
+                return Ok(version);
+            }
+            if let Some(reason) = self.on_frame(frame).await? {
+                return Err(MumbleError::Rejected {
+                    kind: "disconnected".into(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+
     async fn authenticate(&mut self, config: &ConnectConfig) -> Result<(), MumbleError> {
+        // The server picks the voice format by the version we announce, so
+        // its version comes first: 1.5.0 (protobuf) to a server ≥ 1.5.0,
+        // 1.3.4 (legacy) to anything else.
+        self.server_version = self.read_server_version().await?;
+        self.format = VoiceFormat::negotiate(self.server_version);
+        let ours = self.format.announce();
+        info!(
+            server = %self.server_version.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+            announce = %ours,
+            format = %self.format,
+            "voice format negotiated"
+        );
         self.writer
             .send(&proto::Version {
-                version: Some(OUR_VERSION),
+                version: Some(ours.v1()),
                 release: Some(concat!("walkie-bridge ", env!("CARGO_PKG_VERSION")).to_owned()),
                 os: Some(std::env::consts::OS.to_owned()),
                 os_version: None,
-                version_v2: None,
+                version_v2: Some(ours.v2()),
             })
             .await?;
         self.writer
@@ -791,18 +864,22 @@ impl Actor {
         Ok(None)
     }
 
-    async fn send_voice(&mut self, opus: Bytes, terminator: bool) -> io::Result<()> {
+    async fn send_voice(&mut self, mut opus: Bytes, terminator: bool) -> io::Result<()> {
+        if opus.is_empty() && self.format == VoiceFormat::Protobuf {
+            // Mumble ≥ 1.5 drops protobuf audio without payload; an empty
+            // terminator would never arrive.
+            opus = Bytes::from_static(&voice_v2::OPUS_SILENCE);
+        }
         let seq = self.seq;
         self.seq += voice::opus_seq_units(&opus);
-        let packet = VoicePacket::Audio(AudioPacket {
+        let packet = self.format.to_vec(&VoicePacket::Audio(AudioPacket {
             target: voice::TARGET_NORMAL,
             session: None,
             seq,
             opus,
             terminator,
             position: None,
-        })
-        .to_vec();
+        }));
         if self.transport == Transport::Udp {
             if let Some(link) = &mut self.udp {
                 match link.send(&packet).await {
@@ -847,10 +924,11 @@ impl Actor {
     async fn udp_ping(&mut self) {
         let now = Instant::now();
         let timestamp = self.started.elapsed().as_micros() as u64;
+        let ping = self.format.to_vec(&VoicePacket::Ping { timestamp });
         let Some(link) = &mut self.udp else {
             return;
         };
-        if let Err(e) = link.send(&VoicePacket::Ping { timestamp }.to_vec()).await {
+        if let Err(e) = link.send(&ping).await {
             debug!(%e, "UDP ping not sent");
         }
         let usable = link.usable(now);
@@ -904,7 +982,7 @@ impl Actor {
     }
 
     async fn on_voice_packet(&mut self, data: &[u8], via: Transport) {
-        let packet = match VoicePacket::decode(data, Direction::ToClient) {
+        let packet = match self.format.decode(data, Direction::ToClient) {
             Ok(p) => p,
             Err(e) => {
                 debug!(%e, ?via, "malformed voice packet dropped");
@@ -994,11 +1072,12 @@ impl Actor {
         match kind {
             MessageType::UdpTunnel => self.on_voice_packet(&payload, Transport::Tunnel).await,
             MessageType::Version => {
+                // The first one is read before log-in; the format stays.
                 if let Some(v) = self.decode::<proto::Version>(kind, payload) {
-                    info!(
-                        version = ?proto::server_version(&v),
-                        release = v.release.as_deref().unwrap_or(""),
-                        "server version"
+                    debug!(
+                        version = ?MumbleVersion::of(&v),
+                        format = %self.format,
+                        "server version repeated; voice format unchanged"
                     );
                 }
             }

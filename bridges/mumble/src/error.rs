@@ -55,6 +55,10 @@ pub enum DecodeError {
     BadLength(u64),
     #[error("session id {0} out of range")]
     BadSession(u64),
+    #[error("malformed protobuf voice message")]
+    Protobuf,
+    #[error("voice target/context {0} out of range (0..=31)")]
+    BadTarget(u32),
 }
 
 impl DecodeError {
@@ -67,6 +71,8 @@ impl DecodeError {
             DecodeError::UnknownType(_) => "unknown_type",
             DecodeError::BadLength(_) => "bad_length",
             DecodeError::BadSession(_) => "bad_session",
+            DecodeError::Protobuf => "protobuf",
+            DecodeError::BadTarget(_) => "bad_target",
         }
     }
 }

@@ -367,6 +367,81 @@ pub const fn version_v1(major: u32, minor: u32, patch: u32) -> u32 {
     major << 16 | minor << 8 | patch
 }
 
+/// A Mumble version (major.minor.patch), ordered as versions are.
+///
+/// Two encodings travel in the `Version` message: `version_v1` (field 1,
+/// `major << 16 | minor << 8 | patch`, 1.2–1.4) and `version_v2` (field 5,
+/// `major << 48 | minor << 32 | patch << 16`, added in 1.5; the low 16 bits
+/// are unused). A 1.5 peer prefers v2 and falls back to v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MumbleVersion {
+    pub major: u16,
+    pub minor: u16,
+    pub patch: u16,
+}
+
+impl MumbleVersion {
+    /// The first version with the protobuf UDP voice format
+    /// (`Mumble::Protocol::PROTOBUF_INTRODUCTION_VERSION`).
+    pub const PROTOBUF_INTRODUCTION: MumbleVersion = MumbleVersion::new(1, 5, 0);
+
+    pub const fn new(major: u16, minor: u16, patch: u16) -> Self {
+        MumbleVersion {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    pub const fn from_v2(v: u64) -> Self {
+        MumbleVersion::new((v >> 48) as u16, (v >> 32) as u16, (v >> 16) as u16)
+    }
+
+    pub const fn from_v1(v: u32) -> Self {
+        MumbleVersion::new(
+            (v >> 16) as u16,
+            ((v >> 8) & 0xFF) as u16,
+            (v & 0xFF) as u16,
+        )
+    }
+
+    pub const fn v2(self) -> u64 {
+        (self.major as u64) << 48 | (self.minor as u64) << 32 | (self.patch as u64) << 16
+    }
+
+    /// The legacy encoding; minor and patch saturate at 255, as Mumble's
+    /// `toLegacyVersion` does.
+    pub const fn v1(self) -> u32 {
+        let minor = if self.minor > 0xFF {
+            0xFF
+        } else {
+            self.minor as u32
+        };
+        let patch = if self.patch > 0xFF {
+            0xFF
+        } else {
+            self.patch as u32
+        };
+        (self.major as u32) << 16 | minor << 8 | patch
+    }
+
+    /// The version a `Version` message announces: `version_v2` if present,
+    /// else `version_v1`, as Mumble's `MumbleProto::getVersion` reads it.
+    pub fn of(v: &Version) -> Option<Self> {
+        match (v.version_v2, v.version) {
+            (Some(v2), _) => Some(MumbleVersion::from_v2(v2)),
+            (None, Some(v1)) => Some(MumbleVersion::from_v1(v1)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MumbleVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
 /// (major, minor, patch) of a server's Version message, preferring the 1.5 field.
 pub fn server_version(v: &Version) -> Option<(u64, u64, u64)> {
     if let Some(v2) = v.version_v2 {
@@ -426,6 +501,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(server_version(&v), Some((1, 5, 700)));
+    }
+
+    #[test]
+    fn version_encodings() {
+        let v = MumbleVersion::new(1, 5, 735);
+        // 1 << 48 | 5 << 32 | 735 << 16
+        assert_eq!(v.v2(), 0x0001_0005_02DF_0000);
+        assert_eq!(MumbleVersion::from_v2(v.v2()), v);
+        // Patch 735 does not fit the legacy byte: saturates like toLegacyVersion.
+        assert_eq!(v.v1(), 0x0001_05FF);
+        assert_eq!(MumbleVersion::new(1, 3, 4).v1(), 0x0001_0304);
+        assert_eq!(
+            MumbleVersion::from_v1(0x0001_0304),
+            MumbleVersion::new(1, 3, 4)
+        );
+        assert!(MumbleVersion::new(1, 4, 287) < MumbleVersion::PROTOBUF_INTRODUCTION);
+        assert!(MumbleVersion::new(1, 6, 0) > MumbleVersion::PROTOBUF_INTRODUCTION);
+        assert!(MumbleVersion::new(2, 0, 0) > MumbleVersion::new(1, 255, 255));
+        assert_eq!(MumbleVersion::new(1, 5, 0).to_string(), "1.5.0");
+        // version_v2 wins over version_v1; either alone works; neither is None.
+        let msg = |v1, v2| Version {
+            version: v1,
+            version_v2: v2,
+            ..Default::default()
+        };
+        assert_eq!(
+            MumbleVersion::of(&msg(Some(0x0001_0500), Some(1 << 48 | 6 << 32))),
+            Some(MumbleVersion::new(1, 6, 0))
+        );
+        assert_eq!(
+            MumbleVersion::of(&msg(Some(0x0001_0404), None)),
+            Some(MumbleVersion::new(1, 4, 4))
+        );
+        assert_eq!(MumbleVersion::of(&msg(None, None)), None);
+        // version_v2 is field 5, uint64 varint: key 0x28.
+        let bytes = msg(None, Some(MumbleVersion::new(1, 5, 0).v2())).encode_to_vec();
+        assert_eq!(bytes, [0x28, 0x80, 0x80, 0x80, 0x80, 0xD0, 0x80, 0x40]);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 use walkie_endpoint::audio::{frames_of, OpusDecoder, OpusEncoder, FRAME_SAMPLES};
 use walkie_mumble::{
-    ConnectConfig, Connection, ConnectionHandle, DisconnectReason, Event, MumbleError, Transport,
-    TransportMode,
+    ConnectConfig, Connection, ConnectionHandle, DisconnectReason, Event, MumbleError,
+    MumbleVersion, Transport, TransportMode, VoiceFormat,
 };
 
 use launcher::Murmurd;
@@ -188,6 +188,10 @@ async fn voice_over_udp_reaches_the_other_client() {
     let server = Murmurd::start().await;
     let (alice, _alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
     let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    // murmurd 1.3.4 announces 1.3.4: we stay with the legacy format.
+    assert_eq!(alice.server_version(), Some(MumbleVersion::new(1, 3, 4)));
+    assert_eq!(alice.voice_format(), VoiceFormat::Legacy);
+    assert_eq!(bob.voice_format(), VoiceFormat::Legacy);
     // Only after both have heard a UDP pong does the server know where to
     // send, and do we send, over UDP.
     wait_for_transport(&alice, Transport::Udp).await;
