@@ -334,7 +334,10 @@ async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart() {
     };
     let (_, (frames, reason)) = tokio::join!(alice.send_wav(&wav, true), cut);
     eprintln!("talk cut after {frames} frames: {reason}");
-    assert!(frames < 300, "the talk went on after murmurd died ({frames} frames)");
+    assert!(
+        frames < 300,
+        "the talk went on after murmurd died ({frames} frames)"
+    );
     drop(alice);
     let killed = Instant::now();
     bridge.murmur.start_again().await.expect("murmurd back");
