@@ -16,7 +16,9 @@ use walkie_endpoint::{
     StreamKey, TalkKind, Talker,
 };
 use walkie_harness::{MumbleTestClient, Murmur};
-use walkie_mumble::{ConnectConfig, MumbleEndpoint, MumbleEndpointConfig, TransportMode};
+use walkie_mumble::{
+    ConnectConfig, Connection, MumbleEndpoint, MumbleEndpointConfig, TransportMode,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -511,4 +513,54 @@ async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart() {
         .filter(|e| e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio")
         .collect();
     assert_eq!(posted.len(), 1, "posted {} times", posted.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bots_comment_names_the_talker_on_the_other_side() {
+    let bridge = start_bridge().await;
+    // A walkie-mumble client as the observer: pymumble does not expose comments.
+    let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let comment_of_bot = |observer: &walkie_mumble::ConnectionHandle| {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let stream = StreamKey(1);
+    bridge
+        .listener
+        .talk_start(
+            stream,
+            Talker::new("kilo", "kilo (Radio)"),
+            Priority::Normal,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    // Polled with a deadline: a comment change arrives as roster state, not as an event.
+    let deadline = Instant::now() + WAIT;
+    while !comment_of_bot(&observer).contains("kilo (Radio)") {
+        assert!(
+            Instant::now() < deadline,
+            "comment never named the talker: {:?}",
+            comment_of_bot(&observer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    let deadline = Instant::now() + WAIT;
+    while !comment_of_bot(&observer).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "comment not cleared: {:?}",
+            comment_of_bot(&observer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    observer.disconnect().await;
+    bridge.stop().await;
 }
