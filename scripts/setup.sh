@@ -9,12 +9,15 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Tests: opus-tools (opusinfo/opusdec check the Ogg files we write),
 #        postgresql (initdb/pg_ctl: the store is tested on PostgreSQL too),
 #        espeak-ng + sox (real speech fixtures),
-#        mumble-server (murmurd 1.3.4, started by tests/harness on free ports).
+#        mumble-server (murmurd 1.3.4, started by tests/harness on free ports),
+#        mosquitto (2.0.11, started by tests/harness on free ports) and
+#        mosquitto-clients (mosquitto_pub/mosquitto_sub: the MQTT tests' third-party
+#        client), openssl (throwaway CA and certificates for TLS tests).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
-  mumble-server openssl
+  mumble-server mosquitto mosquitto-clients openssl
 )
 
 apt_install() {
@@ -36,29 +39,32 @@ apt_install() {
 
 apt_install "${PACKAGES[@]}"
 
-# Debian's mumble-server starts a system murmurd on 0.0.0.0:64738 where an init system
-# runs. Tests start their own murmurd (harness: free ports, temp dirs); the system one
-# is not needed, so stop it and keep it from starting at boot. Containers often have
-# systemctl without systemd running, or no init system at all: handle each case.
-quiet_mumble_server() {
+# Debian's mumble-server and mosquitto start system daemons (murmurd on 0.0.0.0:64738,
+# mosquitto on port 1883) where an init system runs. Tests start their own (harness:
+# free ports, temp dirs); the system ones are not needed, so stop them and keep them
+# from starting at boot. Containers often have systemctl without systemd running, or
+# no init system at all: handle each case.
+quiet_system_service() {
+  local service=$1 pidfile=$2
   local sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo)
   if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-    if systemctl is-enabled --quiet mumble-server 2>/dev/null \
-      || systemctl is-active --quiet mumble-server 2>/dev/null; then
-      echo "setup: stopping and disabling the system mumble-server (tests start their own)" >&2
-      "${sudo[@]}" systemctl disable --now mumble-server >/dev/null 2>&1 || true
+    if systemctl is-enabled --quiet "$service" 2>/dev/null \
+      || systemctl is-active --quiet "$service" 2>/dev/null; then
+      echo "setup: stopping and disabling the system $service (tests start their own)" >&2
+      "${sudo[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi
-  elif [[ -x /etc/init.d/mumble-server ]]; then
+  elif [[ -x /etc/init.d/$service ]]; then
     # SysV init or none: the init script stops a daemon started from its pid file.
-    if [[ -s /run/mumble-server/mumble-server.pid ]]; then
-      echo "setup: stopping the system mumble-server (tests start their own)" >&2
-      "${sudo[@]}" /etc/init.d/mumble-server stop >/dev/null 2>&1 || true
+    if [[ -s $pidfile ]]; then
+      echo "setup: stopping the system $service (tests start their own)" >&2
+      "${sudo[@]}" "/etc/init.d/$service" stop >/dev/null 2>&1 || true
     fi
-    command -v update-rc.d >/dev/null && "${sudo[@]}" update-rc.d mumble-server disable >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null && "${sudo[@]}" update-rc.d "$service" disable >/dev/null 2>&1 || true
   fi
 }
-quiet_mumble_server
+quiet_system_service mumble-server /run/mumble-server/mumble-server.pid
+quiet_system_service mosquitto /run/mosquitto/mosquitto.pid
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 

@@ -3,12 +3,15 @@
 //! Starts a real Synapse on 127.0.0.1 (see [`SynapseBuilder`]) and gives tests a small
 //! Matrix client ([`MatrixClient`]) to create rooms, send and await events, and move
 //! media. Starts a real murmurd (see [`MurmurBuilder`]) and drives pymumble clients
-//! ([`MumbleTestClient`]) that send, record and message on it. Processes started
+//! ([`MumbleTestClient`]) that send, record and message on it. Starts a real
+//! mosquitto (see [`MosquittoBuilder`]) with `mosquitto_sub`/`mosquitto_pub` test
+//! clients ([`MqttSubscriber`], [`mqtt_publish`]). Processes started
 //! here are owned by guards ([`ChildGuard`]) and die with the test. See `README.md`
 //! beside this crate for environment variables and logs.
 
 mod appservice;
 mod client;
+mod mosquitto;
 mod mumble_client;
 mod murmur;
 mod ports;
@@ -17,6 +20,11 @@ mod synapse;
 
 pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
 pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
+pub use mosquitto::{
+    mosquitto_path, mosquitto_tool, mqtt_publish, mqtt_publish_with, Mosquitto, MosquittoBuilder,
+    MqttClientOptions, MqttMessage, MqttSubscriber, MOSQUITTO_READY_TIMEOUT, MOSQUITTO_STOP_GRACE,
+    MOSQUITTO_SYSTEM_USER, MQTT_CLIENT_TIMEOUT, PROBE_PREFIX,
+};
 pub use mumble_client::{
     MumbleEvent, MumbleTestClient, MumbleUser, RecordedStream, Recording, SentAudio, TextMessage,
     CLIENT_TIMEOUT,
@@ -64,6 +72,16 @@ pub enum Error {
     /// murmurd failed to start or stop; carries the tail of its log.
     #[error("{message}\n{log_tail}")]
     Murmur { message: String, log_tail: String },
+    /// mosquitto failed to start or stop; carries the tail of its log.
+    #[error("{message}\n{log_tail}")]
+    Mosquitto { message: String, log_tail: String },
+    /// An MQTT test client (mosquitto_sub / mosquitto_pub) failed; carries its output.
+    #[error("MQTT test client {client}: {message}\n{log_tail}")]
+    MqttClient {
+        client: String,
+        message: String,
+        log_tail: String,
+    },
     /// A Mumble test client failed a command or died; carries the tail of its log.
     #[error("mumble test client {client}: {message}\n{log_tail}")]
     MumbleClient {
