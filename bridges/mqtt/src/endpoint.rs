@@ -53,6 +53,9 @@ const MAX_PACKET: usize = 64 * 1024;
 /// How long a clean shutdown waits for `offline` to reach the broker.
 const GOODBYE: Duration = Duration::from_secs(2);
 const TONE_MS: u32 = 2000;
+/// Audio without a `start` this soon after the device's `end` is a straggler,
+/// not a new talk.
+const STRAY_AFTER_END: Duration = Duration::from_millis(500);
 const TONE_STREAM: StreamKey = StreamKey(u64::MAX);
 const TONE_TALKER: &str = "test tone";
 const ONLINE: &str = "online";
@@ -145,6 +148,7 @@ impl Endpoint for MqttEndpoint {
                 pending_ends: Vec::new(),
                 tone_source: tone,
                 tone: None,
+                recently_ended: HashMap::new(),
             };
             bridge.serve(events, &shutdown).await;
             bridge.goodbye().await;
@@ -227,6 +231,8 @@ struct DeviceTalk {
     next_seq: u32,
     pcm: Option<PcmToOpus>,
     last_heard: Instant,
+    /// As shown on the channel ("Front door (Intercom)").
+    display_name: String,
 }
 
 /// The channel's transmission going out on `out/…`.
@@ -235,6 +241,9 @@ struct Outgoing {
     first_seq: Option<u32>,
     next_seq: u32,
     pcm: Option<PcmToPcm16>,
+    /// `out/start` of a transmission that began while the broker was away,
+    /// published once it is back.
+    unannounced: Option<Vec<u8>>,
 }
 
 /// The test tone, encoded once: the hub gets Opus, the devices of this endpoint
@@ -288,6 +297,9 @@ struct Bridge {
     pending_ends: Vec<TxId>,
     tone_source: ToneSource,
     tone: Option<Tone>,
+    /// When each device last ended a talk: a stray audio frame right after its
+    /// `end` must not start a new talk and hold the floor until the idle timeout.
+    recently_ended: HashMap<String, Instant>,
 }
 
 fn dropped(reason: &'static str) {
@@ -452,6 +464,9 @@ impl Bridge {
                 for tx in std::mem::take(&mut self.pending_ends) {
                     self.publish_end(tx, REASON_RECONNECTED);
                 }
+                if let Some(start) = self.outgoing.as_mut().and_then(|o| o.unannounced.take()) {
+                    self.publish(self.topics.out_start(), QoS::AtLeastOnce, false, start);
+                }
             }
             FromBroker::Lost(reason) => {
                 if self.connected {
@@ -513,6 +528,7 @@ impl Bridge {
             }
             self.device_end(&device, None).await?;
         }
+        self.recently_ended.remove(&device);
         self.open_talk(device, start.talker, start.priority.into())
             .await
     }
@@ -540,6 +556,7 @@ impl Bridge {
             .take(64)
             .collect();
         let talker = Talker::new(device.clone(), format!("{label} (Intercom)"));
+        let display_name = talker.display_name.clone();
         let stream = StreamKey(self.next_stream);
         self.next_stream += 1;
         debug!(%device, %stream, "device talk starts");
@@ -555,6 +572,7 @@ impl Bridge {
                 next_seq: 0,
                 pcm,
                 last_heard: Instant::now(),
+                display_name,
             },
         );
         Ok(())
@@ -573,6 +591,14 @@ impl Bridge {
             return Ok(Err(InputError::BadPcmSize(audio.len())));
         }
         if !self.talks.contains_key(&device) {
+            if self
+                .recently_ended
+                .get(&device)
+                .is_some_and(|at| at.elapsed() < STRAY_AFTER_END)
+            {
+                dropped("after_end");
+                return Ok(Ok(()));
+            }
             // Audio without a start is a talk too: a firmware that never sends
             // `start` still works, with its device id as the talker's name.
             self.open_talk(device.clone(), None, Priority::Normal)
@@ -627,6 +653,8 @@ impl Bridge {
         let Some(mut talk) = self.talks.remove(device) else {
             return Ok(());
         };
+        self.recently_ended
+            .insert(device.to_owned(), Instant::now());
         if talk.state != TalkState::Refused {
             if let Some(pcm) = talk.pcm.as_mut() {
                 match pcm.finish() {
@@ -665,6 +693,8 @@ impl Bridge {
             debug!(%device, "device talk ended by silence");
             self.device_end(&device, Some("idle_timeout")).await?;
         }
+        self.recently_ended
+            .retain(|_, at| now.duration_since(*at) < STRAY_AFTER_END);
         Ok(())
     }
 
@@ -711,7 +741,10 @@ impl Bridge {
                 if let Some(talk) = self.talks.get_mut(&device) {
                     talk.state = TalkState::Granted(tx);
                 }
-                let talker = format!("{device} (Intercom)");
+                let talker = self
+                    .talks
+                    .get(&device)
+                    .map_or_else(|| device.clone(), |t| t.display_name.clone());
                 self.answer(
                     &device,
                     &FloorAnswer::Granted {
@@ -834,17 +867,19 @@ impl Bridge {
             sample_rate: self.config.payload.sample_rate(),
             frame_ms: 20,
         };
-        self.publish(
-            self.topics.out_start(),
-            QoS::AtLeastOnce,
-            false,
-            to_json(&start),
-        );
+        let start = to_json(&start);
+        let unannounced = if self.connected {
+            self.publish(self.topics.out_start(), QoS::AtLeastOnce, false, start);
+            None
+        } else {
+            Some(start)
+        };
         self.outgoing = Some(Outgoing {
             tx,
             first_seq: None,
             next_seq: 0,
             pcm,
+            unannounced,
         });
     }
 

@@ -276,6 +276,8 @@ async fn a_pcm16_talk_from_mosquitto_pub_reaches_the_channel_intact() {
     let speech16 = common::speech(16_000);
     let speech48 = common::speech(48_000);
     let frames = pcm16_frames(&speech16);
+    let mut floor = bridge.subscribe(&[&format!("{PREFIX}/floor")]).await;
+    let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
     let (_, heard) = tokio::join!(
         device_talks(
             &bridge.broker,
@@ -294,6 +296,80 @@ async fn a_pcm16_talk_from_mosquitto_pub_reaches_the_channel_intact() {
         packets.len()
     );
     assert_same_speech(&speech48, &pcm, 48_000, "pcm16 in");
+    let granted = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(granted["result"], "granted", "{granted}");
+    let taken = floor
+        .wait_for(|m| m.json().is_some_and(|v| v["state"] == "taken"), WAIT)
+        .await
+        .expect("floor taken")
+        .json()
+        .expect("JSON");
+    assert_eq!(taken["talker"], "Front door (Intercom)");
+    assert_eq!(taken["source"], "mqtt.test");
+    assert_eq!(taken["tx_id"], granted["tx_id"]);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_goes_silent_is_released_after_idle_release() {
+    let mut bridge = start_bridge(Options::default()).await;
+    let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
+    let packets = opus_packets(&common::speech(48_000)[..48_000]);
+    mqtt_publish(
+        &bridge.broker,
+        &device_topic("door", "start"),
+        b"",
+        1,
+        false,
+    )
+    .await
+    .expect("start");
+    for (seq, packet) in packets.iter().take(5).enumerate() {
+        mqtt_publish(
+            &bridge.broker,
+            &device_topic("door", "audio"),
+            &framed(seq as u32, packet),
+            0,
+            false,
+        )
+        .await
+        .expect("frame");
+    }
+    // No `end`: the device died mid-talk.
+    let granted = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(granted["result"], "granted", "{granted}");
+    let silent_from = Instant::now();
+    let released = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    let after = silent_from.elapsed();
+    assert_eq!(released["result"], "released", "{released}");
+    assert_eq!(released["reason"], "idle_timeout");
+    eprintln!("released {after:?} after the last frame was acknowledged");
+    assert!(
+        after >= Duration::from_millis(1200),
+        "released too early: {after:?}"
+    );
+    loop {
+        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Released { .. }))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("the silent talk was not released: {other:?}"),
+        }
+    }
     bridge.stop().await;
 }
 
