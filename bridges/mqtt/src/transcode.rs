@@ -1,0 +1,206 @@
+//! pcm16 ⇄ internal Opus. One of each per talk: the resampler and the Opus
+//! encoder carry state from frame to frame, so sharing them between talks
+//! would smear one talker into the next.
+
+use bytes::Bytes;
+use walkie_endpoint::audio::{AudioError, OpusEncoder, Resampler, FRAME_SAMPLES, SAMPLE_RATE};
+
+/// pcm16 sample rate in Hz.
+pub const PCM16_RATE: u32 = 16_000;
+/// Samples in one 20 ms pcm16 frame.
+pub const PCM16_FRAME_SAMPLES: usize = (PCM16_RATE / 50) as usize;
+/// Bytes in one 20 ms pcm16 frame (S16LE mono).
+pub const PCM16_FRAME_BYTES: usize = PCM16_FRAME_SAMPLES * 2;
+
+/// A device's pcm16 on its way into the channel as 48 kHz Opus.
+pub struct PcmToOpus {
+    resampler: Resampler,
+    encoder: OpusEncoder,
+    pending: Vec<i16>,
+    scratch: Vec<i16>,
+}
+
+impl PcmToOpus {
+    pub fn new() -> Result<Self, AudioError> {
+        Ok(Self {
+            resampler: Resampler::new(PCM16_RATE, SAMPLE_RATE)?,
+            encoder: OpusEncoder::new()?,
+            pending: Vec::with_capacity(2 * FRAME_SAMPLES),
+            scratch: Vec::with_capacity(PCM16_FRAME_SAMPLES),
+        })
+    }
+
+    /// Takes S16LE bytes (an odd trailing byte is ignored); returns the Opus
+    /// packets of every 20 ms that is now complete (the resampler's start-up
+    /// delay means the first call may return none).
+    pub fn push(&mut self, s16le: &[u8]) -> Result<Vec<Bytes>, AudioError> {
+        self.scratch.clear();
+        self.scratch.extend(
+            s16le
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        );
+        let resampled = self.resampler.process(&self.scratch)?;
+        self.pending.extend_from_slice(&resampled);
+        self.drain(false)
+    }
+
+    /// The talk is over: whatever is still buffered, zero-padded to a frame.
+    pub fn finish(&mut self) -> Result<Vec<Bytes>, AudioError> {
+        let rest = self.resampler.flush()?;
+        self.pending.extend_from_slice(&rest);
+        self.drain(true)
+    }
+
+    fn drain(&mut self, pad: bool) -> Result<Vec<Bytes>, AudioError> {
+        if pad && !self.pending.is_empty() {
+            let padded = self.pending.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES;
+            self.pending.resize(padded, 0);
+        }
+        let mut packets = Vec::with_capacity(self.pending.len() / FRAME_SAMPLES);
+        let mut used = 0;
+        while self.pending.len() - used >= FRAME_SAMPLES {
+            packets.push(
+                self.encoder
+                    .encode(&self.pending[used..used + FRAME_SAMPLES])?,
+            );
+            used += FRAME_SAMPLES;
+        }
+        self.pending.drain(..used);
+        Ok(packets)
+    }
+}
+
+/// The channel's decoded 48 kHz PCM on its way to devices as 640-byte frames.
+pub struct PcmToPcm16 {
+    resampler: Resampler,
+    pending: Vec<i16>,
+}
+
+impl PcmToPcm16 {
+    pub fn new() -> Result<Self, AudioError> {
+        Ok(Self {
+            resampler: Resampler::new(SAMPLE_RATE, PCM16_RATE)?,
+            pending: Vec::with_capacity(2 * PCM16_FRAME_SAMPLES),
+        })
+    }
+
+    /// Takes 48 kHz samples; returns every complete 640-byte frame.
+    pub fn push(&mut self, pcm48: &[i16]) -> Result<Vec<Vec<u8>>, AudioError> {
+        let resampled = self.resampler.process(pcm48)?;
+        self.pending.extend_from_slice(&resampled);
+        Ok(self.drain(false))
+    }
+
+    pub fn finish(&mut self) -> Result<Vec<Vec<u8>>, AudioError> {
+        let rest = self.resampler.flush()?;
+        self.pending.extend_from_slice(&rest);
+        Ok(self.drain(true))
+    }
+
+    fn drain(&mut self, pad: bool) -> Vec<Vec<u8>> {
+        if pad && !self.pending.is_empty() {
+            let padded = self.pending.len().div_ceil(PCM16_FRAME_SAMPLES) * PCM16_FRAME_SAMPLES;
+            self.pending.resize(padded, 0);
+        }
+        let frames: Vec<Vec<u8>> = self
+            .pending
+            .chunks_exact(PCM16_FRAME_SAMPLES)
+            .map(|frame| frame.iter().flat_map(|s| s.to_le_bytes()).collect())
+            .collect();
+        self.pending.drain(..frames.len() * PCM16_FRAME_SAMPLES);
+        frames
+    }
+}
+
+/// 1 kHz at −12 dBFS peak, as 48 kHz PCM of `ms` milliseconds (whole frames).
+pub fn test_tone_48k(ms: u32) -> Vec<i16> {
+    tone(SAMPLE_RATE, ms)
+}
+
+/// The same tone at 16 kHz, for pcm16 devices hearing it directly.
+pub fn test_tone_16k(ms: u32) -> Vec<i16> {
+    tone(PCM16_RATE, ms)
+}
+
+fn tone(rate: u32, ms: u32) -> Vec<i16> {
+    let amplitude = 32767.0 * 10f64.powf(-12.0 / 20.0);
+    let samples = (rate / 1000 * ms) as usize;
+    (0..samples)
+        .map(|n| {
+            let t = n as f64 / f64::from(rate);
+            (amplitude * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()).round() as i16
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walkie_endpoint::audio::OpusDecoder;
+
+    fn sine16(samples: usize) -> Vec<u8> {
+        tone(PCM16_RATE, 1000)
+            .into_iter()
+            .cycle()
+            .take(samples)
+            .flat_map(|s| s.to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn pcm16_frames_are_640_bytes_of_20_ms() {
+        assert_eq!(PCM16_FRAME_SAMPLES, 320);
+        assert_eq!(PCM16_FRAME_BYTES, 640);
+        let mut down = PcmToPcm16::new().unwrap();
+        let pcm48 = test_tone_48k(1000);
+        let mut frames = Vec::new();
+        for chunk in pcm48.chunks(FRAME_SAMPLES) {
+            frames.extend(down.push(chunk).unwrap());
+        }
+        frames.extend(down.finish().unwrap());
+        assert!(frames.iter().all(|f| f.len() == PCM16_FRAME_BYTES));
+        assert_eq!(frames.len(), 50, "one second is 50 frames");
+    }
+
+    #[test]
+    fn pcm16_in_becomes_one_opus_packet_per_20_ms() {
+        let mut up = PcmToOpus::new().unwrap();
+        let input = sine16(16_000);
+        let mut packets = Vec::new();
+        for frame in input.chunks(PCM16_FRAME_BYTES) {
+            packets.extend(up.push(frame).unwrap());
+        }
+        packets.extend(up.finish().unwrap());
+        assert_eq!(packets.len(), 50);
+        let mut decoder = OpusDecoder::new().unwrap();
+        let pcm: Vec<i16> = packets
+            .iter()
+            .flat_map(|p| decoder.decode(p).unwrap())
+            .collect();
+        assert_eq!(pcm.len(), 48_000);
+        let rms = (pcm[9600..]
+            .iter()
+            .map(|&s| f64::from(s).powi(2))
+            .sum::<f64>()
+            / (pcm.len() - 9600) as f64)
+            .sqrt();
+        let expected = 32767.0 * 10f64.powf(-12.0 / 20.0) / 2f64.sqrt();
+        assert!(
+            (20.0 * (rms / expected).log10()).abs() < 1.0,
+            "rms {rms:.0} vs {expected:.0}"
+        );
+    }
+
+    #[test]
+    fn the_test_tone_is_1_khz_at_minus_12_dbfs() {
+        let t = test_tone_48k(2000);
+        assert_eq!(t.len(), 96_000);
+        let peak = t.iter().map(|s| s.unsigned_abs()).max().unwrap();
+        let peak_db = 20.0 * (f64::from(peak) / 32767.0).log10();
+        assert!((peak_db + 12.0).abs() < 0.1, "{peak_db}");
+        // 1 kHz at 48 kHz: 48 samples per period, so 2 zero crossings per 48 samples.
+        let crossings = t.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+        assert!((3990..=4010).contains(&crossings), "{crossings}");
+    }
+}
