@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use walkie_endpoint::{Endpoint, EndpointId};
+use walkie_mqtt::{MqttEndpoint, MqttEndpointConfig, PayloadCodec};
 use walkie_mumble::{ConnectConfig, MumbleEndpoint, MumbleEndpointConfig, TransportMode};
 
-use crate::config::{self, EndpointSpec, FloorConfig};
+use crate::config::{self, EndpointSpec, FloorConfig, Payload};
 
 /// How long a Mumble login (TLS, authenticate, join) may take.
 const MUMBLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -16,6 +17,12 @@ const RECONNECT_CAP: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("endpoint {id}: {source}")]
+    Mqtt {
+        id: config::EndpointId,
+        #[source]
+        source: walkie_mqtt::MqttError,
+    },
     #[error("endpoint {id}: the {what} endpoint is not built yet ({issue})")]
     NotBuilt {
         id: config::EndpointId,
@@ -59,11 +66,39 @@ pub fn build(
                 },
             )))
         }
-        EndpointSpec::Mqtt(_) => Err(BuildError::NotBuilt {
-            id: id.clone(),
-            what: "MQTT",
-            issue: "issue #5",
-        }),
+        EndpointSpec::Mqtt(mqtt) => {
+            let client_id = mqtt
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("walkie-bridge-{}", id.name));
+            let mut settings = MqttEndpointConfig::new(
+                mqtt.broker.host.clone(),
+                mqtt.broker.port,
+                mqtt.prefix.clone(),
+                client_id,
+            );
+            settings.tls = mqtt.broker.tls;
+            settings.ca_file = mqtt.ca_file.clone();
+            settings.username = mqtt.username.clone();
+            settings.password = mqtt
+                .password
+                .as_ref()
+                .map(|p| walkie_mqtt::Secret::new(p.expose()));
+            settings.keep_alive = mqtt.keep_alive;
+            settings.payload = match mqtt.payload {
+                Payload::Opus => PayloadCodec::Opus,
+                Payload::Pcm16 => PayloadCodec::Pcm16,
+            };
+            settings.ha_discovery = mqtt.ha_discovery;
+            settings.idle_release = floor.idle_release;
+            settings.reconnect_cap = RECONNECT_CAP;
+            let endpoint =
+                MqttEndpoint::new(hub_id, settings).map_err(|source| BuildError::Mqtt {
+                    id: id.clone(),
+                    source,
+                })?;
+            Ok(Box::new(endpoint))
+        }
         EndpointSpec::Radio(_) => Err(BuildError::NotBuilt {
             id: id.clone(),
             what: "radio",

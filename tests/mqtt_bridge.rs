@@ -1,7 +1,7 @@
 //! The MQTT endpoint on a real mosquitto, with mosquitto_pub/mosquitto_sub as the
 //! intercoms and a channel hub with test endpoints as "everyone else".
 
-#[path = "../../endpoint/tests/common/mod.rs"]
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::Ordering;

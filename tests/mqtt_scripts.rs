@@ -2,7 +2,7 @@
 //! file into a channel with sox + mosquitto_pub, `examples/record.sh` records the
 //! channel into a WAV file with mosquitto_sub + sox.
 
-#[path = "../../endpoint/tests/common/mod.rs"]
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ const PREFIX: &str = "walkie/lobby";
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
+        .join("bridges/mqtt/examples")
         .join(name)
 }
 
