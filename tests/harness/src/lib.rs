@@ -16,6 +16,7 @@ mod mumble_client;
 mod murmur;
 mod ports;
 mod process;
+mod service_user;
 mod synapse;
 
 pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::ports::free_port;
 use crate::process::{log_tail, ChildGuard};
+use crate::service_user::ServiceUser;
 use crate::{random_string, Error, Result};
 
 /// Bound on the wait for mosquitto's ports after a start.
@@ -167,7 +168,12 @@ impl MosquittoBuilder {
             tls: None,
             credentials: self.credentials.clone(),
             extra_config: self.extra_config.clone(),
-            run_as: mosquitto_user()?,
+            run_as: ServiceUser::for_daemon(MOSQUITTO_SYSTEM_USER, "mosquitto").map_err(
+                |message| Error::Mosquitto {
+                    message,
+                    log_tail: String::new(),
+                },
+            )?,
             child: None,
             started_in: Duration::ZERO,
         };
@@ -232,7 +238,7 @@ pub struct Mosquitto {
     credentials: Option<(String, String)>,
     extra_config: Vec<String>,
     /// (uid, gid) mosquitto switches to when started as root.
-    run_as: Option<(u32, u32)>,
+    run_as: Option<ServiceUser>,
     child: Option<ChildGuard>,
     started_in: Duration,
 }
@@ -594,11 +600,10 @@ impl Mosquitto {
 
     /// Gives `path` to the user mosquitto runs as (a no-op unless we are root).
     fn chown(&self, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+        match self.run_as {
+            Some(user) => user.chown(path),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -622,29 +627,6 @@ enum LaunchError {
     /// A port was taken: a first start may retry with others.
     PortTaken(Error),
     Other(Error),
-}
-
-/// (uid, gid) of mosquitto's system user when we are root, `None` otherwise.
-fn mosquitto_user() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = std::ffi::CString::new(MOSQUITTO_SYSTEM_USER).expect("no NUL");
-    // SAFETY: getpwnam returns NULL or a pointer to a static record, read at once.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(Error::Mosquitto {
-            message: format!(
-                "running as root, but there is no user {MOSQUITTO_SYSTEM_USER:?} for \
-                 mosquitto to switch to; install Debian's mosquitto (scripts/setup.sh)"
-            ),
-            log_tail: String::new(),
-        });
-    }
-    // SAFETY: non-null, points to a valid passwd record.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
 }
 
 fn read_from(path: &Path, offset: u64) -> String {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::ports::free_tcp_udp_port;
 use crate::process::{log_tail, ChildGuard};
+use crate::service_user::ServiceUser;
 use crate::{random_string, workspace_root, Error, Result};
 
 /// Bound on the wait for murmurd's port after a start.
@@ -172,7 +173,12 @@ impl MurmurBuilder {
                 .clone()
                 .unwrap_or_else(|| random_string(20)),
             channels: channels.iter().map(|c| c.path.clone()).collect(),
-            run_as: murmur_user()?,
+            run_as: ServiceUser::for_daemon(MURMUR_SYSTEM_USER, "mumble-server").map_err(
+                |message| Error::Murmur {
+                    message,
+                    log_tail: String::new(),
+                },
+            )?,
             child: None,
             started_in: Duration::ZERO,
         };
@@ -216,7 +222,7 @@ pub struct Murmur {
     superuser_password: String,
     channels: Vec<String>,
     /// (uid, gid) murmurd switches to when started as root.
-    run_as: Option<(u32, u32)>,
+    run_as: Option<ServiceUser>,
     child: Option<ChildGuard>,
     started_in: Duration,
 }
@@ -523,11 +529,10 @@ impl Murmur {
 
     /// Gives `path` to the user murmurd runs as (a no-op unless we are root).
     fn chown(&self, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| Error::io(format!("chown {}", path.display()), e))?;
+        match self.run_as {
+            Some(user) => user.chown(path),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -613,31 +618,6 @@ fn channel_rows(paths: &[String]) -> Result<Vec<ChannelRow>> {
         }
     }
     Ok(rows)
-}
-
-/// (uid, gid) of murmurd's system user when we are root (murmurd switches to it and
-/// must be able to write its directory), `None` otherwise (murmurd runs as us).
-fn murmur_user() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = std::ffi::CString::new(MURMUR_SYSTEM_USER).expect("no NUL");
-    // SAFETY: getpwnam returns NULL or a pointer to a static record, read at once.
-    // Tests run in threads, but nothing else in the harness calls getpw*.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(Error::Murmur {
-            message: format!(
-                "running as root, but there is no user {MURMUR_SYSTEM_USER:?} for murmurd \
-                 to switch to; install Debian's mumble-server (scripts/setup.sh)"
-            ),
-            log_tail: String::new(),
-        });
-    }
-    // SAFETY: non-null, points to a valid passwd record.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
 }
 
 /// QSettings ini value in double quotes.
