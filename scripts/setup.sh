@@ -12,12 +12,15 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        mumble-server (murmurd 1.3.4, started by tests/harness on free ports),
 #        mosquitto (2.0.11, started by tests/harness on free ports) and
 #        mosquitto-clients (mosquitto_pub/mosquitto_sub: the MQTT tests' third-party
-#        client), openssl (throwaway CA and certificates for TLS tests).
+#        client), openssl (throwaway CA and certificates for TLS tests),
+#        libasound2-dev (cpal's ALSA backend for the radio's sound card) and
+#        alsa-utils, libhamlib-utils (rigctld -m 1, the dummy rig for PTT/DCD).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
   mumble-server mosquitto mosquitto-clients openssl
+  libasound2-dev alsa-utils libhamlib-utils
 )
 
 apt_install() {
