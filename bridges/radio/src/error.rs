@@ -22,7 +22,9 @@ pub enum PttError {
         command: &'static str,
         answer: String,
     },
-    #[error("UNKEY FAILED after {attempts} attempt(s): {last} — the transmitter may still be keyed")]
+    #[error(
+        "UNKEY FAILED after {attempts} attempt(s): {last} — the transmitter may still be keyed"
+    )]
     UnkeyFailed { attempts: u32, last: Box<PttError> },
     #[error("PTT driver {0} is busy (held by another thread past the deadline)")]
     Busy(String),

@@ -93,7 +93,9 @@ pub enum Input {
     Audio(Vec<i16>),
     FloorReleased,
     /// The sink's answer to [`Action::Drain`].
-    Drained { remaining: Duration },
+    Drained {
+        remaining: Duration,
+    },
     KeyFailed,
     Shutdown,
     Tick,
@@ -114,9 +116,14 @@ pub enum Phase {
         last_audio: Instant,
     },
     /// Floor released, sink flushing.
-    Draining { keyed_at: Instant },
+    Draining {
+        keyed_at: Instant,
+    },
     /// Keyed for `ptt_hang` after the audio has left.
-    Hang { keyed_at: Instant, until: Instant },
+    Hang {
+        keyed_at: Instant,
+        until: Instant,
+    },
     /// Unkeyed by the watchdog or a failed key while the floor is still
     /// held: the next audio keys again (through `tx_delay`).
     Stalled,
@@ -311,9 +318,7 @@ impl TxMachine {
         let s = self.settings;
         let timed_out = |keyed_at: Instant| now >= keyed_at + s.tx_timeout;
         match phase {
-            Phase::KeyUp { keyed_at, .. } | Phase::Live { keyed_at, .. }
-                if timed_out(keyed_at) =>
-            {
+            Phase::KeyUp { keyed_at, .. } | Phase::Live { keyed_at, .. } if timed_out(keyed_at) => {
                 out.push(Action::Unkey(UnkeyReason::Timeout));
                 Phase::LockedOut
             }
@@ -493,7 +498,11 @@ impl TxController {
         match self.ptt.set_keyed(false) {
             Ok(()) => {
                 if self.unkey_owed.take().is_some() {
-                    tracing::warn!(ptt = self.ptt.name(), ?reason, "owed unkey finally succeeded");
+                    tracing::warn!(
+                        ptt = self.ptt.name(),
+                        ?reason,
+                        "owed unkey finally succeeded"
+                    );
                 }
                 tracing::info!(ptt = self.ptt.name(), ?reason, "unkeyed");
                 Ok(())

@@ -128,7 +128,10 @@ impl FakeModemLines {
     }
 
     fn set(&mut self, line: Line, level: bool) -> Result<(), PttError> {
-        let at = self.clock.as_ref().map_or_else(Instant::now, FakeClock::now);
+        let at = self
+            .clock
+            .as_ref()
+            .map_or_else(Instant::now, FakeClock::now);
         self.with(|s| {
             if s.fail_next > 0 {
                 s.fail_next -= 1;

@@ -134,7 +134,9 @@ pub fn install_signal_unkey(after: AfterSignal) -> Result<(), PttError> {
     // SAFETY: pipe2 writes two fds into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         SIGNAL_INSTALLED.store(false, Ordering::SeqCst);
-        return Err(PttError::Signal(std::io::Error::last_os_error().to_string()));
+        return Err(PttError::Signal(
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     let [rd, wr] = fds;
     SIGNAL_PIPE.store(wr, Ordering::SeqCst);
@@ -147,7 +149,11 @@ pub fn install_signal_unkey(after: AfterSignal) -> Result<(), PttError> {
             if n == 1 {
                 let sig = libc::c_int::from(b);
                 let results = unkey_all();
-                tracing::warn!(signal = sig, unkeyed = results.len(), "signal: unkeyed all PTTs");
+                tracing::warn!(
+                    signal = sig,
+                    unkeyed = results.len(),
+                    "signal: unkeyed all PTTs"
+                );
                 if after == AfterSignal::Reraise {
                     // SAFETY: restoring the default disposition and raising a
                     // signal have no memory-safety preconditions.
@@ -171,7 +177,9 @@ pub fn install_signal_unkey(after: AfterSignal) -> Result<(), PttError> {
             libc::sigaction(sig, &sa, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(PttError::Signal(std::io::Error::last_os_error().to_string()));
+            return Err(PttError::Signal(
+                std::io::Error::last_os_error().to_string(),
+            ));
         }
     }
     Ok(())
