@@ -1,0 +1,105 @@
+//! The threaded runner in real time (the scenario is time itself, so the
+//! assertions are on recorded timestamps with tolerances), and the panic hook
+//! in-process.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{changes, ms, FakeSink};
+use walkie_radio::ptt::{safety, FakeModemLines, Line, PttLines, SerialLinePtt};
+use walkie_radio::tx::{TxCommand, TxController, TxRunner, TxSettings};
+
+const TOLERANCE: Duration = Duration::from_millis(5);
+
+#[test]
+fn runner_honours_tx_delay_and_hang_in_real_time() {
+    let lines = FakeModemLines::new();
+    let sink = FakeSink::new(None, Duration::ZERO);
+    let ptt = SerialLinePtt::new(lines.clone(), PttLines::Rts, false).expect("open");
+    let settings = TxSettings {
+        tx_delay: ms(50),
+        ptt_hang: ms(100),
+        ..TxSettings::default()
+    };
+    let c = TxController::new("runner", settings, Box::new(ptt), Box::new(sink.clone()))
+        .expect("controller");
+    let runner = TxRunner::spawn(c);
+    assert!(runner.send(TxCommand::FloorTakenByOther));
+    for i in 0..10 {
+        assert!(runner.send(TxCommand::Audio(vec![i; 160])));
+        std::thread::sleep(ms(20)); // real-time audio pacing: the scenario
+    }
+    let released = Instant::now();
+    assert!(runner.send(TxCommand::FloorReleased));
+    std::thread::sleep(ms(300));
+    runner.shutdown();
+
+    let rts = changes(&lines.events(), Line::Rts);
+    assert_eq!(
+        rts.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+        vec![false, true, false]
+    );
+    let keyed = rts[1].0;
+    let first_audio = sink.played()[0].0;
+    let delay = first_audio - keyed;
+    assert!(
+        delay >= ms(50) && delay <= ms(50) + TOLERANCE,
+        "tx_delay 50 ms, got {delay:?}"
+    );
+    let hang = rts[2].0 - released;
+    assert!(
+        hang >= ms(100) && hang <= ms(100) + TOLERANCE,
+        "ptt_hang 100 ms, got {hang:?}"
+    );
+}
+
+#[test]
+fn dropping_the_runner_mid_transmission_unkeys() {
+    let lines = FakeModemLines::new();
+    let ptt = SerialLinePtt::new(lines.clone(), PttLines::Rts, false).expect("open");
+    let c = TxController::new(
+        "drop",
+        TxSettings::default(),
+        Box::new(ptt),
+        Box::new(FakeSink::default()),
+    )
+    .expect("controller");
+    let runner = TxRunner::spawn(c);
+    runner.send(TxCommand::FloorTakenByOther);
+    runner.send(TxCommand::Audio(vec![1; 160]));
+    drop(runner); // joins: the thread has unkeyed when this returns
+    assert!(!lines.levels_now().rts);
+    assert_eq!(changes(&lines.events(), Line::Rts).len(), 3);
+}
+
+#[test]
+fn panic_in_a_thread_with_a_leaked_keyed_controller_is_unkeyed_by_the_hook() {
+    safety::install_panic_hook();
+    let lines = FakeModemLines::new();
+    let probe = lines.clone();
+    let after = lines.clone();
+    let t = std::thread::spawn(move || {
+        let ptt = SerialLinePtt::new(lines, PttLines::RtsDtr, false).expect("open");
+        let c = TxController::new(
+            "panicking",
+            TxSettings::default(),
+            Box::new(ptt),
+            Box::new(FakeSink::default()),
+        )
+        .expect("controller");
+        // Leaked, so no Drop can unkey: only the panic hook can.
+        let c: &'static mut TxController = Box::leak(Box::new(c));
+        c.floor_taken_by_other(Instant::now()).expect("key");
+        assert!(probe.levels_now().rts && probe.levels_now().dtr);
+        panic!("injected panic mid-transmission");
+    });
+    assert!(t.join().is_err(), "the thread panicked");
+    let l = lines_after(&after);
+    assert!(!l.0 && !l.1, "unkeyed by the hook: {l:?}");
+}
+
+fn lines_after(p: &FakeModemLines) -> (bool, bool) {
+    let l = p.levels_now();
+    (l.rts, l.dtr)
+}

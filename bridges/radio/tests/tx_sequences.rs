@@ -1,0 +1,319 @@
+//! Whole transmit sequences on FakeModemLines with a FakeClock: every line
+//! change is asserted with its exact time.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{changes, ms, FakeId, FakeSink, ID_SAMPLE};
+use walkie_radio::ptt::{FakeClock, FakeModemLines, Line, PttLines, SerialLinePtt};
+use walkie_radio::tx::{Phase, TxController, TxSettings};
+
+struct Rig {
+    t0: Instant,
+    clock: FakeClock,
+    lines: FakeModemLines,
+    sink: FakeSink,
+    c: TxController,
+}
+
+fn rig(settings: TxSettings, invert: bool, drain: Duration) -> Rig {
+    let t0 = Instant::now();
+    let clock = FakeClock::new(t0);
+    let lines = FakeModemLines::with_clock(clock.clone());
+    let sink = FakeSink::new(Some(clock.clone()), drain);
+    let ptt = SerialLinePtt::new(lines.clone(), PttLines::Rts, invert).expect("open");
+    let c = TxController::new("test", settings, Box::new(ptt), Box::new(sink.clone()))
+        .expect("controller");
+    Rig {
+        t0,
+        clock,
+        lines,
+        sink,
+        c,
+    }
+}
+
+impl Rig {
+    fn at(&self, offset_ms: u64) -> Instant {
+        let t = self.t0 + ms(offset_ms);
+        self.clock.set(t);
+        t
+    }
+    /// Audio frames every 20 ms in [from, to), ticking whenever a deadline
+    /// falls due first — as the runner does.
+    fn audio(&mut self, from: u64, to: u64) {
+        let mut t = from;
+        while t < to {
+            self.tick_until(t);
+            let now = self.at(t);
+            self.c.audio(now, vec![t as i16; 4]).expect("audio");
+            t += 20;
+        }
+    }
+    fn tick_until(&mut self, offset_ms: u64) {
+        let end = self.t0 + ms(offset_ms);
+        while let Some(d) = self.c.next_deadline().filter(|d| *d <= end) {
+            self.clock.set(d);
+            self.c.tick(d).expect("tick");
+        }
+        self.clock.set(end);
+    }
+    fn rts(&self) -> Vec<(Duration, bool)> {
+        changes(&self.lines.events(), Line::Rts)
+            .into_iter()
+            .map(|(t, l)| (t - self.t0, l))
+            .collect()
+    }
+}
+
+fn settings() -> TxSettings {
+    TxSettings {
+        tx_delay: ms(150),
+        ptt_hang: ms(200),
+        tx_timeout: Duration::from_secs(180),
+        ..TxSettings::default()
+    }
+}
+
+#[test]
+fn normal_transmission_delay_then_audio_then_drain_and_hang() {
+    let mut r = rig(settings(), false, ms(40));
+    let now = r.at(1000);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(1020, 3000); // audio from 20 ms after the key up to 2980
+    let now = r.at(3000);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(10_000);
+
+    // Unkeyed at open, keyed at the floor, unkeyed after drain (40) + hang (200).
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(1000), true), (ms(3240), false)]
+    );
+    let played = r.sink.played();
+    // Nothing before tx_delay; the held-back frames come out at exactly 150 ms.
+    assert_eq!(played[0].0 - r.t0, ms(1150));
+    assert_eq!(played[0].1, vec![1020; 4]);
+    // Every frame played once, in order.
+    let firsts: Vec<i16> = played.iter().map(|(_, s)| s[0]).collect();
+    let expected: Vec<i16> = (1020..3000).step_by(20).map(|t| t as i16).collect();
+    assert_eq!(firsts, expected);
+    assert_eq!(r.c.machine().phase(), &Phase::Idle);
+}
+
+#[test]
+fn inverted_ptt_sequence() {
+    let mut r = rig(settings(), true, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 500);
+    let now = r.at(500);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(2000);
+    // Active-low: idle high, keyed low, hang 200 after release.
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), true), (ms(0), false), (ms(700), true)]
+    );
+}
+
+#[test]
+fn tx_timeout_unkeys_locks_out_until_release_then_keys_again() {
+    let mut s = settings();
+    s.tx_timeout = Duration::from_secs(2);
+    let mut r = rig(s, false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 5000); // the talker keeps going well past the cap
+    assert_eq!(r.c.machine().phase(), &Phase::LockedOut);
+    let now = r.at(5000);
+    r.c.floor_released(now).expect("release");
+    // The next floor keys again.
+    let now = r.at(6000);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(6000, 6500);
+    let now = r.at(6500);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(8000);
+    assert_eq!(
+        r.rts(),
+        vec![
+            (ms(0), false),
+            (ms(0), true),
+            (ms(2000), false), // at the cap, not a frame later
+            (ms(6000), true),
+            (ms(6700), false),
+        ]
+    );
+    // No audio was played while locked out.
+    assert!(r
+        .sink
+        .played()
+        .iter()
+        .all(|(t, _)| *t - r.t0 < ms(2000) || *t - r.t0 >= ms(6000)));
+}
+
+#[test]
+fn watchdog_unkeys_when_audio_stalls_while_keyed() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 1000); // last frame at 980
+    r.tick_until(5000); // floor still held, no audio
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(2980), false)]
+    );
+    assert_eq!(r.c.machine().phase(), &Phase::Stalled);
+    // Audio resuming on the same floor keys again, through tx_delay.
+    r.audio(6000, 6100);
+    r.tick_until(6200);
+    assert_eq!(r.rts().last(), Some(&(ms(6000), true)));
+    assert_eq!(
+        r.sink.played().last().map(|(t, _)| *t - r.t0),
+        Some(ms(6150))
+    );
+}
+
+#[test]
+fn watchdog_unkeys_when_no_audio_ever_comes() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.tick_until(5000);
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(2000), false)]
+    );
+}
+
+#[test]
+fn shutdown_mid_transmission_unkeys_at_once_and_for_good() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 700);
+    let now = r.at(700);
+    r.c.shutdown(now).expect("shutdown");
+    let now = r.at(800);
+    r.c.floor_taken_by_other(now).expect("take after shutdown");
+    r.audio(800, 1000);
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(700), false)]
+    );
+}
+
+#[test]
+fn release_before_tx_delay_plays_held_audio_then_hangs() {
+    let mut r = rig(settings(), false, ms(10));
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 60); // a very short press
+    let now = r.at(60);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(1000);
+    assert_eq!(r.sink.played().len(), 3);
+    assert_eq!(r.sink.played()[0].0 - r.t0, ms(150));
+    // Audio out at 150, drain 10, hang 200.
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(360), false)]
+    );
+}
+
+#[test]
+fn release_without_audio_unkeys_at_once() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    let now = r.at(50);
+    r.c.floor_released(now).expect("release");
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(50), false)]
+    );
+}
+
+#[test]
+fn next_floor_during_hang_stays_keyed_without_second_delay() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 500);
+    let now = r.at(500);
+    r.c.floor_released(now).expect("release");
+    let now = r.at(600); // inside the 200 ms hang
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(600, 700);
+    assert_eq!(
+        r.sink.played().last().map(|(t, _)| *t - r.t0),
+        Some(ms(680))
+    );
+    let now = r.at(700);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(2000);
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(900), false)]
+    );
+}
+
+#[test]
+fn morse_id_at_the_end_of_a_transmission_when_due() {
+    let mut s = settings();
+    s.id_interval = Some(Duration::from_secs(600));
+    let mut r = rig(s, false, Duration::ZERO);
+    // Rebuild with an ID source (the tone generator is the audio side's).
+    let ptt = SerialLinePtt::new(r.lines.clone(), PttLines::Rts, false).expect("open");
+    r.c = TxController::new("test-id", s, Box::new(ptt), Box::new(r.sink.clone()))
+        .expect("controller")
+        .with_id_source(Box::new(FakeId));
+    let count_ids = |r: &Rig| {
+        r.sink
+            .played()
+            .iter()
+            .filter(|(_, s)| s[0] == ID_SAMPLE)
+            .count()
+    };
+    assert!(r.c.id_due(r.at(0)));
+    for (start, n) in [(0u64, 1usize), (10_000, 1), (700_000, 2)] {
+        let now = r.at(start);
+        r.c.floor_taken_by_other(now).expect("take");
+        r.audio(start, start + 400);
+        let now = r.at(start + 400);
+        r.c.floor_released(now).expect("release");
+        r.tick_until(start + 1000);
+        assert_eq!(count_ids(&r), n, "transmission at {start} ms");
+    }
+    // The ID is the last audio of the transmission, after the speech.
+    assert_eq!(r.sink.played().last().map(|(_, s)| s[0]), Some(ID_SAMPLE));
+}
+
+#[test]
+fn a_failed_unkey_is_retried_every_tick_until_it_succeeds() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 300);
+    r.lines.fail_next(3); // RTS and DTR of the first unkey, RTS of the retry
+    let now = r.at(300);
+    assert!(r.c.shutdown(now).is_err());
+    assert!(
+        r.c.next_deadline().is_some(),
+        "an owed unkey has a deadline"
+    );
+    // Ticks as the runner delivers them; the failing ones report errors.
+    let mut errors = 0;
+    while let Some(d) = r.c.next_deadline() {
+        r.clock.set(d);
+        if r.c.tick(d).is_err() {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 1, "first retry fails on the injected RTS error");
+    assert!(!r.lines.levels_now().rts);
+    assert_eq!(r.c.next_deadline(), None);
+    assert_eq!(r.rts().last(), Some(&(ms(500), false)));
+}
