@@ -1,0 +1,1 @@
+//! Sound card audio (placeholder, filled in by the next commit).
