@@ -77,8 +77,9 @@ fn audible_span(pcm: &[i16], rate: u32) -> (f64, f64) {
 fn alsa() -> &'static Alsa {
     static A: OnceLock<Alsa> = OnceLock::new();
     A.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("walkie-radio-alsa-{}", std::process::id()));
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        remove_stale(&tmp);
+        let root = tmp.join(format!("walkie-radio-alsa-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("temp dir");
         let f = common::fixtures();
@@ -186,6 +187,21 @@ pcm.radio_out {{
             truth,
         }
     })
+}
+
+/// Drops the directories of earlier test processes that have exited.
+fn remove_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("walkie-radio-alsa-") {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 /// Collects captured 48 kHz audio until `want` samples or a disconnect.
