@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod endpoints;
 pub mod hub;
 pub mod matrix;
+pub mod radio_cli;
 pub mod registration;
 pub mod store;

@@ -37,6 +37,17 @@ enum Command {
     },
     /// Print the Matrix appservice registration (YAML) for the homeserver.
     GenerateRegistration(ConfigArg),
+    /// Force a radio's PTT to unkeyed (for the unit's ExecStopPost): opens the
+    /// port or connects to rigctld, unkeys, reads back. Exit 0 only when unkeyed.
+    Unkey {
+        /// The NAME of `[radio.NAME]`.
+        #[arg(long, value_name = "NAME")]
+        radio: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List serial ports (with /dev/serial/by-id names) and sound cards.
+    Devices,
 }
 
 #[derive(Args)]
@@ -54,6 +65,11 @@ fn main() -> ExitCode {
             check_config(file.as_deref().unwrap_or(&config.config))
         }
         Command::GenerateRegistration(arg) => generate_registration(&arg.config),
+        Command::Unkey { radio, config } => unkey(&config.config, &radio),
+        Command::Devices => {
+            print!("{}", walkie_radio::devices::devices());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -114,6 +130,51 @@ fn generate_registration(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn unkey(path: &Path, radio: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match walkie_bridge::radio_cli::unkey(&config, radio) {
+        Ok(report) => {
+            for action in &report.actions {
+                println!("{action}");
+            }
+            match report.read_back_keyed {
+                Some(true) => {
+                    eprintln!(
+                        "error: radio.{radio} ({}) still reads back KEYED",
+                        report.ptt
+                    );
+                    ExitCode::from(EXIT_FAILURE)
+                }
+                Some(false) => {
+                    println!(
+                        "radio.{radio} ({}): unkeyed, confirmed by read-back",
+                        report.ptt
+                    );
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    println!(
+                        "radio.{radio} ({}): unkeyed (this PTT cannot be read back)",
+                        report.ptt
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Err(error @ walkie_bridge::radio_cli::UnkeyError::NoSuchRadio(_)) => {
+            eprintln!("error: {}: {error}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

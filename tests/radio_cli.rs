@@ -1,0 +1,149 @@
+//! `walkie-bridge unkey --radio NAME` (the unit's ExecStopPost) against a real
+//! hamlib rigctld whose dummy rig was left keyed, and `walkie-bridge devices`.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Rigctld {
+    child: Child,
+    port: u16,
+}
+
+impl Rigctld {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("rigctld")
+            .args(["-m", "1", "-P", "RIG", "-T", "127.0.0.1", "-t"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rigctld (Debian libhamlib-utils; scripts/setup.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "rigctld did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, port }
+    }
+
+    fn rigctl(&self, args: &[&str]) -> String {
+        let out = Command::new("rigctl")
+            .args(["-m", "2", "-r", &format!("127.0.0.1:{}", self.port)])
+            .args(args)
+            .output()
+            .expect("rigctl");
+        assert!(out.status.success(), "rigctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Rigctld {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &std::path::Path, rigctld_port: u16) -> std::path::PathBuf {
+    let path = dir.join("walkie.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r##"
+[homeserver]
+url = "http://127.0.0.1:8008"
+domain = "example.org"
+
+[appservice]
+listen = "127.0.0.1:29333"
+id = "walkie"
+as_token = "as-token-for-the-unkey-test"
+hs_token = "hs-token-for-the-unkey-test"
+bot_localpart = "walkie"
+puppet_prefix = "walkie_"
+
+[[channel]]
+name = "ops"
+room = "#ops:example.org"
+endpoints = ["radio.uhf"]
+
+[radio.uhf]
+ptt = "rigctld"
+rigctld = "127.0.0.1:{rigctld_port}"
+cos = "vox"
+"##
+        ),
+    )
+    .expect("config written");
+    path
+}
+
+fn walkie(args: &[&str], config: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walkie-bridge"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("walkie-bridge runs")
+}
+
+#[test]
+fn unkey_drops_a_radio_left_keyed_and_confirms_it() {
+    let rig = Rigctld::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path(), rig.port);
+    // A bridge that died mid-transmission left the radio keyed.
+    rig.rigctl(&["T", "1"]);
+    assert_eq!(rig.rigctl(&["t"]), "1");
+    let out = walkie(&["unkey", "--radio", "uhf"], &config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("unkeyed, confirmed by read-back"),
+        "{stdout}"
+    );
+    assert_eq!(rig.rigctl(&["t"]), "0", "the radio is still keyed");
+}
+
+#[test]
+fn unkey_names_a_radio_that_does_not_exist_and_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path(), 1);
+    let out = walkie(&["unkey", "--radio", "vhf"], &config);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [radio.vhf] is configured"));
+}
+
+#[test]
+fn unkey_fails_loudly_when_the_radio_cannot_be_reached() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Nothing listens on this port.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = config(dir.path(), port);
+    let out = walkie(&["unkey", "--radio", "uhf"], &config);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("radio.uhf"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn devices_lists_serial_ports_and_sound_cards() {
+    let out = Command::new(env!("CARGO_BIN_EXE_walkie-bridge"))
+        .arg("devices")
+        .output()
+        .expect("walkie-bridge runs");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(stdout.contains("serial"), "{stdout}");
+    assert!(stdout.contains("sound"), "{stdout}");
+}
