@@ -223,12 +223,18 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // A panic anywhere must not leave a transmitter keyed (DESIGN.md §5).
+    walkie_radio::ptt::safety::install_panic_hook();
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         let mut signals = Signals::new()?;
         tokio::spawn(async move {
             let name = signals.recv().await;
+            // Unkey first, before anything that could hang: the orderly shutdown
+            // that follows unkeys again through each radio's controller.
+            // PTT calls block (rigctld answers over TCP): off the async workers.
+            let _ = tokio::task::spawn_blocking(walkie_radio::ptt::safety::unkey_all).await;
             tracing::info!("{name} received, shutting down");
             on_signal.cancel();
         });
