@@ -53,6 +53,24 @@ async fn wait_for_transport(handle: &ConnectionHandle, want: Transport) {
         .expect("connection task alive");
 }
 
+/// Counters are bumped by the connection task as it hands a packet to the socket,
+/// which can be a moment after the far side already has it: wait for them to
+/// settle on what the test expects (or show what they are).
+async fn wait_for_tx(handle: &ConnectionHandle, tunnel: u64, udp: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = handle.stats();
+        if (s.voice_tx_tunnel, s.voice_tx_udp) == (tunnel, udp) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {tunnel} tunnelled and {udp} UDP voice packets sent: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The first event matching `f`, skipping others.
 async fn next_matching<T>(
     rx: &mut mpsc::Receiver<Event>,
@@ -200,6 +218,7 @@ async fn voice_over_udp_reaches_the_other_client() {
     let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
     check_stream(&alice, &sent, &got, &pcm, Transport::Udp);
 
+    wait_for_tx(&alice, 0, FRAMES as u64).await;
     let (sa, sb) = (alice.stats(), bob.stats());
     assert_eq!(sa.voice_tx_udp, FRAMES as u64, "{sa:?}");
     assert_eq!(sa.voice_tx_tunnel, 0, "{sa:?}");
@@ -220,6 +239,7 @@ async fn voice_through_the_tcp_tunnel() {
     let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
     check_stream(&alice, &sent, &got, &pcm, Transport::Tunnel);
 
+    wait_for_tx(&alice, FRAMES as u64, 0).await;
     let (sa, sb) = (alice.stats(), bob.stats());
     assert_eq!(sa.voice_tx_tunnel, FRAMES as u64, "{sa:?}");
     assert_eq!(sa.voice_tx_udp, 0, "{sa:?}");
@@ -487,12 +507,8 @@ async fn falls_back_to_the_tunnel_and_back_to_udp() {
 
     let via = burst(&alice, &mut bob_rx, 10).await;
     assert_eq!(via.len(), 10, "all frames arrive");
-    let s = alice.stats();
-    assert_eq!(
-        (s.voice_tx_tunnel, s.voice_tx_udp, s.udp_pongs),
-        (10, 0, 0),
-        "{s:?}"
-    );
+    wait_for_tx(&alice, 10, 0).await;
+    assert_eq!(alice.stats().udp_pongs, 0, "{:?}", alice.stats());
     assert_eq!(alice.transport(), Transport::Tunnel);
 
     // UDP starts getting through: alice's next pings are answered.
@@ -503,8 +519,7 @@ async fn falls_back_to_the_tunnel_and_back_to_udp() {
     wait_for_transport(&alice, Transport::Udp).await;
     let via = burst(&alice, &mut bob_rx, 10).await;
     assert_eq!(via.len(), 10);
-    let s = alice.stats();
-    assert_eq!((s.voice_tx_tunnel, s.voice_tx_udp), (10, 10), "{s:?}");
+    wait_for_tx(&alice, 10, 10).await;
 
     // And stops again: alice notices within the UDP timeout and tunnels.
     relay.abort();
@@ -512,6 +527,5 @@ async fn falls_back_to_the_tunnel_and_back_to_udp() {
     wait_for_transport(&alice, Transport::Tunnel).await;
     let via = burst(&alice, &mut bob_rx, 10).await;
     assert_eq!(via.len(), 10, "frames still arrive after UDP died");
-    let s = alice.stats();
-    assert_eq!((s.voice_tx_tunnel, s.voice_tx_udp), (20, 10), "{s:?}");
+    wait_for_tx(&alice, 20, 10).await;
 }
