@@ -35,7 +35,13 @@ fn runner_honours_tx_delay_and_hang_in_real_time() {
     }
     let released = Instant::now();
     assert!(runner.send(TxCommand::FloorReleased));
-    std::thread::sleep(ms(300));
+    // Wait for the unkey itself (key, then unkey after the hang), not a guess at
+    // how long it takes.
+    let deadline = Instant::now() + ms(2000);
+    while changes(&lines.events(), Line::Rts).len() < 3 {
+        assert!(Instant::now() < deadline, "never unkeyed after the release");
+        std::thread::sleep(ms(1));
+    }
     runner.shutdown();
 
     let rts = changes(&lines.events(), Line::Rts);
