@@ -370,30 +370,8 @@ impl Homeserver {
         content: &Value,
         as_user: &UserId,
     ) -> Result<OwnedEventId, MatrixError> {
-        #[derive(Deserialize)]
-        struct Sent {
-            event_id: OwnedEventId,
-        }
-        let url = self.url(
-            &[
-                "_matrix",
-                "client",
-                "v3",
-                "rooms",
-                room.as_str(),
-                "state",
-                event_type,
-                state_key,
-            ],
-            Some(as_user),
-        );
-        let sent: Sent = self
-            .call(
-                &format!("sending {event_type} to {room}"),
-                self.request(Method::PUT, url).json(content),
-            )
-            .await?;
-        Ok(sent.event_id)
+        self.put_event(room, ["state", event_type, state_key], content, as_user)
+            .await
     }
 
     /// Sends a room event. The homeserver deduplicates on (sender, `txn_id`), so a
@@ -403,6 +381,19 @@ impl Homeserver {
         room: &RoomId,
         event_type: &str,
         txn_id: &str,
+        content: &Value,
+        as_user: &UserId,
+    ) -> Result<OwnedEventId, MatrixError> {
+        self.put_event(room, ["send", event_type, txn_id], content, as_user)
+            .await
+    }
+
+    /// `PUT /rooms/{room}/{kind}/{type}/{key}`: state events and timeline events
+    /// differ only in these three path segments.
+    async fn put_event(
+        &self,
+        room: &RoomId,
+        [kind, event_type, key]: [&str; 3],
         content: &Value,
         as_user: &UserId,
     ) -> Result<OwnedEventId, MatrixError> {
@@ -417,9 +408,9 @@ impl Homeserver {
                 "v3",
                 "rooms",
                 room.as_str(),
-                "send",
+                kind,
                 event_type,
-                txn_id,
+                key,
             ],
             Some(as_user),
         );
