@@ -407,3 +407,60 @@ async fn a_release_never_overtakes_the_last_frames_of_its_transmission() {
     }
     stop(shutdown, task).await;
 }
+
+#[tokio::test]
+async fn a_decline_reaches_only_the_talkers_endpoint_and_leaves_the_floor_alone() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.radio", "test.c"]);
+    let tx = take_floor(&mut links, 0, 7, "alice").await;
+    links[1]
+        .decline(tx, "alice is not in transmit_allow")
+        .await
+        .expect("hub running");
+    assert_eq!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Declined {
+            tx,
+            stream: StreamKey(7),
+            by: EndpointId::new("test.radio"),
+            reason: "alice is not in transmit_allow".into(),
+        }
+    );
+    // The transmission goes on for everyone, the declining endpoint included.
+    links[0]
+        .audio(StreamKey(7), AudioFrame::opus(0, vec![1, 2, 3]))
+        .expect("hub running");
+    for link in &mut links[1..] {
+        match next(link).await {
+            Downlink::Audio(frame) => assert_eq!(frame.tx, tx),
+            other => panic!("{} expected audio, got {other:?}", link.id()),
+        }
+    }
+    links[0].talk_end(StreamKey(7)).await.expect("hub running");
+    // A decline that arrives after the release has nobody to tell: the next thing
+    // the talker's endpoint hears is the release, then the idle floor.
+    links[1].decline(tx, "too late").await.expect("hub running");
+    assert_eq!(
+        next_floor(&mut links[0]).await,
+        FloorEvent::Released {
+            tx,
+            reason: ReleaseReason::TalkerDone
+        }
+    );
+    assert_eq!(next_floor(&mut links[0]).await, FloorEvent::Idle);
+    for link in &mut links[1..] {
+        assert!(matches!(
+            next_floor(link).await,
+            FloorEvent::Released { .. }
+        ));
+        assert_eq!(next_floor(link).await, FloorEvent::Idle);
+    }
+    // take_floor checks that alice's endpoint hears `Taken` next, not the decline.
+    let second = take_floor(&mut links, 2, 1, "carol").await;
+    assert_ne!(second, tx);
+    stop(shutdown, task).await;
+}

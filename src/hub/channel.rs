@@ -205,7 +205,33 @@ impl ChannelHub {
             Uplink::TalkEnd { stream } => self.apply(Input::Done {
                 who: Claimant { endpoint, stream },
             }),
+            Uplink::Decline { tx, reason } => self.on_decline(endpoint, tx, reason),
         }
+    }
+
+    /// An endpoint refuses to carry the current transmission: its talker's own
+    /// side hears why. A decline for a transmission already over has nobody left
+    /// to tell, and the floor itself never changes on a decline.
+    fn on_decline(&mut self, by: EndpointId, tx: walkie_endpoint::TxId, reason: String) {
+        let holder = match self.floor.holder() {
+            Some((who, current)) if current == tx => who.clone(),
+            _ => {
+                debug!(endpoint = %by, %tx, %reason, "decline for a transmission that is over");
+                return;
+            }
+        };
+        info!(endpoint = %by, %tx, %reason, "endpoint declines the transmission");
+        metrics::counter!("walkie_declines_total", "channel" => self.name.clone(), "endpoint" => by.to_string())
+            .increment(1);
+        self.tell(
+            &holder.endpoint,
+            FloorEvent::Declined {
+                tx,
+                stream: holder.stream,
+                by,
+                reason,
+            },
+        );
     }
 
     /// The holder's frame to every other endpoint, never back to its source.

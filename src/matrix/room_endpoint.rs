@@ -220,6 +220,16 @@ impl RoomState {
             FloorEvent::Queued { stream, position } => {
                 debug!(%stream, position, "voice message queued");
             }
+            FloorEvent::Declined {
+                stream, by, reason, ..
+            } => {
+                if let Some(outgoing) = self.outgoing.get(&stream) {
+                    self.tell(RoomOp::Notice {
+                        text: format!("Not transmitted on {by}: {reason}."),
+                        thread_root: Some(outgoing.event_id.clone()),
+                    });
+                }
+            }
         }
     }
 

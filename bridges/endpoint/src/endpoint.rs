@@ -32,6 +32,11 @@ pub enum Uplink {
     TalkEnd {
         stream: StreamKey,
     },
+    /// This endpoint will not carry transmission `tx`; `reason` is for the talker.
+    Decline {
+        tx: crate::ids::TxId,
+        reason: String,
+    },
 }
 
 /// What an endpoint hears from its hub.
@@ -178,6 +183,20 @@ impl HubLink {
 
     pub async fn talk_end(&self, stream: StreamKey) -> Result<(), HubClosed> {
         self.send(Uplink::TalkEnd { stream }).await
+    }
+
+    /// Says that this endpoint will not carry `tx` (and why, in words for the
+    /// talker). The hub passes it to the holder's endpoint; the floor is unchanged.
+    pub async fn decline(
+        &self,
+        tx: crate::ids::TxId,
+        reason: impl Into<String>,
+    ) -> Result<(), HubClosed> {
+        self.send(Uplink::Decline {
+            tx,
+            reason: reason.into(),
+        })
+        .await
     }
 
     /// Never waits: audio that cannot be taken now is worthless later.

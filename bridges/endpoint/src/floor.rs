@@ -95,6 +95,15 @@ pub enum FloorEvent {
     /// Transmission `tx` ended. Sent to every endpoint, the holder included: a
     /// transmitting side unkeys here, a holder whose floor was revoked stops.
     Released { tx: TxId, reason: ReleaseReason },
+    /// Endpoint `by` will not carry transmission `tx` (a radio whose
+    /// `transmit_allow` excludes the talker). Sent only to the holder's endpoint,
+    /// which tells its talker why; everyone else still hears the transmission.
+    Declined {
+        tx: TxId,
+        stream: StreamKey,
+        by: EndpointId,
+        reason: String,
+    },
     /// Nobody holds the floor and nobody is queued.
     Idle,
 }

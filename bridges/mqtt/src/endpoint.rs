@@ -840,6 +840,19 @@ impl Bridge {
                     self.set_floor(FloorState::Idle);
                 }
             }
+            FloorEvent::Declined {
+                stream, by, reason, ..
+            } => {
+                if let Some(device) = self.device_of(stream) {
+                    self.answer(
+                        &device,
+                        &FloorAnswer::Declined {
+                            endpoint: by.to_string(),
+                            reason,
+                        },
+                    );
+                }
+            }
             FloorEvent::Idle => {
                 self.holder = None;
                 self.set_floor(FloorState::Idle);

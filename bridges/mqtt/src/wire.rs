@@ -157,6 +157,12 @@ pub enum FloorAnswer {
     Released {
         reason: String,
     },
+    /// Another endpoint (a radio) does not carry this talk; everyone else still
+    /// hears it. `endpoint` is who declined, `reason` is for people.
+    Declined {
+        endpoint: String,
+        reason: String,
+    },
 }
 
 pub fn deny_reason(reason: DenyReason) -> &'static str {

@@ -257,6 +257,11 @@ impl Bridge {
                                 Some(Talker::new(name.clone(), format!("{name} (Mumble)")));
                         }
                     }
+                    FloorEvent::Declined {
+                        stream, by, reason, ..
+                    } => {
+                        self.declined(handle, *stream, by, reason).await;
+                    }
                     FloorEvent::Queued { stream, .. } => {
                         // A live talk cannot wait: whoever talks over the floor
                         // holder is not heard, and is told so.
@@ -310,6 +315,29 @@ impl Bridge {
         };
         if let Err(error) = handle.send_text_to_user(session, &text).await {
             debug!(%error, "busy notice not sent");
+        }
+    }
+
+    /// Another endpoint (a radio) will not carry this user's talk: they are heard
+    /// everywhere else, and told once per talk why not there.
+    async fn declined(
+        &mut self,
+        handle: &ConnectionHandle,
+        stream: StreamKey,
+        by: &EndpointId,
+        reason: &str,
+    ) {
+        let Some(session) = self
+            .talks
+            .iter()
+            .find(|(_, t)| t.stream == stream)
+            .map(|(session, _)| *session)
+        else {
+            return;
+        };
+        let text = format!("You are not transmitted on {by}: {reason}.");
+        if let Err(error) = handle.send_text_to_user(session, &text).await {
+            debug!(%error, "decline notice not sent");
         }
     }
 
