@@ -9,42 +9,43 @@
 //! homeserver's retries do not pile up while the rest winds down.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument};
-use walkie_endpoint::{Endpoint, EndpointId};
+use tracing::{error, info, warn};
+use walkie_endpoint::Endpoint;
 
 use crate::archive::{recover_spool, Outbox};
 use crate::config::Config;
-use crate::endpoints;
-use crate::hub::ChannelHub;
-use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
-use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
+use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
+use crate::matrix::{Homeserver, Puppets};
+use crate::ops;
+use crate::ops::channels::{build_endpoints, ChannelContext, Channels};
+use crate::ops::notify::Notifier;
+use crate::ops::status::{Phase, StatusServer};
 use crate::store::Store;
 
-/// Voice messages from Matrix larger than this are not downloaded.
-const VOICE_IN_MAX_BYTES: usize = 20 * 1024 * 1024;
-/// Messages waiting for a room endpoint; beyond this the appservice waits, which
-/// makes the homeserver retry later rather than the bridge drop events.
-const ROOM_INBOX: usize = 64;
 /// Appservice events waiting for the router.
 const DISPATCH_QUEUE: usize = 256;
 /// Handled appservice transactions older than this are forgotten at start-up.
 const TXN_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long start-up waits between attempts while the homeserver is unreachable.
 const HOMESERVER_RETRY_CAP: Duration = Duration::from_secs(30);
+/// How often the systemd STATUS line is brought up to date (sent only on change).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The daemon before it runs. Tests add endpoints of their own to a channel;
 /// `walkie-bridge run` adds none.
 pub struct Daemon {
     config: Config,
     extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
+    reload: Option<mpsc::Receiver<Config>>,
+    notifier: Option<Notifier>,
 }
 
 impl Daemon {
@@ -52,6 +53,8 @@ impl Daemon {
         Self {
             config,
             extra_endpoints: Vec::new(),
+            reload: None,
+            notifier: None,
         }
     }
 
@@ -65,8 +68,21 @@ impl Daemon {
         self
     }
 
+    /// Each configuration received here (already validated: SIGHUP in `main`)
+    /// is applied to the running channels; see [`Channels::reload`].
+    pub fn with_reload(mut self, reload: mpsc::Receiver<Config>) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Talks to systemd (READY, STATUS, WATCHDOG). Without it nothing is sent.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        run_daemon(self.config, self.extra_endpoints, shutdown).await
+        run_daemon(self, shutdown).await
     }
 }
 
@@ -75,39 +91,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Daemon::new(config).run(shutdown).await
 }
 
-/// Builds every configured endpoint, or says which cannot be built yet.
-fn build_endpoints(config: &Config) -> anyhow::Result<HashMap<String, Vec<Box<dyn Endpoint>>>> {
-    let mut by_channel: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
-    let mut problems = Vec::new();
-    for channel in &config.channels {
-        for id in &channel.endpoints {
-            let Some(spec) = config.endpoint(id) else {
-                continue;
-            };
-            match endpoints::build(id, spec, &config.floor) {
-                Ok(endpoint) => by_channel
-                    .entry(channel.name.clone())
-                    .or_default()
-                    .push(endpoint),
-                Err(error) => problems.push(error.to_string()),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "walkie-bridge cannot run this configuration yet:\n  {}",
-            problems.join("\n  ")
-        );
-    }
-    Ok(by_channel)
-}
-
-async fn run_daemon(
-    config: Config,
-    extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut configured = build_endpoints(&config)?;
+async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Daemon {
+        config,
+        extra_endpoints,
+        mut reload,
+        notifier,
+    } = daemon;
+    let notifier = notifier.unwrap_or_else(Notifier::disabled);
+    // Before any hub or endpoint resolves a counter: handles taken earlier record
+    // into nothing.
+    let metrics_handle = ops::metrics::install();
+    let mut configured = build_endpoints(&config, &config.channels)?;
 
     let store = Store::connect(&config.database.url)
         .await
@@ -127,6 +122,27 @@ async fn run_daemon(
     )?;
     let bot: OwnedUserId = UserId::parse(config.appservice.bot_user_id(&config.homeserver.domain))
         .context("appservice.bot_localpart and homeserver.domain make no valid user ID")?;
+
+    // /health answers from the start, so a monitor sees "waiting for the homeserver"
+    // rather than a refused connection.
+    let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
+    let (observers_tx, observers_rx) = watch::channel(Arc::new(Vec::new()));
+    let status_token = CancellationToken::new();
+    let status_task = match config.status.listen {
+        Some(addr) => {
+            match StatusServer::bind(addr, metrics_handle, observers_rx, phase_rx, store.clone())
+                .await
+            {
+                Ok(server) => Some(tokio::spawn(server.serve(status_token.clone()))),
+                Err(error) => {
+                    // Metrics are worth an alarm, not an outage: the bridge still bridges.
+                    error!(%error, "status, health and metrics are not served");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     // The server first: the homeserver may push transactions as soon as we join rooms.
     let listener = tokio::net::TcpListener::bind(config.appservice.listen)
@@ -148,11 +164,17 @@ async fn run_daemon(
     let server_token = CancellationToken::new();
     let server_task = tokio::spawn(server.serve(listener, server_token.clone()));
 
-    if !wait_for_homeserver(&homeserver, &bot, &shutdown).await {
+    phase_tx.send_replace(Phase::WaitingForHomeserver);
+    if !wait_for_homeserver(&homeserver, &bot, &shutdown, &notifier).await {
         server_token.cancel();
         let _ = server_task.await;
+        status_token.cancel();
+        if let Some(task) = status_task {
+            let _ = task.await;
+        }
         return Ok(());
     }
+    phase_tx.send_replace(Phase::Starting);
     match homeserver.ping(&config.appservice.id).await {
         Ok(rtt) => info!(?rtt, "the homeserver reaches the appservice"),
         Err(error) => {
@@ -168,87 +190,24 @@ async fn run_daemon(
         bot.clone(),
     );
     let outbox = Outbox::new(store.clone(), homeserver.clone()).with_puppets(puppets.clone());
-    let outbox_wake = outbox.waker();
-    let hub_token = CancellationToken::new();
-    let endpoint_token = CancellationToken::new();
-    let worker_token = CancellationToken::new();
-    let mut hubs = JoinSet::new();
-    let mut endpoints = JoinSet::new();
-    let mut workers = JoinSet::new();
-    let mut rooms: HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>> = HashMap::new();
+    let mut channels = Channels::new(
+        ChannelContext {
+            homeserver: homeserver.clone(),
+            store: store.clone(),
+            bot: bot.clone(),
+            puppets: puppets.clone(),
+            outbox_wake: outbox.waker(),
+        },
+        observers_tx,
+    );
     let mut extra: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
     for (channel, endpoint) in extra_endpoints {
         extra.entry(channel).or_default().push(endpoint);
     }
-
     for channel in &config.channels {
-        let prepared = match prepare_room(&homeserver, &store, &bot, &channel.room).await {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                error!(channel = %channel.name, %error, "channel not bridged");
-                continue;
-            }
-        };
-        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
-        if !prepared.missing_powers.is_empty() {
-            let problems = prepared.missing_powers.join("; ");
-            error!(channel = %channel.name, room = %prepared.room_id, %problems, "the bot lacks power in the room");
-            let _ = ops_tx.send(RoomOp::Notice {
-                text: format!("walkie-bridge cannot work fully in this room: {problems}."),
-                thread_root: None,
-            });
-        }
-        let worker = RoomWorker::new(
-            homeserver.clone(),
-            puppets.clone(),
-            prepared.room_id.clone(),
-            bot.clone(),
-            config.floor.max_talk,
-        );
-        workers.spawn(worker.run(ops_rx, worker_token.clone()));
-
-        let mut hub = ChannelHub::new(channel.name.clone(), config.floor.settings());
-        let (inbound_tx, inbound_rx) = mpsc::channel(ROOM_INBOX);
-        rooms.insert(prepared.room_id.clone(), inbound_tx);
-        let room_endpoint: Box<dyn Endpoint> = Box::new(RoomEndpoint::new(RoomEndpointParts {
-            id: EndpointId::new(format!("matrix.{}", channel.name)),
-            channel: channel.name.clone(),
-            room: prepared.room_id.clone(),
-            bot: bot.clone(),
-            homeserver: homeserver.clone(),
-            puppets: puppets.clone(),
-            store: store.clone(),
-            spool_dir: config.archive.spool_dir.clone(),
-            min_archive: config.archive.min_archive,
-            voice_in: VoiceInLimits {
-                max_bytes: VOICE_IN_MAX_BYTES,
-                max_duration: config.floor.max_talk,
-            },
-            outbox_wake: outbox_wake.clone(),
-            inbound: inbound_rx,
-            ops: ops_tx,
-        }));
-        let mut members = vec![room_endpoint];
-        members.extend(configured.remove(&channel.name).unwrap_or_default());
+        let mut members = configured.remove(&channel.name).unwrap_or_default();
         members.extend(extra.remove(&channel.name).unwrap_or_default());
-        for endpoint in members {
-            let id = endpoint.id().clone();
-            let link = hub
-                .attach(id.clone(), endpoint.capabilities())
-                .with_context(|| format!("channel {}", channel.name))?;
-            let token = endpoint_token.clone();
-            let span = tracing::info_span!("endpoint", channel = %channel.name, endpoint = %id);
-            endpoints.spawn(
-                async move {
-                    if let Err(error) = endpoint.run(link, token).await {
-                        error!(%error, "endpoint stopped");
-                    }
-                }
-                .instrument(span),
-            );
-        }
-        info!(channel = %channel.name, room = %prepared.room_id, "channel bridged");
-        hubs.spawn(hub.run(hub_token.clone()));
+        channels.start(&config, channel, members).await?;
     }
     // Endpoints of channels that are not bridged are dropped here, so whoever
     // waits for them to start learns that they never will.
@@ -262,25 +221,49 @@ async fn run_daemon(
     let outbox_token = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(outbox_token.clone()));
 
+    let mut summary = ops::summary(&channels.observers());
+    notifier.ready(&summary);
+    phase_tx.send_replace(Phase::Running);
+    info!(channels = channels.len(), %summary, "walkie-bridge ready");
+
+    // Watchdog pings come from this loop, so a router stuck on a full room inbox
+    // stops them too. Without a watchdog the timer just never fires.
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut current = config.clone();
     // Route the homeserver's events to their rooms until shutdown.
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = tick(&mut watchdog) => notifier.watchdog(),
             inbound = dispatch_rx.recv() => match inbound {
-                Some(inbound) => route(inbound, &rooms).await,
+                Some(inbound) => route(inbound, channels.rooms()).await,
                 None => break,
             },
+            Some(new) = recv(&mut reload) => {
+                notifier.reloading();
+                phase_tx.send_replace(Phase::Reloading);
+                apply_reload(&mut channels, &config, &current, &new).await;
+                current = new;
+                phase_tx.send_replace(Phase::Running);
+                summary = ops::summary(&channels.observers());
+                notifier.ready(&summary);
+            }
+            _ = status_tick.tick() => {
+                let now = ops::summary(&channels.observers());
+                if now != summary {
+                    notifier.status(&now);
+                    summary = now;
+                }
+            }
         }
     }
 
     info!("shutting down");
-    hub_token.cancel();
-    while hubs.join_next().await.is_some() {}
-    endpoint_token.cancel();
-    while endpoints.join_next().await.is_some() {}
-    worker_token.cancel();
-    while workers.join_next().await.is_some() {}
+    notifier.stopping();
+    phase_tx.send_replace(Phase::Stopping);
+    channels.stop_all().await;
     outbox_token.cancel();
     let _ = outbox_task.await;
     server_token.cancel();
@@ -289,9 +272,59 @@ async fn run_daemon(
         Err(error) => warn!(%error, "appservice server task failed"),
         Ok(Ok(())) => {}
     }
+    status_token.cancel();
+    if let Some(task) = status_task {
+        let _ = task.await;
+    }
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(reload: &mut Option<mpsc::Receiver<Config>>) -> Option<Config> {
+    match reload {
+        Some(rx) => match rx.recv().await {
+            Some(config) => Some(config),
+            // No more reloads will come; stop polling this arm.
+            None => {
+                *reload = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A reload that cannot be applied leaves the running channels as they were.
+async fn apply_reload(channels: &mut Channels, started: &Config, current: &Config, new: &Config) {
+    if current.logging != new.logging {
+        // main applies logging.level itself before handing the config over.
+        info!(level = %new.logging.level, "logging.level reloaded");
+    }
+    match channels.reload(started, new).await {
+        Ok(report) => {
+            for section in &report.need_restart {
+                warn!(section, "[{section}] changed: restart walkie-bridge to apply it; the running values stay in use");
+            }
+            info!(
+                started = ?report.started,
+                restarted = ?report.restarted,
+                stopped = ?report.stopped,
+                unchanged = ?report.unchanged,
+                "configuration reloaded"
+            );
+        }
+        Err(error) => error!(%error, "reload not applied; the running configuration stays"),
+    }
 }
 
 /// Start-up waits here until the homeserver accepts our `as_token`, so a bridge
@@ -300,6 +333,7 @@ async fn wait_for_homeserver(
     homeserver: &Homeserver,
     bot: &UserId,
     shutdown: &CancellationToken,
+    notifier: &Notifier,
 ) -> bool {
     let mut pause = Duration::from_millis(500);
     loop {
@@ -310,12 +344,22 @@ async fn wait_for_homeserver(
             }
             Err(error) if error.is_transient() => {
                 warn!(%error, retry_in = ?pause, "homeserver not reachable yet");
+                // Waiting for a homeserver that boots after us is progress, not a
+                // hung start: keep systemd's start timeout from killing us.
+                notifier.extend_timeout(
+                    pause + HOMESERVER_RETRY_CAP,
+                    &format!("waiting for the homeserver at {}", homeserver.base_url()),
+                );
             }
             Err(error) => {
                 // A wrong as_token or a registration the homeserver has not loaded:
                 // retrying slowly lets an operator fix it without a restart loop.
                 error!(%error, retry_in = ?HOMESERVER_RETRY_CAP, "the homeserver refuses the appservice; is the registration loaded and the as_token right?");
                 pause = HOMESERVER_RETRY_CAP;
+                notifier.extend_timeout(
+                    pause * 2,
+                    "the homeserver refuses the appservice: is the registration loaded?",
+                );
             }
         }
         tokio::select! {

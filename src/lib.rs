@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod endpoints;
 pub mod hub;
 pub mod matrix;
+pub mod ops;
 pub mod radio_cli;
 pub mod registration;
 pub mod store;

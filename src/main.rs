@@ -41,8 +41,12 @@ enum Command {
     /// port or connects to rigctld, unkeys, reads back. Exit 0 only when unkeyed.
     Unkey {
         /// The NAME of `[radio.NAME]`.
-        #[arg(long, value_name = "NAME")]
-        radio: String,
+        #[arg(long, value_name = "NAME", required_unless_present = "all")]
+        radio: Option<String>,
+        /// Every configured radio; exit 0 only if all of them are unkeyed (radios
+        /// with `ptt = "none"` count as unkeyed).
+        #[arg(long, conflicts_with = "radio")]
+        all: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -65,7 +69,12 @@ fn main() -> ExitCode {
             check_config(file.as_deref().unwrap_or(&config.config))
         }
         Command::GenerateRegistration(arg) => generate_registration(&arg.config),
-        Command::Unkey { radio, config } => unkey(&config.config, &radio),
+        Command::Unkey {
+            radio: Some(radio),
+            config,
+            ..
+        } => unkey(&config.config, &radio),
+        Command::Unkey { config, .. } => unkey_all(&config.config),
         Command::Devices => {
             print!("{}", walkie_radio::devices::devices());
             ExitCode::SUCCESS
@@ -180,16 +189,88 @@ fn unkey(path: &Path, radio: &str) -> ExitCode {
     }
 }
 
+/// Prints what was done for one radio; `true` when it is unkeyed.
+fn report_unkey(
+    radio: &str,
+    result: Result<walkie_radio::ptt::UnkeyReport, walkie_bridge::radio_cli::UnkeyError>,
+) -> bool {
+    match result {
+        Ok(report) => {
+            for action in &report.actions {
+                println!("radio.{radio}: {action}");
+            }
+            match report.read_back_keyed {
+                Some(true) => {
+                    eprintln!(
+                        "error: radio.{radio} ({}) still reads back KEYED",
+                        report.ptt
+                    );
+                    false
+                }
+                Some(false) => {
+                    println!(
+                        "radio.{radio} ({}): unkeyed, confirmed by read-back",
+                        report.ptt
+                    );
+                    true
+                }
+                None => {
+                    println!(
+                        "radio.{radio} ({}): unkeyed (this PTT cannot be read back)",
+                        report.ptt
+                    );
+                    true
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            false
+        }
+    }
+}
+
+/// `unkey --all`, the unit's ExecStopPost: every radio is tried even when one
+/// fails, and the exit code says whether all of them are unkeyed.
+fn unkey_all(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let results = walkie_bridge::radio_cli::unkey_all(&config);
+    if results.is_empty() {
+        println!("no [radio.*] is configured; nothing to unkey");
+        return ExitCode::SUCCESS;
+    }
+    let total = results.len();
+    let mut failed = 0;
+    for (radio, result) in results {
+        if !report_unkey(&radio, result) {
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        println!("all {total} radios unkeyed");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: {failed} of {total} radios may still be keyed");
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
 fn run(path: &Path) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    if let Err(e) = init_tracing(&config.logging.level) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
-    match run_daemon(config) {
+    let log_level = match init_tracing(&config.logging.level) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match run_daemon(config, path.to_owned(), log_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -198,27 +279,41 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn init_tracing(level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
+/// Changes the log filter of the running daemon (SIGHUP with a new `logging.level`).
+type LogLevel = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
+    match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => {
-            EnvFilter::try_new(&directives).with_context(|| format!("RUST_LOG={directives:?}"))?
+            EnvFilter::try_new(&directives).with_context(|| format!("RUST_LOG={directives:?}"))
         }
-        _ => EnvFilter::try_new(level).with_context(|| format!("logging.level = {level:?}"))?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // journald stamps every line itself; a second timestamp is noise.
-    let result = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
-    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+        _ => EnvFilter::try_new(level).with_context(|| format!("logging.level = {level:?}")),
+    }
 }
 
-fn run_daemon(config: Config) -> anyhow::Result<()> {
+fn init_tracing(level: &str) -> anyhow::Result<LogLevel> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(level)?);
+    let journal = walkie_bridge::ops::logging::stderr_is_journal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(!journal && std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if journal {
+        // journald stamps every line itself, and reads the "<N>" prefix as the
+        // line's priority (journalctl -p warning).
+        registry
+            .with(fmt.event_format(walkie_bridge::ops::logging::JournalFormat::default()))
+            .try_init()
+    } else {
+        registry.with(fmt).try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    Ok(handle)
+}
+
+fn run_daemon(config: Config, path: PathBuf, log_level: LogLevel) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -229,8 +324,14 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         let mut signals = Signals::new()?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            let name = signals.recv().await;
+            let name = loop {
+                match signals.recv().await {
+                    Signal::Stop(name) => break name,
+                    Signal::Reload => reload(&path, &log_level, &reload_tx).await,
+                }
+            };
             // Unkey first, before anything that could hang: the orderly shutdown
             // that follows unkeys again through each radio's controller.
             // PTT calls block (rigctld answers over TCP): off the async workers.
@@ -238,15 +339,74 @@ fn run_daemon(config: Config) -> anyhow::Result<()> {
             tracing::info!("{name} received, shutting down");
             on_signal.cancel();
         });
-        walkie_bridge::daemon::run(config, shutdown).await
+        walkie_bridge::daemon::Daemon::new(config)
+            .with_reload(reload_rx)
+            .with_notifier(walkie_bridge::ops::notify::Notifier::from_env())
+            .run(shutdown)
+            .await
     })
 }
 
-/// SIGTERM (systemd stop) and SIGINT (Ctrl-C), registered before the daemon starts
-/// so that an early signal is not lost.
+/// SIGHUP: reads and checks the file again; a file with errors changes nothing.
+async fn reload(path: &Path, log_level: &LogLevel, daemon: &tokio::sync::mpsc::Sender<Config>) {
+    tracing::info!(file = %path.display(), "SIGHUP received, reloading the configuration");
+    let file = path.to_owned();
+    let loaded = match tokio::task::spawn_blocking(move || Config::load(&file)).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "reload failed; the running configuration stays");
+            return;
+        }
+    };
+    let config = match loaded {
+        Ok((config, warnings)) => {
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
+        Err(errors) => {
+            for error in errors.iter() {
+                tracing::error!("{error}");
+            }
+            tracing::error!(
+                errors = errors.len(),
+                "the configuration has errors; the running configuration stays"
+            );
+            return;
+        }
+    };
+    match log_filter(&config.logging.level) {
+        Ok(filter) => {
+            if let Err(error) = log_level.reload(filter) {
+                tracing::warn!(%error, "logging.level not applied");
+            }
+        }
+        Err(error) => tracing::warn!("{error:#}"),
+    }
+    // Never wait here: this task also handles SIGTERM. The daemon takes a config
+    // off the channel as it starts applying it, so the slot is only full when
+    // SIGHUPs come faster than reloads finish.
+    match daemon.try_send(config) {
+        Ok(()) => {}
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!("a reload is still pending; send SIGHUP again once it is done");
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+enum Signal {
+    Stop(&'static str),
+    Reload,
+}
+
+/// SIGTERM (systemd stop), SIGINT (Ctrl-C) and SIGHUP (systemctl reload),
+/// registered before the daemon starts so that an early signal is not lost.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -255,13 +415,17 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            // Registered before the daemon starts: SIGHUP's default action ends
+            // the process.
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

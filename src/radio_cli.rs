@@ -47,3 +47,14 @@ pub fn unkey(config: &Config, name: &str) -> Result<UnkeyReport, UnkeyError> {
     let ptt = ptt_config(radio).map_err(ptt_error)?;
     force_unkey(&ptt).map_err(ptt_error)
 }
+
+/// Every configured radio, each forced unkeyed in turn: one radio that cannot be
+/// reached does not keep the others keyed. Ordered by name.
+pub fn unkey_all(config: &Config) -> Vec<(String, Result<UnkeyReport, UnkeyError>)> {
+    config
+        .endpoints
+        .keys()
+        .filter(|id| id.kind == EndpointKind::Radio)
+        .map(|id| (id.name.clone(), unkey(config, &id.name)))
+        .collect()
+}

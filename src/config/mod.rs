@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Warning};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, ENV_SEPARATOR};
-pub use schema::STATE_DIR;
+pub use schema::{DEFAULT_STATUS_LISTEN, STATE_DIR};
 pub use types::{
     Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, UserGlob,
 };
@@ -35,6 +35,7 @@ pub struct Config {
     pub floor: FloorConfig,
     pub archive: ArchiveConfig,
     pub logging: LoggingConfig,
+    pub status: StatusConfig,
     /// In file order.
     pub channels: Vec<ChannelConfig>,
     /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
@@ -51,7 +52,7 @@ impl Config {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HomeserverConfig {
     /// Client-server API base, `http://` or `https://`.
     pub url: Url,
@@ -59,7 +60,7 @@ pub struct HomeserverConfig {
     pub domain: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppserviceConfig {
     /// Where the bridge serves the appservice API (and the live-talk page).
     pub listen: SocketAddr,
@@ -80,7 +81,7 @@ impl AppserviceConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`, as sqlx takes it.
     pub url: String,
@@ -108,7 +109,7 @@ impl FloorConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ArchiveConfig {
     /// Finished recordings wait here until the homeserver has accepted them.
     pub spool_dir: PathBuf,
@@ -116,13 +117,20 @@ pub struct ArchiveConfig {
     pub min_archive: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LoggingConfig {
     /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
     pub level: String,
 }
 
-#[derive(Clone, Debug)]
+/// Where `/metrics`, `/health` and `/status` are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// `None`: not served (`listen = ""`).
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChannelConfig {
     pub name: String,
     pub room: RoomRef,
@@ -130,7 +138,7 @@ pub struct ChannelConfig {
 }
 
 /// One endpoint's settings; the variant is the `kind` of its address.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum EndpointSpec {
     Mumble(MumbleConfig),
     Mqtt(MqttConfig),
@@ -147,7 +155,7 @@ impl EndpointSpec {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MumbleConfig {
     pub server: HostPort,
     /// Channel to join, by name or path ("Root/Ops").
@@ -162,7 +170,7 @@ pub struct MumbleConfig {
     pub announce_talker: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MqttConfig {
     pub broker: Broker,
     pub username: Option<String>,
@@ -187,7 +195,7 @@ pub struct Broker {
     pub port: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RadioConfig {
     /// Serial device; only absent when neither PTT nor COS uses a serial line.
     pub port: Option<PathBuf>,

@@ -27,6 +27,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub logging: RawLogging,
     #[serde(default)]
+    pub status: RawStatus,
+    #[serde(default)]
     pub channel: Vec<RawChannel>,
     #[serde(default)]
     pub mumble: BTreeMap<String, RawMumble>,
@@ -120,6 +122,24 @@ impl Default for RawLogging {
     fn default() -> Self {
         Self {
             level: "info".into(),
+        }
+    }
+}
+
+/// `/metrics`, `/health` and `/status`: on loopback unless an operator chooses
+/// otherwise, because they need no login and name who talks when.
+pub const DEFAULT_STATUS_LISTEN: &str = "127.0.0.1:29334";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStatus {
+    pub listen: String,
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_STATUS_LISTEN.into(),
         }
     }
 }

@@ -12,13 +12,13 @@ use url::Url;
 use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
-    RawLogging, RawMqtt, RawMumble, RawRadio,
+    RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
 };
 use super::types::{check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, UserGlob};
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
     EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LoggingConfig, MqttConfig,
-    MumbleConfig, RadioConfig, Resource, VoxConfig,
+    MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -103,6 +103,7 @@ pub(crate) fn validate(
     let floor = floor(&mut r, raw.floor);
     let archive = archive(&mut r, raw.archive);
     let logging = logging(&mut r, raw.logging);
+    let status = status(&mut r, raw.status);
 
     let mut endpoints = Endpoints::default();
     for (name, m) in raw.mumble {
@@ -154,7 +155,9 @@ pub(crate) fn validate(
 
     let channels = channels(&mut r, raw.channel, &endpoints);
 
-    match (homeserver, appservice, database, floor, archive, logging) {
+    match (
+        homeserver, appservice, database, floor, archive, logging, status,
+    ) {
         (
             Some(homeserver),
             Some(appservice),
@@ -162,6 +165,7 @@ pub(crate) fn validate(
             Some(floor),
             Some(archive),
             Some(logging),
+            Some(status),
         ) if r.errors.is_empty() => {
             let config = Config {
                 homeserver,
@@ -170,6 +174,7 @@ pub(crate) fn validate(
                 floor,
                 archive,
                 logging,
+                status,
                 channels,
                 endpoints: endpoints.valid,
             };
@@ -393,6 +398,31 @@ fn logging(r: &mut Report, raw: RawLogging) -> Option<LoggingConfig> {
                 )
             }),
     )
+}
+
+fn status(r: &mut Report, raw: RawStatus) -> Option<StatusConfig> {
+    let listen = raw.listen.trim();
+    if listen.is_empty() {
+        return Some(StatusConfig { listen: None });
+    }
+    let addr = r.check(
+        "status.listen",
+        listen.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "{listen:?} is not an IP:port (e.g. \"127.0.0.1:29334\"), or \"\" for none: {e}"
+            )
+        }),
+    )?;
+    if !addr.ip().is_loopback() {
+        r.warn(
+            "status.listen",
+            format!(
+                "{addr} is reachable from other machines: /status and /metrics need no login \
+                 and show who talks when; put them behind a firewall or a proxy"
+            ),
+        );
+    }
+    Some(StatusConfig { listen: Some(addr) })
 }
 
 fn endpoint(

@@ -2,10 +2,15 @@
 
 use super::floor::{Claimant, Decision, Floor, FloorSettings, Input};
 use super::pcm::TransmissionDecoder;
+use super::status::{
+    release_label, unix_ms, ChannelStatus, HolderStatus, HubObserver, ObservedEndpoint,
+    TransmissionRecord, RECENT_TRANSMISSIONS,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc};
+use std::time::SystemTime;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -47,6 +52,40 @@ struct Attached {
     capabilities: Capabilities,
     control: mpsc::UnboundedSender<Ordered<FloorEvent>>,
     audio: broadcast::Sender<Ordered<DownFrame>>,
+    metrics: EndpointMetrics,
+}
+
+/// Per-endpoint counters on the audio path, resolved once at attach.
+struct EndpointMetrics {
+    /// The endpoint's frames the hub forwarded (it held the floor).
+    frames_in: metrics::Counter,
+    /// Frames the hub handed to the endpoint's downlink.
+    frames_out: metrics::Counter,
+    /// The endpoint's frames refused because it did not hold the floor.
+    frames_refused: metrics::Counter,
+}
+
+impl EndpointMetrics {
+    fn new(channel: &str, endpoint: &EndpointId) -> Self {
+        let labels = [
+            ("channel", channel.to_owned()),
+            ("endpoint", endpoint.to_string()),
+        ];
+        Self {
+            frames_in: metrics::counter!("walkie_endpoint_frames_in_total", &labels),
+            frames_out: metrics::counter!("walkie_endpoint_frames_out_total", &labels),
+            frames_refused: metrics::counter!("walkie_endpoint_frames_refused_total", &labels),
+        }
+    }
+}
+
+/// The transmission in progress, for talk time and `/status`.
+struct Holding {
+    tx: walkie_endpoint::TxId,
+    endpoint: EndpointId,
+    talker: String,
+    started: Instant,
+    started_wall: SystemTime,
 }
 
 /// A channel hub before it runs: attach endpoints, then [`ChannelHub::run`].
@@ -66,6 +105,9 @@ pub struct ChannelHub {
     /// Stamps every downlink message, so each link hands control and audio out in
     /// the order they were sent.
     sent: u64,
+    status: watch::Sender<ChannelStatus>,
+    observed: Vec<ObservedEndpoint>,
+    holding: Option<Holding>,
 }
 
 /// Per-frame counters resolved once, so the audio path does not build label sets.
@@ -100,6 +142,19 @@ impl ChannelHub {
             stats: Arc::default(),
             decoder: None,
             sent: 0,
+            status: watch::Sender::new(ChannelStatus::default()),
+            observed: Vec::new(),
+            holding: None,
+        }
+    }
+
+    /// A view of this hub for status pages and metrics; take it after attaching.
+    pub fn observer(&self) -> HubObserver {
+        HubObserver {
+            channel: self.name.clone(),
+            status: self.status.subscribe(),
+            endpoints: self.observed.clone(),
+            stats: self.stats(),
         }
     }
 
@@ -128,15 +183,22 @@ impl ChannelHub {
                 capabilities,
                 control,
                 audio,
+                metrics: EndpointMetrics::new(&self.name, &id),
             },
         );
-        Ok(HubLink::new(
-            id,
+        let link = HubLink::new(
+            id.clone(),
             self.inbox_tx.clone(),
             self.gone_tx.clone(),
             control_rx,
             audio_rx,
-        ))
+        );
+        self.observed.push(ObservedEndpoint {
+            id,
+            health: link.health(),
+            counters: link.counters(),
+        });
+        Ok(link)
     }
 
     /// Runs until `shutdown` fires. On the way out the floor is released and every
@@ -188,17 +250,21 @@ impl ChannelHub {
             }),
             Uplink::Audio { stream, frame } => {
                 let who = Claimant { endpoint, stream };
-                match self.floor.audio(Instant::now().into_std(), &who) {
+                let received = Instant::now();
+                match self.floor.audio(received.into_std(), &who) {
                     Some(tx) => {
                         let mut frame = frame;
                         if self.needs_pcm(&who.endpoint) {
                             self.decode(tx, &mut frame);
                         }
-                        self.forward(&who.endpoint, DownFrame { tx, frame });
+                        self.forward(&who.endpoint, DownFrame { tx, frame }, received);
                     }
                     None => {
                         self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
                         self.metrics.frames_refused.increment(1);
+                        if let Some(attached) = self.endpoints.get(&who.endpoint) {
+                            attached.metrics.frames_refused.increment(1);
+                        }
                     }
                 }
             }
@@ -235,17 +301,27 @@ impl ChannelHub {
     }
 
     /// The holder's frame to every other endpoint, never back to its source.
-    fn forward(&mut self, source: &EndpointId, frame: DownFrame) {
+    fn forward(&mut self, source: &EndpointId, frame: DownFrame, received: Instant) {
         self.sent += 1;
         let order = self.sent;
+        let since = received.into_std();
         for (id, attached) in &self.endpoints {
-            if id != source {
+            if id == source {
+                attached.metrics.frames_in.increment(1);
+            } else {
                 // A send error only means the endpoint has no receiver right now
                 // (it is being torn down); its `gone` notice is on the way.
-                let _ = attached.audio.send(Ordered {
-                    order,
-                    message: frame.clone(),
-                });
+                if attached
+                    .audio
+                    .send(Ordered {
+                        order,
+                        message: frame.clone(),
+                        since,
+                    })
+                    .is_ok()
+                {
+                    attached.metrics.frames_out.increment(1);
+                }
             }
         }
         self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +348,9 @@ impl ChannelHub {
             } => {
                 info!(endpoint = %who.endpoint, stream = %who.stream, %tx, talker = %talker, ?priority, "floor granted");
                 self.stats.grants.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("walkie_floor_grants_total", "channel" => self.name.clone(), "endpoint" => who.endpoint.to_string())
+                    .increment(1);
+                self.on_granted(&who.endpoint, tx, &talker, priority);
                 self.tell(
                     &who.endpoint,
                     FloorEvent::Granted {
@@ -294,6 +373,9 @@ impl ChannelHub {
             } => {
                 info!(endpoint = %who.endpoint, stream = %who.stream, %reason, "floor denied");
                 self.stats.denials.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("walkie_floor_denials_total", "channel" => self.name.clone(),
+                    "endpoint" => who.endpoint.to_string(), "reason" => deny_label(reason))
+                .increment(1);
                 self.tell(
                     &who.endpoint,
                     FloorEvent::Denied {
@@ -319,6 +401,7 @@ impl ChannelHub {
             Decision::Released { who, tx, reason } => {
                 info!(endpoint = %who.endpoint, stream = %who.stream, %tx, %reason, "floor released");
                 self.stats.releases.fetch_add(1, Ordering::Relaxed);
+                self.on_released(&who.endpoint, tx, reason);
                 self.decoder = None;
                 self.tell_all(&FloorEvent::Released { tx, reason });
             }
@@ -329,6 +412,68 @@ impl ChannelHub {
         }
     }
 
+    fn on_granted(
+        &mut self,
+        endpoint: &EndpointId,
+        tx: walkie_endpoint::TxId,
+        talker: &walkie_endpoint::Talker,
+        priority: walkie_endpoint::Priority,
+    ) {
+        let holding = Holding {
+            tx,
+            endpoint: endpoint.clone(),
+            talker: talker.display_name.clone(),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+        };
+        let holder = HolderStatus {
+            tx: tx.to_string(),
+            talker: holding.talker.clone(),
+            endpoint: endpoint.to_string(),
+            priority: format!("{priority:?}").to_lowercase(),
+            since_unix_ms: unix_ms(holding.started_wall),
+        };
+        self.holding = Some(holding);
+        self.status.send_modify(|s| s.holder = Some(holder));
+    }
+
+    /// Talk time, the release reason (revokes and timeouts among them) and the
+    /// transmission's line in `/status`.
+    fn on_released(
+        &mut self,
+        endpoint: &EndpointId,
+        tx: walkie_endpoint::TxId,
+        reason: walkie_endpoint::ReleaseReason,
+    ) {
+        let end = release_label(reason);
+        metrics::counter!("walkie_floor_releases_total", "channel" => self.name.clone(),
+            "endpoint" => endpoint.to_string(), "reason" => end)
+        .increment(1);
+        let Some(holding) = self.holding.take().filter(|h| h.tx == tx) else {
+            self.status.send_modify(|s| s.holder = None);
+            return;
+        };
+        let talked = holding.started.elapsed();
+        // A histogram rather than a counter: its `_sum` is the talk time in
+        // fractional seconds (a counter would count whole ones), `_count` the talks.
+        metrics::histogram!("walkie_talk_seconds", "channel" => self.name.clone(),
+            "endpoint" => holding.endpoint.to_string())
+        .record(talked.as_secs_f64());
+        let record = TransmissionRecord {
+            tx: tx.to_string(),
+            talker: holding.talker,
+            endpoint: holding.endpoint.to_string(),
+            started_unix_ms: unix_ms(holding.started_wall),
+            duration_ms: talked.as_millis() as u64,
+            end,
+        };
+        self.status.send_modify(|s| {
+            s.holder = None;
+            s.recent.push_front(record);
+            s.recent.truncate(RECENT_TRANSMISSIONS);
+        });
+    }
+
     fn tell(&mut self, endpoint: &EndpointId, event: FloorEvent) {
         self.sent += 1;
         let order = self.sent;
@@ -336,6 +481,7 @@ impl ChannelHub {
             let message = Ordered {
                 order,
                 message: event,
+                since: std::time::Instant::now(),
             };
             if attached.control.send(message).is_err() {
                 warn!(%endpoint, "endpoint no longer listens for floor events");
@@ -403,6 +549,14 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+fn deny_label(reason: walkie_endpoint::DenyReason) -> &'static str {
+    match reason {
+        walkie_endpoint::DenyReason::Busy => "busy",
+        walkie_endpoint::DenyReason::NotPermitted => "not_permitted",
+        walkie_endpoint::DenyReason::RateLimited => "rate_limited",
     }
 }
 

@@ -5,6 +5,8 @@
 mod channel;
 pub mod floor;
 mod pcm;
+pub mod status;
 
 pub use channel::{AttachError, ChannelHub, HubStats};
 pub use floor::{Claimant, Decision, Floor, FloorSettings, Input};
+pub use status::{ChannelStatus, HubObserver, ObservedEndpoint};

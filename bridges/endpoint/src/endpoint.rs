@@ -6,6 +6,7 @@
 
 use crate::floor::{FloorEvent, Priority, TalkKind};
 use crate::frame::{AudioFrame, DownFrame};
+use crate::health::{ConnectionState, EndpointHealth};
 use crate::ids::{EndpointId, StreamKey, Talker};
 use std::future::Future;
 use std::path::PathBuf;
@@ -124,6 +125,9 @@ pub struct HubLink {
     next_control: Option<Ordered<FloorEvent>>,
     next_audio: Option<Ordered<DownFrame>>,
     counters: Arc<LinkCounters>,
+    health: Arc<EndpointHealth>,
+    /// Resolved once: recorded for every downlink frame.
+    latency: metrics::Histogram,
 }
 
 /// A downlink message stamped with the hub's send order. Control and audio travel
@@ -134,6 +138,10 @@ pub struct HubLink {
 pub struct Ordered<T> {
     pub order: u64,
     pub message: T,
+    /// When the hub took the message in: for audio, the link records how long the
+    /// frame spent in the bridge until its endpoint took it
+    /// (`walkie_added_latency_seconds`).
+    pub since: std::time::Instant,
 }
 
 impl HubLink {
@@ -145,6 +153,7 @@ impl HubLink {
         control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
         audio: broadcast::Receiver<Ordered<DownFrame>>,
     ) -> Self {
+        let id_label = id.to_string();
         Self {
             id,
             uplink,
@@ -154,6 +163,8 @@ impl HubLink {
             next_control: None,
             next_audio: None,
             counters: Arc::default(),
+            health: Arc::default(),
+            latency: metrics::histogram!("walkie_added_latency_seconds", "endpoint" => id_label),
         }
     }
 
@@ -163,6 +174,23 @@ impl HubLink {
 
     pub fn counters(&self) -> Arc<LinkCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// The connection state this endpoint reports, for the daemon to read.
+    pub fn health(&self) -> Arc<EndpointHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// The endpoint is connected to its external system (logged in, subscribed).
+    pub fn report_connected(&self) {
+        self.health.set(ConnectionState::Connected, None);
+    }
+
+    /// The endpoint lost (or could not make) its connection and is retrying;
+    /// `reason` is for the operator's status page.
+    pub fn report_disconnected(&self, reason: impl Into<String>) {
+        self.health
+            .set(ConnectionState::Disconnected, Some(reason.into()));
     }
 
     pub async fn talk_start(
@@ -243,6 +271,7 @@ impl HubLink {
                 }
                 Some(false) => {
                     if let Some(frame) = self.next_audio.take() {
+                        self.latency.record(frame.since.elapsed().as_secs_f64());
                         return Ok(Downlink::Audio(frame.message));
                     }
                 }

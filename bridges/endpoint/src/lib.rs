@@ -7,6 +7,7 @@ pub mod audio;
 pub mod endpoint;
 pub mod floor;
 pub mod frame;
+pub mod health;
 pub mod ids;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -17,4 +18,5 @@ pub use endpoint::{
 };
 pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
 pub use frame::{AudioFrame, DownFrame};
+pub use health::{ConnectionState, EndpointHealth};
 pub use ids::{EndpointId, StreamKey, Talker, TxId};

@@ -429,6 +429,7 @@ impl Bridge {
         match event {
             FromBroker::Connected => {
                 self.connected = true;
+                self.link.report_connected();
                 metrics::counter!("walkie_mqtt_connects_total").increment(1);
                 info!(broker = %self.config.host, port = self.config.port, prefix = %self.config.prefix, "connected to MQTT broker");
                 let subscriptions = self
@@ -469,6 +470,7 @@ impl Bridge {
                 }
             }
             FromBroker::Lost(reason) => {
+                self.link.report_disconnected(reason.clone());
                 if self.connected {
                     self.connected = false;
                     metrics::counter!("walkie_mqtt_disconnects_total").increment(1);

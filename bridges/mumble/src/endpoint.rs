@@ -119,6 +119,7 @@ impl Bridge {
             let ended = match connected {
                 Ok((handle, events)) => {
                     retry = FIRST_RETRY;
+                    self.link.report_connected();
                     metrics::counter!("walkie_mumble_connects_total").increment(1);
                     info!(server = %self.config.connect.server, channel = %self.config.connect.channel, "connected to Mumble");
                     let ended = self.serve(&handle, events, &shutdown).await;
@@ -133,6 +134,7 @@ impl Bridge {
             match ended {
                 Ended::Shutdown | Ended::HubGone => return Ok(()),
                 Ended::Disconnected(reason) => {
+                    self.link.report_disconnected(reason.clone());
                     metrics::counter!("walkie_mumble_disconnects_total").increment(1);
                     warn!(%reason, retry_in = ?retry, "Mumble connection lost; reconnecting");
                 }

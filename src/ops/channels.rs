@@ -1,0 +1,388 @@
+//! The set of running channels: each one a hub, its endpoints and its room worker,
+//! with tokens of its own so one channel can stop and start while the others go
+//! on — which is what a SIGHUP reload does to a channel whose configuration
+//! changed. Stopping keeps the daemon's order (DESIGN: hubs first, so every
+//! endpoint hears the floor released; then endpoints; then the room workers).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, OwnedUserId};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+use walkie_endpoint::{Endpoint, EndpointId};
+
+use crate::archive::OutboxWaker;
+use crate::config::{self, ArchiveConfig, ChannelConfig, Config, EndpointSpec, FloorConfig};
+use crate::endpoints;
+use crate::hub::{ChannelHub, HubObserver};
+use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
+use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
+use crate::store::Store;
+
+/// Voice messages from Matrix larger than this are not downloaded.
+const VOICE_IN_MAX_BYTES: usize = 20 * 1024 * 1024;
+/// Messages waiting for a room endpoint; beyond this the appservice waits, which
+/// makes the homeserver retry later rather than the bridge drop events.
+const ROOM_INBOX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("walkie-bridge cannot run this configuration yet:\n  {}", .0.join("\n  "))]
+    Build(Vec<String>),
+    #[error("channel {channel}: {source}")]
+    Attach {
+        channel: String,
+        #[source]
+        source: crate::hub::AttachError,
+    },
+}
+
+/// What the running channels share.
+pub struct ChannelContext {
+    pub homeserver: Homeserver,
+    pub store: Store,
+    pub bot: OwnedUserId,
+    pub puppets: Puppets,
+    pub outbox_wake: OutboxWaker,
+}
+
+/// Everything a channel runs with. When a reload changes any of it, the channel
+/// restarts; when nothing changed, it is left alone mid-transmission.
+#[derive(Clone, Debug, PartialEq)]
+struct ChannelPlan {
+    channel: ChannelConfig,
+    endpoints: Vec<(config::EndpointId, EndpointSpec)>,
+    floor: FloorConfig,
+    archive: ArchiveConfig,
+}
+
+impl ChannelPlan {
+    fn of(config: &Config, channel: &ChannelConfig) -> Self {
+        Self {
+            channel: channel.clone(),
+            endpoints: channel
+                .endpoints
+                .iter()
+                .filter_map(|id| config.endpoint(id).map(|spec| (id.clone(), spec.clone())))
+                .collect(),
+            floor: config.floor.clone(),
+            archive: config.archive.clone(),
+        }
+    }
+}
+
+struct RunningChannel {
+    plan: ChannelPlan,
+    room: OwnedRoomId,
+    hub_token: CancellationToken,
+    endpoint_token: CancellationToken,
+    worker_token: CancellationToken,
+    hub: JoinHandle<()>,
+    endpoints: JoinSet<()>,
+    worker: JoinHandle<()>,
+    observer: HubObserver,
+}
+
+/// What a reload did, for the log and for tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Sections whose change waits for a restart of the daemon.
+    pub need_restart: Vec<&'static str>,
+}
+
+pub struct Channels {
+    ctx: ChannelContext,
+    running: BTreeMap<String, RunningChannel>,
+    rooms: HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>>,
+    observers: watch::Sender<Arc<Vec<HubObserver>>>,
+}
+
+/// Builds the configured endpoints of `channels`, or says every one that cannot be
+/// built, so that nothing starts (or, on reload, stops) on a half-usable config.
+pub fn build_endpoints<'a>(
+    config: &Config,
+    channels: impl IntoIterator<Item = &'a ChannelConfig>,
+) -> Result<HashMap<String, Vec<Box<dyn Endpoint>>>, ChannelError> {
+    let mut by_channel: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
+    let mut problems = Vec::new();
+    for channel in channels {
+        let members = by_channel.entry(channel.name.clone()).or_default();
+        for id in &channel.endpoints {
+            let Some(spec) = config.endpoint(id) else {
+                continue;
+            };
+            match endpoints::build(id, spec, &config.floor) {
+                Ok(endpoint) => members.push(endpoint),
+                Err(error) => problems.push(error.to_string()),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(by_channel)
+    } else {
+        Err(ChannelError::Build(problems))
+    }
+}
+
+impl Channels {
+    pub fn new(ctx: ChannelContext, observers: watch::Sender<Arc<Vec<HubObserver>>>) -> Self {
+        Self {
+            ctx,
+            running: BTreeMap::new(),
+            rooms: HashMap::new(),
+            observers,
+        }
+    }
+
+    /// Where the homeserver's events for each bridged room go.
+    pub fn rooms(&self) -> &HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>> {
+        &self.rooms
+    }
+
+    pub fn observers(&self) -> Vec<HubObserver> {
+        self.running.values().map(|c| c.observer.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Starts `channel` with its Matrix room endpoint plus `members`. A room that
+    /// cannot be prepared leaves the channel out (logged) — the others still run.
+    pub async fn start(
+        &mut self,
+        config: &Config,
+        channel: &ChannelConfig,
+        members: Vec<Box<dyn Endpoint>>,
+    ) -> Result<bool, ChannelError> {
+        let ctx = &self.ctx;
+        let prepared =
+            match prepare_room(&ctx.homeserver, &ctx.store, &ctx.bot, &channel.room).await {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    error!(channel = %channel.name, %error, "channel not bridged");
+                    return Ok(false);
+                }
+            };
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        if !prepared.missing_powers.is_empty() {
+            let problems = prepared.missing_powers.join("; ");
+            error!(channel = %channel.name, room = %prepared.room_id, %problems, "the bot lacks power in the room");
+            let _ = ops_tx.send(RoomOp::Notice {
+                text: format!("walkie-bridge cannot work fully in this room: {problems}."),
+                thread_root: None,
+            });
+        }
+        let worker_token = CancellationToken::new();
+        let worker = RoomWorker::new(
+            ctx.homeserver.clone(),
+            ctx.puppets.clone(),
+            prepared.room_id.clone(),
+            ctx.bot.clone(),
+            config.floor.max_talk,
+        );
+        let worker = tokio::spawn(worker.run(ops_rx, worker_token.clone()));
+
+        let mut hub = ChannelHub::new(channel.name.clone(), config.floor.settings());
+        let (inbound_tx, inbound_rx) = mpsc::channel(ROOM_INBOX);
+        let room_endpoint: Box<dyn Endpoint> = Box::new(RoomEndpoint::new(RoomEndpointParts {
+            id: EndpointId::new(format!("matrix.{}", channel.name)),
+            channel: channel.name.clone(),
+            room: prepared.room_id.clone(),
+            bot: ctx.bot.clone(),
+            homeserver: ctx.homeserver.clone(),
+            puppets: ctx.puppets.clone(),
+            store: ctx.store.clone(),
+            spool_dir: config.archive.spool_dir.clone(),
+            min_archive: config.archive.min_archive,
+            voice_in: VoiceInLimits {
+                max_bytes: VOICE_IN_MAX_BYTES,
+                max_duration: config.floor.max_talk,
+            },
+            outbox_wake: ctx.outbox_wake.clone(),
+            inbound: inbound_rx,
+            ops: ops_tx,
+        }));
+        let endpoint_token = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut all = vec![room_endpoint];
+        all.extend(members);
+        for (index, endpoint) in all.into_iter().enumerate() {
+            let id = endpoint.id().clone();
+            let link = match hub.attach(id.clone(), endpoint.capabilities()) {
+                Ok(link) => link,
+                Err(source) => {
+                    endpoint_token.cancel();
+                    worker_token.cancel();
+                    drop(hub);
+                    while tasks.join_next().await.is_some() {}
+                    let _ = worker.await;
+                    return Err(ChannelError::Attach {
+                        channel: channel.name.clone(),
+                        source,
+                    });
+                }
+            };
+            if index == 0 {
+                // The room was just prepared: the Matrix side is reachable. It has
+                // no connection of its own to report (the homeserver client retries
+                // per request), so it counts as connected while the channel runs.
+                link.report_connected();
+            }
+            let token = endpoint_token.clone();
+            let span = tracing::info_span!("endpoint", channel = %channel.name, endpoint = %id);
+            tasks.spawn(
+                async move {
+                    if let Err(error) = endpoint.run(link, token).await {
+                        error!(%error, "endpoint stopped");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        let observer = hub.observer();
+        let hub_token = CancellationToken::new();
+        let hub = tokio::spawn(hub.run(hub_token.clone()));
+        info!(channel = %channel.name, room = %prepared.room_id, "channel bridged");
+        self.rooms.insert(prepared.room_id.clone(), inbound_tx);
+        self.running.insert(
+            channel.name.clone(),
+            RunningChannel {
+                plan: ChannelPlan::of(config, channel),
+                room: prepared.room_id,
+                hub_token,
+                endpoint_token,
+                worker_token,
+                hub,
+                endpoints: tasks,
+                worker,
+                observer,
+            },
+        );
+        self.publish();
+        Ok(true)
+    }
+
+    /// Stops every channel: all hubs first (floors released, recordings finished,
+    /// radios told), then all endpoints, then all room workers.
+    pub async fn stop_all(&mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        self.stop(&names).await;
+    }
+
+    /// Stops the named channels in the daemon's order, across all of them at once.
+    pub async fn stop(&mut self, names: &[String]) {
+        let mut stopping: Vec<RunningChannel> = names
+            .iter()
+            .filter_map(|name| self.running.remove(name))
+            .collect();
+        for channel in &stopping {
+            self.rooms.remove(&channel.room);
+            channel.hub_token.cancel();
+        }
+        for channel in &mut stopping {
+            if let Err(error) = (&mut channel.hub).await {
+                warn!(channel = %channel.plan.channel.name, %error, "hub task failed");
+            }
+        }
+        for channel in &stopping {
+            channel.endpoint_token.cancel();
+        }
+        for channel in &mut stopping {
+            while channel.endpoints.join_next().await.is_some() {}
+        }
+        for channel in &stopping {
+            channel.worker_token.cancel();
+        }
+        for channel in &mut stopping {
+            let _ = (&mut channel.worker).await;
+            info!(channel = %channel.plan.channel.name, "channel stopped");
+        }
+        self.publish();
+    }
+
+    /// Brings the running channels in line with `new`: channels that are gone stop,
+    /// channels whose room, endpoints, endpoint settings, floor or archive settings
+    /// changed restart, new ones start, the rest keep running untouched. Endpoints
+    /// are built before anything stops, so a config that cannot run changes nothing.
+    /// `running` is the configuration the daemon started with: changes to its
+    /// homeserver, appservice, database and status sections are reported, not
+    /// applied. (Endpoints a test attached in-process are not restarted.)
+    pub async fn reload(
+        &mut self,
+        running: &Config,
+        new: &Config,
+    ) -> Result<ReloadReport, ChannelError> {
+        let mut report = ReloadReport {
+            need_restart: needs_restart(running, new),
+            ..ReloadReport::default()
+        };
+        let mut to_start = Vec::new();
+        for channel in &new.channels {
+            match self.running.get(&channel.name) {
+                Some(current) if current.plan == ChannelPlan::of(new, channel) => {
+                    report.unchanged.push(channel.name.clone());
+                }
+                Some(_) => {
+                    report.restarted.push(channel.name.clone());
+                    to_start.push(channel);
+                }
+                None => {
+                    report.started.push(channel.name.clone());
+                    to_start.push(channel);
+                }
+            }
+        }
+        report.stopped = self
+            .running
+            .keys()
+            .filter(|name| new.channel(name).is_none())
+            .cloned()
+            .collect();
+        let mut built = build_endpoints(new, to_start.iter().copied())?;
+
+        let mut stopping = report.stopped.clone();
+        stopping.extend(report.restarted.iter().cloned());
+        // Stop before start: a restarted channel's endpoints may hold the same
+        // serial port, sound card or MQTT client id as their successors.
+        self.stop(&stopping).await;
+        for channel in to_start {
+            let members = built.remove(&channel.name).unwrap_or_default();
+            self.start(new, channel, members).await?;
+        }
+        Ok(report)
+    }
+
+    fn publish(&self) {
+        self.observers.send_replace(Arc::new(self.observers()));
+    }
+}
+
+/// The sections a reload cannot apply, by name, when they differ.
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut sections = Vec::new();
+    if running.homeserver != new.homeserver {
+        sections.push("homeserver");
+    }
+    if running.appservice != new.appservice {
+        sections.push("appservice");
+    }
+    if running.database != new.database {
+        sections.push("database");
+    }
+    if running.status != new.status {
+        sections.push("status");
+    }
+    sections
+}

@@ -1,0 +1,117 @@
+//! The Prometheus side of the `metrics` facade the whole workspace records into.
+//!
+//! One recorder per process (the facade has one global slot), installed before any
+//! hub or endpoint resolves its counters — handles taken earlier would record into
+//! nothing. Values that live in atomics of the running channels (link drops,
+//! connection states) are copied in at scrape time by [`collect`].
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::hub::HubObserver;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Added latency: a frame normally spends well under a millisecond in the bridge;
+/// the upper buckets catch an endpoint that falls behind.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Talks: a kerchunk to the floor's 60 s default cap and beyond.
+const TALK_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+/// From the end of a transmission to its voice message in the room.
+const POST_DELAY_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+
+/// Installs the process's recorder on first call; later calls (a second daemon in
+/// one test process) share it. `None` if another recorder was installed first,
+/// in which case `/metrics` says so instead of showing numbers.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("walkie_added_latency_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("walkie_talk_seconds".into()),
+                        TALK_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("walkie_archive_post_delay_seconds".into()),
+                        POST_DELAY_BUCKETS,
+                    )
+                });
+            let builder = match builder {
+                Ok(builder) => builder,
+                Err(error) => {
+                    tracing::error!(%error, "metrics buckets rejected; histograms become summaries");
+                    PrometheusBuilder::new()
+                }
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "a metrics recorder is already installed; /metrics stays empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Copies what the channels keep in atomics into the registry, then renders the
+/// Prometheus text exposition.
+pub fn render(handle: &PrometheusHandle, channels: &[HubObserver]) -> String {
+    collect(channels);
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn collect(channels: &[HubObserver]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for hub in channels {
+        for endpoint in &hub.endpoints {
+            let labels = [
+                ("channel", hub.channel.clone()),
+                ("endpoint", endpoint.id.to_string()),
+            ];
+            let state = endpoint.health.state();
+            metrics::gauge!("walkie_endpoint_connected", &labels).set(
+                if state == walkie_endpoint::ConnectionState::Connected {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+            metrics::counter!("walkie_endpoint_reconnects_total", &labels)
+                .absolute(endpoint.health.reconnects());
+            let up = [
+                ("channel", hub.channel.clone()),
+                ("endpoint", endpoint.id.to_string()),
+                ("direction", "uplink".to_owned()),
+            ];
+            metrics::counter!("walkie_endpoint_frames_dropped_total", &up)
+                .absolute(endpoint.counters.uplink_dropped.load(Relaxed));
+            let down = [
+                ("channel", hub.channel.clone()),
+                ("endpoint", endpoint.id.to_string()),
+                ("direction", "downlink".to_owned()),
+            ];
+            metrics::counter!("walkie_endpoint_frames_dropped_total", &down)
+                .absolute(endpoint.counters.downlink_lagged.load(Relaxed));
+        }
+        let holder = hub.status.borrow().holder.is_some();
+        metrics::gauge!("walkie_floor_held", "channel" => hub.channel.clone()).set(if holder {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
