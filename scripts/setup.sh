@@ -14,13 +14,16 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        mosquitto-clients (mosquitto_pub/mosquitto_sub: the MQTT tests' third-party
 #        client), openssl (throwaway CA and certificates for TLS tests),
 #        libasound2-dev (cpal's ALSA backend for the radio's sound card) and
-#        alsa-utils, libhamlib-utils (rigctld -m 1, the dummy rig for PTT/DCD).
+#        alsa-utils, libhamlib-utils (rigctld -m 1, the dummy rig for PTT/DCD),
+#        systemd (systemd-analyze verify, systemd-sysusers, systemd-tmpfiles check
+#        the files under systemd/; tests/systemd_units.rs).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
   mumble-server mosquitto mosquitto-clients openssl
   libasound2-dev alsa-utils libhamlib-utils
+  systemd
 )
 
 apt_install() {
