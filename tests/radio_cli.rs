@@ -235,7 +235,10 @@ fn unkey_all_still_unkeys_the_others_when_one_radio_is_unreachable_and_exits_1()
     assert_eq!(uhf.rigctl(&["t"]), "0", "uhf was left keyed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("radio.vhf"), "{stderr}");
-    assert!(stderr.contains("1 of 3 radios may still be keyed"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 3 radios may still be keyed"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -35,13 +35,19 @@ fn the_unit_passes_systemd_analyze_verify() {
         .output()
         .expect("systemd-analyze (Debian systemd; scripts/setup.sh)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     // verify exits 0 on unknown keys and bad values, which it only prints.
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("walkie-bridge"))
         .collect();
-    assert!(ours.is_empty(), "systemd-analyze verify complains:\n{stderr}");
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify complains:\n{stderr}"
+    );
 }
 
 #[test]
@@ -109,11 +115,8 @@ fn the_units_command_lines_are_accepted_by_the_binary() {
         std::fs::read_to_string(root().join("config/example.toml")).expect("example config");
     // The example's radio would open /dev/ttyUSB0; leave radios out.
     let cut = example.find("[radio.uhf]").expect("radio table");
-    std::fs::write(
-        &config,
-        example[..cut].replace(r#", "radio.uhf""#, ""),
-    )
-    .expect("config written");
+    std::fs::write(&config, example[..cut].replace(r#", "radio.uhf""#, ""))
+        .expect("config written");
     let text = unit_text();
     let mut checked = 0;
     for line in text.lines().filter(|l| l.starts_with("Exec")) {
