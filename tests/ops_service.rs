@@ -572,3 +572,73 @@ async fn sighup_adds_a_channel_and_a_broken_file_changes_nothing() {
     let exit = child.stop(Duration::from_secs(5)).await.expect("stopped");
     assert!(exit.success(), "{exit}");
 }
+
+/// Under systemd: stderr is the journal stream (JOURNAL_STREAM names it), so lines
+/// carry a syslog priority and no timestamp or colour; `logging.level` is read from
+/// the file and changed by SIGHUP without a restart (RUST_LOG unset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_lines_carry_priorities_and_sighup_changes_the_log_level() {
+    use std::os::unix::fs::MetadataExt;
+    let setup = bridge_common::setup().await;
+    let port = free_port();
+    let base = config_text(&setup, port, None);
+    let quiet = format!("{base}\n[logging]\nlevel = \"warn\"\n");
+    let config = write_config(&setup, &quiet);
+    // ChildGuard appends stdout and stderr to this file: its device and inode are
+    // what systemd would put in JOURNAL_STREAM for the journal's socket.
+    let log_path = setup.dir.path().join("journal.log");
+    std::fs::write(&log_path, "").expect("log file");
+    let meta = std::fs::metadata(&log_path).expect("log metadata");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"));
+    command.args(["run", "-c"]).arg(&config);
+    command
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", &stream);
+    let mut child = ChildGuard::spawn("walkie-bridge", command, log_path.clone()).expect("starts");
+    healthy(&mut child, port).await;
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        !log.contains("walkie-bridge ready"),
+        "an INFO line at level warn:\n{log}"
+    );
+
+    std::fs::write(&config, format!("{base}\n[logging]\nlevel = \"info\"\n")).expect("config");
+    signal(&child, "HUP");
+    let path = log_path.clone();
+    let log = until(&mut child, "INFO lines after the reload", || {
+        let path = path.clone();
+        async move {
+            let log = std::fs::read_to_string(&path).ok()?;
+            log.contains("configuration reloaded").then_some(log)
+        }
+    })
+    .await;
+    let reloaded = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .expect("line");
+    assert!(
+        reloaded.starts_with("<6> INFO") || reloaded.starts_with("<6>INFO"),
+        "not a journal line with priority 6: {reloaded:?}"
+    );
+    assert!(
+        !reloaded.contains('\u{1b}'),
+        "ANSI colour in the journal: {reloaded:?}"
+    );
+    // No timestamp of our own (RFC 3339, as the fmt layer writes it): journald
+    // stamps each line.
+    let stamped = |w: &str| w.len() > 10 && w.as_bytes()[4] == b'-' && w.as_bytes()[10] == b'T';
+    assert!(
+        !reloaded.split_whitespace().any(stamped),
+        "a timestamp in the journal: {reloaded:?}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<4>") || l.starts_with("<3>"))
+            || log.lines().all(|l| !l.contains(" WARN ")),
+        "warnings without priority 4:\n{log}"
+    );
+    let exit = child.stop(Duration::from_secs(5)).await.expect("stopped");
+    assert!(exit.success(), "{exit}");
+}
