@@ -633,12 +633,6 @@ async fn journal_lines_carry_priorities_and_sighup_changes_the_log_level() {
         !reloaded.split_whitespace().any(stamped),
         "a timestamp in the journal: {reloaded:?}"
     );
-    assert!(
-        log.lines()
-            .any(|l| l.starts_with("<4>") || l.starts_with("<3>"))
-            || log.lines().all(|l| !l.contains(" WARN ")),
-        "warnings without priority 4:\n{log}"
-    );
     let exit = child.stop(Duration::from_secs(5)).await.expect("stopped");
     assert!(exit.success(), "{exit}");
 }
