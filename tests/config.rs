@@ -204,6 +204,35 @@ fn minimal_config_takes_the_design_defaults() {
     assert_eq!(r.rx_mute_after_tx, Duration::from_millis(500));
     assert!(r.callsign.is_none() && r.transmit_allow.is_empty());
     assert!(config.database.url.starts_with("sqlite://"));
+    assert_eq!(
+        config.status.listen,
+        Some(
+            walkie_bridge::config::DEFAULT_STATUS_LISTEN
+                .parse()
+                .unwrap()
+        ),
+        "status pages default to loopback"
+    );
+}
+
+#[test]
+fn status_listen_can_be_turned_off_and_warns_off_loopback() {
+    let text = std::fs::read_to_string(fixture("valid", "minimal.toml")).unwrap();
+    let off = format!("{text}\n[status]\nlisten = \"\"\n");
+    let (config, warnings) =
+        Config::from_toml_str(&off, "off.toml", NO_ENV).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.status.listen, None);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let open = format!("{text}\n[status]\nlisten = \"0.0.0.0:29334\"\n");
+    let (config, warnings) =
+        Config::from_toml_str(&open, "open.toml", NO_ENV).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.status.listen, Some("0.0.0.0:29334".parse().unwrap()));
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.to_string().contains("status.listen") && w.to_string().contains("no login")),
+        "{warnings:?}"
+    );
 }
 
 #[test]
