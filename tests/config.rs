@@ -178,7 +178,11 @@ fn example_deserializes_to_the_structs() {
     assert_eq!(r.tx_timeout, Duration::from_secs(180));
     assert_eq!(r.vox.threshold_dbfs, -40.0);
     assert_eq!(r.id_interval, Duration::from_secs(600));
-    assert!(r.transmit_allow[1].matches("@k1abc:example.org"));
+    let user = "@k1abc:example.org";
+    assert!(r.transmit_allow[1].matches("live.ops", user, Some(user)));
+    assert!(r.transmit_allow[2].matches("mumble.ops", "n0call", None));
+    assert!(!r.transmit_allow[2].matches("mumble.ops", "k1abc", None));
+    assert_eq!((r.id_wpm, r.id_tone_hz), (20, 800));
     assert!(r.rigctld.is_none());
 }
 
