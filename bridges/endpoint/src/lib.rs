@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod floor;
 pub mod frame;
 pub mod ids;
+pub mod policy;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -18,3 +19,4 @@ pub use endpoint::{
 pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
 pub use frame::{AudioFrame, DownFrame};
 pub use ids::{EndpointId, StreamKey, Talker, TxId};
+pub use policy::{AllowEveryone, PolicyFuture, TransmitPolicy};
