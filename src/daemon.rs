@@ -9,6 +9,7 @@
 //! homeserver's retries do not pile up while the rest winds down.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +28,7 @@ use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound,
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::store::Store;
+use crate::transmit_policy::RoomPowerLevels;
 
 /// Voice messages from Matrix larger than this are not downloaded.
 const VOICE_IN_MAX_BYTES: usize = 20 * 1024 * 1024;
@@ -75,16 +77,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Daemon::new(config).run(shutdown).await
 }
 
-/// Builds every configured endpoint, or says which cannot be built yet.
-fn build_endpoints(config: &Config) -> anyhow::Result<HashMap<String, Vec<Box<dyn Endpoint>>>> {
+/// Every configured endpoint, by channel, with what they share per channel.
+struct Built {
+    endpoints: HashMap<String, Vec<Box<dyn Endpoint>>>,
+    power_levels: HashMap<String, Arc<RoomPowerLevels>>,
+}
+
+/// Builds every configured endpoint, or says which cannot be built.
+fn build_endpoints(
+    config: &Config,
+    homeserver: &Homeserver,
+    bot: &UserId,
+) -> anyhow::Result<Built> {
     let mut by_channel: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
+    let mut power_levels = HashMap::new();
     let mut problems = Vec::new();
     for channel in &config.channels {
+        let levels = Arc::new(RoomPowerLevels::new(homeserver.clone(), bot.to_owned()));
+        power_levels.insert(channel.name.clone(), Arc::clone(&levels));
+        let context = endpoints::ChannelContext {
+            floor: &config.floor,
+            power_levels: levels,
+        };
         for id in &channel.endpoints {
             let Some(spec) = config.endpoint(id) else {
                 continue;
             };
-            match endpoints::build(id, spec, &config.floor) {
+            match endpoints::build(id, spec, &context) {
                 Ok(endpoint) => by_channel
                     .entry(channel.name.clone())
                     .or_default()
@@ -95,11 +114,14 @@ fn build_endpoints(config: &Config) -> anyhow::Result<HashMap<String, Vec<Box<dy
     }
     if !problems.is_empty() {
         anyhow::bail!(
-            "walkie-bridge cannot run this configuration yet:\n  {}",
+            "walkie-bridge cannot run this configuration:\n  {}",
             problems.join("\n  ")
         );
     }
-    Ok(by_channel)
+    Ok(Built {
+        endpoints: by_channel,
+        power_levels,
+    })
 }
 
 async fn run_daemon(
@@ -107,8 +129,6 @@ async fn run_daemon(
     extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut configured = build_endpoints(&config)?;
-
     let store = Store::connect(&config.database.url)
         .await
         .context("cannot open the database")?;
@@ -127,6 +147,10 @@ async fn run_daemon(
     )?;
     let bot: OwnedUserId = UserId::parse(config.appservice.bot_user_id(&config.homeserver.domain))
         .context("appservice.bot_localpart and homeserver.domain make no valid user ID")?;
+    let Built {
+        endpoints: mut configured,
+        power_levels,
+    } = build_endpoints(&config, &homeserver, &bot)?;
 
     // The server first: the homeserver may push transactions as soon as we join rooms.
     let listener = tokio::net::TcpListener::bind(config.appservice.listen)
@@ -189,6 +213,9 @@ async fn run_daemon(
                 continue;
             }
         };
+        if let Some(levels) = power_levels.get(&channel.name) {
+            levels.set_room(prepared.room_id.clone());
+        }
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         if !prepared.missing_powers.is_empty() {
             let problems = prepared.missing_powers.join("; ");
