@@ -1,53 +1,8 @@
 //! `walkie-bridge unkey --radio NAME` (the unit's ExecStopPost) against a real
 //! hamlib rigctld whose dummy rig was left keyed, and `walkie-bridge devices`.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Rigctld {
-    child: Child,
-    port: u16,
-}
-
-impl Rigctld {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("rigctld")
-            .args(["-m", "1", "-P", "RIG", "-T", "127.0.0.1", "-t"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rigctld (Debian libhamlib-utils; scripts/setup.sh)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "rigctld did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    fn rigctl(&self, args: &[&str]) -> String {
-        let out = Command::new("rigctl")
-            .args(["-m", "2", "-r", &format!("127.0.0.1:{}", self.port)])
-            .args(args)
-            .output()
-            .expect("rigctl");
-        assert!(out.status.success(), "rigctl {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Rigctld {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Output};
+use walkie_harness::Rigctld;
 
 fn config(dir: &std::path::Path, rigctld_port: u16) -> std::path::PathBuf {
     let path = dir.join("walkie.toml");
@@ -96,7 +51,7 @@ fn walkie(args: &[&str], config: &std::path::Path) -> Output {
 fn unkey_drops_a_radio_left_keyed_and_confirms_it() {
     let rig = Rigctld::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(dir.path(), rig.port);
+    let config = config(dir.path(), rig.port());
     // A bridge that died mid-transmission left the radio keyed.
     rig.rigctl(&["T", "1"]);
     assert_eq!(rig.rigctl(&["t"]), "1");
@@ -123,7 +78,7 @@ fn unkey_names_a_radio_that_does_not_exist_and_exits_2() {
 fn unkey_fails_loudly_when_the_radio_cannot_be_reached() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Nothing listens on this port.
-    let port = TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
