@@ -25,7 +25,7 @@ use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets};
 use crate::ops;
-use crate::ops::channels::{build_endpoints, ChannelContext, Channels};
+use crate::ops::channels::{build_endpoints, ChannelDeps, Channels};
 use crate::ops::notify::Notifier;
 use crate::ops::status::{Phase, StatusServer};
 use crate::store::Store;
@@ -102,7 +102,6 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     // Before any hub or endpoint resolves a counter: handles taken earlier record
     // into nothing.
     let metrics_handle = ops::metrics::install();
-    let mut configured = build_endpoints(&config, &config.channels)?;
 
     let store = Store::connect(&config.database.url)
         .await
@@ -122,6 +121,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     )?;
     let bot: OwnedUserId = UserId::parse(config.appservice.bot_user_id(&config.homeserver.domain))
         .context("appservice.bot_localpart and homeserver.domain make no valid user ID")?;
+    let mut configured = build_endpoints(&config, &config.channels, &homeserver, &bot)?;
 
     // /health answers from the start, so a monitor sees "waiting for the homeserver"
     // rather than a refused connection.
@@ -191,7 +191,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     );
     let outbox = Outbox::new(store.clone(), homeserver.clone()).with_puppets(puppets.clone());
     let mut channels = Channels::new(
-        ChannelContext {
+        ChannelDeps {
             homeserver: homeserver.clone(),
             store: store.clone(),
             bot: bot.clone(),
@@ -205,9 +205,13 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         extra.entry(channel).or_default().push(endpoint);
     }
     for channel in &config.channels {
-        let mut members = configured.remove(&channel.name).unwrap_or_default();
-        members.extend(extra.remove(&channel.name).unwrap_or_default());
-        channels.start(&config, channel, members).await?;
+        let Some(mut built) = configured.remove(&channel.name) else {
+            continue;
+        };
+        built
+            .endpoints
+            .extend(extra.remove(&channel.name).unwrap_or_default());
+        channels.start(&config, channel, built).await?;
     }
     // Endpoints of channels that are not bridged are dropped here, so whoever
     // waits for them to start learns that they never will.

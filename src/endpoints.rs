@@ -1,12 +1,20 @@
 //! From a configured endpoint to a running one: one explicit match, no registry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use walkie_endpoint::{Endpoint, EndpointId};
+use walkie_endpoint::audio::VoxConfig;
+use walkie_endpoint::{Endpoint, EndpointId, Talker};
 use walkie_mqtt::{MqttEndpoint, MqttEndpointConfig, PayloadCodec};
 use walkie_mumble::{ConnectConfig, MumbleEndpoint, MumbleEndpointConfig, TransportMode};
 
-use crate::config::{self, EndpointSpec, FloorConfig, Payload};
+use walkie_radio::audio::CpalSoundCard;
+use walkie_radio::rx::{ModemLine, StatusLine, DEFAULT_DEBOUNCE};
+use walkie_radio::tx::{TxSettings, STALL_WATCHDOG};
+use walkie_radio::{CosSettings, MorseSettings, RadioEndpoint, RadioSettings};
+
+use crate::config::{self, Cos, CosLine, EndpointSpec, FloorConfig, Payload, RadioConfig};
+use crate::transmit_policy::{RadioTransmitPolicy, RoomPowerLevels};
 
 /// How long a Mumble login (TLS, authenticate, join) may take.
 const MUMBLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -23,12 +31,19 @@ pub enum BuildError {
         #[source]
         source: walkie_mqtt::MqttError,
     },
-    #[error("endpoint {id}: the {what} endpoint is not built yet ({issue})")]
-    NotBuilt {
+    #[error("endpoint {id}: {source}")]
+    Ptt {
         id: config::EndpointId,
-        what: &'static str,
-        issue: &'static str,
+        #[source]
+        source: walkie_radio::PttError,
     },
+}
+
+/// What endpoints of one channel share beyond their own section.
+pub struct ChannelContext<'a> {
+    pub floor: &'a FloorConfig,
+    /// The channel room's power levels, for radios' `transmit_min_power_level`.
+    pub power_levels: Arc<RoomPowerLevels>,
 }
 
 /// Builds the endpoint `id` of kind `spec`; `floor` supplies the timing an endpoint
@@ -36,8 +51,9 @@ pub enum BuildError {
 pub fn build(
     id: &config::EndpointId,
     spec: &EndpointSpec,
-    floor: &FloorConfig,
+    channel: &ChannelContext<'_>,
 ) -> Result<Box<dyn Endpoint>, BuildError> {
+    let floor = channel.floor;
     let hub_id = EndpointId::new(id.to_string());
     match spec {
         EndpointSpec::Mumble(mumble) => {
@@ -99,10 +115,87 @@ pub fn build(
                 })?;
             Ok(Box::new(endpoint))
         }
-        EndpointSpec::Radio(_) => Err(BuildError::NotBuilt {
-            id: id.clone(),
-            what: "radio",
-            issue: "issue #6",
-        }),
+        EndpointSpec::Radio(radio) => build_radio(id, hub_id, radio, channel),
     }
+}
+
+fn build_radio(
+    id: &config::EndpointId,
+    hub_id: EndpointId,
+    radio: &RadioConfig,
+    channel: &ChannelContext<'_>,
+) -> Result<Box<dyn Endpoint>, BuildError> {
+    let ptt = crate::radio_cli::ptt_config(radio).map_err(|source| BuildError::Ptt {
+        id: id.clone(),
+        source,
+    })?;
+    let vox = VoxConfig {
+        threshold_dbfs: radio.vox.threshold_dbfs as f32,
+        attack_ms: radio.vox.attack.as_millis() as u32,
+        hang_ms: radio.vox.hang.as_millis() as u32,
+    };
+    let (cos, pre_roll) = match radio.cos {
+        Cos::Vox => (
+            CosSettings::Vox(vox),
+            // The VOX opens `attack` after the voice began: send that much again.
+            radio.vox.attack + Duration::from_millis(40),
+        ),
+        Cos::Rigctld => (
+            CosSettings::Rigctld {
+                addr: radio
+                    .rigctld
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            },
+            DEFAULT_DEBOUNCE,
+        ),
+        Cos::Line { line, active_low } => (
+            CosSettings::Line(StatusLine {
+                line: match line {
+                    CosLine::Cts => ModemLine::Cts,
+                    CosLine::Dsr => ModemLine::Dsr,
+                    CosLine::Dcd => ModemLine::Dcd,
+                },
+                inverted: active_low,
+            }),
+            DEFAULT_DEBOUNCE,
+        ),
+    };
+    let port = radio.port.as_ref().map(|p| p.display().to_string());
+    let settings = RadioSettings {
+        name: id.name.clone(),
+        tx: TxSettings {
+            tx_delay: radio.tx_delay,
+            ptt_hang: radio.ptt_hang,
+            tx_timeout: radio.tx_timeout,
+            stall: STALL_WATCHDOG,
+            id_interval: radio.callsign.as_ref().map(|_| radio.id_interval),
+        },
+        rx_mute_after_tx: radio.rx_mute_after_tx,
+        morse: radio.callsign.as_ref().map(|callsign| MorseSettings {
+            callsign: callsign.clone(),
+            wpm: radio.id_wpm,
+            tone_hz: radio.id_tone_hz,
+        }),
+        talker: Talker::new(id.name.clone(), format!("{} (Radio)", id.name)),
+        pre_roll,
+        retry: walkie_radio::endpoint::RETRY_INTERVAL,
+    };
+    let opener = Box::new(move || {
+        walkie_radio::open_hardware(&ptt, port.as_deref(), &cos, DEFAULT_DEBOUNCE)
+    });
+    let card = Arc::new(CpalSoundCard::new(
+        radio.audio_in.clone(),
+        radio.audio_out.clone(),
+    ));
+    let policy = Arc::new(RadioTransmitPolicy::new(
+        hub_id.to_string(),
+        radio.transmit_allow.clone(),
+        radio.transmit_min_power_level,
+        Arc::clone(&channel.power_levels),
+    ));
+    Ok(Box::new(RadioEndpoint::new(
+        hub_id, settings, opener, card, policy,
+    )))
 }

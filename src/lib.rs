@@ -1,5 +1,5 @@
 //! The walkie-bridge daemon: configuration, channel hubs with their floor arbiter,
-//! and (in later issues) the Matrix side, archive and store.
+//! the Matrix side, archive and store.
 
 pub mod archive;
 pub mod config;
@@ -11,3 +11,4 @@ pub mod ops;
 pub mod radio_cli;
 pub mod registration;
 pub mod store;
+pub mod transmit_policy;

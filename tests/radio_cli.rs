@@ -2,53 +2,8 @@
 //! against real hamlib rigctlds whose dummy rigs were left keyed, and
 //! `walkie-bridge devices`.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-struct Rigctld {
-    child: Child,
-    port: u16,
-}
-
-impl Rigctld {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("rigctld")
-            .args(["-m", "1", "-P", "RIG", "-T", "127.0.0.1", "-t"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rigctld (Debian libhamlib-utils; scripts/setup.sh)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "rigctld did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, port }
-    }
-
-    fn rigctl(&self, args: &[&str]) -> String {
-        let out = Command::new("rigctl")
-            .args(["-m", "2", "-r", &format!("127.0.0.1:{}", self.port)])
-            .args(args)
-            .output()
-            .expect("rigctl");
-        assert!(out.status.success(), "rigctl {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Rigctld {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Output};
+use walkie_harness::Rigctld;
 
 fn config(dir: &std::path::Path, rigctld_port: u16) -> std::path::PathBuf {
     let path = dir.join("walkie.toml");
@@ -97,7 +52,7 @@ fn walkie(args: &[&str], config: &std::path::Path) -> Output {
 fn unkey_drops_a_radio_left_keyed_and_confirms_it() {
     let rig = Rigctld::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(dir.path(), rig.port);
+    let config = config(dir.path(), rig.port());
     // A bridge that died mid-transmission left the radio keyed.
     rig.rigctl(&["T", "1"]);
     assert_eq!(rig.rigctl(&["t"]), "1");
@@ -124,7 +79,7 @@ fn unkey_names_a_radio_that_does_not_exist_and_exits_2() {
 fn unkey_fails_loudly_when_the_radio_cannot_be_reached() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Nothing listens on this port.
-    let port = TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
@@ -204,7 +159,7 @@ fn unkey_all_unkeys_every_radio_and_accepts_one_without_a_ptt_line() {
     let uhf = Rigctld::start();
     let vhf = Rigctld::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config_all(dir.path(), uhf.port, vhf.port);
+    let config = config_all(dir.path(), uhf.port(), vhf.port());
     uhf.rigctl(&["T", "1"]);
     vhf.rigctl(&["T", "1"]);
     let out = walkie(&["unkey", "--all"], &config);
@@ -224,11 +179,11 @@ fn unkey_all_still_unkeys_the_others_when_one_radio_is_unreachable_and_exits_1()
     let uhf = Rigctld::start();
     let dir = tempfile::tempdir().expect("temp dir");
     // Nothing listens on vhf's port.
-    let gone = TcpListener::bind("127.0.0.1:0")
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let config = config_all(dir.path(), uhf.port, gone);
+    let config = config_all(dir.path(), uhf.port(), gone);
     uhf.rigctl(&["T", "1"]);
     let out = walkie(&["unkey", "--all"], &config);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -20,7 +20,8 @@ pub use error::{ConfigError, ConfigErrors, Warning};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, ENV_SEPARATOR};
 pub use schema::{DEFAULT_STATUS_LISTEN, STATE_DIR};
 pub use types::{
-    Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, UserGlob,
+    Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, TransmitAllow,
+    UserGlob,
 };
 pub use url::Url;
 
@@ -213,11 +214,14 @@ pub struct RadioConfig {
     /// Uppercase; when set, sent in Morse every `id_interval` while transmitting.
     pub callsign: Option<String>,
     pub id_interval: Duration,
+    /// Morse ID speed (words per minute) and tone.
+    pub id_wpm: u32,
+    pub id_tone_hz: u32,
     /// Received audio is ignored this long after unkeying (our own tail).
     pub rx_mute_after_tx: Duration,
     /// Empty means anyone allowed by the room's opt-in may key the radio, unless
     /// `transmit_min_power_level` is set.
-    pub transmit_allow: Vec<UserGlob>,
+    pub transmit_allow: Vec<TransmitAllow>,
     pub transmit_min_power_level: Option<i64>,
 }
 

@@ -521,6 +521,95 @@ impl FromStr for UserGlob {
     }
 }
 
+/// One `transmit_allow` entry: who may key a radio.
+///
+/// `@alice:example.org` / `@*:example.org` match Matrix users (their live talk and
+/// voice messages); `mumble.ops` matches every talker of that endpoint and
+/// `mumble.ops/alice` one talker there (by the name the endpoint knows them by).
+/// `*` and `?` work in both halves of the endpoint form too (`mqtt.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransmitAllow {
+    Matrix(UserGlob),
+    Endpoint {
+        endpoint: String,
+        talker: Option<String>,
+    },
+}
+
+impl TransmitAllow {
+    /// Whether a talker known as `talker_name` on `endpoint` (with a Matrix account
+    /// `matrix_user` when they have one) is covered by this entry.
+    pub fn matches(&self, endpoint: &str, talker_name: &str, matrix_user: Option<&str>) -> bool {
+        match self {
+            Self::Matrix(glob) => matrix_user.is_some_and(|user| glob.matches(user)),
+            Self::Endpoint {
+                endpoint: pattern,
+                talker,
+            } => {
+                glob_match(pattern.as_bytes(), endpoint.as_bytes())
+                    && talker
+                        .as_ref()
+                        .is_none_or(|t| glob_match(t.as_bytes(), talker_name.as_bytes()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for TransmitAllow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Matrix(glob) => glob.fmt(f),
+            Self::Endpoint {
+                endpoint,
+                talker: None,
+            } => f.write_str(endpoint),
+            Self::Endpoint {
+                endpoint,
+                talker: Some(talker),
+            } => write!(f, "{endpoint}/{talker}"),
+        }
+    }
+}
+
+impl FromStr for TransmitAllow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with('@') {
+            return s.parse().map(Self::Matrix);
+        }
+        const HINT: &str = "expected a Matrix user ID or glob (\"@alice:example.org\", \"@*:example.org\") \
+                            or an endpoint with an optional talker (\"mumble.ops\", \"mumble.ops/alice\")";
+        let (endpoint, talker) = match s.split_once('/') {
+            Some((endpoint, talker)) => (endpoint, Some(talker)),
+            None => (s, None),
+        };
+        let Some((kind, name)) = endpoint.split_once('.') else {
+            return Err(format!(
+                "{s:?} is neither a Matrix user ID nor an endpoint; {HINT}"
+            ));
+        };
+        let name_ok = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-*?".contains(c))
+        };
+        if !name_ok(kind) || !name_ok(name) {
+            return Err(format!(
+                "{s:?}: {endpoint:?} is not an endpoint name pattern; {HINT}"
+            ));
+        }
+        if talker.is_some_and(|t| t.is_empty() || t.chars().any(|c| c.is_control())) {
+            return Err(format!("{s:?}: the talker after '/' is empty; {HINT}"));
+        }
+        Ok(Self::Endpoint {
+            endpoint: endpoint.to_owned(),
+            talker: talker.map(str::to_owned),
+        })
+    }
+}
+
 /// Iterative glob match with single-star backtracking: linear in practice, no
 /// recursion for a hostile pattern to blow up.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
@@ -636,6 +725,23 @@ mod tests {
             "!dsr".parse::<Cos>().map(|c| c.to_string()).unwrap(),
             "!dsr"
         );
+    }
+
+    #[test]
+    fn transmit_allow_entries() {
+        let matrix: TransmitAllow = "@*:example.org".parse().unwrap();
+        assert!(matrix.matches("live.ops", "@bob:example.org", Some("@bob:example.org")));
+        assert!(!matrix.matches("mumble.ops", "@bob:example.org", None));
+        let endpoint: TransmitAllow = "mumble.ops".parse().unwrap();
+        assert!(endpoint.matches("mumble.ops", "alice", None));
+        assert!(!endpoint.matches("mumble.ops2", "alice", None));
+        let talker: TransmitAllow = "mumble.*/al?ce".parse().unwrap();
+        assert!(talker.matches("mumble.hq", "alice", None));
+        assert!(!talker.matches("mumble.hq", "bob", None));
+        assert!(!talker.matches("mqtt.hq", "alice", None));
+        for bad in ["alice", "Mumble.ops", "mumble.", "mumble.ops/", "@alice"] {
+            assert!(bad.parse::<TransmitAllow>().is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
     RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
 };
-use super::types::{check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, UserGlob};
+use super::types::{
+    check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, TransmitAllow,
+};
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
     EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LoggingConfig, MqttConfig,
@@ -746,12 +748,24 @@ fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
         raw.id_interval_s,
         60..=3_600,
     );
+    if !(5..=60).contains(&raw.id_wpm) {
+        r.error(
+            format!("{key}.id_wpm"),
+            format!("{} wpm is out of range: expected 5..=60", raw.id_wpm),
+        );
+    }
+    if !(200..=3_000).contains(&raw.id_tone_hz) {
+        r.error(
+            format!("{key}.id_tone_hz"),
+            format!("{} Hz is out of range: expected 200..=3000", raw.id_tone_hz),
+        );
+    }
     let rx_mute_after_tx = r.millis(
         &format!("{key}.rx_mute_after_tx_ms"),
         raw.rx_mute_after_tx_ms,
         0..=10_000,
     );
-    let transmit_allow: Vec<Option<UserGlob>> = raw
+    let transmit_allow: Vec<Option<TransmitAllow>> = raw
         .transmit_allow
         .iter()
         .enumerate()
@@ -786,6 +800,8 @@ fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
         },
         callsign: callsign.ok()?,
         id_interval,
+        id_wpm: raw.id_wpm,
+        id_tone_hz: raw.id_tone_hz,
         rx_mute_after_tx,
         transmit_allow: transmit_allow.into_iter().collect::<Option<_>>()?,
         transmit_min_power_level: raw.transmit_min_power_level,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use crate::hub::{ChannelHub, HubObserver};
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
 use crate::store::Store;
+use crate::transmit_policy::RoomPowerLevels;
 
 /// Voice messages from Matrix larger than this are not downloaded.
 const VOICE_IN_MAX_BYTES: usize = 20 * 1024 * 1024;
@@ -30,7 +31,7 @@ const ROOM_INBOX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    #[error("walkie-bridge cannot run this configuration yet:\n  {}", .0.join("\n  "))]
+    #[error("walkie-bridge cannot run this configuration:\n  {}", .0.join("\n  "))]
     Build(Vec<String>),
     #[error("channel {channel}: {source}")]
     Attach {
@@ -41,7 +42,7 @@ pub enum ChannelError {
 }
 
 /// What the running channels share.
-pub struct ChannelContext {
+pub struct ChannelDeps {
     pub homeserver: Homeserver,
     pub store: Store,
     pub bot: OwnedUserId,
@@ -98,10 +99,18 @@ pub struct ReloadReport {
 }
 
 pub struct Channels {
-    ctx: ChannelContext,
+    ctx: ChannelDeps,
     running: BTreeMap<String, RunningChannel>,
     rooms: HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>>,
     observers: watch::Sender<Arc<Vec<HubObserver>>>,
+}
+
+/// A channel's configured endpoints, built, with what they share.
+pub struct BuiltChannel {
+    pub endpoints: Vec<Box<dyn Endpoint>>,
+    /// The room's power levels for radios' `transmit_min_power_level`; told the
+    /// room once it is prepared.
+    pub power_levels: Arc<RoomPowerLevels>,
 }
 
 /// Builds the configured endpoints of `channels`, or says every one that cannot be
@@ -109,20 +118,34 @@ pub struct Channels {
 pub fn build_endpoints<'a>(
     config: &Config,
     channels: impl IntoIterator<Item = &'a ChannelConfig>,
-) -> Result<HashMap<String, Vec<Box<dyn Endpoint>>>, ChannelError> {
-    let mut by_channel: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
+    homeserver: &Homeserver,
+    bot: &UserId,
+) -> Result<HashMap<String, BuiltChannel>, ChannelError> {
+    let mut by_channel: HashMap<String, BuiltChannel> = HashMap::new();
     let mut problems = Vec::new();
     for channel in channels {
-        let members = by_channel.entry(channel.name.clone()).or_default();
+        let power_levels = Arc::new(RoomPowerLevels::new(homeserver.clone(), bot.to_owned()));
+        let context = endpoints::ChannelContext {
+            floor: &config.floor,
+            power_levels: Arc::clone(&power_levels),
+        };
+        let mut members = Vec::new();
         for id in &channel.endpoints {
             let Some(spec) = config.endpoint(id) else {
                 continue;
             };
-            match endpoints::build(id, spec, &config.floor) {
+            match endpoints::build(id, spec, &context) {
                 Ok(endpoint) => members.push(endpoint),
                 Err(error) => problems.push(error.to_string()),
             }
         }
+        by_channel.insert(
+            channel.name.clone(),
+            BuiltChannel {
+                endpoints: members,
+                power_levels,
+            },
+        );
     }
     if problems.is_empty() {
         Ok(by_channel)
@@ -132,7 +155,7 @@ pub fn build_endpoints<'a>(
 }
 
 impl Channels {
-    pub fn new(ctx: ChannelContext, observers: watch::Sender<Arc<Vec<HubObserver>>>) -> Self {
+    pub fn new(ctx: ChannelDeps, observers: watch::Sender<Arc<Vec<HubObserver>>>) -> Self {
         Self {
             ctx,
             running: BTreeMap::new(),
@@ -158,14 +181,19 @@ impl Channels {
         self.running.is_empty()
     }
 
-    /// Starts `channel` with its Matrix room endpoint plus `members`. A room that
-    /// cannot be prepared leaves the channel out (logged) — the others still run.
+    /// Starts `channel` with its Matrix room endpoint plus the endpoints `built`
+    /// for it. A room that cannot be prepared leaves the channel out (logged) —
+    /// the others still run.
     pub async fn start(
         &mut self,
         config: &Config,
         channel: &ChannelConfig,
-        members: Vec<Box<dyn Endpoint>>,
+        built: BuiltChannel,
     ) -> Result<bool, ChannelError> {
+        let BuiltChannel {
+            endpoints: members,
+            power_levels,
+        } = built;
         let ctx = &self.ctx;
         let prepared =
             match prepare_room(&ctx.homeserver, &ctx.store, &ctx.bot, &channel.room).await {
@@ -175,6 +203,7 @@ impl Channels {
                     return Ok(false);
                 }
             };
+        power_levels.set_room(prepared.room_id.clone());
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         if !prepared.missing_powers.is_empty() {
             let problems = prepared.missing_powers.join("; ");
@@ -350,7 +379,12 @@ impl Channels {
             .filter(|name| new.channel(name).is_none())
             .cloned()
             .collect();
-        let mut built = build_endpoints(new, to_start.iter().copied())?;
+        let mut built = build_endpoints(
+            new,
+            to_start.iter().copied(),
+            &self.ctx.homeserver,
+            &self.ctx.bot,
+        )?;
 
         let mut stopping = report.stopped.clone();
         stopping.extend(report.restarted.iter().cloned());
@@ -358,8 +392,9 @@ impl Channels {
         // serial port, sound card or MQTT client id as their successors.
         self.stop(&stopping).await;
         for channel in to_start {
-            let members = built.remove(&channel.name).unwrap_or_default();
-            self.start(new, channel, members).await?;
+            if let Some(members) = built.remove(&channel.name) {
+                self.start(new, channel, members).await?;
+            }
         }
         Ok(report)
     }

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod frame;
 pub mod health;
 pub mod ids;
+pub mod policy;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -20,3 +21,4 @@ pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
 pub use frame::{AudioFrame, DownFrame};
 pub use health::{ConnectionState, EndpointHealth};
 pub use ids::{EndpointId, StreamKey, Talker, TxId};
+pub use policy::{AllowEveryone, PolicyFuture, TransmitPolicy};

@@ -10,10 +10,14 @@
 
 pub mod audio;
 pub mod devices;
+pub mod endpoint;
 mod error;
+pub mod hardware;
 pub mod morse;
 pub mod ptt;
 pub mod rx;
 pub mod tx;
 
+pub use endpoint::{HardwareOpener, MorseSettings, RadioEndpoint, RadioSettings};
 pub use error::{PttError, SinkError, TxError};
+pub use hardware::{open_hardware, CosSettings, HardwareError, RadioHardware};

@@ -7,7 +7,9 @@
 //! its own thread.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,9 @@ pub enum Action {
     Play(Vec<i16>),
     /// Play the Morse ID now (end of a transmission, ID due).
     PlayId,
+    /// Lay the Morse ID over the audio that follows (a long transmission whose
+    /// `id_interval` ran out while it lasted): the talker is not held up.
+    MixId,
     /// End of audio: flush the sink, then report [`Input::Drained`].
     Drain,
     Unkey(UnkeyReason),
@@ -176,6 +181,17 @@ impl TxMachine {
         }
     }
 
+    /// Whether a transmission keyed at `keyed_at` must ID now, while it lasts:
+    /// `id_interval` has passed since the last ID, or since the key-up when this
+    /// station has not identified yet.
+    fn mid_id_due(&self, now: Instant, keyed_at: Instant) -> bool {
+        let Some(interval) = self.settings.id_interval else {
+            return false;
+        };
+        let since = self.last_id.unwrap_or(keyed_at);
+        now.saturating_duration_since(since) >= interval
+    }
+
     /// Record an ID sent by the audio side mid-transmission.
     pub fn id_sent(&mut self, now: Instant) {
         self.last_id = Some(now);
@@ -240,6 +256,10 @@ impl TxMachine {
                 }
             }
             (Phase::Live { keyed_at, .. }, Input::Audio(frame)) => {
+                if self.mid_id_due(now, keyed_at) {
+                    out.push(Action::MixId);
+                    self.last_id = Some(now);
+                }
                 out.push(Action::Play(frame));
                 Phase::Live {
                     keyed_at,
@@ -370,7 +390,10 @@ pub struct TxController {
     ptt: SharedPtt,
     sink: Box<dyn AudioSink>,
     id: Option<Box<dyn IdSource>>,
+    /// Morse ID samples still to be laid over the audio ([`Action::MixId`]).
+    id_overlay: VecDeque<i16>,
     unkey_owed: Option<(UnkeyReason, Instant)>,
+    keyed: Option<Arc<AtomicBool>>,
     _registration: Registration,
 }
 
@@ -389,7 +412,9 @@ impl TxController {
             ptt,
             sink,
             id: None,
+            id_overlay: VecDeque::new(),
             unkey_owed: None,
+            keyed: None,
             _registration: registration,
         })
     }
@@ -397,6 +422,14 @@ impl TxController {
     pub fn with_id_source(mut self, id: Box<dyn IdSource>) -> Self {
         self.id = Some(id);
         self
+    }
+
+    /// A flag kept equal to "the transmit machine is keyed" after every step, for
+    /// receive detection on another thread (muted while we transmit).
+    pub fn keyed_flag(&mut self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(self.machine.is_keyed()));
+        self.keyed = Some(Arc::clone(&flag));
+        flag
     }
 
     pub fn machine(&self) -> &TxMachine {
@@ -467,7 +500,17 @@ impl TxController {
                         Err(e.into())
                     }
                 },
-                Action::Play(frame) => self.sink.play(&frame).map_err(TxError::from),
+                Action::Play(mut frame) => {
+                    mix_into(&mut frame, &mut self.id_overlay);
+                    self.sink.play(&frame).map_err(TxError::from)
+                }
+                Action::MixId => {
+                    if let Some(id) = self.id.as_mut() {
+                        tracing::info!(ptt = self.ptt.name(), "Morse ID over the transmission");
+                        self.id_overlay.extend(id.id_samples());
+                    }
+                    Ok(())
+                }
                 Action::PlayId => match self.id.as_mut() {
                     Some(id) => {
                         let samples = id.id_samples();
@@ -476,6 +519,14 @@ impl TxController {
                     None => Ok(()),
                 },
                 Action::Drain => {
+                    // An ID still being laid over the audio is finished on its own
+                    // before the hang, or the station would end unidentified.
+                    let rest: Vec<i16> = self.id_overlay.drain(..).collect();
+                    if !rest.is_empty() {
+                        if let Err(e) = self.sink.play(&rest) {
+                            first_err.get_or_insert(e.into());
+                        }
+                    }
                     // A sink that cannot say how long it needs gets the hang
                     // only: better a clipped tail than a stuck key.
                     let (remaining, r) = match self.sink.flush() {
@@ -491,10 +542,26 @@ impl TxController {
                 first_err.get_or_insert(e);
             }
         }
+        self.publish_keyed();
         first_err.map_or(Ok(()), Err)
     }
 
+    /// An unkey still owed counts as keyed: the transmitter may well be on.
+    fn publish_keyed(&self) {
+        if let Some(flag) = &self.keyed {
+            let keyed = self.machine.is_keyed() || self.unkey_owed.is_some();
+            flag.store(keyed, Ordering::Release);
+        }
+    }
+
     fn unkey_now(&mut self, now: Instant, reason: UnkeyReason) -> Result<(), TxError> {
+        self.id_overlay.clear();
+        let result = self.unkey_line(now, reason);
+        self.publish_keyed();
+        result
+    }
+
+    fn unkey_line(&mut self, now: Instant, reason: UnkeyReason) -> Result<(), TxError> {
         match self.ptt.set_keyed(false) {
             Ok(()) => {
                 if self.unkey_owed.take().is_some() {
@@ -513,6 +580,16 @@ impl TxController {
                 Err(e.into())
             }
         }
+    }
+}
+
+/// Adds the next samples of `overlay` onto `frame`, saturating.
+fn mix_into(frame: &mut [i16], overlay: &mut VecDeque<i16>) {
+    for sample in frame.iter_mut() {
+        let Some(id) = overlay.pop_front() else {
+            return;
+        };
+        *sample = sample.saturating_add(id);
     }
 }
 

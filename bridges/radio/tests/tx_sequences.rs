@@ -270,14 +270,19 @@ fn morse_id_at_the_end_of_a_transmission_when_due() {
     r.c = TxController::new("test-id", s, Box::new(ptt), Box::new(r.sink.clone()))
         .expect("controller")
         .with_id_source(Box::new(FakeId));
+    assert!(r.c.id_due(r.at(0)));
+    // At 700 s the ID is overdue from the start: it is laid over the first frame
+    // (see the next test) rather than waiting for the end.
     let count_ids = |r: &Rig| {
         r.sink
             .played()
             .iter()
-            .filter(|(_, s)| s[0] == ID_SAMPLE)
+            .filter(|(at, s)| {
+                let speech = (*at - r.t0).as_millis() as i16;
+                s[0] == ID_SAMPLE || (s.len() == 4 && s[0] == speech.saturating_add(ID_SAMPLE))
+            })
             .count()
     };
-    assert!(r.c.id_due(r.at(0)));
     for (start, n) in [(0u64, 1usize), (10_000, 1), (700_000, 2)] {
         let now = r.at(start);
         r.c.floor_taken_by_other(now).expect("take");
@@ -286,9 +291,11 @@ fn morse_id_at_the_end_of_a_transmission_when_due() {
         r.c.floor_released(now).expect("release");
         r.tick_until(start + 1000);
         assert_eq!(count_ids(&r), n, "transmission at {start} ms");
+        if start == 0 {
+            // The first ID is the last audio of its transmission, after the speech.
+            assert_eq!(r.sink.played().last().map(|(_, s)| s[0]), Some(ID_SAMPLE));
+        }
     }
-    // The ID is the last audio of the transmission, after the speech.
-    assert_eq!(r.sink.played().last().map(|(_, s)| s[0]), Some(ID_SAMPLE));
 }
 
 #[test]
@@ -316,4 +323,54 @@ fn a_failed_unkey_is_retried_every_tick_until_it_succeeds() {
     assert!(!r.lines.levels_now().rts);
     assert_eq!(r.c.next_deadline(), None);
     assert_eq!(r.rts().last(), Some(&(ms(500), false)));
+}
+
+#[test]
+fn a_long_transmission_is_identified_while_it_lasts_without_holding_the_talker_up() {
+    let mut s = settings();
+    s.id_interval = Some(Duration::from_secs(60));
+    s.tx_timeout = Duration::from_secs(180);
+    let mut r = rig(s, false, Duration::ZERO);
+    let ptt = SerialLinePtt::new(r.lines.clone(), PttLines::Rts, false).expect("open");
+    r.c = TxController::new("test-mid-id", s, Box::new(ptt), Box::new(r.sink.clone()))
+        .expect("controller")
+        .with_id_source(Box::new(FakeId));
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    // 150 s of silence-valued speech frames: the station has never identified, so
+    // the ID is due 60 s after the key-up and again 60 s later.
+    let mut t = 0;
+    while t < 150_000 {
+        r.tick_until(t);
+        let now = r.at(t);
+        r.c.audio(now, vec![0; 4]).expect("audio");
+        t += 20;
+    }
+    let played = r.sink.played();
+    // Every frame of speech is played exactly once, none delayed or dropped:
+    // the ID is laid over them (a frame carrying ID samples is not silent).
+    let speech_frames = played.iter().filter(|(_, f)| f.len() == 4).count();
+    assert_eq!(speech_frames, 150_000 / 20);
+    let mixed: Vec<Duration> = played
+        .iter()
+        .filter(|(_, f)| f[0] == ID_SAMPLE)
+        .map(|(at, _)| *at - r.t0)
+        .collect();
+    assert_eq!(
+        mixed.len(),
+        2,
+        "two IDs over 150 s at a 60 s interval: {mixed:?}"
+    );
+    assert_eq!(mixed[0], Duration::from_secs(60));
+    assert_eq!(mixed[1], Duration::from_secs(120));
+    let now = r.at(150_000);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(151_000);
+    // Identified 30 s ago: nothing owed at the end.
+    assert!(!r
+        .sink
+        .played()
+        .iter()
+        .any(|(at, f)| *at >= r.t0 + ms(150_000) && f[0] == ID_SAMPLE));
+    assert_eq!(r.rts().last().map(|(_, l)| *l), Some(false));
 }

@@ -16,6 +16,7 @@ mod mumble_client;
 mod murmur;
 mod ports;
 mod process;
+mod rigctld;
 mod service_user;
 mod synapse;
 
@@ -36,6 +37,7 @@ pub use murmur::{
 };
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
+pub use rigctld::Rigctld;
 pub use synapse::{synapse_python, workspace_root, Synapse, SynapseBuilder, TestUser};
 
 /// Errors of the harness. Matrix errors keep the HTTP status and `errcode`.

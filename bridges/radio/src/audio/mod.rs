@@ -124,6 +124,24 @@ pub struct Capture {
     pub(crate) _guard: Box<dyn Send>,
 }
 
+impl Capture {
+    /// A capture fed by something other than cpal (another audio backend; a
+    /// test's paced source). `guard` lives as long as the capture and stops the
+    /// source when dropped.
+    pub fn from_source(
+        events: mpsc::Receiver<CaptureEvent>,
+        format: StreamFormat,
+        guard: Box<dyn Send>,
+    ) -> Self {
+        Self {
+            events,
+            format,
+            dropped: Arc::default(),
+            _guard: guard,
+        }
+    }
+}
+
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
@@ -154,7 +172,61 @@ impl std::fmt::Debug for Playback {
     }
 }
 
+/// The device side of a [`Playback`] made by [`Playback::driven`]: whatever plays
+/// the audio (another backend, a test's paced clock) pulls samples here.
+pub struct PlaybackDriver {
+    queue: Arc<frames::PlayQueue>,
+    played: watch::Sender<u64>,
+    events: mpsc::Sender<PlaybackEvent>,
+}
+
+impl PlaybackDriver {
+    /// Fills `out` (mono, device rate) with the next queued samples, silence when
+    /// none are queued: what a card's period callback does.
+    pub fn pull(&self, out: &mut [i16]) {
+        let total = self.queue.pop_into(out);
+        self.played.send_replace(total);
+    }
+
+    /// The device went away.
+    pub fn disconnect(&self, why: impl Into<String>) {
+        let _ = self
+            .events
+            .try_send(PlaybackEvent::Disconnected(why.into()));
+    }
+}
+
 impl Playback {
+    /// A playback whose samples are pulled through the returned driver rather
+    /// than by cpal. `guard` lives as long as the playback.
+    pub fn driven(
+        format: StreamFormat,
+        guard: Box<dyn Send>,
+    ) -> Result<(Self, PlaybackDriver), SoundCardError> {
+        let queue = Arc::new(frames::PlayQueue::default());
+        let (played_tx, played_rx) = watch::channel(0u64);
+        let (ev_tx, ev_rx) = mpsc::channel(4);
+        let max_queue = (DEFAULT_PLAYBACK_QUEUE_SAMPLES as u64 * u64::from(format.rate)
+            / u64::from(SAMPLE_RATE)) as usize;
+        let playback = Self {
+            format,
+            resampler: walkie_endpoint::audio::Resampler::new(SAMPLE_RATE, format.rate)?,
+            queue: Arc::clone(&queue),
+            played: played_rx,
+            events: ev_rx,
+            max_queue,
+            _guard: guard,
+        };
+        Ok((
+            playback,
+            PlaybackDriver {
+                queue,
+                played: played_tx,
+                events: ev_tx,
+            },
+        ))
+    }
+
     /// What the device runs at.
     pub fn format(&self) -> StreamFormat {
         self.format

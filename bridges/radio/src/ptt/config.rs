@@ -63,6 +63,20 @@ pub fn open_ptt(config: &PttConfig) -> Result<Box<dyn Ptt>, PttError> {
     })
 }
 
+/// A serial PTT and a second handle on its port, for reading status lines.
+pub(crate) type SerialPttAndStatus = (Box<dyn Ptt>, Box<dyn serialport::SerialPort>);
+
+/// Opens a serial PTT and hands back its port for status-line reading too.
+pub(crate) fn open_serial_ptt(
+    port: &str,
+    lines: PttLines,
+    invert: bool,
+) -> Result<SerialPttAndStatus, PttError> {
+    let ptt = open_serial(port, lines, invert)?;
+    let status = ptt.lines().status_handle()?;
+    Ok((Box::new(ptt), status))
+}
+
 fn open_serial(
     port: &str,
     lines: PttLines,

@@ -91,6 +91,10 @@ impl<L: ModemLines> SerialLinePtt<L> {
         Ok(ptt)
     }
 
+    pub fn lines(&self) -> &L {
+        &self.lines
+    }
+
     pub fn lines_mut(&mut self) -> &mut L {
         &mut self.lines
     }

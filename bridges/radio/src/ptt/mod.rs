@@ -15,6 +15,7 @@ mod serial;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+pub(crate) use config::open_serial_ptt;
 pub use config::{force_unkey, open_ptt, PttConfig, UnkeyReport};
 pub use fake::{monotonic_ns, FakeClock, FakeModemLines, Line, LineEvent};
 pub use lines::{LineLevels, ModemLines, PttLines, SerialLinePtt};

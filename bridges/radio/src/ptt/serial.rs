@@ -43,6 +43,15 @@ impl SerialPortLines {
         &self.path
     }
 
+    /// A second handle on the same port for reading its status lines (COS on
+    /// CTS/DSR/DCD): the port is opened exclusively, so it cannot be opened twice.
+    pub fn status_handle(&self) -> Result<Box<dyn SerialPort>, PttError> {
+        self.port.try_clone().map_err(|e| PttError::Open {
+            port: self.path.clone(),
+            reason: format!("cannot share the port with receive detection: {e}"),
+        })
+    }
+
     /// Set or clear HUPCL (see the type's docs for which we choose).
     pub fn set_hupcl(&mut self, on: bool) -> Result<(), PttError> {
         let fd = self.port.as_raw_fd();
