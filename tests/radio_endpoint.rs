@@ -14,7 +14,7 @@ use ruma::UserId;
 use walkie_bridge::config::TransmitAllow;
 use walkie_bridge::matrix::Homeserver;
 use walkie_bridge::transmit_policy::{RadioTransmitPolicy, RoomPowerLevels};
-use walkie_endpoint::{AllowEveryone, FloorEvent, StreamKey, TransmitPolicy};
+use walkie_endpoint::{AllowEveryone, ConnectionState, FloorEvent, StreamKey, TransmitPolicy};
 use walkie_radio::MorseSettings;
 
 /// The first and last 20 ms period louder than -40 dBFS, with their times.
@@ -231,6 +231,7 @@ async fn a_sound_card_that_disappears_mid_transmission_unkeys_first_and_is_retri
     let speech = common::speech(48_000);
     let mut rig = Rig::start(radio_settings(tx_settings()), Arc::new(AllowEveryone));
     rig.wait_open_attempts(1).await;
+    rig.wait_health(ConnectionState::Connected).await;
 
     let tx = take(&mut rig.talker, 1, "alice").await;
     let talker = rig.talker.id().clone();
@@ -248,6 +249,10 @@ async fn a_sound_card_that_disappears_mid_transmission_unkeys_first_and_is_retri
         unkey_after < Duration::from_millis(100),
         "unkeyed {unkey_after:?} after unplug"
     );
+    // /status shows the radio disconnected, and why.
+    rig.wait_health(ConnectionState::Disconnected).await;
+    let reason = rig.health.reason().unwrap_or_default();
+    assert!(reason.contains("sound card"), "{reason}");
     // The talk goes on, the radio stays unkeyed.
     talk(&rig.talker, 1, &speech[24_000..48_000]).await;
     assert!(!rig.keyed(), "re-keyed without a card");
@@ -277,6 +282,8 @@ async fn a_sound_card_that_disappears_mid_transmission_unkeys_first_and_is_retri
         .store(false, std::sync::atomic::Ordering::Release);
     let before = rig.card.attempts().len();
     rig.wait_open_attempts(before + 1).await;
+    rig.wait_health(ConnectionState::Connected).await;
+    assert_eq!(rig.health.reconnects(), 1);
     let tx = take(&mut rig.talker, 3, "alice").await;
     talk(&rig.talker, 3, &speech[..24_000]).await;
     rig.wait_rts(true).await;

@@ -161,6 +161,8 @@ pub struct Rig {
     pub cos: FakeModemStatus,
     pub card: Arc<CardState>,
     pub stats: Arc<HubStats>,
+    /// The connection state the radio reports (`/status`).
+    pub health: Arc<walkie_endpoint::EndpointHealth>,
     shutdown: CancellationToken,
     radio_stop: CancellationToken,
     hub: tokio::task::JoinHandle<()>,
@@ -232,6 +234,7 @@ impl Rig {
             .attach(radio.id().clone(), radio.capabilities())
             .expect("attach radio");
         let stats = hub.stats();
+        let health = link.health();
         let shutdown = CancellationToken::new();
         let radio_stop = CancellationToken::new();
         let hub = tokio::spawn(hub.run(shutdown.clone()));
@@ -249,10 +252,25 @@ impl Rig {
             cos,
             card: card.0,
             stats,
+            health,
             shutdown,
             radio_stop,
             hub,
             radio,
+        }
+    }
+
+    /// Waits until the radio reports `state`.
+    pub async fn wait_health(&self, state: walkie_endpoint::ConnectionState) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.health.state() != state {
+            assert!(
+                Instant::now() < deadline,
+                "radio reports {} (reason {:?}), not {state}",
+                self.health.state(),
+                self.health.reason()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -450,6 +450,8 @@ impl Radio {
             runner.send(TxCommand::Unkey);
         }
         error!(reason = %why, retry_every = ?self.settings.retry, "sound card lost; radio unkeyed, retrying");
+        self.link
+            .report_disconnected(format!("sound card lost: {why}"));
         metrics::counter!("walkie_radio_card_lost_total", "endpoint" => self.id.to_string())
             .increment(1);
         self.capture = None;
@@ -458,6 +460,14 @@ impl Radio {
         self.end_own_talk().await;
         self.card_retry = Some(Instant::now() + self.settings.retry);
         self.card_failures = 0;
+    }
+
+    /// Connected, for `/status` and metrics, once both the PTT side and the sound
+    /// card are open.
+    fn report_if_ready(&self) {
+        if self.runner.is_some() && self.capture.is_some() {
+            self.link.report_connected();
+        }
     }
 
     async fn retry_due(&mut self) -> Result<(), EndpointError> {
@@ -515,8 +525,11 @@ impl Radio {
                 self.transmitting = false;
                 self.hardware_retry = None;
                 self.hardware_failures = 0;
+                self.report_if_ready();
             }
             Err(reason) => {
+                self.link
+                    .report_disconnected(format!("PTT / receive detection: {reason}"));
                 self.hardware_failures += 1;
                 if self.hardware_failures == 1 {
                     error!(%reason, retry_every = ?self.settings.retry, "cannot open the radio's PTT / receive detection; retrying");
@@ -554,8 +567,11 @@ impl Radio {
                 self.playback.put(Some(playback));
                 self.card_retry = None;
                 self.card_failures = 0;
+                self.report_if_ready();
             }
             Err(reason) => {
+                self.link
+                    .report_disconnected(format!("sound card: {reason}"));
                 self.card_failures += 1;
                 if self.card_failures == 1 {
                     error!(%reason, retry_every = ?self.settings.retry, "sound card unavailable; retrying");
