@@ -23,6 +23,7 @@ use crate::archive::{recover_spool, Outbox};
 use crate::config::Config;
 use crate::endpoints;
 use crate::hub::ChannelHub;
+use crate::live::Live;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
 use crate::matrix::{AppserviceServer, Inbound};
@@ -146,9 +147,12 @@ async fn run_daemon(
         dispatch_tx,
     )?;
     let server_token = CancellationToken::new();
-    let server_task = tokio::spawn(server.serve(listener, server_token.clone()));
+    let mut live = Live::new(&config, homeserver.clone(), store.clone(), bot.clone())?;
+    let server_task =
+        tokio::spawn(server.serve_with(listener, live.router(), server_token.clone()));
 
     if !wait_for_homeserver(&homeserver, &bot, &shutdown).await {
+        live.stop().await;
         server_token.cancel();
         let _ = server_task.await;
         return Ok(());
@@ -231,6 +235,7 @@ async fn run_daemon(
         let mut members = vec![room_endpoint];
         members.extend(configured.remove(&channel.name).unwrap_or_default());
         members.extend(extra.remove(&channel.name).unwrap_or_default());
+        members.extend(live.endpoint(&channel.name, prepared.room_id.clone()));
         for endpoint in members {
             let id = endpoint.id().clone();
             let link = hub
@@ -252,6 +257,7 @@ async fn run_daemon(
     }
     // Endpoints of channels that are not bridged are dropped here, so whoever
     // waits for them to start learns that they never will.
+    live.forget_unbridged();
     for channel in extra.into_keys() {
         warn!(%channel, "an extra endpoint names a channel that is not bridged");
     }
@@ -279,6 +285,7 @@ async fn run_daemon(
     while hubs.join_next().await.is_some() {}
     endpoint_token.cancel();
     while endpoints.join_next().await.is_some() {}
+    live.stop().await;
     worker_token.cancel();
     while workers.join_next().await.is_some() {}
     outbox_token.cancel();

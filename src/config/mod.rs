@@ -35,6 +35,7 @@ pub struct Config {
     pub floor: FloorConfig,
     pub archive: ArchiveConfig,
     pub logging: LoggingConfig,
+    pub live: LiveConfig,
     /// In file order.
     pub channels: Vec<ChannelConfig>,
     /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
@@ -120,6 +121,19 @@ pub struct ArchiveConfig {
 pub struct LoggingConfig {
     /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
     pub level: String,
+}
+
+/// Live talk from the browser (`[live]`), served on `appservice.listen`.
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    pub enabled: bool,
+    /// The homeserver URL the page offers for logging in: browsers reach the
+    /// homeserver themselves, often by another name than the bridge does.
+    pub homeserver_url: Url,
+    /// Where the homeserver serves `/_matrix/federation/v1/openid/userinfo`.
+    pub openid_url: Url,
+    /// Live clients per channel.
+    pub max_clients: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -27,6 +27,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub logging: RawLogging,
     #[serde(default)]
+    pub live: RawLive,
+    #[serde(default)]
     pub channel: Vec<RawChannel>,
     #[serde(default)]
     pub mumble: BTreeMap<String, RawMumble>,
@@ -120,6 +122,26 @@ impl Default for RawLogging {
     fn default() -> Self {
         Self {
             level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLive {
+    pub enabled: bool,
+    pub homeserver_url: Option<String>,
+    pub openid_url: Option<String>,
+    pub max_clients: u64,
+}
+
+impl Default for RawLive {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            homeserver_url: None,
+            openid_url: None,
+            max_clients: 50,
         }
     }
 }

@@ -12,13 +12,13 @@ use url::Url;
 use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
-    RawLogging, RawMqtt, RawMumble, RawRadio,
+    RawLive, RawLogging, RawMqtt, RawMumble, RawRadio,
 };
 use super::types::{check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, UserGlob};
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
-    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LoggingConfig, MqttConfig,
-    MumbleConfig, RadioConfig, Resource, VoxConfig,
+    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LiveConfig, LoggingConfig,
+    MqttConfig, MumbleConfig, RadioConfig, Resource, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -103,6 +103,7 @@ pub(crate) fn validate(
     let floor = floor(&mut r, raw.floor);
     let archive = archive(&mut r, raw.archive);
     let logging = logging(&mut r, raw.logging);
+    let live = live(&mut r, raw.live, homeserver.as_ref().map(|h| &h.url));
 
     let mut endpoints = Endpoints::default();
     for (name, m) in raw.mumble {
@@ -154,7 +155,9 @@ pub(crate) fn validate(
 
     let channels = channels(&mut r, raw.channel, &endpoints);
 
-    match (homeserver, appservice, database, floor, archive, logging) {
+    match (
+        homeserver, appservice, database, floor, archive, logging, live,
+    ) {
         (
             Some(homeserver),
             Some(appservice),
@@ -162,6 +165,7 @@ pub(crate) fn validate(
             Some(floor),
             Some(archive),
             Some(logging),
+            Some(live),
         ) if r.errors.is_empty() => {
             let config = Config {
                 homeserver,
@@ -170,6 +174,7 @@ pub(crate) fn validate(
                 floor,
                 archive,
                 logging,
+                live,
                 channels,
                 endpoints: endpoints.valid,
             };
@@ -393,6 +398,24 @@ fn logging(r: &mut Report, raw: RawLogging) -> Option<LoggingConfig> {
                 )
             }),
     )
+}
+
+/// Both URLs default to `homeserver.url`; without a valid one there is nothing to
+/// default to, and that error is already reported.
+fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveConfig> {
+    let mut url = |key: &str, value: Option<String>| match value {
+        Some(s) => r.check(key, http_url(key, &s)),
+        None => homeserver.cloned(),
+    };
+    let homeserver_url = url("live.homeserver_url", raw.homeserver_url);
+    let openid_url = url("live.openid_url", raw.openid_url);
+    let max_clients = r.in_range("live.max_clients", raw.max_clients, 1..=10_000, "clients");
+    Some(LiveConfig {
+        enabled: raw.enabled,
+        homeserver_url: homeserver_url?,
+        openid_url: openid_url?,
+        max_clients: usize::try_from(max_clients).ok()?,
+    })
 }
 
 fn endpoint(

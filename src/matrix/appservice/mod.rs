@@ -255,9 +255,20 @@ impl AppserviceServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), AppserviceError> {
+        self.serve_with(listener, Router::new(), shutdown).await
+    }
+
+    /// Like [`Self::serve`], with `extra` routes on the same listener (the
+    /// live-talk page and WebSocket).
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppserviceError> {
         let address: Option<SocketAddr> = listener.local_addr().ok();
         let stop = self.shared.stop.clone();
-        let router = self.router();
+        let router = self.router().merge(extra);
         info!(address = ?address, "appservice API listening");
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
