@@ -29,8 +29,8 @@ use walkie_endpoint::{
 
 use super::auth::{Authenticator, Identity, Refusal};
 use super::protocol::{
-    encode_frame, AudioPacket, ErrorCode, Event, FloorState, Logon, Person, StartStream,
-    StopStream, Success, PACKET_MS, SAMPLE_RATE,
+    encode_frame, AudioPacket, ErrorCode, Event, FloorState, FloorUpdate, Logon, Person,
+    StartStream, StopStream, Success, PACKET_MS, SAMPLE_RATE,
 };
 use super::LiveSettings;
 
@@ -313,20 +313,12 @@ impl Actor {
                 let Some((client, own)) = self.take_own(stream) else {
                     return Ok(());
                 };
-                let mut event = Event::floor(FloorState::Denied);
-                if let Event::OnFloor {
-                    stream_id,
-                    reason: why,
-                    holder: h,
-                    ..
-                } = &mut event
-                {
-                    *stream_id = Some(own.id);
-                    *why = Some(deny_reason(reason).into());
-                    *h = holder.as_ref().map(person);
-                }
+                let mut update = FloorUpdate::new(FloorState::Denied)
+                    .stream(own.id)
+                    .reason(deny_reason(reason));
+                update.holder = holder.as_ref().map(person);
                 info!(client, stream = own.id, %reason, "live talk denied");
-                self.send_event(client, &event);
+                self.send_event(client, &update.event());
             }
             FloorEvent::Queued { stream, position } => {
                 let Some(client) = self.owner(stream) else {
@@ -339,17 +331,10 @@ impl Actor {
                 {
                     own.state = OwnState::Queued;
                 }
-                let mut event = Event::floor(FloorState::Queued);
-                if let Event::OnFloor {
-                    stream_id,
-                    position: p,
-                    ..
-                } = &mut event
-                {
-                    *stream_id = u32::try_from(stream.0).ok();
-                    *p = Some(position);
-                }
-                self.send_event(client, &event);
+                let mut update = FloorUpdate::new(FloorState::Queued);
+                update.stream_id = u32::try_from(stream.0).ok();
+                update.position = Some(position);
+                self.send_event(client, &update.event());
             }
             FloorEvent::Taken {
                 tx, talker, source, ..
@@ -374,21 +359,10 @@ impl Actor {
                 let Some(client) = self.owner(stream) else {
                     return Ok(());
                 };
-                let mut event = Event::floor(FloorState::Declined);
-                if let Event::OnFloor {
-                    stream_id,
-                    tx_id,
-                    reason: why,
-                    by: b,
-                    ..
-                } = &mut event
-                {
-                    *stream_id = u32::try_from(stream.0).ok();
-                    *tx_id = Some(tx.to_string());
-                    *why = Some(reason);
-                    *b = Some(by.to_string());
-                }
-                self.send_event(client, &event);
+                let mut update = FloorUpdate::new(FloorState::Declined).tx(tx).reason(reason);
+                update.stream_id = u32::try_from(stream.0).ok();
+                update.by = Some(by.to_string());
+                self.send_event(client, &update.event());
             }
         }
         Ok(())
@@ -411,17 +385,10 @@ impl Actor {
         let stream_id = own.id;
         let talker = talker_of(&c.identity);
         info!(client, stream = stream_id, %tx, user = %c.identity.user_id, "live talk granted");
-        let mut event = Event::floor(FloorState::Granted);
-        if let Event::OnFloor {
-            stream_id: s,
-            tx_id,
-            ..
-        } = &mut event
-        {
-            *s = Some(stream_id);
-            *tx_id = Some(tx.to_string());
-        }
-        self.send_event(client, &event);
+        let granted = FloorUpdate::new(FloorState::Granted)
+            .stream(stream_id)
+            .tx(tx);
+        self.send_event(client, &granted.event());
         let source = self.endpoint.id.clone();
         let hearing = self.hearing_for(tx, stream_id, Some(client), &talker, &source);
         self.broadcast(&hearing.taken, Some(client));
@@ -456,20 +423,12 @@ impl Actor {
             ReleaseReason::TalkerDone | ReleaseReason::IdleTimeout => FloorState::Released,
             _ => FloorState::Revoked,
         };
-        let mut event = Event::floor(state);
-        if let Event::OnFloor {
-            stream_id,
-            tx_id,
-            reason: why,
-            ..
-        } = &mut event
-        {
-            *stream_id = Some(hearing.stream_id);
-            *tx_id = Some(tx.to_string());
-            *why = Some(reason.to_string());
-        }
+        let update = FloorUpdate::new(state)
+            .stream(hearing.stream_id)
+            .tx(tx)
+            .reason(reason.to_string());
         info!(client, stream = hearing.stream_id, %tx, %reason, "live talk ended");
-        self.send_event(client, &event);
+        self.send_event(client, &update.event());
     }
 
     fn on_hub_audio(&mut self, frame: DownFrame) {
@@ -488,18 +447,9 @@ impl Actor {
         talker: &Talker,
         source: &EndpointId,
     ) -> Hearing {
-        let mut taken = Event::floor(FloorState::Taken);
-        if let Event::OnFloor {
-            tx_id,
-            talker: t,
-            source: s,
-            ..
-        } = &mut taken
-        {
-            *tx_id = Some(tx.to_string());
-            *t = Some(person(talker));
-            *s = Some(source.to_string());
-        }
+        let mut taken = FloorUpdate::new(FloorState::Taken).tx(tx);
+        taken.talker = Some(person(talker));
+        taken.source = Some(source.to_string());
         let start = Event::OnStreamStart {
             stream_id,
             kind: "audio",
@@ -517,7 +467,7 @@ impl Actor {
             tx,
             stream_id,
             local,
-            taken: taken.to_json().into(),
+            taken: taken.event().to_json().into(),
             start: start.to_json().into(),
         }
     }
@@ -694,15 +644,10 @@ impl Actor {
         if let Some(why) = refused {
             c.stream = None;
             self.streams.remove(&done.stream_id);
-            let mut event = Event::floor(FloorState::Denied);
-            if let Event::OnFloor {
-                stream_id, reason, ..
-            } = &mut event
-            {
-                *stream_id = Some(done.stream_id);
-                *reason = Some(why.into());
-            }
-            self.send_event(done.client, &event);
+            let denied = FloorUpdate::new(FloorState::Denied)
+                .stream(done.stream_id)
+                .reason(why);
+            self.send_event(done.client, &denied.event());
             return Ok(());
         }
         if let Some(own) = c.stream.as_mut() {

@@ -309,30 +309,68 @@ pub enum FloorState {
     Declined,
 }
 
-/// Everything a message from the bridge can carry; each message fills in the
-/// fields that apply and leaves out the rest.
+/// An `on_floor` event: `state` and whichever other fields apply to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FloorUpdate {
+    pub state: FloorState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Person>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub talker: Option<Person>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl FloorUpdate {
+    pub fn new(state: FloorState) -> Self {
+        Self {
+            state,
+            stream_id: None,
+            tx_id: None,
+            position: None,
+            reason: None,
+            holder: None,
+            talker: None,
+            source: None,
+            by: None,
+        }
+    }
+
+    pub fn stream(mut self, id: u32) -> Self {
+        self.stream_id = Some(id);
+        self
+    }
+
+    pub fn tx(mut self, tx: impl ToString) -> Self {
+        self.tx_id = Some(tx.to_string());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn event(self) -> Event {
+        Event::OnFloor(self)
+    }
+}
+
+/// A message from the bridge that is not the answer to a command.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Event {
-    OnFloor {
-        state: FloorState,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        stream_id: Option<u32>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tx_id: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        position: Option<usize>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        holder: Option<Person>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        talker: Option<Person>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        source: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        by: Option<String>,
-    },
+    OnFloor(FloorUpdate),
     OnStreamStart {
         stream_id: u32,
         #[serde(rename = "type")]
@@ -369,19 +407,9 @@ pub enum Event {
 }
 
 impl Event {
-    /// An `on_floor` with only `state` set; the builders below add the rest.
+    /// An `on_floor` with only `state` set.
     pub fn floor(state: FloorState) -> Self {
-        Self::OnFloor {
-            state,
-            stream_id: None,
-            tx_id: None,
-            position: None,
-            reason: None,
-            holder: None,
-            talker: None,
-            source: None,
-            by: None,
-        }
+        FloorUpdate::new(state).event()
     }
 
     pub fn error(seq: Option<u64>, error: ErrorCode, message: impl Into<String>) -> Self {

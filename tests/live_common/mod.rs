@@ -33,7 +33,7 @@ pub struct LiveClient {
 impl LiveClient {
     pub async fn connect(listen: u16) -> Self {
         let url = format!("ws://127.0.0.1:{listen}/live/ws");
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
             .await
             .unwrap_or_else(|e| panic!("WebSocket to {url}: {e}"));
         Self { ws, seq: 0 }
