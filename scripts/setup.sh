@@ -17,6 +17,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        alsa-utils, libhamlib-utils (rigctld -m 1, the dummy rig for PTT/DCD),
 #        systemd (systemd-analyze verify, systemd-sysusers, systemd-tmpfiles check
 #        the files under systemd/; tests/systemd_units.rs).
+#        chromium (the live-talk page's end-to-end test drives Debian's headless
+#        Chromium with playwright-core from tests/browser; Node.js and npm below).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
@@ -24,6 +26,7 @@ PACKAGES=(
   mumble-server mosquitto mosquitto-clients openssl
   libasound2-dev alsa-utils libhamlib-utils
   systemd
+  chromium
 )
 
 apt_install() {
@@ -130,4 +133,19 @@ if ! pymumble_installed; then
   "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "pymumble==$PYMUMBLE_VERSION" "opuslib==3.0.1" "protobuf==3.12.2"
   pymumble_installed || { echo "setup: pymumble $PYMUMBLE_VERSION did not install into $TEST_VENV" >&2; exit 1; }
+fi
+
+# The live-talk page's browser test (tests/live_browser.rs) runs tests/browser/live.mjs
+# with playwright-core from the committed lock file. playwright-core never downloads
+# a browser; the test uses Debian's /usr/bin/chromium.
+# Node.js and npm: the machine's own when it has them (a packaged Node.js from
+# elsewhere conflicts with Debian's npm); Debian's otherwise.
+command -v node >/dev/null || apt_install nodejs
+command -v npm >/dev/null || apt_install npm
+BROWSER_TESTS="$ROOT/tests/browser"
+playwright_wanted=$(node -p "require('$BROWSER_TESTS/package-lock.json').packages['node_modules/playwright-core'].version")
+playwright_installed=$(node -p "require('$BROWSER_TESTS/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [[ $playwright_installed != "$playwright_wanted" ]]; then
+  echo "setup: npm ci in tests/browser (playwright-core $playwright_wanted)" >&2
+  (cd "$BROWSER_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
 fi

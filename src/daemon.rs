@@ -21,6 +21,7 @@ use walkie_endpoint::Endpoint;
 
 use crate::archive::{recover_spool, Outbox};
 use crate::config::Config;
+use crate::live::Live;
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets};
@@ -162,10 +163,13 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         dispatch_tx,
     )?;
     let server_token = CancellationToken::new();
-    let server_task = tokio::spawn(server.serve(listener, server_token.clone()));
+    let live = Live::new(&config, homeserver.clone(), store.clone(), bot.clone())?;
+    let server_task =
+        tokio::spawn(server.serve_with(listener, live.router(), server_token.clone()));
 
     phase_tx.send_replace(Phase::WaitingForHomeserver);
     if !wait_for_homeserver(&homeserver, &bot, &shutdown, &notifier).await {
+        live.stop().await;
         server_token.cancel();
         let _ = server_task.await;
         status_token.cancel();
@@ -197,6 +201,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             bot: bot.clone(),
             puppets: puppets.clone(),
             outbox_wake: outbox.waker(),
+            live: live.endpoints(),
         },
         observers_tx,
     );
@@ -268,6 +273,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     notifier.stopping();
     phase_tx.send_replace(Phase::Stopping);
     channels.stop_all().await;
+    live.stop().await;
     outbox_token.cancel();
     let _ = outbox_task.await;
     server_token.cancel();

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod endpoints;
 pub mod hub;
+pub mod live;
 pub mod matrix;
 pub mod ops;
 pub mod radio_cli;

@@ -132,6 +132,10 @@ fn example_deserializes_to_the_structs() {
     );
     assert_eq!(config.archive.min_archive, Duration::from_millis(300));
     assert_eq!(config.logging.level, "info");
+    assert!(config.live.enabled);
+    assert_eq!(config.live.homeserver_url, config.homeserver.url);
+    assert_eq!(config.live.openid_url, config.homeserver.url);
+    assert_eq!(config.live.max_clients, 50);
 
     let [channel] = config.channels.as_slice() else {
         panic!("one channel expected: {:?}", config.channels);

@@ -37,6 +37,7 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub logging: LoggingConfig,
     pub status: StatusConfig,
+    pub live: LiveConfig,
     /// In file order.
     pub channels: Vec<ChannelConfig>,
     /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
@@ -129,6 +130,19 @@ pub struct LoggingConfig {
 pub struct StatusConfig {
     /// `None`: not served (`listen = ""`).
     pub listen: Option<SocketAddr>,
+}
+
+/// Live talk from the browser (`[live]`), served on `appservice.listen`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveConfig {
+    pub enabled: bool,
+    /// The homeserver URL the page offers for logging in: browsers reach the
+    /// homeserver themselves, often by another name than the bridge does.
+    pub homeserver_url: Url,
+    /// Where the homeserver serves `/_matrix/federation/v1/openid/userinfo`.
+    pub openid_url: Url,
+    /// Live clients per channel.
+    pub max_clients: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]

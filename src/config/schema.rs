@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
     pub logging: RawLogging,
     #[serde(default)]
     pub status: RawStatus,
+    pub live: RawLive,
     #[serde(default)]
     pub channel: Vec<RawChannel>,
     #[serde(default)]
@@ -140,6 +141,26 @@ impl Default for RawStatus {
     fn default() -> Self {
         Self {
             listen: DEFAULT_STATUS_LISTEN.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLive {
+    pub enabled: bool,
+    pub homeserver_url: Option<String>,
+    pub openid_url: Option<String>,
+    pub max_clients: u64,
+}
+
+impl Default for RawLive {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            homeserver_url: None,
+            openid_url: None,
+            max_clients: 50,
         }
     }
 }

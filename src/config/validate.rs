@@ -12,15 +12,15 @@ use url::Url;
 use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
-    RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
+    RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
 };
 use super::types::{
     check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, TransmitAllow,
 };
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
-    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LoggingConfig, MqttConfig,
-    MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
+    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LiveConfig, LoggingConfig,
+    MqttConfig, MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -106,6 +106,7 @@ pub(crate) fn validate(
     let archive = archive(&mut r, raw.archive);
     let logging = logging(&mut r, raw.logging);
     let status = status(&mut r, raw.status);
+    let live = live(&mut r, raw.live, homeserver.as_ref().map(|h| &h.url));
 
     let mut endpoints = Endpoints::default();
     for (name, m) in raw.mumble {
@@ -158,7 +159,7 @@ pub(crate) fn validate(
     let channels = channels(&mut r, raw.channel, &endpoints);
 
     match (
-        homeserver, appservice, database, floor, archive, logging, status,
+        homeserver, appservice, database, floor, archive, logging, status, live,
     ) {
         (
             Some(homeserver),
@@ -168,6 +169,7 @@ pub(crate) fn validate(
             Some(archive),
             Some(logging),
             Some(status),
+            Some(live),
         ) if r.errors.is_empty() => {
             let config = Config {
                 homeserver,
@@ -177,6 +179,7 @@ pub(crate) fn validate(
                 archive,
                 logging,
                 status,
+                live,
                 channels,
                 endpoints: endpoints.valid,
             };
@@ -425,6 +428,24 @@ fn status(r: &mut Report, raw: RawStatus) -> Option<StatusConfig> {
         );
     }
     Some(StatusConfig { listen: Some(addr) })
+}
+
+/// Both URLs default to `homeserver.url`; without a valid one there is nothing to
+/// default to, and that error is already reported.
+fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveConfig> {
+    let mut url = |key: &str, value: Option<String>| match value {
+        Some(s) => r.check(key, http_url(key, &s)),
+        None => homeserver.cloned(),
+    };
+    let homeserver_url = url("live.homeserver_url", raw.homeserver_url);
+    let openid_url = url("live.openid_url", raw.openid_url);
+    let max_clients = r.in_range("live.max_clients", raw.max_clients, 1..=10_000, "clients");
+    Some(LiveConfig {
+        enabled: raw.enabled,
+        homeserver_url: homeserver_url?,
+        openid_url: openid_url?,
+        max_clients: usize::try_from(max_clients).ok()?,
+    })
 }
 
 fn endpoint(

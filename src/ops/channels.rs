@@ -18,6 +18,7 @@ use crate::archive::OutboxWaker;
 use crate::config::{self, ArchiveConfig, ChannelConfig, Config, EndpointSpec, FloorConfig};
 use crate::endpoints;
 use crate::hub::{ChannelHub, HubObserver};
+use crate::live::LiveEndpoints;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
 use crate::store::Store;
@@ -48,6 +49,8 @@ pub struct ChannelDeps {
     pub bot: OwnedUserId,
     pub puppets: Puppets,
     pub outbox_wake: OutboxWaker,
+    /// Each channel's live-talk endpoint (none when `[live]` is off).
+    pub live: LiveEndpoints,
 }
 
 /// Everything a channel runs with. When a reload changes any of it, the channel
@@ -247,6 +250,7 @@ impl Channels {
         let mut tasks = JoinSet::new();
         let mut all = vec![room_endpoint];
         all.extend(members);
+        all.extend(ctx.live.endpoint(&channel.name, prepared.room_id.clone()));
         for (index, endpoint) in all.into_iter().enumerate() {
             let id = endpoint.id().clone();
             let link = match hub.attach(id.clone(), endpoint.capabilities()) {

@@ -48,6 +48,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use ruma::{OwnedUserId, UserId};
 use serde_json::json;
@@ -255,10 +256,29 @@ impl AppserviceServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), AppserviceError> {
+        self.serve_with(listener, Router::new(), shutdown).await
+    }
+
+    /// Like [`Self::serve`], with `extra` routes on the same listener (the
+    /// live-talk page and WebSocket).
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        extra: Router,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppserviceError> {
         let address: Option<SocketAddr> = listener.local_addr().ok();
         let stop = self.shared.stop.clone();
-        let router = self.router();
+        let router = self.router().merge(extra);
         info!(address = ?address, "appservice API listening");
+        // Without TCP_NODELAY a small message written right after another (a
+        // live-talk answer, then its floor event) waits for the peer's delayed
+        // ACK: 40 ms on Linux.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;

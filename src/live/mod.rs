@@ -1,0 +1,221 @@
+//! Live talk from Matrix (DESIGN.md §4, issue #7): a WebSocket endpoint and a
+//! push-to-talk web page, served on the appservice listener.
+//!
+//! - [`protocol`]: the wire format (docs/live-protocol.md), parsed defensively.
+//! - [`auth`]: OpenID token, room membership and opt-in checks of a logon.
+//! - [`session`]: one WebSocket connection.
+//! - [`endpoint`]: one channel's live clients as one hub endpoint (`live.<channel>`).
+//! - [`assets`]: the page, embedded in the binary.
+//!
+//! The routes exist from start-up on; each channel's endpoint joins when its room
+//! is ready. A logon that arrives before waits (up to a timeout) in the channel's
+//! inbox, and one for a channel that could not be bridged is refused.
+
+pub mod assets;
+pub mod auth;
+pub mod endpoint;
+pub mod protocol;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, Instrument};
+use walkie_endpoint::{Endpoint, EndpointId};
+
+use crate::config::Config;
+use crate::matrix::Homeserver;
+use crate::store::Store;
+
+pub use auth::{Authenticator, Identity, Refusal};
+pub use endpoint::LiveEndpoint;
+
+/// Messages waiting for a channel's live actor: logons, presses and audio of all
+/// its clients. Audio beyond this is dropped (counted); control waits.
+const CHANNEL_INBOX: usize = 1024;
+/// The largest WebSocket message taken from a client: a logon with a long token,
+/// or an audio frame, fit many times over.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What each channel's live endpoint is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    pub max_clients: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("cannot build the HTTP client that checks OpenID tokens: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The live-talk side of the daemon: routes for the listener, and an endpoint for
+/// each bridged channel.
+pub struct Live {
+    endpoints: LiveEndpoints,
+}
+
+/// Makes each channel's live endpoint when the channel starts — again after a
+/// reload restarted or added it. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveEndpoints {
+    shared: Option<Arc<Shared>>,
+    auth: Option<Arc<Authenticator>>,
+    settings: LiveSettings,
+}
+
+struct Shared {
+    directory: Arc<session::Directory>,
+    page_config: String,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    sessions: AtomicU64,
+}
+
+impl Live {
+    /// Everything off when `live.enabled = false`: no routes, no endpoints.
+    pub fn new(
+        config: &Config,
+        homeserver: Homeserver,
+        store: Store,
+        bot: OwnedUserId,
+    ) -> Result<Self, LiveError> {
+        let settings = LiveSettings {
+            max_clients: config.live.max_clients,
+        };
+        if !config.live.enabled {
+            return Ok(Self {
+                endpoints: LiveEndpoints {
+                    shared: None,
+                    auth: None,
+                    settings,
+                },
+            });
+        }
+        let auth = Authenticator::new(
+            &config.live.openid_url,
+            homeserver,
+            store,
+            bot,
+            config.homeserver.domain.clone(),
+        )?;
+        let channels: Vec<_> = config
+            .channels
+            .iter()
+            .map(|c| json!({ "name": c.name, "room": c.room.to_string() }))
+            .collect();
+        let page_config = json!({
+            "homeserver_url": config.live.homeserver_url.as_str().trim_end_matches('/'),
+            "channels": channels,
+            "protocol": 1,
+        })
+        .to_string();
+        Ok(Self {
+            endpoints: LiveEndpoints {
+                shared: Some(Arc::new(Shared {
+                    directory: Arc::new(session::Directory::default()),
+                    page_config,
+                    tracker: TaskTracker::new(),
+                    shutdown: CancellationToken::new(),
+                    sessions: AtomicU64::new(0),
+                })),
+                auth: Some(Arc::new(auth)),
+                settings,
+            },
+        })
+    }
+
+    /// What channels use to make their live endpoints.
+    pub fn endpoints(&self) -> LiveEndpoints {
+        self.endpoints.clone()
+    }
+
+    /// The page, its assets and the WebSocket under `/live/`; empty when disabled.
+    pub fn router(&self) -> Router {
+        let Some(shared) = &self.endpoints.shared else {
+            return Router::new();
+        };
+        Router::new()
+            .route("/live", get(|| async { Redirect::permanent("/live/") }))
+            .route("/live/", get(assets::index))
+            .route("/live/config.json", get(page_config))
+            .route("/live/ws", get(upgrade))
+            .route("/live/{file}", get(assets::file))
+            .with_state(Arc::clone(shared))
+    }
+
+    /// Closes every live connection and waits for their tasks to end.
+    pub async fn stop(self) {
+        let Some(shared) = self.endpoints.shared else {
+            return;
+        };
+        shared.shutdown.cancel();
+        shared.tracker.close();
+        shared.tracker.wait().await;
+        info!("live sessions closed");
+    }
+}
+
+impl LiveEndpoints {
+    /// The live endpoint of `channel`, now that its room is ready; `None` when
+    /// live talk is off. Logons for `channel` go to this endpoint from now on
+    /// (one that a restart replaced is forgotten).
+    pub fn endpoint(&self, channel: &str, room: OwnedRoomId) -> Option<Box<dyn Endpoint>> {
+        let shared = self.shared.as_ref()?;
+        let auth = Arc::clone(self.auth.as_ref()?);
+        let (tx, inbox) = mpsc::channel(CHANNEL_INBOX);
+        shared
+            .directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel.to_owned(), tx);
+        Some(Box::new(LiveEndpoint::new(
+            EndpointId::new(format!("live.{channel}")),
+            channel.to_owned(),
+            room,
+            auth,
+            self.settings,
+            inbox,
+        )))
+    }
+}
+
+async fn page_config(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        shared.page_config.clone(),
+    )
+        .into_response()
+}
+
+async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    let session_id = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = tracing::info_span!(
+        "live_session",
+        session = session_id,
+        channel = tracing::field::Empty,
+        user = tracing::field::Empty,
+    );
+    let directory = Arc::clone(&shared.directory);
+    let shutdown = shared.shutdown.clone();
+    let tracker = shared.tracker.clone();
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let session = session::Session::new(socket, directory, span.clone());
+            tracker.track_future(session.run(shutdown).instrument(span))
+        })
+}
