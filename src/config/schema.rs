@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
     pub logging: RawLogging,
     #[serde(default)]
     pub status: RawStatus,
+    #[serde(default)]
     pub live: RawLive,
     #[serde(default)]
     pub channel: Vec<RawChannel>,
