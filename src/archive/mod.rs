@@ -71,6 +71,23 @@ impl ArchiveError {
         }
     }
 
+    /// The spool's file system is full (or the bridge's quota is used up): no
+    /// recording can be kept until space is freed.
+    pub fn is_spool_full(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = source {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded
+                {
+                    return true;
+                }
+            }
+            source = error.source();
+        }
+        false
+    }
+
     pub(crate) fn audio(
         what: &'static str,
         path: impl Into<PathBuf>,

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use walkie_endpoint::audio::{import_voice_message, ImportLimits, FRAME_MS};
 use walkie_endpoint::{
     AudioFrame, DenyReason, DownFrame, Downlink, Endpoint, EndpointError, EndpointFuture,
@@ -120,6 +120,8 @@ struct RoomState {
     imported_rx: mpsc::UnboundedReceiver<Imported>,
     recent: VecDeque<OwnedEventId>,
     recent_set: HashSet<OwnedEventId>,
+    /// The spool was full at the last recording; cleared by the next one kept.
+    spool_full: bool,
 }
 
 impl RoomState {
@@ -139,6 +141,7 @@ impl RoomState {
             imported_tx,
             imported_rx,
             recent: VecDeque::new(),
+            spool_full: false,
             recent_set: HashSet::new(),
         }
     }
@@ -262,11 +265,43 @@ impl RoomState {
         };
         match Recorder::start(&self.parts.spool_dir, meta) {
             Ok(recorder) => self.recording = Some(recorder),
-            Err(error) => {
-                metrics::counter!("walkie_archive_errors_total", "channel" => self.parts.channel.clone())
-                    .increment(1);
-                warn!(%tx, %error, "cannot record this transmission; it will not be archived");
-            }
+            Err(error) => self.recording_failed(tx, &error),
+        }
+    }
+
+    /// A transmission that cannot be kept: said loudly, counted, and — when the
+    /// spool is full — raised as an alarm (metric and one notice in the room)
+    /// until a recording can be kept again. Everyone still heard it live.
+    fn recording_failed(&mut self, tx: TxId, error: &crate::archive::ArchiveError) {
+        let full = error.is_spool_full();
+        let reason = if full { "spool_full" } else { "io" };
+        metrics::counter!("walkie_archive_errors_total", "channel" => self.parts.channel.clone(), "reason" => reason)
+            .increment(1);
+        if !full {
+            warn!(%tx, %error, "cannot record this transmission; it will not be archived");
+            return;
+        }
+        error!(%tx, spool = %self.parts.spool_dir.display(), %error,
+            "ARCHIVE SPOOL FULL: this transmission is not archived; free space in the spool directory");
+        metrics::gauge!("walkie_archive_spool_full", "channel" => self.parts.channel.clone())
+            .set(1.0);
+        if !self.spool_full {
+            self.spool_full = true;
+            self.tell(RoomOp::Notice {
+                text: "The bridge's archive is full: transmissions are heard live but not \
+                       archived here until its operator frees space."
+                    .to_owned(),
+                thread_root: None,
+            });
+        }
+    }
+
+    fn spool_ok(&mut self) {
+        if self.spool_full {
+            self.spool_full = false;
+            metrics::gauge!("walkie_archive_spool_full", "channel" => self.parts.channel.clone())
+                .set(0.0);
+            info!("the archive spool has room again; transmissions are archived");
         }
     }
 
@@ -278,10 +313,10 @@ impl RoomState {
             return;
         }
         if let Err(error) = recorder.push(&frame.frame) {
-            warn!(tx = %frame.tx, %error, "recording failed; this transmission will not be archived");
             if let Some(recorder) = self.recording.take() {
                 recorder.abort();
             }
+            self.recording_failed(frame.tx, &error);
         }
     }
 
@@ -297,7 +332,7 @@ impl RoomState {
                 return;
             }
             Ok(Err(error)) => {
-                warn!(%tx, %error, "cannot finish the recording; it will not be archived");
+                self.recording_failed(tx, &error);
                 return;
             }
             Err(join) => {
@@ -305,6 +340,7 @@ impl RoomState {
                 return;
             }
         };
+        self.spool_ok();
         match self.parts.store.enqueue_outbox(&item).await {
             Ok(_) => {
                 info!(%tx, duration_ms = item.duration_ms, "recording queued for the archive");

@@ -1,0 +1,164 @@
+//! Faults the bridge must live through without losing or doubling a transmission:
+//! a full spool, a broker and a Mumble server that die mid-stream, a bridge
+//! SIGKILLed mid-transmission, and garbage from each side.
+
+mod bridge_common;
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bridge_common::{is_voice_message_from, setup, speech_packets, transmit, SERVER, WAIT};
+use walkie_harness::free_port;
+
+/// A tmpfs of `size` over `dir`, unmounted when dropped (also on a failed test).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount(8)");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the test runs as root, as CI does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Fills the file system to the last byte; returns the filler to delete.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 4096];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the first sample of `name` whose labels contain every `label`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_to_record_raises_the_alarm_and_recovers() {
+    let setup = setup().await;
+    let spool = Tmpfs::mount(&setup.dir.path().join("spool"), "64k");
+    let filler = spool.fill();
+    let status_port = free_port();
+    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
+        + &format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
+    let config = bridge_common::load(&text);
+    let mut running = bridge_common::start_daemon(&config).await;
+    let alice = setup.synapse.client(&setup.alice);
+    let bot = format!("@walkie:{SERVER}");
+    let puppet = format!("@walkie_test_kilo:{SERVER}");
+    let (_, packets) = speech_packets();
+
+    // Full: the transmission is heard live but cannot be kept; the room is told.
+    transmit(&mut running.link, "kilo", &packets).await;
+    alice
+        .sync_until(
+            |e| {
+                e.sender() == bot
+                    && e.content()["msgtype"] == "m.notice"
+                    && e.body().is_some_and(|b| b.contains("archive is full"))
+            },
+            WAIT,
+        )
+        .await
+        .expect("the bot says the archive is full");
+    let metrics = scrape(status_port).await;
+    assert_eq!(
+        sample(&metrics, "walkie_archive_spool_full", &["channel=\"ops\""]),
+        Some(1.0),
+        "no spool-full alarm in:\n{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "walkie_archive_errors_total",
+            &["reason=\"spool_full\""]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "spool-full errors not counted"
+    );
+    // Nothing half-written is left behind to be posted later.
+    let leftovers: Vec<_> = std::fs::read_dir(&spool.dir)
+        .expect("spool")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| name != "filler")
+        .collect();
+    assert!(leftovers.is_empty(), "left in the spool: {leftovers:?}");
+
+    // Space again: the next transmission is archived, the alarm clears.
+    std::fs::remove_file(filler).expect("free the spool");
+    transmit(&mut running.link, "kilo", &packets).await;
+    alice
+        .sync_until(|e| is_voice_message_from(e, &puppet), WAIT)
+        .await
+        .expect("the next transmission is archived");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = scrape(status_port).await;
+        if sample(&metrics, "walkie_archive_spool_full", &["channel=\"ops\""]) == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm never cleared:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posted: Vec<_> = alice
+        .room_messages(&setup.room_id, 100)
+        .await
+        .expect("messages")
+        .into_iter()
+        .filter(|e| e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio")
+        .collect();
+    assert_eq!(posted.len(), 1, "voice messages posted: {}", posted.len());
+    running.stop().await;
+}
