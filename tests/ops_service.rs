@@ -408,6 +408,143 @@ async fn sigterm_mid_transmission_stops_within_5_s_and_the_recording_is_posted_o
     second.stop(Duration::from_secs(5)).await.expect("stopped");
 }
 
+/// SIGKILL (no shutdown path at all) mid-transmission: the pages already written
+/// are salvaged at the next start and posted once; nothing is posted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_transmission_posts_the_cut_recording_exactly_once_after_restart() {
+    let setup = bridge_common::setup().await;
+    let broker = Mosquitto::builder()
+        .start()
+        .await
+        .expect("mosquitto starts");
+    let port = free_port();
+    let config = write_config(&setup, &config_text(&setup, port, Some(&broker)));
+    let mut first = spawn(&config, setup.dir.path().join("bridge-first.log"), &[]);
+    healthy(&mut first, port).await;
+    mqtt_connected(&mut first, port).await;
+    let intercom = Intercom::connect(&broker).await;
+    let stop_talking = CancellationToken::new();
+    let talking = intercom.talk_until(stop_talking.clone());
+    // Three seconds in: the recorder has written whole pages of it.
+    until(&mut first, "3 s of the talk recorded", || async move {
+        let text = get(port, "/metrics").await.1;
+        let out = metric(
+            &text,
+            "walkie_endpoint_frames_out_total",
+            &[("channel", "ops"), ("endpoint", "matrix.ops")],
+        )?;
+        (out >= 150.0).then_some(())
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    stop_talking.cancel();
+    let _intercom = talking.await.expect("intercom task");
+
+    let mut second = spawn(&config, setup.dir.path().join("bridge-second.log"), &[]);
+    healthy(&mut second, port).await;
+    let matrix = setup.synapse.client(&setup.alice);
+    let message = matrix
+        .sync_until(
+            |e| e.event_type() == "m.room.message" && e.content()["msgtype"] == "m.audio",
+            WAIT,
+        )
+        .await
+        .expect("the salvaged recording is posted");
+    let duration = message.content()["info"]["duration"]
+        .as_u64()
+        .expect("duration");
+    eprintln!("SIGKILL after 3 s of talk: {duration} ms salvaged and posted");
+    assert!(
+        duration >= 2000,
+        "only {duration} ms of the 3 s spoken before the kill survived"
+    );
+    until(&mut second, "an empty outbox", || async move {
+        (status(port).await["outbox"]["depth"] == json!(0)).then_some(())
+    })
+    .await;
+    assert_eq!(room_audio(&setup).await.len(), 1, "posted more than once");
+    second.stop(Duration::from_secs(5)).await.expect("stopped");
+}
+
+async fn mqtt_connected(child: &mut ChildGuard, port: u16) {
+    until(child, "the MQTT endpoint to connect", || async move {
+        let status = status(port).await;
+        let endpoints = status["channels"][0]["endpoints"].as_array()?.clone();
+        endpoints
+            .iter()
+            .any(|e| e["id"] == "mqtt.lobby" && e["state"] == "connected")
+            .then_some(())
+    })
+    .await;
+}
+
+/// The broker dies in the middle of the second of three talks and comes back:
+/// each talk is archived once — the cut one as far as it got — none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_stream_loses_no_transmission_and_doubles_none() {
+    let setup = bridge_common::setup().await;
+    let mut broker = Mosquitto::builder()
+        .start()
+        .await
+        .expect("mosquitto starts");
+    let port = free_port();
+    let config = write_config(&setup, &config_text(&setup, port, Some(&broker)));
+    let mut bridge = spawn(&config, setup.dir.path().join("bridge.log"), &[]);
+    healthy(&mut bridge, port).await;
+    mqtt_connected(&mut bridge, port).await;
+    let mut intercom = Intercom::connect(&broker).await;
+    for talk in 1..=3 {
+        let stop_talking = CancellationToken::new();
+        let talking = intercom.talk_until(stop_talking.clone());
+        let frames = move || async move {
+            let text = get(port, "/metrics").await.1;
+            metric(
+                &text,
+                "walkie_endpoint_frames_out_total",
+                &[("channel", "ops"), ("endpoint", "matrix.ops")],
+            )
+        };
+        let before = frames().await.unwrap_or(0.0);
+        until(&mut bridge, "2 s of the talk", || async move {
+            let now = frames().await?;
+            (now >= before + 100.0).then_some(())
+        })
+        .await;
+        if talk == 2 {
+            broker.stop().await.expect("mosquitto stops");
+            broker.start_again().await.expect("mosquitto is back");
+        }
+        stop_talking.cancel();
+        intercom = talking.await.expect("intercom task");
+        // Each talk's voice message before the next talk starts.
+        let deadline = Instant::now() + WAIT;
+        while room_audio(&setup).await.len() < talk {
+            assert!(
+                Instant::now() < deadline,
+                "talk {talk} was not archived:\n{}",
+                bridge.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if talk == 2 {
+            mqtt_connected(&mut bridge, port).await;
+        }
+    }
+    until(&mut bridge, "an empty outbox", || async move {
+        (status(port).await["outbox"]["depth"] == json!(0)).then_some(())
+    })
+    .await;
+    let audio = room_audio(&setup).await;
+    let durations: Vec<u64> = audio
+        .iter()
+        .filter_map(|e| e["content"]["info"]["duration"].as_u64())
+        .collect();
+    eprintln!("broker killed mid-talk 2: archived durations {durations:?} ms");
+    assert_eq!(audio.len(), 3, "archived {} voice messages", audio.len());
+    assert!(durations.iter().all(|d| *d >= 1500), "{durations:?}");
+    bridge.stop(Duration::from_secs(5)).await.expect("stopped");
+}
+
 /// SIGHUP with a channel added: it comes up beside the running one. SIGHUP with a
 /// broken file: the errors are logged and both channels keep running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
