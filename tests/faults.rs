@@ -162,3 +162,94 @@ async fn a_full_spool_refuses_to_record_raises_the_alarm_and_recovers() {
     assert_eq!(posted.len(), 1, "voice messages posted: {}", posted.len());
     running.stop().await;
 }
+
+/// What a Matrix user sends the bridge as a voice message when it is not one:
+/// each is refused in the message's thread with the reason, counted, and never
+/// reaches the channel; a real one afterwards still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_voice_messages_are_refused_with_a_reason_and_the_bridge_goes_on() {
+    let setup = setup().await;
+    let status_port = free_port();
+    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
+        + &format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
+    let config = bridge_common::load(&text);
+    let mut running = bridge_common::start_daemon(&config).await;
+    let alice = setup.synapse.client(&setup.alice);
+    let bot = format!("@walkie:{SERVER}");
+    alice
+        .send_text(&setup.room_id, "!wt on")
+        .await
+        .expect("command");
+    alice
+        .sync_until(
+            |e| e.sender() == bot && e.body().is_some_and(|b| b.contains("!wt off")),
+            WAIT,
+        )
+        .await
+        .expect("opted in");
+
+    let speech = common::speech(48_000);
+    let ogg = walkie_endpoint::audio::encode_ogg_opus(&speech, 24_000).expect("Ogg Opus");
+    let mut noise = vec![0u8; 64 * 1024];
+    let mut state = 0x2545_f491_u32;
+    for byte in noise.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        *byte = state as u8;
+    }
+    let oversized = vec![0x4fu8; 21 * 1024 * 1024];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated in its first page",
+            ogg[..200].to_vec(),
+            "Not transmitted",
+        ),
+        ("random bytes", noise, "Not transmitted"),
+        ("over 20 MiB", oversized, "Not transmitted"),
+    ];
+    for (what, bytes, expected) in cases {
+        let event_id = alice
+            .send_voice_message(&setup.room_id, bytes, 6_000)
+            .await
+            .expect("voice message sent");
+        let notice = alice
+            .sync_until(
+                |e| {
+                    e.sender() == bot
+                        && e.content()["m.relates_to"]["event_id"] == event_id.as_str()
+                },
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("no answer to the {what} voice message: {e}"));
+        let body = notice.body().unwrap_or_default().to_owned();
+        println!("{what}: {body}");
+        assert!(body.contains(expected), "{what}: {body}");
+    }
+    let metrics = scrape(status_port).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "walkie_voice_in_failed_total",
+            &["channel=\"ops\""]
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    // None of them took the floor; a real voice message does.
+    alice
+        .send_voice_message(&setup.room_id, ogg, 6_744)
+        .await
+        .expect("voice message sent");
+    match bridge_common::next_floor(&mut running.link).await {
+        walkie_endpoint::FloorEvent::Taken { talker, .. } => {
+            assert_eq!(
+                talker.matrix_user_id.as_deref(),
+                Some(setup.alice.user_id.as_str())
+            );
+        }
+        other => panic!("expected the real voice message to take the floor, got {other:?}"),
+    }
+    running.stop().await;
+}

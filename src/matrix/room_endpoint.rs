@@ -488,6 +488,8 @@ impl RoomState {
         let packets = match result {
             Ok(packets) if !packets.is_empty() => packets,
             Ok(_) => {
+                metrics::counter!("walkie_voice_in_failed_total", "channel" => self.parts.channel.clone())
+                    .increment(1);
                 self.tell(RoomOp::Notice {
                     text: "Not transmitted: the voice message holds no audio.".into(),
                     thread_root: Some(event_id),
@@ -495,6 +497,8 @@ impl RoomState {
                 return;
             }
             Err(reason) => {
+                metrics::counter!("walkie_voice_in_failed_total", "channel" => self.parts.channel.clone())
+                    .increment(1);
                 warn!(%event_id, %reason, "voice message not transmitted");
                 self.tell(RoomOp::Notice {
                     text: format!("Not transmitted: {reason}."),

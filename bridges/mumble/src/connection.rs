@@ -462,8 +462,18 @@ impl Reader {
             match self.decoder.decode(&mut self.buf) {
                 Some(Decoded::Frame(f)) => return Ok(Some(f)),
                 Some(Decoded::Oversized { kind, len }) => {
-                    warn!(kind, len, "oversized control message skipped");
+                    // No Mumble server sends more than 8 MiB in one message: the
+                    // stream is garbage or out of step. Skipping `len` bytes would
+                    // swallow every later message while the connection looks
+                    // alive; a new connection is the only way back in step.
                     self.counters.bad_input("frame", "oversized");
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "control message of type {kind} claims {len} bytes, over the \
+                             protocol's 8 MiB: the stream cannot be trusted"
+                        ),
+                    ));
                 }
                 None => {
                     self.buf.reserve(8192);

@@ -22,7 +22,8 @@ use walkie_mumble::proto::{self, MessageType};
 use walkie_mumble::tcp::{self, Decoded, Frame, FrameDecoder};
 use walkie_mumble::voice::{AudioPacket, Direction, VoicePacket};
 use walkie_mumble::{
-    voice_v2, ConnectConfig, Connection, Event, MumbleVersion, Session, Transport, VoiceFormat,
+    voice_v2, ConnectConfig, Connection, ConnectionHandle, Event, MumbleVersion, Session,
+    Transport, VoiceFormat,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -99,7 +100,18 @@ struct Announce {
     v2: Option<u64>,
 }
 
-async fn scenario(server: Announce, expect: VoiceFormat) {
+/// A client logged in to the fake server, its UDP path confirmed.
+struct LoggedIn {
+    _dir: tempfile::TempDir,
+    ctl: Control,
+    udp: UdpSocket,
+    crypt: CryptState,
+    peer: std::net::SocketAddr,
+    handle: ConnectionHandle,
+    events: tokio::sync::mpsc::Receiver<Event>,
+}
+
+async fn log_in(server: Announce, expect: VoiceFormat) -> LoggedIn {
     let dir = tempfile::tempdir().expect("tempdir");
     let acceptor = acceptor(&dir);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -187,7 +199,7 @@ async fn scenario(server: Announce, expect: VoiceFormat) {
         },
     )
     .await;
-    let (handle, mut events) = tokio::time::timeout(WAIT, client)
+    let (handle, events) = tokio::time::timeout(WAIT, client)
         .await
         .expect("log-in in time")
         .expect("client task")
@@ -218,6 +230,28 @@ async fn scenario(server: Announce, expect: VoiceFormat) {
         .expect("switches to UDP")
         .expect("watch");
 
+    LoggedIn {
+        _dir: dir,
+        ctl,
+        udp,
+        crypt,
+        peer,
+        handle,
+        events,
+    }
+}
+
+async fn scenario(server: Announce, expect: VoiceFormat) {
+    let LoggedIn {
+        _dir,
+        mut ctl,
+        udp,
+        mut crypt,
+        peer,
+        handle,
+        mut events,
+    } = log_in(server, expect).await;
+    let mut dgram = [0u8; 2048];
     // --- Server → client, over UDP and through the tunnel. ---
     let from_alice = |seq: u64, terminator: bool| {
         expect.to_vec(&VoicePacket::Audio(AudioPacket {
@@ -341,4 +375,114 @@ async fn server_1_4_without_version_v2_gets_legacy_voice() {
         VoiceFormat::Legacy,
     )
     .await;
+}
+
+/// xorshift: reproducible garbage without a dependency.
+fn garbage(seed: u32, len: usize) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+/// A server (or anyone on the path) sending garbage: random datagrams, sealed
+/// datagrams that hold no voice packet, unknown and malformed control messages.
+/// Each is counted and dropped, the connection goes on carrying voice; a control
+/// stream whose framing is broken ends the connection cleanly, with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_server_is_counted_and_dropped_and_the_connection_lives_on() {
+    let expect = VoiceFormat::Legacy;
+    let v = MumbleVersion::new(1, 4, 0);
+    let LoggedIn {
+        _dir,
+        mut ctl,
+        udp,
+        mut crypt,
+        peer,
+        handle,
+        mut events,
+    } = log_in(
+        Announce {
+            v1: Some(v.v1()),
+            v2: None,
+        },
+        expect,
+    )
+    .await;
+    let before = handle.stats();
+    for i in 0..50u32 {
+        udp.send_to(&garbage(i + 1, (i as usize * 7) % 300), peer)
+            .await
+            .expect("send");
+    }
+    for i in 0..20u32 {
+        // Sealed with the right key, but no voice packet inside.
+        let sealed = crypt.encrypt(&garbage(1000 + i, 1 + (i as usize * 13) % 100));
+        udp.send_to(&sealed, peer).await.expect("send");
+    }
+    ctl.raw(MessageType::UserState, &garbage(7, 64)).await;
+    ctl.raw(MessageType::TextMessage, &[0xFF; 16]).await;
+    ctl.tls
+        .write_all(&{
+            let mut frame = BytesMut::new();
+            tcp::encode(999, &garbage(9, 32), &mut frame);
+            frame
+        })
+        .await
+        .expect("write");
+    // Voice after all that still arrives.
+    let voice = expect.to_vec(&VoicePacket::Audio(AudioPacket {
+        target: 0,
+        session: Some(2),
+        seq: 80,
+        opus: bytes::Bytes::from_static(&[0xF8, 0x01]),
+        terminator: false,
+        position: None,
+    }));
+    ctl.raw(MessageType::UdpTunnel, &voice).await;
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Event::Voice { seq, .. })) => {
+                assert_eq!(seq, 80);
+                break;
+            }
+            Ok(Some(Event::Disconnected { reason })) => {
+                panic!("disconnected by garbage: {reason:?}")
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no voice after the garbage: {other:?}"),
+        }
+    }
+    let after = handle.stats();
+    let dropped =
+        (after.bad_input + after.decrypt_failures) - (before.bad_input + before.decrypt_failures);
+    println!("garbage counted: {after:?}");
+    assert!(
+        dropped >= 50,
+        "only {dropped} of 73 bad inputs counted: {after:?}"
+    );
+    assert!(after.bad_input > before.bad_input, "{after:?}");
+
+    // A control stream that claims a 4 GiB message cannot be resynchronised:
+    // the connection ends, saying why, instead of allocating or hanging.
+    ctl.tls
+        .write_all(&[0x00, 0x01, 0xFF, 0xFF, 0xFF, 0xFF])
+        .await
+        .expect("write");
+    ctl.tls.flush().await.expect("flush");
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Event::Disconnected { reason })) => {
+                println!("broken framing: disconnected ({reason:?})");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no disconnect after broken framing: {other:?}"),
+        }
+    }
 }
