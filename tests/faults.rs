@@ -253,3 +253,135 @@ async fn broken_voice_messages_are_refused_with_a_reason_and_the_bridge_goes_on(
     }
     running.stop().await;
 }
+
+/// murmurd dies in the middle of the second of three talks and comes back: each
+/// talk is archived once — the cut one as far as it got — and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn murmurd_killed_mid_stream_loses_no_transmission_and_doubles_none() {
+    use walkie_endpoint::{Downlink, FloorEvent};
+    use walkie_harness::{MumbleTestClient, Murmur};
+
+    let setup = setup().await;
+    let mut murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let config = setup.config_with_mumble(&murmur.address());
+    let mut running = bridge_common::start_daemon(&config).await;
+    let matrix = setup.synapse.client(&setup.alice);
+    let puppet = format!("@walkie_mumble_alice:{SERVER}");
+    let speech = common::speech(48_000);
+    let wav = setup.dir.path().join("speech.wav");
+    common::write_wav(&wav, &speech, 48_000);
+    let archived = |n: usize| {
+        let matrix = &matrix;
+        let puppet = &puppet;
+        let room = &setup.room_id;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let posted: Vec<_> = matrix
+                    .room_messages(room, 100)
+                    .await
+                    .expect("messages")
+                    .into_iter()
+                    .filter(|e| {
+                        e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio"
+                    })
+                    .collect();
+                if posted.len() >= n {
+                    return posted;
+                }
+                assert!(Instant::now() < deadline, "talk {n} was not archived");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // Talk 1, whole.
+    let alice = MumbleTestClient::join(&murmur, "alice", "Ops")
+        .await
+        .expect("alice joins");
+    alice
+        .wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
+        .await
+        .expect("the bridge's bot is in Ops");
+    alice.send_wav(&wav, true).await.expect("talk 1");
+    archived(1).await;
+
+    // Everything the test endpoint heard of talk 1, up to the idle floor after it.
+    loop {
+        if let FloorEvent::Idle = bridge_common::next_floor(&mut running.link).await {
+            break;
+        }
+    }
+
+    // Talk 2, cut two seconds in by murmurd dying.
+    let link = &mut running.link;
+    let server = &mut murmur;
+    let cut = async {
+        let mut talk = None;
+        let mut frames = 0;
+        loop {
+            match tokio::time::timeout(WAIT, link.recv()).await {
+                Ok(Ok(Downlink::Floor(FloorEvent::Taken { tx, .. }))) => talk = Some(tx),
+                Ok(Ok(Downlink::Audio(frame))) if Some(frame.tx) == talk => {
+                    frames += 1;
+                    if frames == 100 {
+                        server.kill().expect("kill murmurd");
+                    }
+                }
+                Ok(Ok(Downlink::Floor(FloorEvent::Released { tx, .. }))) if Some(tx) == talk => {
+                    return frames;
+                }
+                Ok(Ok(_)) => {}
+                other => panic!("talk 2 did not end on the hub: {other:?}"),
+            }
+        }
+    };
+    let (_, frames) = tokio::join!(alice.send_wav(&wav, true), cut);
+    drop(alice);
+    archived(2).await;
+
+    // Talk 3, once the bridge is back on the restarted server.
+    murmur.start_again().await.expect("murmurd back");
+    let alice = MumbleTestClient::join(&murmur, "alice", "Ops")
+        .await
+        .expect("alice joins again");
+    alice
+        .wait_for_users(
+            |users| users.iter().any(|u| u == "walkie"),
+            Duration::from_secs(40),
+        )
+        .await
+        .expect("the bot comes back");
+    alice.send_wav(&wav, true).await.expect("talk 3");
+    let posted = archived(3).await;
+    // Give a duplicate the time it would need to show up, then count again.
+    let outbox = walkie_bridge::store::Store::connect(&format!(
+        "sqlite://{}",
+        setup.dir.path().join("walkie.db").display()
+    ))
+    .await
+    .expect("store");
+    let deadline = Instant::now() + WAIT;
+    while outbox.outbox_depth().await.expect("depth") > 0 {
+        assert!(Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = archived(3).await;
+    let durations: Vec<u64> = again
+        .iter()
+        .filter_map(|e| e["content"]["info"]["duration"].as_u64())
+        .collect();
+    println!("murmurd killed {frames} frames into talk 2: archived {durations:?} ms");
+    assert_eq!(posted.len(), 3);
+    assert_eq!(again.len(), 3, "a talk was archived twice: {durations:?}");
+    assert!(
+        durations[1] >= 1_500 && durations[1] < 6_000,
+        "the cut talk holds {} ms",
+        durations[1]
+    );
+    running.stop().await;
+}
