@@ -152,13 +152,7 @@ async fn a_full_spool_refuses_to_record_raises_the_alarm_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let posted: Vec<_> = alice
-        .room_messages(&setup.room_id, 100)
-        .await
-        .expect("messages")
-        .into_iter()
-        .filter(|e| e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio")
-        .collect();
+    let posted = bridge_common::voice_messages(&alice, &setup.room_id, &puppet).await;
     assert_eq!(posted.len(), 1, "voice messages posted: {}", posted.len());
     running.stop().await;
 }
@@ -176,17 +170,7 @@ async fn broken_voice_messages_are_refused_with_a_reason_and_the_bridge_goes_on(
     let mut running = bridge_common::start_daemon(&config).await;
     let alice = setup.synapse.client(&setup.alice);
     let bot = format!("@walkie:{SERVER}");
-    alice
-        .send_text(&setup.room_id, "!wt on")
-        .await
-        .expect("command");
-    alice
-        .sync_until(
-            |e| e.sender() == bot && e.body().is_some_and(|b| b.contains("!wt off")),
-            WAIT,
-        )
-        .await
-        .expect("opted in");
+    bridge_common::opt_in(&alice, &setup.room_id).await;
 
     let speech = common::speech(48_000);
     let ogg = walkie_endpoint::audio::encode_ogg_opus(&speech, 24_000).expect("Ogg Opus");
@@ -281,15 +265,7 @@ async fn murmurd_killed_mid_stream_loses_no_transmission_and_doubles_none() {
         async move {
             let deadline = Instant::now() + WAIT;
             loop {
-                let posted: Vec<_> = matrix
-                    .room_messages(room, 100)
-                    .await
-                    .expect("messages")
-                    .into_iter()
-                    .filter(|e| {
-                        e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio"
-                    })
-                    .collect();
+                let posted = bridge_common::voice_messages(matrix, room, puppet).await;
                 if posted.len() >= n {
                     return posted;
                 }

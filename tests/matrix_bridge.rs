@@ -14,11 +14,9 @@ use bridge_common::{
     is_voice_message_from, ops_room, setup, setup_with_room, speech_packets, start_daemon,
     transmit, try_start_daemon, Running, Setup, SERVER, WAIT,
 };
-use serde_json::Value;
 use walkie_bridge::store::Store;
 use walkie_endpoint::audio::{decode_ogg_opus, encode_ogg_opus, OpusDecoder};
 use walkie_endpoint::{Downlink, FloorEvent};
-use walkie_harness::MatrixClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transmission_becomes_a_playable_voice_message_and_the_floor_is_mirrored() {
@@ -109,21 +107,7 @@ async fn an_opted_in_users_voice_message_is_transmitted_and_acknowledged() {
     let mut running = start_daemon(&setup.config).await;
     let bot = format!("@walkie:{SERVER}");
 
-    alice
-        .send_text(&setup.room_id, "!wt on")
-        .await
-        .expect("command");
-    alice
-        .sync_until(
-            |e| {
-                e.sender() == bot
-                    && e.content()["msgtype"] == "m.notice"
-                    && e.body().is_some_and(|b| b.contains("!wt off"))
-            },
-            WAIT,
-        )
-        .await
-        .expect("the bot confirms the opt-in");
+    bridge_common::opt_in(&alice, &setup.room_id).await;
 
     let (speech, ogg) = voice_message_bytes().await;
     let source_ms = speech.len() as u64 * 1000 / 48_000;
@@ -230,17 +214,6 @@ async fn a_voice_message_from_a_user_who_did_not_opt_in_is_refused_with_a_reason
     running.stop().await;
 }
 
-/// Counts the voice messages in the room, by the talker's puppet.
-async fn voice_messages(client: &MatrixClient, room: &str, sender: &str) -> Vec<Value> {
-    client
-        .room_messages(room, 100)
-        .await
-        .expect("room messages")
-        .into_iter()
-        .filter(|e| e["sender"] == sender && e["content"]["msgtype"] == "m.audio")
-        .collect()
-}
-
 async fn wait_for_outbox_depth(store: &Store, depth: u64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -284,7 +257,7 @@ async fn three_transmissions_during_a_20_s_outage_are_posted_exactly_once() {
     let alice = setup.synapse.client(&setup.alice);
     for talker in ["one", "two", "three"] {
         let puppet = format!("@walkie_test_{talker}:{SERVER}");
-        let posted = voice_messages(&alice, &setup.room_id, &puppet).await;
+        let posted = bridge_common::voice_messages(&alice, &setup.room_id, &puppet).await;
         assert_eq!(posted.len(), 1, "{talker}: {} voice messages", posted.len());
     }
     running.stop().await;
@@ -321,7 +294,7 @@ async fn a_bridge_killed_after_recording_posts_exactly_once_after_restart() {
     wait_for_outbox_depth(&store, 0, Duration::from_secs(60)).await;
     let alice = setup.synapse.client(&setup.alice);
     let puppet = format!("@walkie_test_kilo:{SERVER}");
-    let posted = voice_messages(&alice, &setup.room_id, &puppet).await;
+    let posted = bridge_common::voice_messages(&alice, &setup.room_id, &puppet).await;
     assert_eq!(
         posted.len(),
         1,

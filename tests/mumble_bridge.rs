@@ -505,13 +505,7 @@ async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart() {
         assert!(Instant::now() < deadline, "the outbox did not drain");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let posted: Vec<_> = matrix
-        .room_messages(&setup.room_id, 100)
-        .await
-        .expect("messages")
-        .into_iter()
-        .filter(|e| e["sender"] == puppet.as_str() && e["content"]["msgtype"] == "m.audio")
-        .collect();
+    let posted = bridge_common::voice_messages(&matrix, &setup.room_id, &puppet).await;
     assert_eq!(posted.len(), 1, "posted {} times", posted.len());
 }
 

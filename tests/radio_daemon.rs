@@ -68,21 +68,7 @@ tx_delay_ms = 50
         )
         .await
         .unwrap_or_else(|e| panic!("the bot never joined ({e}): {}", bridge.log_tail(40)));
-    alice
-        .send_text(&setup.room_id, "!wt on")
-        .await
-        .expect("command");
-    alice
-        .sync_until(
-            |e| {
-                e.sender() == bot
-                    && e.content()["msgtype"] == "m.notice"
-                    && e.body().is_some_and(|b| b.contains("!wt off"))
-            },
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("no opt-in answer ({e}): {}", bridge.log_tail(40)));
+    bridge_common::opt_in(&alice, &setup.room_id).await;
     assert!(!rig.ptt_keyed(), "keyed before anyone talked");
 
     let speech = common::speech(48_000);

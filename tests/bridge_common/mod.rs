@@ -288,3 +288,35 @@ impl Setup {
         ))
     }
 }
+
+/// `!wt on` in the room, and the bot's confirmation.
+pub async fn opt_in(client: &walkie_harness::MatrixClient, room: &str) {
+    let bot = format!("@walkie:{SERVER}");
+    client.send_text(room, "!wt on").await.expect("command");
+    client
+        .sync_until(
+            |e| {
+                e.sender() == bot
+                    && e.content()["msgtype"] == "m.notice"
+                    && e.body().is_some_and(|b| b.contains("!wt off"))
+            },
+            WAIT,
+        )
+        .await
+        .expect("the bot confirms the opt-in");
+}
+
+/// The voice messages in the room (newest first) posted by `sender`.
+pub async fn voice_messages(
+    client: &walkie_harness::MatrixClient,
+    room: &str,
+    sender: &str,
+) -> Vec<serde_json::Value> {
+    client
+        .room_messages(room, 100)
+        .await
+        .expect("room messages")
+        .into_iter()
+        .filter(|e| e["sender"] == sender && e["content"]["msgtype"] == "m.audio")
+        .collect()
+}

@@ -292,12 +292,7 @@ impl Bridge {
         reason: DenyReason,
         holder: Option<&Talker>,
     ) {
-        let Some(session) = self
-            .talks
-            .iter()
-            .find(|(_, t)| t.stream == stream)
-            .map(|(session, _)| *session)
-        else {
+        let Some(session) = self.session_of(stream) else {
             return;
         };
         let now = Instant::now();
@@ -320,6 +315,14 @@ impl Bridge {
         }
     }
 
+    /// The Mumble user whose talk is `stream`.
+    fn session_of(&self, stream: StreamKey) -> Option<Session> {
+        self.talks
+            .iter()
+            .find(|(_, t)| t.stream == stream)
+            .map(|(session, _)| *session)
+    }
+
     /// Another endpoint (a radio) will not carry this user's talk: they are heard
     /// everywhere else, and told once per talk why not there.
     async fn declined(
@@ -329,12 +332,7 @@ impl Bridge {
         by: &EndpointId,
         reason: &str,
     ) {
-        let Some(session) = self
-            .talks
-            .iter()
-            .find(|(_, t)| t.stream == stream)
-            .map(|(session, _)| *session)
-        else {
+        let Some(session) = self.session_of(stream) else {
             return;
         };
         let text = format!("You are not transmitted on {by}: {reason}.");
