@@ -1,11 +1,13 @@
-//! The README's first command (`scripts/demo.sh` runs this): a local Synapse and a
-//! local murmurd on loopback, a room `#ops` and a Mumble channel `Ops`, and the
-//! bridge between them.
+//! The README's first command (`scripts/demo.sh` runs this): a local Synapse, a
+//! local murmurd and a local mosquitto on loopback, a room `#ops`, a Mumble channel
+//! `Ops` and the MQTT topics `walkie/lobby/…`, and the bridge between them.
 //!
 //! 1. A Mumble user (`kilo`, a pymumble client) speaks: the transmission appears in
 //!    the room as a voice message from the puppet `@walkie_mumble_kilo`.
 //! 2. The Matrix user opts in with `!wt on` and posts a voice message: `kilo` hears
 //!    it on Mumble, and the bot reacts ✅.
+//! 3. An MQTT intercom (`door`) talks: `kilo` hears it on Mumble and it is archived
+//!    in the room from the puppet `@walkie_mqtt_door`.
 //!
 //! The demo keeps running until Ctrl-C so you can look around with a Matrix client
 //! and a Mumble client.
@@ -19,9 +21,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use bridge_common::{is_voice_message_from, setup, SERVER};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 use walkie_endpoint::audio::encode_ogg_opus;
-use walkie_harness::{MumbleEvent, MumbleTestClient, Murmur};
+use walkie_endpoint::audio::{frames_of, OpusEncoder};
+use walkie_harness::{Mosquitto, MumbleEvent, MumbleTestClient, Murmur};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,19 +37,35 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn demo() -> anyhow::Result<()> {
-    println!("== starting Synapse and murmurd on loopback, and the bridge");
+    println!("== starting Synapse, murmurd and mosquitto on loopback, and the bridge");
     let setup = setup().await;
     let murmur = Murmur::builder().channels(&["Ops"]).start().await?;
-    let config = setup.config_with_mumble(&murmur.address());
+    let broker = Mosquitto::builder().start().await?;
+    let status_port = walkie_harness::free_port();
+    let text = bridge_common::config_text_with(
+        &setup.synapse.url(),
+        setup.listen,
+        setup.dir.path(),
+        &murmur.address(),
+    )
+    .replace(
+        r#"endpoints = ["mumble.ops"]"#,
+        r#"endpoints = ["mumble.ops", "mqtt.lobby"]"#,
+    ) + &format!(
+        "\n[mqtt.lobby]\nbroker = \"{}\"\nprefix = \"walkie/lobby\"\n\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n",
+        broker.url()
+    );
+    let config = bridge_common::load(&text);
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(walkie_bridge::daemon::run(config, shutdown.clone()));
     let kilo = MumbleTestClient::join(&murmur, "kilo", "Ops").await?;
     kilo.wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
         .await?;
     println!(
-        "   Synapse {} · room #ops:{SERVER} · murmurd {} channel Ops · bridge bot \"walkie\" joined both",
+        "   Synapse {} · room #ops:{SERVER} · murmurd {} channel Ops · mosquitto {} prefix walkie/lobby",
         setup.synapse.url(),
         murmur.address(),
+        broker.url(),
     );
 
     println!("\n== 1. kilo talks on Mumble (\"{}\")", common::TEXT);
@@ -113,6 +133,66 @@ async fn demo() -> anyhow::Result<()> {
         .await?;
     println!("   the bot reacted ✅ to {event_id}");
 
+    println!("\n== 3. the intercom \"door\" talks over MQTT");
+    let (intercom, mut eventloop) = AsyncClient::new(
+        MqttOptions::new("demo-door", broker.host(), broker.port()),
+        64,
+    );
+    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    kilo.record_start().await?;
+    intercom
+        .publish(
+            "walkie/lobby/in/door/start",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"talker":"Front door"}"#.to_vec(),
+        )
+        .await?;
+    let mut encoder = OpusEncoder::new()?;
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for (seq, frame) in frames_of(&speech).enumerate() {
+        pace.tick().await;
+        let mut payload = (seq as u32).to_be_bytes().to_vec();
+        payload.extend_from_slice(&encoder.encode(&frame)?);
+        intercom
+            .publish(
+                "walkie/lobby/in/door/audio",
+                QoS::AtMostOnce,
+                false,
+                payload,
+            )
+            .await?;
+    }
+    intercom
+        .publish(
+            "walkie/lobby/in/door/end",
+            QoS::AtLeastOnce,
+            false,
+            Vec::new(),
+        )
+        .await?;
+    kilo.wait_for_event(
+        |e| matches!(e, MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
+        WAIT,
+    )
+    .await?;
+    let recording = kilo.record_stop(dir.path()).await?;
+    let heard = recording.get("walkie").map_or(0, |s| s.samples);
+    println!(
+        "   kilo heard {} ms of the intercom on Mumble",
+        heard * 1000 / 48_000
+    );
+    let door = format!("@walkie_mqtt_door:{SERVER}");
+    let message = alice
+        .sync_until(|e| is_voice_message_from(e, &door), WAIT)
+        .await?;
+    println!(
+        "   voice message {} from {door}: {} ms",
+        message.event_id().unwrap_or("?"),
+        message.content()["info"]["duration"],
+    );
+    poller.abort();
+
     println!("\n== look at it yourself");
     println!("   homeserver   {}", setup.synapse.url());
     println!(
@@ -120,6 +200,16 @@ async fn demo() -> anyhow::Result<()> {
         setup.alice.user_id, setup.alice.password
     );
     println!("   room         #ops:{SERVER}");
+    println!(
+        "   live talk    http://127.0.0.1:{}/live/ (log in as the user above; push to talk)",
+        setup.listen
+    );
+    println!("   status       http://127.0.0.1:{status_port}/status and /metrics");
+    println!(
+        "   MQTT         mosquitto_sub -h {} -p {} -v -t 'walkie/lobby/#'",
+        broker.host(),
+        broker.port()
+    );
     println!(
         "   Mumble       {} (channel Ops; the server certificate is self-signed)",
         murmur.url()

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The README's first command: set up, then run the bridge between a local Synapse and
-# a local murmurd.
+# a local murmurd and a local mosquitto.
 #
-# What you see (examples/demo.rs): Synapse and murmurd start on loopback with the
-# bridge between the room #ops and the Mumble channel Ops. A Mumble user (a pymumble
-# client) speaks and the transmission appears in the room as a voice message from
-# its puppet; the Matrix user opts in with `!wt on`, posts a voice message, and the
-# Mumble user hears it.
+# What you see (examples/demo.rs): Synapse, murmurd and mosquitto start on loopback
+# with the bridge between the room #ops, the Mumble channel Ops and the MQTT prefix
+# walkie/lobby. A Mumble user (a pymumble client) speaks and the transmission appears
+# in the room as a voice message from its puppet; the Matrix user opts in with
+# `!wt on`, posts a voice message, and the Mumble user hears it; an MQTT intercom
+# talks, the Mumble user hears it and it is archived in the room. The demo then
+# prints where to look: the room, the live-talk page, /status, the MQTT topics.
 #
 # Run from a terminal, the demo keeps running until Ctrl-C so you can look around.
 set -euo pipefail
