@@ -134,6 +134,9 @@ async fn demo() -> anyhow::Result<()> {
     println!("   the bot reacted ✅ to {event_id}");
 
     println!("\n== 3. the intercom \"door\" talks over MQTT");
+    // After a talk the floor keeps a reply window (`hang_ms`) for the other side;
+    // an intercom that pressed inside it would be queued and lose its first words.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (intercom, mut eventloop) = AsyncClient::new(
         MqttOptions::new("demo-door", broker.host(), broker.port()),
         64,
