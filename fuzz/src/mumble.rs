@@ -166,6 +166,23 @@ const KEY: [u8; 16] = *b"walkie-fuzz-key!";
 const CLIENT_NONCE: [u8; 16] = [0x11; 16];
 const SERVER_NONCE: [u8; 16] = [0x22; 16];
 
+/// What the receiver of `plain` decrypts. Not always `plain`: OCB2's
+/// countermeasure against the eprint 2019/311 forgery (in murmurd and in
+/// `crypt.rs`) flips the lowest bit of the second-to-last block when that
+/// block is all zero but its last byte — digital silence does that — rather
+/// than refuse to send it.
+fn as_received(plain: &[u8]) -> Vec<u8> {
+    let mut out = plain.to_vec();
+    if plain.len() > 16 {
+        let last = (plain.len() - 1) % 16 + 1;
+        let start = plain.len() - last - 16;
+        if plain[start..start + 15].iter().all(|&b| b == 0) {
+            out[start] ^= 1;
+        }
+    }
+    out
+}
+
 /// Target `mumble_udp`: a script of datagrams from the server. Each step is
 /// `op, len, bytes[len]`:
 /// - op 0: the server encrypts the bytes and we receive the datagram at once;
@@ -186,10 +203,10 @@ pub fn mumble_udp(data: &[u8]) {
         let (bytes, tail) = tail.split_at(len);
         rest = tail;
         let (datagram, expected) = match op % 5 {
-            0 => (server.encrypt(bytes), Some(bytes.to_vec())),
+            0 => (server.encrypt(bytes), Some(as_received(bytes))),
             1 => (bytes.to_vec(), None),
             2 => {
-                held.push((server.encrypt(bytes), bytes.to_vec()));
+                held.push((server.encrypt(bytes), as_received(bytes)));
                 continue;
             }
             3 => match held.get(len % held.len().max(1)) {
