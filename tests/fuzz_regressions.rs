@@ -94,3 +94,27 @@ fn live_message() {
 fn config() {
     replay("config", config::config);
 }
+
+/// Found by `voice_import`: a WAV `fmt ` chunk with 65535 channels of 32 bits
+/// overflows a u16 product inside symphonia 0.6.1 (debug builds panic there; a
+/// release build wraps, into a log line only). The message must be refused with
+/// an error, whichever build.
+#[test]
+fn wav_with_absurd_channel_count_is_refused_cleanly() {
+    let file =
+        root().join("tests/fixtures/fuzz-regressions/voice_import/wav-channel-count-overflow.wav");
+    let data = std::fs::read(file).expect("fixture");
+    let result = walkie_endpoint::audio::import_voice_message(
+        &data,
+        Some("audio/wav"),
+        &walkie_endpoint::audio::ImportLimits::default(),
+    );
+    assert!(
+        matches!(
+            result,
+            Err(walkie_endpoint::audio::AudioError::Corrupt { .. }
+                | walkie_endpoint::audio::AudioError::UnsupportedFormat(_))
+        ),
+        "{result:?}"
+    );
+}
