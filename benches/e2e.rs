@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench --bench e2e` (needs scripts/setup.sh). About 20 minutes.
 //! `-- --quick` does 20 transmissions per series and a short P4 ramp (a smoke
-//! run; it does not overwrite the CSV and chart). Never fails on a time.
+//! run; it does not overwrite the CSV and chart); `-- --redraw` draws the chart
+//! again from docs/bench/e2e.csv without running anything. Never fails on a time.
 //!
 //! What is measured (each P1–P3 series ≥ 200 transmissions):
 //!
@@ -89,6 +90,10 @@ struct Plan {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--redraw") {
+        redraw();
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick {
         Plan {
@@ -123,7 +128,6 @@ fn main() {
 struct Results {
     rows: Vec<CsvRow>,
     p4: Vec<StepResult>,
-    baseline: Vec<(String, f64)>,
     /// Per-frame "behind the bridge" series of each P1 path, kept until the
     /// other hop's loopback baseline is known.
     behind: HashMap<String, Vec<f64>>,
@@ -153,7 +157,7 @@ impl Results {
             metric: metric.to_owned(),
             unit,
             summary: Some(s),
-            value: None,
+            value: Some(s.mean),
             load,
         });
     }
@@ -945,6 +949,8 @@ async fn p4_ramp(
     let mut reference = None;
     let mut points = vec![(0.0, idle as f64)];
     let mut last_carried = 0;
+    let mut last_carried_cpu = f64::NAN;
+    let broker_pid = pid_with_arg(&broker.dir().display().to_string());
     for &n in &plan.steps {
         for i in 0..n {
             streams.start(i).await;
@@ -953,17 +959,26 @@ async fn p4_ramp(
             println!("P4 {mode} N={n}: not every floor granted in time");
         }
         let cpu_before = bridge.cpu_seconds();
+        // The other side of the measurement, on the other core: if it saturates,
+        // a late frame is the bench's, not the bridge's.
+        let bench_before = cpu_seconds_of("self");
+        let broker_before = broker_pid.as_deref().map_or(0.0, cpu_seconds_of);
+        let mut behind = Duration::ZERO;
         let started = Instant::now();
         let mut pace = tokio::time::interval(FRAME);
         for f in 0..plan.step_frames {
-            pace.tick().await;
+            behind = behind.max(pace.tick().await.elapsed());
             for i in 0..n {
                 let audio = &payloads[(f + i * 7) % payloads.len()];
                 streams.frame(i, f as u32, audio).await;
             }
         }
-        let cpu_percent =
-            (bridge.cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_percent = (bridge.cpu_seconds() - cpu_before) / wall * 100.0;
+        let bench_percent = (cpu_seconds_of("self") - bench_before) / wall * 100.0;
+        let broker_percent = broker_pid.as_deref().map_or(f64::NAN, |p| {
+            (cpu_seconds_of(p) - broker_before) / wall * 100.0
+        });
         let (rss, _) = bridge.rss_kib();
         for i in 0..n {
             streams.end(i).await;
@@ -985,11 +1000,14 @@ async fn p4_ramp(
         let load = loadavg();
         println!(
             "P4 {mode:<20} N={n:<4} p50={:>8.2} p99={:>9.2} max={:>9.2} ms late={late_percent:>6.2}% \
-             lost={lost:<5} bridge CPU={cpu_percent:>5.1}% RSS={rss} KiB {}  [load {load}]",
+             lost={lost:<5} bridge CPU={cpu_percent:>5.1}% RSS={rss} KiB {}  [load {load}]\n\
+             {:<30} (other core: bench clients {bench_percent:.0}% CPU, mosquitto \
+             {broker_percent:.0}%, sender at most {behind:.1?} behind its 20 ms ticks)",
             summary.p50,
             summary.p99,
             summary.max,
-            if carried { "carried" } else { "NOT carried" }
+            if carried { "carried" } else { "NOT carried" },
+            ""
         );
         points.push((n as f64, rss as f64));
         results.p4.push(StepResult {
@@ -1011,6 +1029,7 @@ async fn p4_ramp(
             break;
         }
         last_carried = n;
+        last_carried_cpu = cpu_percent;
     }
     let reached_end = results
         .p4
@@ -1029,6 +1048,14 @@ async fn p4_ramp(
         ),
         "streams",
         last_carried as f64,
+    );
+    // What the core would carry if CPU were the only limit: the last carried
+    // step's streams scaled to 100 % (CPU grows about linearly with streams).
+    results.value(
+        "P4",
+        &format!("streams per core by CPU (N ÷ bridge CPU at N={last_carried}), {mode}"),
+        "streams",
+        last_carried as f64 / (last_carried_cpu / 100.0),
     );
     results.value(
         "P5",
@@ -1067,7 +1094,6 @@ fn baselines(audio: &Audio, dir: &Path, results: &mut Results) {
         }
         let mean = started.elapsed().as_secs_f64() * 1e6 / FRAMES as f64;
         results.series("BASE", &format!("{label}, per 20 ms frame"), "µs", &times);
-        results.baseline.push((label.to_owned(), mean));
         mean
     };
 
@@ -1180,9 +1206,6 @@ fn baselines(audio: &Audio, dir: &Path, results: &mut Results) {
                 "µs",
                 us,
             );
-            results
-                .baseline
-                .push(("opusdec | sox | opusenc (CPU)".into(), us));
             results.value("BASE", "RATIO sox chain ÷ bridge chain", "×", us / bridge);
         }
         None => println!("BASE sox chain: not measured (the pipeline failed, see above)"),
@@ -1301,6 +1324,108 @@ fn write_csv(path: &PathBuf, results: &Results) {
     println!("wrote {}", path.display());
 }
 
+/// The baselines' names in the chart; None for rows that are not drawn.
+fn chart_name(metric: &str) -> Option<&'static str> {
+    [
+        ("bridge: decode", "bridge chain"),
+        ("libopus: decode + encode at 48", "libopus 48 kHz"),
+        ("libopus: decode to 16", "libopus 16 kHz"),
+        ("opusdec | sox", "opusdec | sox | opusenc"),
+        ("bridge: 48→16", "bridge resampling only"),
+        ("sox rate 16k rate 48k alone", "sox resampling only"),
+    ]
+    .iter()
+    .find(|(prefix, _)| metric.starts_with(prefix))
+    .map(|(_, name)| *name)
+}
+
+/// `-- --redraw`: the chart again from docs/bench/e2e.csv, without servers.
+fn redraw() {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
+    let text = std::fs::read_to_string(out.join("e2e.csv")).expect("docs/bench/e2e.csv");
+    let mut results = Results::default();
+    for line in text.lines().skip(1) {
+        let f = csv_fields(line);
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        let summary = match (num(3), num(4), num(5), num(6)) {
+            (Some(n), Some(p50), Some(p99), Some(max)) => Some(Summary {
+                n: n as usize,
+                p50,
+                p99,
+                max,
+                mean: num(7).unwrap_or(f64::NAN),
+            }),
+            _ => None,
+        };
+        let section: &'static str = match f.first().map(String::as_str) {
+            Some("P1") => "P1",
+            Some("P2") => "P2",
+            Some("P3") => "P3",
+            Some("P4") => "P4",
+            Some("P5") => "P5",
+            Some("BASE") => "BASE",
+            _ => continue,
+        };
+        let metric = f.get(1).cloned().unwrap_or_default();
+        if let (Some(rest), Some(summary)) = (metric.strip_prefix("frame latency at "), summary) {
+            results.p4.push(StepResult {
+                pcm16: rest.ends_with("transcoding"),
+                streams: rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                summary,
+                late_percent: num(8).unwrap_or(f64::NAN),
+                lost: num(9).unwrap_or(0.0) as usize,
+                cpu_percent: num(10).unwrap_or(f64::NAN),
+                rss_kib: num(7).unwrap_or(0.0) as u64,
+                carried: true,
+                load: f.get(11).cloned().unwrap_or_default(),
+            });
+            continue;
+        }
+        results.rows.push(CsvRow {
+            section,
+            metric,
+            unit: "",
+            summary,
+            value: num(7),
+            load: f.get(11).cloned().unwrap_or_default(),
+        });
+    }
+    match chart(&out.join("e2e.png"), &results) {
+        Ok(()) => println!("wrote {}", out.join("e2e.png").display()),
+        Err(why) => println!("chart not drawn: {why}"),
+    }
+}
+
+/// The fields of one line of our CSV: commas, and double quotes around a
+/// field that holds commas ("" for a quote inside).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(f) = fields.last_mut() {
+                    f.push('"');
+                }
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields
+}
+
 /// DejaVu Sans from Debian's fonts-dejavu-core (scripts/setup.sh), read at run
 /// time so no font is compiled in and nothing links fontconfig.
 fn register_font() -> Result<(), String> {
@@ -1341,6 +1466,7 @@ fn chart(path: &Path, results: &Results) -> Result<(), String> {
                     .next()
                     .unwrap_or(&r.metric)
                     .to_owned();
+                let name = name.replace(" to a syncing client", "");
                 (format!("{} {name}", r.section), s)
             })
         })
@@ -1353,54 +1479,57 @@ fn chart(path: &Path, results: &Results) -> Result<(), String> {
         )
         .margin(12)
         .x_label_area_size(35)
-        .y_label_area_size(330)
-        .build_cartesian_2d((0.005f64..500f64).log_scale(), 0f64..n as f64)
+        .y_label_area_size(300)
+        .build_cartesian_2d(
+            (0.005f64..500f64).log_scale(),
+            // A segmented range 0..k has k + 1 segments.
+            (0..n - 1).into_segmented(),
+        )
         .map_err(|e| err(&e))?;
     c.configure_mesh()
-        .y_labels(n * 2)
-        .y_label_formatter(&|y| {
-            let i = (y - 0.5).round();
-            if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
-                bars.get(i as usize)
-                    .map(|b| b.0.clone())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
         })
         .x_desc("ms")
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| err(&e))?;
+    // Bars start at the axis' left end; a p50 under it is drawn as a sliver.
     let clamp = |v: f64| v.max(0.006);
     for (i, (_, s)) in bars.iter().enumerate() {
-        let y = i as f64;
         c.draw_series([
             Rectangle::new(
-                [(0.005, y + 0.5), (clamp(s.p99), y + 0.9)],
-                RED.mix(0.5).filled(),
+                [
+                    (0.005, SegmentValue::Exact(i)),
+                    (clamp(s.p50), SegmentValue::CenterOf(i)),
+                ],
+                BLUE.mix(0.7).filled(),
             ),
             Rectangle::new(
-                [(0.005, y + 0.1), (clamp(s.p50), y + 0.5)],
-                BLUE.mix(0.7).filled(),
+                [
+                    (0.005, SegmentValue::CenterOf(i)),
+                    (clamp(s.p99), SegmentValue::Exact(i + 1)),
+                ],
+                RED.mix(0.5).filled(),
             ),
         ])
         .map_err(|e| err(&e))?;
     }
-    c.draw_series(std::iter::once(Rectangle::new(
-        [(0.0, 0.0), (0.0, 0.0)],
-        BLUE.mix(0.7).filled(),
-    )))
-    .map_err(|e| err(&e))?
-    .label("p50")
-    .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BLUE.mix(0.7).filled()));
-    c.draw_series(std::iter::once(Rectangle::new(
-        [(0.0, 0.0), (0.0, 0.0)],
-        RED.mix(0.5).filled(),
-    )))
-    .map_err(|e| err(&e))?
-    .label("p99")
-    .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RED.mix(0.5).filled()));
+    for (label, color) in [("p50", BLUE.mix(0.7)), ("p99", RED.mix(0.5))] {
+        c.draw_series(std::iter::once(Rectangle::new(
+            [
+                (0.005, SegmentValue::Exact(0)),
+                (0.005, SegmentValue::Exact(0)),
+            ],
+            color.filled(),
+        )))
+        .map_err(|e| err(&e))?
+        .label(label)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
     c.configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
@@ -1490,7 +1619,12 @@ fn chart(path: &Path, results: &Results) -> Result<(), String> {
         .map_err(|e| err(&e))?;
 
     // Baselines: CPU per frame of the transcoding chain.
-    let base = &results.baseline;
+    let base: Vec<(&str, f64)> = results
+        .rows
+        .iter()
+        .filter(|r| r.section == "BASE")
+        .filter_map(|r| Some((chart_name(&r.metric)?, r.value?)))
+        .collect();
     let max_us = base.iter().map(|b| b.1).fold(1.0, f64::max);
     let mut c = ChartBuilder::on(&bottom[2])
         .caption("decode→resample→encode, µs/frame", ("sans-serif", 16))
@@ -1507,24 +1641,15 @@ fn chart(path: &Path, results: &Results) -> Result<(), String> {
         .draw()
         .map_err(|e| err(&e))?;
     for (i, (name, us)) in base.iter().enumerate() {
+        let us = *us;
         let y = i as f64;
         c.draw_series(std::iter::once(Rectangle::new(
-            [(0.0, y + 0.15), (*us, y + 0.85)],
+            [(0.0, y + 0.15), (us, y + 0.85)],
             GREEN.mix(0.5).filled(),
         )))
         .map_err(|e| err(&e))?;
-        let label = name.split(':').next().unwrap_or(name).to_owned();
-        let short: String = if name.contains("only") {
-            format!("{label} resample only")
-        } else if name.contains("16 kHz") {
-            format!("{label} @16k")
-        } else if name.contains("48 kHz") {
-            format!("{label} @48k")
-        } else {
-            label
-        };
         c.draw_series(std::iter::once(Text::new(
-            format!("{short}: {us:.0}"),
+            format!("{name}: {us:.0}"),
             (max_us * 0.02, y + 0.45),
             ("sans-serif", 13),
         )))
