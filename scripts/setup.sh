@@ -19,6 +19,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        the files under systemd/; tests/systemd_units.rs).
 #        chromium (the live-talk page's end-to-end test drives Debian's headless
 #        Chromium with playwright-core from tests/browser; Node.js and npm below).
+# Benches: fonts-dejavu-core (the text of the e2e bench's chart, docs/bench/e2e.png,
+#        read at run time so nothing links fontconfig).
 PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
@@ -27,6 +29,7 @@ PACKAGES=(
   libasound2-dev alsa-utils libhamlib-utils
   systemd
   chromium
+  fonts-dejavu-core
 )
 
 apt_install() {

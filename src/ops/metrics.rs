@@ -56,7 +56,10 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             match metrics::set_global_recorder(recorder) {
-                Ok(()) => Some(handle),
+                Ok(()) => {
+                    spawn_upkeep(handle.clone());
+                    Some(handle)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "a metrics recorder is already installed; /metrics stays empty");
                     None
@@ -64,6 +67,27 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets without a scrape.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A recorder made by `build_recorder` keeps every histogram sample (one per
+/// audio frame for `walkie_added_latency_seconds`) in a queue that only
+/// `run_upkeep` drains — so far that happened only on a scrape of /metrics. With
+/// nobody scraping, the queue grew without end: the soak measured +2 MB of RSS a
+/// minute at 20 streams. A thread of its own (not a tokio task) because the
+/// recorder is process-wide and outlives any runtime that installed it.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "no metrics upkeep thread: histograms grow until /metrics is scraped");
+    }
 }
 
 /// Copies what the channels keep in atomics into the registry, then renders the

@@ -1,0 +1,343 @@
+//! Soak: the real `walkie-bridge` binary carries 20 channels of synthetic MQTT
+//! traffic for a long time (30 minutes by default) while its RSS, CPU and
+//! per-frame latency are sampled every 30 s; at the end it prints start vs end
+//! and the least-squares drift (slope) of each, and writes docs/bench/soak.csv.
+//!
+//! Not part of CI. Run it with `scripts/soak.sh [MINUTES]`, or
+//! `cargo bench --bench soak -- --minutes 30`. Never fails on a time.
+//!
+//! Traffic: channels s0..s9 pass Opus through (device opus → bridge → listener
+//! opus), s10..s19 transcode (device pcm16 → Opus in the hub → pcm16 out). Every
+//! channel repeats: start, 8 s of speech at 20 ms pace, end, 2 s of quiet; the
+//! channels are staggered by 0.5 s, so about 16 talk at any moment, and every
+//! transmission (8 s) is archived as a voice message in the channel's room on a
+//! real Synapse — ~7 200 voice messages in 30 minutes.
+//!
+//! Latency of a frame: as in `e2e_common::Streams` — arrival on the listener's
+//! `out/audio` minus arrival of the same frame on the device's `in/…/audio`,
+//! stamped by one subscriber (bridge + one broker hop).
+
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+mod e2e_common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_common::*;
+
+const CHANNELS: usize = 20;
+const OPUS_CHANNELS: usize = 10;
+/// Ticks of 20 ms.
+const CYCLE: u64 = 500;
+const START_AT: u64 = 0;
+const FRAMES_FROM: u64 = 5;
+const FRAMES: u64 = 400;
+const HARVEST_AT: u64 = 480;
+const STAGGER: u64 = 25;
+const WINDOW_TICKS: u64 = 1500;
+
+fn main() {
+    let mut minutes = 30.0_f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--minutes" {
+            minutes = args
+                .next()
+                .and_then(|m| m.parse().ok())
+                .expect("--minutes takes a number");
+        }
+    }
+    pin_to(CLIENT_CORE);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0)));
+}
+
+#[derive(Default)]
+struct Window {
+    latencies: [Vec<f64>; 2],
+    sent: usize,
+    lost: usize,
+    transmissions: usize,
+}
+
+struct Row {
+    minute: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_percent: f64,
+    p50: [f64; 2],
+    p99: [f64; 2],
+    max: [f64; 2],
+    sent: usize,
+    lost: usize,
+    late: usize,
+    load: String,
+}
+
+async fn soak(length: Duration) {
+    let dir = run_dir("soak");
+    let broker = broker().await;
+    let (listen, status) = ports();
+    let matrix = Matrix::start(&dir, listen).await;
+    let channels: Vec<ChannelSpec> = (0..CHANNELS)
+        .map(|i| stream_channel(i, i >= OPUS_CHANNELS))
+        .collect();
+    for channel in &channels {
+        matrix.room(&channel.name).await;
+    }
+    let url = matrix.synapse.url();
+    let env = ConfigEnv {
+        homeserver: &url,
+        listen,
+        status,
+        dir: &dir,
+        mosquitto_port: broker.port(),
+        murmur: "127.0.0.1:1",
+        live: false,
+    };
+    let bridge = Bridge::start(&dir, "soak", &config_text(&env, &channels), status).await;
+    let streams = Streams::connect(broker.port(), CHANNELS, "soak").await;
+    let audio = audio(&common::speech(48_000), &common::speech(16_000));
+    // Let every MQTT endpoint connect and subscribe before the first talk.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    println!(
+        "soak: {CHANNELS} channels ({OPUS_CHANNELS} opus passthrough, {} pcm16 transcoding), \
+         {:.0} min, bridge pid {} on core {BRIDGE_CORE}, started in {:.1?}, load {}",
+        CHANNELS - OPUS_CHANNELS,
+        length.as_secs_f64() / 60.0,
+        bridge.pid(),
+        bridge.started_in,
+        loadavg()
+    );
+    let (idle_rss, _) = bridge.rss_kib();
+    println!("RSS idle with 20 channels: {idle_rss} KiB");
+    println!(
+        "{:>6} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}  load",
+        "min",
+        "RSS KiB",
+        "CPU%",
+        "opus p50",
+        "opus p99",
+        "pcm p50",
+        "pcm p99",
+        "frames",
+        "lost",
+        "late"
+    );
+
+    let total_ticks = (length.as_secs_f64() / 0.02) as u64;
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let started = Instant::now();
+    let mut window = Window::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut cpu_mark = (bridge.cpu_seconds(), Instant::now());
+    let mut all = Window::default();
+    // "Late" against the first window's p50 of each group + one frame (20 ms).
+    let mut reference: Option<[f64; 2]> = None;
+    let mut sender_behind_max = Duration::ZERO;
+    // A channel whose first cycle begins mid-talk stays quiet until its start.
+    let mut talking = [false; CHANNELS];
+    for tick in 0..total_ticks {
+        let due = pace.tick().await;
+        sender_behind_max = sender_behind_max.max(due.elapsed());
+        for (i, talking) in talking.iter_mut().enumerate() {
+            let phase = (tick + (CHANNELS - i) as u64 * STAGGER) % CYCLE;
+            let payloads = if i < OPUS_CHANNELS {
+                &audio.opus
+            } else {
+                &audio.pcm16
+            };
+            match phase {
+                START_AT => {
+                    *talking = true;
+                    streams.start(i).await;
+                }
+                _ if !*talking => {}
+                p if (FRAMES_FROM..FRAMES_FROM + FRAMES).contains(&p) => {
+                    let seq = (p - FRAMES_FROM) as usize;
+                    streams
+                        .frame(i, seq as u32, &payloads[seq % payloads.len()])
+                        .await;
+                }
+                p if p == FRAMES_FROM + FRAMES => streams.end(i).await,
+                HARVEST_AT => {
+                    let tx = streams.harvest(i, FRAMES as usize);
+                    let group = usize::from(i >= OPUS_CHANNELS);
+                    window.sent += tx.sent;
+                    window.lost += tx.lost;
+                    window.transmissions += 1;
+                    window.latencies[group].extend_from_slice(&tx.latencies);
+                }
+                _ => {}
+            }
+        }
+        if (tick + 1) % WINDOW_TICKS == 0 {
+            let (rss, hwm) = bridge.rss_kib();
+            let cpu = bridge.cpu_seconds();
+            let cpu_percent = (cpu - cpu_mark.0) / cpu_mark.1.elapsed().as_secs_f64() * 100.0;
+            cpu_mark = (cpu, Instant::now());
+            let s = [
+                summarize(&window.latencies[0]),
+                summarize(&window.latencies[1]),
+            ];
+            let base = *reference.get_or_insert([s[0].p50, s[1].p50]);
+            let late = (0..2)
+                .map(|g| {
+                    window.latencies[g]
+                        .iter()
+                        .filter(|l| **l > base[g] + 20.0)
+                        .count()
+                })
+                .sum();
+            let row = Row {
+                minute: started.elapsed().as_secs_f64() / 60.0,
+                rss_kib: rss,
+                hwm_kib: hwm,
+                cpu_percent,
+                p50: [s[0].p50, s[1].p50],
+                p99: [s[0].p99, s[1].p99],
+                max: [s[0].max, s[1].max],
+                sent: window.sent,
+                lost: window.lost,
+                late,
+                load: loadavg(),
+            };
+            println!(
+                "{:>6.1} {:>9} {:>6.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5}  {}",
+                row.minute,
+                row.rss_kib,
+                row.cpu_percent,
+                row.p50[0],
+                row.p99[0],
+                row.p50[1],
+                row.p99[1],
+                row.sent,
+                row.lost,
+                row.late,
+                row.load
+            );
+            rows.push(row);
+            for g in 0..2 {
+                all.latencies[g].append(&mut window.latencies[g]);
+            }
+            all.sent += window.sent;
+            all.lost += window.lost;
+            all.transmissions += window.transmissions;
+            window = Window::default();
+        }
+    }
+    let drained = bridge.wait_outbox_empty(Duration::from_secs(120)).await;
+    let posted = bridge
+        .metric("walkie_archive_voice_messages_posted_total")
+        .await;
+    let forwarded = bridge.metric("walkie_frames_forwarded_total").await;
+    let dropped = bridge.metric("walkie_endpoint_frames_dropped_total").await;
+    report(&rows, &all, idle_rss, posted, drained);
+    println!(
+        "bridge counters: frames forwarded {forwarded}, endpoint frames dropped {dropped}; \
+         bench sender at most {sender_behind_max:.1?} behind its 20 ms schedule"
+    );
+    write_csv(&rows);
+    bridge.stop();
+    drop(matrix);
+}
+
+fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Duration) {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        println!("soak too short: no 30 s window completed");
+        return;
+    };
+    let rss: Vec<(f64, f64)> = rows.iter().map(|r| (r.minute, r.rss_kib as f64)).collect();
+    println!();
+    println!(
+        "soak summary ({:.1} min, load at end {})",
+        last.minute,
+        loadavg()
+    );
+    println!(
+        "  transmissions {} ({} frames sent, {} lost = {:.4} %), voice messages posted {posted} \
+         (outbox drained {drained:.1?} after the last talk)",
+        all.transmissions,
+        all.sent,
+        all.lost,
+        all.lost as f64 / all.sent.max(1) as f64 * 100.0
+    );
+    println!(
+        "  RSS: idle {idle_rss} KiB, first window {} KiB, last {} KiB, peak (VmHWM) {} KiB, \
+         slope {:+.1} KiB/min",
+        first.rss_kib,
+        last.rss_kib,
+        last.hwm_kib,
+        slope(&rss)
+    );
+    for (g, name) in ["opus passthrough", "pcm16 transcoding"].iter().enumerate() {
+        let p50: Vec<(f64, f64)> = rows.iter().map(|r| (r.minute, r.p50[g])).collect();
+        let p99: Vec<(f64, f64)> = rows.iter().map(|r| (r.minute, r.p99[g])).collect();
+        let total = summarize(&all.latencies[g]);
+        println!(
+            "  {name}: whole run n={} p50={:.2} ms p99={:.2} ms max={:.2} ms; \
+             first window p50 {:.2} / p99 {:.2} ms, last p50 {:.2} / p99 {:.2} ms; \
+             drift p50 {:+.4} ms/min, p99 {:+.4} ms/min",
+            total.n,
+            total.p50,
+            total.p99,
+            total.max,
+            first.p50[g],
+            first.p99[g],
+            last.p50[g],
+            last.p99[g],
+            slope(&p50),
+            slope(&p99)
+        );
+    }
+    let cpu: Vec<f64> = rows.iter().map(|r| r.cpu_percent).collect();
+    println!(
+        "  bridge CPU: first window {:.1} %, last {:.1} %, mean {:.1} % of one core",
+        first.cpu_percent,
+        last.cpu_percent,
+        cpu.iter().sum::<f64>() / cpu.len() as f64
+    );
+}
+
+fn write_csv(rows: &[Row]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("soak.csv");
+    let Ok(mut file) = std::fs::File::create(&path) else {
+        eprintln!("cannot write {}", path.display());
+        return;
+    };
+    let _ = writeln!(
+        file,
+        "minute,rss_kib,hwm_kib,cpu_percent,opus_p50_ms,opus_p99_ms,opus_max_ms,\
+         pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,loadavg"
+    );
+    for r in rows {
+        let _ = writeln!(
+            file,
+            "{:.2},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
+            r.minute,
+            r.rss_kib,
+            r.hwm_kib,
+            r.cpu_percent,
+            r.p50[0],
+            r.p99[0],
+            r.max[0],
+            r.p50[1],
+            r.p99[1],
+            r.max[1],
+            r.sent,
+            r.lost,
+            r.late,
+            r.load
+        );
+    }
+    println!("wrote {}", path.display());
+}
