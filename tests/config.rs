@@ -149,6 +149,13 @@ fn example_deserializes_to_the_structs() {
             max_presses_per_minute: 60,
         }
     );
+    assert_eq!(
+        config.live.trusted_proxies,
+        [
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
 
     let [channel] = config.channels.as_slice() else {
         panic!("one channel expected: {:?}", config.channels);

@@ -267,6 +267,10 @@ async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
         "each address gets {PER_IP} connections"
     );
     let open = metric(status, "walkie_live_connections").await;
+    let descriptors = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(Iterator::count)
+        .unwrap_or(0);
+    eprintln!("the bridge holds {descriptors} descriptors, {open:?} live connections");
     assert!(
         open.is_some_and(|open| open <= MAX_CONNECTIONS as f64),
         "open live connections: {open:?} (cap {MAX_CONNECTIONS})"
@@ -275,12 +279,14 @@ async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
     // A real client still logs on, from 127.0.0.1.
     let mut talker = LiveClient::logon_ok(setup.listen, &setup.synapse, &bob).await;
 
-    // Bad logons from one address: each connection is closed after a few, and
-    // after a few more the address is refused without asking the homeserver.
-    let flooder = IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1));
+    // Bad logons from one address, through a reverse proxy on 127.0.0.1 (trusted
+    // by default): each connection is closed after a few, and after a few more
+    // the address is refused without asking the homeserver. The proxy's own
+    // address, the real client's, is not.
+    let flooder = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
     let mut codes = Vec::new();
     for _ in 0..5 {
-        let mut client = LiveClient::connect_from(setup.listen, flooder)
+        let mut client = LiveClient::connect_forwarded_for(setup.listen, flooder)
             .await
             .expect("the flooder connects");
         for _ in 0..FAILED_PER_CONNECTION {

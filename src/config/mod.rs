@@ -145,6 +145,9 @@ pub struct LiveConfig {
     pub max_clients: usize,
     /// What one connection, or one address, may hold or try (issue 13.3).
     pub limits: LiveLimits,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies): the
+    /// limits per address count the client's address, not the proxy's.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Limits on the live WebSocket, which anyone who reaches the listener can open

@@ -161,6 +161,7 @@ pub(crate) struct RawLive {
     pub max_failed_logons: u64,
     pub max_failed_logons_per_ip: u64,
     pub max_presses_per_minute: u64,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawLive {
@@ -181,6 +182,9 @@ impl Default for RawLive {
             max_failed_logons: 10,
             max_failed_logons_per_ip: 30,
             max_presses_per_minute: 60,
+            // A proxy on the same machine (the usual TLS reverse proxy); a local
+            // process could open connections from loopback anyway.
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
         }
     }
 }

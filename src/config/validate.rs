@@ -434,6 +434,16 @@ fn status(r: &mut Report, raw: RawStatus) -> Option<StatusConfig> {
 /// default to, and that error is already reported.
 fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveConfig> {
     let limits = live_limits(r, &raw);
+    let mut trusted_proxies = Vec::new();
+    for proxy in &raw.trusted_proxies {
+        match proxy.trim().parse::<std::net::IpAddr>() {
+            Ok(address) => trusted_proxies.push(address),
+            Err(_) => r.error(
+                "live.trusted_proxies",
+                format!("{proxy:?} is not an IP address (like \"127.0.0.1\" or \"::1\")"),
+            ),
+        }
+    }
     let mut url = |key: &str, value: Option<String>| match value {
         Some(s) => r.check(key, http_url(key, &s)),
         None => homeserver.cloned(),
@@ -447,6 +457,7 @@ fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveCo
         openid_url: openid_url?,
         max_clients: usize::try_from(max_clients).ok()?,
         limits: limits?,
+        trusted_proxies,
     })
 }
 

@@ -20,13 +20,13 @@ pub(crate) mod limits;
 pub mod protocol;
 pub mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -82,6 +82,7 @@ pub struct LiveEndpoints {
 struct Shared {
     directory: Arc<session::Directory>,
     connections: Arc<limits::Connections>,
+    trusted_proxies: Vec<IpAddr>,
     page_config: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -131,6 +132,7 @@ impl Live {
                 shared: Some(Arc::new(Shared {
                     directory: Arc::new(session::Directory::default()),
                     connections: Arc::new(limits::Connections::new(config.live.limits.clone())),
+                    trusted_proxies: config.live.trusted_proxies.clone(),
                     page_config,
                     tracker: TaskTracker::new(),
                     shutdown: CancellationToken::new(),
@@ -214,9 +216,10 @@ static REFUSAL_WARNINGS: limits::RateLimit = limits::RateLimit::new(1, Duration:
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let address = peer.ip().to_canonical();
+    let address = client_address(peer.ip(), &headers, &shared.trusted_proxies);
     let permit = match shared.connections.admit(address) {
         Ok(permit) => permit,
         Err(refused) => return refuse_connection(refused),
@@ -266,4 +269,45 @@ fn refuse_connection(refused: limits::Refused) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy —
+/// the last one in `X-Forwarded-For`, which that proxy appended (earlier ones
+/// are the client's word).
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted_proxies.iter().any(|p| p.to_canonical() == peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |client| client.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_no_one_else_does() {
+        let proxy: IpAddr = [127, 0, 0, 1].into();
+        let trusted = [proxy];
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_address(proxy, &headers, &trusted), proxy);
+        headers.append("x-forwarded-for", "10.9.9.9, 203.0.113.7".parse().unwrap());
+        let client: IpAddr = [203, 0, 113, 7].into();
+        assert_eq!(client_address(proxy, &headers, &trusted), client);
+        let stranger: IpAddr = [198, 51, 100, 1].into();
+        assert_eq!(client_address(stranger, &headers, &trusted), stranger);
+        headers.append("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(client_address(proxy, &headers, &trusted), proxy);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        headers.remove("x-forwarded-for");
+        assert_eq!(client_address(mapped, &headers, &trusted), proxy);
+    }
 }

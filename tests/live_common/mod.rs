@@ -56,6 +56,25 @@ impl LiveClient {
         Ok(Self { ws, seq: 0 })
     }
 
+    /// Connects as a reverse proxy on 127.0.0.1 would for a client at `client`:
+    /// with `X-Forwarded-For`.
+    pub async fn connect_forwarded_for(
+        listen: u16,
+        client: std::net::IpAddr,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://127.0.0.1:{listen}/live/ws").into_client_request()?;
+        request.headers_mut().insert(
+            "x-forwarded-for",
+            client
+                .to_string()
+                .parse()
+                .expect("an address is a header value"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws, seq: 0 })
+    }
+
     pub fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
