@@ -104,6 +104,7 @@ impl Connections {
     /// Takes a connection from `address`, pushing out the oldest anonymous one
     /// when all are taken.
     pub(crate) fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Permit, Refused> {
+        let address = subscriber(address);
         let mut registry = self.registry();
         if registry.per_address.get(&address).copied().unwrap_or(0)
             >= self.limits.max_connections_per_ip
@@ -147,6 +148,7 @@ impl Connections {
     /// Whether `address` may try another logon (it has not used up its refused
     /// logons of the window).
     pub(crate) fn may_log_on(&self, address: IpAddr, now: Instant) -> bool {
+        let address = subscriber(address);
         let registry = self.registry();
         registry.failed.get(&address).is_none_or(|f| {
             now.duration_since(f.since) >= FAILED_LOGON_WINDOW
@@ -156,6 +158,7 @@ impl Connections {
 
     /// Counts a refused logon against `address`.
     pub(crate) fn logon_failed(&self, address: IpAddr, now: Instant) {
+        let address = subscriber(address);
         let mut registry = self.registry();
         if registry.failed.len() >= MAX_REMEMBERED_ADDRESSES {
             registry
@@ -178,6 +181,18 @@ impl Connections {
             };
         }
         failures.count = failures.count.saturating_add(1);
+    }
+}
+
+/// What the limits per address count as one address: an IPv4 address, or an
+/// IPv6 /64 — one subscriber's network, in which anyone has addresses to spare.
+fn subscriber(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -335,6 +350,23 @@ mod tests {
         assert!(!connections.may_log_on(a, now));
         assert!(connections.may_log_on([10, 0, 0, 2].into(), now));
         assert!(connections.may_log_on(a, now + FAILED_LOGON_WINDOW));
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_address() {
+        let connections = Arc::new(Connections::new(limits(10, 1)));
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_net: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _first = connections.admit(one).unwrap();
+        assert_eq!(connections.admit(same_net).err(), Some(Refused::PerAddress));
+        assert!(connections.admit(other_net).is_ok());
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let _v4 = connections.admit(mapped).unwrap();
+        assert_eq!(
+            connections.admit([10, 0, 0, 1].into()).err(),
+            Some(Refused::PerAddress)
+        );
     }
 
     #[test]
