@@ -136,6 +136,26 @@ fn example_deserializes_to_the_structs() {
     assert_eq!(config.live.homeserver_url, config.homeserver.url);
     assert_eq!(config.live.openid_url, config.homeserver.url);
     assert_eq!(config.live.max_clients, 50);
+    assert_eq!(
+        config.live.limits,
+        walkie_bridge::config::LiveLimits {
+            max_connections: 400,
+            max_connections_per_ip: 16,
+            logon_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            max_failed_logons: 10,
+            max_failed_logons_per_ip: 30,
+            max_presses_per_minute: 60,
+        }
+    );
+    assert_eq!(
+        config.live.trusted_proxies,
+        [
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "::1".parse().unwrap()
+        ]
+    );
 
     let [channel] = config.channels.as_slice() else {
         panic!("one channel expected: {:?}", config.channels);

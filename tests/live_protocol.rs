@@ -246,8 +246,18 @@ async fn an_expired_token_is_refused() {
 
     let mut second = LiveClient::connect(setup.listen).await;
     let answer = second.logon(&bob, &token.access_token, true).await;
-    assert_eq!(error_code(&answer), "invalid_token", "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("expired"));
+    assert_eq!(error_code(&answer), "token_expired", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("expired"), "{answer}");
+    assert!(!message.contains(&token.access_token), "{answer}");
+
+    // A token the homeserver never issued is not called expired.
+    let forged = second.logon(&bob, "forgedforgedforgedforged", true).await;
+    assert_eq!(error_code(&forged), "invalid_token", "{forged}");
+    assert!(
+        !forged["message"].as_str().unwrap().contains("expired"),
+        "{forged}"
+    );
     first.close().await;
     second.close().await;
     running.stop().await;
@@ -567,6 +577,74 @@ async fn two_live_clients_hear_each_other_and_an_opt_out_denies_the_next_press()
     assert!(denied["reason"].as_str().unwrap().contains("not opted in"));
     assert_is_speech(&speech, &decode(&heard), "carol");
     bob_client.close().await;
+    carol_client.close().await;
+    running.stop().await;
+}
+
+/// A talker whose page stops reading (a frozen tab, a dead network) is dropped
+/// once its queue of floor events overflows; its talk must end then, not at the
+/// floor's idle release, and the others hear it released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_talker_that_is_dropped_releases_the_floor_at_once() {
+    // An idle release far beyond anything the test waits for: a release before it
+    // can only be the bridge ending the dropped client's talk.
+    let idle_release = Duration::from_secs(60);
+    let (setup, mut running, bob) =
+        bridge_with(|config| config.floor.idle_release = idle_release).await;
+    let carol = setup.synapse.register_user("carol", false).await.unwrap();
+    setup
+        .synapse
+        .client(&carol)
+        .join(&setup.room_id)
+        .await
+        .unwrap();
+    let mut slow = LiveClient::logon_ok(setup.listen, &setup.synapse, &bob).await;
+    let mut carol_client = LiveClient::logon_ok(setup.listen, &setup.synapse, &carol).await;
+    let stream = slow.start_stream().await;
+    slow.until_floor("granted").await;
+    let tx = loop {
+        if let FloorEvent::Taken { tx, .. } = next_floor(&mut running.link).await {
+            break tx;
+        }
+    };
+    let taken = carol_client.until_floor("taken").await;
+    assert_eq!(taken["tx_id"], tx.to_string());
+
+    // From now on bob reads nothing. Every decline is an event for him: long ones
+    // fill the socket's buffers, then his queue, and he is dropped.
+    let reason = "x".repeat(4096);
+    let flooded = std::time::Instant::now();
+    let released = loop {
+        running.link.decline(tx, reason.clone()).await.unwrap();
+        match tokio::time::timeout(Duration::ZERO, running.link.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Released { tx: done, reason }))) => {
+                break (done, reason)
+            }
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(closed)) => panic!("hub gone: {closed}"),
+        }
+        assert!(
+            flooded.elapsed() < WAIT,
+            "bob was never dropped (or his talk never ended) within {WAIT:?}"
+        );
+    };
+    let after = flooded.elapsed();
+    eprintln!("released {after:?} after the flood began: {released:?}");
+    assert_eq!(released.0, tx);
+    assert_eq!(
+        released.1,
+        walkie_endpoint::ReleaseReason::TalkerDone,
+        "the dropped talker's talk ended by {}, not by the bridge",
+        released.1
+    );
+    assert!(after < idle_release, "released after {after:?}");
+    let stop = carol_client
+        .until("on_stream_stop", |v| v["command"] == "on_stream_stop")
+        .await;
+    assert_eq!(stop["stream_id"], stream);
+    assert_eq!(stop["reason"], "talker done");
+    carol_client.until_floor("idle").await;
+    drop(slow);
     carol_client.close().await;
     running.stop().await;
 }

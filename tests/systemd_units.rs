@@ -198,3 +198,32 @@ fn sysusers_and_tmpfiles_create_the_user_and_directories() {
         assert_eq!(meta.mode() & 0o777, mode, "{dir}");
     }
 }
+
+/// Each live connection holds a descriptor; recordings, the database and the
+/// homeserver's transactions need theirs too. The default soft limit (1024) is
+/// too close: the unit raises it well above `live.max_connections` of the
+/// example config.
+#[test]
+fn the_unit_gives_descriptors_for_every_live_connection_and_more() {
+    let text = unit_text();
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE=");
+    let soft: u64 = value
+        .split(':')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("LimitNOFILE={value} is not a number"));
+    let example =
+        std::fs::read_to_string(root().join("config/example.toml")).expect("example config");
+    let max_connections: u64 = example
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("max_connections ="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("example.toml documents live.max_connections");
+    assert!(
+        soft >= max_connections + 4096,
+        "LimitNOFILE={soft} leaves too few descriptors beside {max_connections} live connections"
+    );
+}

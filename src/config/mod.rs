@@ -143,7 +143,39 @@ pub struct LiveConfig {
     pub openid_url: Url,
     /// Live clients per channel.
     pub max_clients: usize,
+    /// What one connection, or one address, may hold or try (issue 13.3).
+    pub limits: LiveLimits,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies): the
+    /// limits per address count the client's address, not the proxy's.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
+
+/// Limits on the live WebSocket, which anyone who reaches the listener can open
+/// before proving who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveLimits {
+    /// WebSocket connections at once, logged on or not, over all channels.
+    pub max_connections: usize,
+    /// WebSocket connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// A connection that has not logged on this long after opening is closed.
+    pub logon_timeout: Duration,
+    /// The bridge pings every connection this often.
+    pub ping_interval: Duration,
+    /// A connection from which nothing (not even a pong) arrived for this long,
+    /// or that takes nothing for this long, is closed.
+    pub idle_timeout: Duration,
+    /// Refused logons after which a connection is closed.
+    pub max_failed_logons: u32,
+    /// Refused logons from one IP address per [`FAILED_LOGON_WINDOW`]; beyond,
+    /// its logons are refused without asking the homeserver.
+    pub max_failed_logons_per_ip: u32,
+    /// Presses (`start_stream`) per connection and minute.
+    pub max_presses_per_minute: u32,
+}
+
+/// The window of `live.max_failed_logons_per_ip`.
+pub const FAILED_LOGON_WINDOW: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelConfig {

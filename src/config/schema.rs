@@ -153,6 +153,15 @@ pub(crate) struct RawLive {
     pub homeserver_url: Option<String>,
     pub openid_url: Option<String>,
     pub max_clients: u64,
+    pub max_connections: u64,
+    pub max_connections_per_ip: u64,
+    pub logon_timeout_s: u64,
+    pub ping_interval_s: u64,
+    pub idle_timeout_s: u64,
+    pub max_failed_logons: u64,
+    pub max_failed_logons_per_ip: u64,
+    pub max_presses_per_minute: u64,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawLive {
@@ -162,6 +171,20 @@ impl Default for RawLive {
             homeserver_url: None,
             openid_url: None,
             max_clients: 50,
+            // Well below the 1024 descriptors a process gets by default, so that
+            // the bridge keeps descriptors for recordings and the homeserver even
+            // without the unit's LimitNOFILE.
+            max_connections: 400,
+            max_connections_per_ip: 16,
+            logon_timeout_s: 10,
+            ping_interval_s: 15,
+            idle_timeout_s: 45,
+            max_failed_logons: 10,
+            max_failed_logons_per_ip: 30,
+            max_presses_per_minute: 60,
+            // A proxy on the same machine (the usual TLS reverse proxy); a local
+            // process could open connections from loopback anyway.
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
         }
     }
 }

@@ -19,8 +19,8 @@ use super::types::{
 };
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
-    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LiveConfig, LoggingConfig,
-    MqttConfig, MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
+    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LiveConfig, LiveLimits,
+    LoggingConfig, MqttConfig, MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -433,6 +433,17 @@ fn status(r: &mut Report, raw: RawStatus) -> Option<StatusConfig> {
 /// Both URLs default to `homeserver.url`; without a valid one there is nothing to
 /// default to, and that error is already reported.
 fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveConfig> {
+    let limits = live_limits(r, &raw);
+    let mut trusted_proxies = Vec::new();
+    for proxy in &raw.trusted_proxies {
+        match proxy.trim().parse::<std::net::IpAddr>() {
+            Ok(address) => trusted_proxies.push(address),
+            Err(_) => r.error(
+                "live.trusted_proxies",
+                format!("{proxy:?} is not an IP address (like \"127.0.0.1\" or \"::1\")"),
+            ),
+        }
+    }
     let mut url = |key: &str, value: Option<String>| match value {
         Some(s) => r.check(key, http_url(key, &s)),
         None => homeserver.cloned(),
@@ -445,6 +456,52 @@ fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveCo
         homeserver_url: homeserver_url?,
         openid_url: openid_url?,
         max_clients: usize::try_from(max_clients).ok()?,
+        limits: limits?,
+        trusted_proxies,
+    })
+}
+
+fn live_limits(r: &mut Report, raw: &RawLive) -> Option<LiveLimits> {
+    let connections = |r: &mut Report, key: &str, value: u64| {
+        usize::try_from(r.in_range(key, value, 1..=1_000_000, "connections")).ok()
+    };
+    let count = |r: &mut Report, key: &str, value: u64, unit: &str| {
+        u32::try_from(r.in_range(key, value, 1..=1_000_000, unit)).ok()
+    };
+    let max_connections = connections(r, "live.max_connections", raw.max_connections);
+    let max_connections_per_ip =
+        connections(r, "live.max_connections_per_ip", raw.max_connections_per_ip);
+    let logon_timeout = r.secs("live.logon_timeout_s", raw.logon_timeout_s, 1..=300);
+    let ping_interval = r.secs("live.ping_interval_s", raw.ping_interval_s, 1..=300);
+    let idle_timeout = r.secs("live.idle_timeout_s", raw.idle_timeout_s, 2..=3600);
+    if idle_timeout <= ping_interval {
+        r.error(
+            "live.idle_timeout_s",
+            format!(
+                "must be longer than live.ping_interval_s ({} s): a client answers pings",
+                ping_interval.as_secs()
+            ),
+        );
+    }
+    Some(LiveLimits {
+        max_connections: max_connections?,
+        max_connections_per_ip: max_connections_per_ip?,
+        logon_timeout,
+        ping_interval,
+        idle_timeout,
+        max_failed_logons: count(r, "live.max_failed_logons", raw.max_failed_logons, "logons")?,
+        max_failed_logons_per_ip: count(
+            r,
+            "live.max_failed_logons_per_ip",
+            raw.max_failed_logons_per_ip,
+            "logons",
+        )?,
+        max_presses_per_minute: count(
+            r,
+            "live.max_presses_per_minute",
+            raw.max_presses_per_minute,
+            "presses",
+        )?,
     })
 }
 

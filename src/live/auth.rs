@@ -7,7 +7,20 @@
 //! `/_matrix/federation/v1/openid/userinfo`; only the bridge's own homeserver is
 //! asked, so users of other homeservers are refused with a reason rather than
 //! sent through federation discovery.
+//!
+//! The token travels in the userinfo URL's query, so no error that names the URL
+//! is ever logged or answered (`reqwest::Error::without_url`).
+//!
+//! A homeserver answers an expired token as it answers one it never issued
+//! (Synapse: `M_UNKNOWN_TOKEN` for both). To tell the person which it is, the
+//! bridge remembers the tokens it saw accepted, as keyed hashes (never the
+//! tokens): a remembered token the homeserver now refuses has expired (or was
+//! revoked); any other one it does not know.
 
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ruma::{OwnedUserId, RoomId, UserId};
@@ -16,6 +29,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 use url::Url;
 
+use super::limits::{clip, CLIP};
 use super::protocol::{ErrorCode, Logon, MAX_LISTEN_S};
 use crate::matrix::{Homeserver, MatrixError};
 use crate::store::Store;
@@ -25,6 +39,10 @@ use crate::store::Store;
 const USERINFO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest device ID taken; Matrix's are ten letters, Element's a few more.
 const MAX_DEVICE_ID: usize = 255;
+/// Accepted tokens remembered (to call them expired later), and for how long:
+/// Synapse's last an hour.
+const REMEMBERED_TOKENS: usize = 4096;
+const REMEMBER_TOKENS_FOR: Duration = Duration::from_secs(2 * 3600);
 
 /// A logon that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +73,8 @@ impl Refusal {
 }
 
 /// Checks logons against the homeserver and the store. Shared by every live
-/// channel; cheap to clone.
-#[derive(Clone, Debug)]
+/// channel (in an `Arc`).
+#[derive(Debug)]
 pub struct Authenticator {
     http: reqwest::Client,
     userinfo: Url,
@@ -64,6 +82,42 @@ pub struct Authenticator {
     store: Store,
     bot: OwnedUserId,
     domain: String,
+    seen: SeenTokens,
+}
+
+/// Keyed hashes of tokens the homeserver accepted, with when it last did. The
+/// key is random per process, so the hashes say nothing outside it.
+#[derive(Debug, Default)]
+struct SeenTokens {
+    key: RandomState,
+    accepted: Mutex<HashMap<u64, SystemTime>>,
+}
+
+impl SeenTokens {
+    fn accepted(&self, token: &str, now: SystemTime) {
+        let hash = self.key.hash_one(token);
+        let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        if accepted.len() >= REMEMBERED_TOKENS {
+            accepted.retain(|_, at| {
+                now.duration_since(*at)
+                    .is_ok_and(|age| age < REMEMBER_TOKENS_FOR)
+            });
+        }
+        if accepted.len() >= REMEMBERED_TOKENS {
+            // All recent: forget the oldest rather than grow.
+            if let Some(oldest) = accepted.iter().min_by_key(|(_, at)| **at).map(|(h, _)| *h) {
+                accepted.remove(&oldest);
+            }
+        }
+        accepted.insert(hash, now);
+    }
+
+    /// When the homeserver last accepted `token`, if this bridge saw it.
+    fn last_accepted(&self, token: &str) -> Option<SystemTime> {
+        let hash = self.key.hash_one(token);
+        let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        accepted.get(&hash).copied()
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,6 +151,7 @@ impl Authenticator {
             store,
             bot,
             domain,
+            seen: SeenTokens::default(),
         })
     }
 
@@ -115,7 +170,10 @@ impl Authenticator {
         let user_id = UserId::parse(&logon.user_id).map_err(|e| {
             Refusal::new(
                 ErrorCode::BadRequest,
-                format!("{:?} is not a Matrix user ID: {e}", logon.user_id),
+                format!(
+                    "{:?} is not a Matrix user ID: {e}",
+                    clip(&logon.user_id, CLIP)
+                ),
             )
         })?;
         let device_id = logon.device_id.trim();
@@ -154,7 +212,7 @@ impl Authenticator {
             ));
         }
 
-        let owner = self.token_owner(&logon.openid_token).await?;
+        let owner = self.token_owner(&logon.openid_token, now).await?;
         if owner != user_id.as_str() {
             return Err(Refusal::new(
                 ErrorCode::TokenMismatch,
@@ -213,7 +271,8 @@ impl Authenticator {
     }
 
     /// The user the homeserver issued `token` to.
-    async fn token_owner(&self, token: &str) -> Result<String, Refusal> {
+    async fn token_owner(&self, token: &str, now: SystemTime) -> Result<String, Refusal> {
+        // `why` never holds the URL: the token is in its query.
         let unavailable = |why: String| {
             warn!(%why, "cannot check an OpenID token");
             Refusal::new(
@@ -229,15 +288,16 @@ impl Authenticator {
             .query(&[("access_token", token)])
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(transport_error(e)))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(transport_error(e)))?;
         if status.is_success() {
             let info: UserInfo = serde_json::from_slice(&body)
                 .map_err(|e| unavailable(format!("unexpected userinfo answer: {e}")))?;
+            self.seen.accepted(token, now);
             return Ok(info.sub);
         }
         let errcode = serde_json::from_slice::<Value>(&body)
@@ -246,16 +306,34 @@ impl Authenticator {
             .unwrap_or_default();
         debug!(%status, %errcode, "homeserver refused an OpenID token");
         match (status.as_u16(), errcode.as_str()) {
-            (401, _) | (403, _) | (_, "M_UNKNOWN_TOKEN") => Err(Refusal::new(
-                ErrorCode::InvalidToken,
-                "the homeserver does not know this OpenID token (forged, or expired: they last an \
-                 hour); request a new one",
-            )),
+            (401, _) | (403, _) | (_, "M_UNKNOWN_TOKEN") => Err(self.refused_token(token, now)),
             (404, _) => Err(unavailable(
                 "the homeserver does not serve /_matrix/federation/v1/openid/userinfo at live.openid_url"
                     .into(),
             )),
             _ => Err(unavailable(format!("HTTP {status} {errcode}"))),
+        }
+    }
+
+    /// Why the homeserver refused `token`: expired when this bridge saw it
+    /// accepted before, else unknown.
+    fn refused_token(&self, token: &str, now: SystemTime) -> Refusal {
+        match self.seen.last_accepted(token) {
+            Some(at) => {
+                let ago = now.duration_since(at).map_or(0, |d| d.as_secs() / 60);
+                Refusal::new(
+                    ErrorCode::TokenExpired,
+                    format!(
+                        "this OpenID token has expired (the homeserver accepted it {ago} min ago \
+                         and no longer does; they last an hour); request a new one"
+                    ),
+                )
+            }
+            None => Refusal::new(
+                ErrorCode::InvalidToken,
+                "the homeserver does not know this OpenID token: it never issued it, or so long \
+                 ago that it is gone; request a new one",
+            ),
         }
     }
 
@@ -299,6 +377,21 @@ impl Authenticator {
             .filter(|name| !name.trim().is_empty())
             .map_or_else(|| user.to_string(), str::to_owned))
     }
+}
+
+/// A request's failure without its URL (which holds the token), for the log and
+/// for the person at the page.
+fn transport_error(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    // reqwest's own text is "error sending request": the cause says what failed.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Unix milliseconds, for the logon answer.

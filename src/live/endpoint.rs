@@ -174,6 +174,9 @@ struct Actor {
     hearing: Option<Hearing>,
     logons: JoinSet<LogonDone>,
     checks: JoinSet<CheckDone>,
+    /// Talks of clients dropped for being slow, to end on the hub after the
+    /// step that dropped them (sending to a client cannot wait for the hub).
+    ending: Vec<StreamKey>,
     metrics: Metrics,
 }
 
@@ -209,6 +212,7 @@ impl Actor {
             hearing: None,
             logons: JoinSet::new(),
             checks: JoinSet::new(),
+            ending: Vec::new(),
             metrics,
         }
     }
@@ -246,7 +250,7 @@ impl Actor {
                     }
                 },
             };
-            if step.is_err() {
+            if step.is_err() || self.end_dropped_talks().await.is_err() {
                 break;
             }
         }
@@ -254,6 +258,16 @@ impl Actor {
         self.logons.abort_all();
         self.checks.abort_all();
         info!(clients = self.clients.len(), "live endpoint stopped");
+    }
+
+    /// Ends the talks of clients dropped in the last step: their floor goes back
+    /// now, not at the idle release.
+    async fn end_dropped_talks(&mut self) -> Result<(), HubClosed> {
+        for stream in std::mem::take(&mut self.ending) {
+            info!(%stream, "ending the talk of a dropped live client");
+            self.link.talk_end(stream).await?;
+        }
+        Ok(())
     }
 
     // ---- to clients ------------------------------------------------------
@@ -268,7 +282,9 @@ impl Actor {
             warn!(client, user = %c.identity.user_id, "live client too slow; dropped");
             self.metrics.kicked.increment(1);
             c.kicked.cancel();
-            self.drop_client(client);
+            if let Some(stream) = self.drop_client(client) {
+                self.ending.push(stream);
+            }
         }
     }
 

@@ -5,6 +5,8 @@
 //! - [`auth`]: OpenID token, room membership and opt-in checks of a logon.
 //! - [`session`]: one WebSocket connection.
 //! - [`endpoint`]: one channel's live clients as one hub endpoint (`live.<channel>`).
+//! - [`limits`]: what a connection, or an address, may hold or try before and
+//!   after logging on.
 //! - [`assets`]: the page, embedded in the binary.
 //!
 //! The routes exist from start-up on; each channel's endpoint joins when its room
@@ -14,14 +16,17 @@
 pub mod assets;
 pub mod auth;
 pub mod endpoint;
+pub(crate) mod limits;
 pub mod protocol;
 pub mod session;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::header;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -30,7 +35,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 use walkie_endpoint::{Endpoint, EndpointId};
 
 use crate::config::Config;
@@ -76,6 +81,8 @@ pub struct LiveEndpoints {
 
 struct Shared {
     directory: Arc<session::Directory>,
+    connections: Arc<limits::Connections>,
+    trusted_proxies: Vec<IpAddr>,
     page_config: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -124,6 +131,8 @@ impl Live {
             endpoints: LiveEndpoints {
                 shared: Some(Arc::new(Shared {
                     directory: Arc::new(session::Directory::default()),
+                    connections: Arc::new(limits::Connections::new(config.live.limits.clone())),
+                    trusted_proxies: config.live.trusted_proxies.clone(),
                     page_config,
                     tracker: TaskTracker::new(),
                     shutdown: CancellationToken::new(),
@@ -201,7 +210,20 @@ async fn page_config(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+/// Refused connections are logged at most this often (with how many were not).
+static REFUSAL_WARNINGS: limits::RateLimit = limits::RateLimit::new(1, Duration::from_secs(60));
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let address = client_address(peer.ip(), &headers, &shared.trusted_proxies);
+    let permit = match shared.connections.admit(address) {
+        Ok(permit) => permit,
+        Err(refused) => return refuse_connection(refused),
+    };
     let session_id = shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::info_span!(
         "live_session",
@@ -215,7 +237,77 @@ async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Res
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
-            let session = session::Session::new(socket, directory, span.clone());
+            let session = session::Session::new(socket, directory, span.clone(), permit);
             tracker.track_future(session.run(shutdown).instrument(span))
         })
+}
+
+/// The answer to a connection over a cap, closing it: a refused client must not
+/// keep its descriptor by keeping the HTTP connection alive.
+fn refuse_connection(refused: limits::Refused) -> Response {
+    metrics::counter!("walkie_live_connections_refused_total", "reason" => refused.as_str())
+        .increment(1);
+    if let Some(suppressed) = REFUSAL_WARNINGS.allow(Instant::now()) {
+        warn!(
+            reason = refused.as_str(),
+            suppressed, "live connection refused (see live.max_connections*)"
+        );
+    }
+    let (status, text) = match refused {
+        limits::Refused::Full => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bridge has all the live connections it takes (live.max_connections); try again later",
+        ),
+        limits::Refused::PerAddress => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many live connections from your address (live.max_connections_per_ip)",
+        ),
+    };
+    (
+        status,
+        [(header::CONNECTION, "close"), (header::RETRY_AFTER, "30")],
+        text,
+    )
+        .into_response()
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy —
+/// the last one in `X-Forwarded-For`, which that proxy appended (earlier ones
+/// are the client's word).
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted_proxies.iter().any(|p| p.to_canonical() == peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |client| client.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_no_one_else_does() {
+        let proxy: IpAddr = [127, 0, 0, 1].into();
+        let trusted = [proxy];
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_address(proxy, &headers, &trusted), proxy);
+        headers.append("x-forwarded-for", "10.9.9.9, 203.0.113.7".parse().unwrap());
+        let client: IpAddr = [203, 0, 113, 7].into();
+        assert_eq!(client_address(proxy, &headers, &trusted), client);
+        let stranger: IpAddr = [198, 51, 100, 1].into();
+        assert_eq!(client_address(stranger, &headers, &trusted), stranger);
+        headers.append("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(client_address(proxy, &headers, &trusted), proxy);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        headers.remove("x-forwarded-for");
+        assert_eq!(client_address(mapped, &headers, &trusted), proxy);
+    }
 }

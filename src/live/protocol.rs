@@ -236,6 +236,7 @@ pub enum ErrorCode {
     UnknownChannel,
     ChannelUnavailable,
     InvalidToken,
+    TokenExpired,
     TokenMismatch,
     ForeignUser,
     BadRequest,
@@ -247,6 +248,7 @@ pub enum ErrorCode {
     StreamActive,
     UnknownStream,
     TooSlow,
+    RateLimited,
     Internal,
 }
 
@@ -261,6 +263,7 @@ impl ErrorCode {
             Self::UnknownChannel => "unknown_channel",
             Self::ChannelUnavailable => "channel_unavailable",
             Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
             Self::TokenMismatch => "token_mismatch",
             Self::ForeignUser => "foreign_user",
             Self::BadRequest => "bad_request",
@@ -272,8 +275,22 @@ impl ErrorCode {
             Self::StreamActive => "stream_active",
             Self::UnknownStream => "unknown_stream",
             Self::TooSlow => "too_slow",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
+    }
+
+    /// Whether a refused logon with this code is the client's doing (a bad or
+    /// stale token, a wrong room, …) rather than the bridge's or the
+    /// homeserver's: only those count against `live.max_failed_logons`.
+    pub fn is_clients_fault(self) -> bool {
+        !matches!(
+            self,
+            Self::ChannelUnavailable
+                | Self::HomeserverUnavailable
+                | Self::TooManyClients
+                | Self::Internal
+        )
     }
 }
 

@@ -39,6 +39,42 @@ impl LiveClient {
         Self { ws, seq: 0 }
     }
 
+    /// Connects from `source` (any 127.0.0.0/8 address reaches the bridge on
+    /// loopback): the bridge's limits per address see a different client for
+    /// each. The handshake's error (a refusal by HTTP status) is returned.
+    pub async fn connect_from(
+        listen: u16,
+        source: std::net::IpAddr,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let tcp = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], listen)))
+            .await?;
+        let url = format!("ws://127.0.0.1:{listen}/live/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
+        Ok(Self { ws, seq: 0 })
+    }
+
+    /// Connects as a reverse proxy on 127.0.0.1 would for a client at `client`:
+    /// with `X-Forwarded-For`.
+    pub async fn connect_forwarded_for(
+        listen: u16,
+        client: std::net::IpAddr,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://127.0.0.1:{listen}/live/ws").into_client_request()?;
+        request.headers_mut().insert(
+            "x-forwarded-for",
+            client
+                .to_string()
+                .parse()
+                .expect("an address is a header value"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { ws, seq: 0 })
+    }
+
     pub fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq

@@ -340,7 +340,9 @@ async function connect(channel) {
   ws.binaryType = 'arraybuffer';
   state.ws = ws;
   setConnection('connecting', 'connecting');
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
     const listenFor = $('listen-for').value;
     const fields = {
       channel,
@@ -358,6 +360,9 @@ async function connect(channel) {
   };
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
+    // Closed before the upgrade (code 1006, no reason): refused by a connection
+    // limit of the bridge, or the bridge is unreachable.
+    const neverOpened = !opened && event.code === 1006;
     state.ws = null;
     state.loggedOn = false;
     releaseLocally();
@@ -365,6 +370,7 @@ async function connect(channel) {
     setConnection('offline', 'offline');
     $('talk-button').disabled = true;
     if (event.reason) error(`Disconnected: ${event.reason}`);
+    else if (neverOpened) error('The bridge did not take the connection (it may be busy or unreachable); try again in a minute.');
     if (!$('talk-panel').hidden) log('Disconnected from the bridge.');
   };
   $('channel-name').textContent = channel;

@@ -279,7 +279,9 @@ impl AppserviceServer {
                 debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        let result = axum::serve(listener, router)
+        // The peer's address: the live WebSocket limits connections per address.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;
                 stop.cancel();
