@@ -558,3 +558,70 @@ async fn the_bots_comment_names_the_talker_on_the_other_side() {
     observer.disconnect().await;
     bridge.stop().await;
 }
+
+/// A name chosen on another system (a Matrix display name, an MQTT label) with
+/// HTML in it. Mumble renders comments and text messages as HTML.
+const HOSTILE: &str = r#"<b>Mallory</b> <a href="https://evil.example/">click</a> & co (Matrix)"#;
+const HOSTILE_ESCAPED: &str =
+    "&lt;b&gt;Mallory&lt;/b&gt; &lt;a href=&quot;https://evil.example/&quot;&gt;click&lt;/a&gt; &amp; co (Matrix)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_other_systems_reach_mumble_as_text_not_html() {
+    let mut bridge = start_bridge().await;
+    let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let carol = bridge.user("carol").await;
+    let stream = StreamKey(1);
+    bridge
+        .listener
+        .talk_start(
+            stream,
+            Talker::new("mallory", HOSTILE),
+            Priority::Normal,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    loop {
+        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+    // The bot's comment names the talker: as text.
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !comment_of_bot().contains("Mallory") {
+        assert!(Instant::now() < deadline, "comment never named the talker");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let comment = comment_of_bot();
+    assert!(
+        comment.contains(HOSTILE_ESCAPED) && !comment.contains("<b>"),
+        "the comment carries the name as HTML: {comment:?}"
+    );
+    // Carol talks over the holder and is told who holds the floor: as text.
+    let (wav, _) = speech_wav(bridge.dir.path());
+    let busy = carol.wait_for_text(|t| t.message.contains("Mallory"), WAIT);
+    let (sent, busy) = tokio::join!(carol.send_wav(&wav, true), busy);
+    sent.expect("carol talks");
+    let busy = busy.expect("carol is told who holds the floor");
+    println!("carol was told: {}", busy.message);
+    assert!(
+        busy.message.contains(HOSTILE_ESCAPED) && !busy.message.contains("<a "),
+        "the busy notice carries the name as HTML: {:?}",
+        busy.message
+    );
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    observer.disconnect().await;
+    bridge.stop().await;
+}
