@@ -129,13 +129,24 @@ impl Station {
     /// A pymumble user in Ops (registered when `password` is given) who has seen
     /// the bridge's bot.
     async fn user(&self, name: &str, password: &str) -> MumbleTestClient {
+        self.user_with(name, password, None).await
+    }
+
+    async fn user_with(
+        &self,
+        name: &str,
+        password: &str,
+        certificate: Option<&Certificate>,
+    ) -> MumbleTestClient {
         let client = MumbleTestClient::spawn().await.expect("pymumble starts");
+        let files = certificate.map(|c| (c.cert.as_path(), c.key.as_path()));
         client
-            .connect_with_password(
+            .connect_as(
                 self.murmur.host(),
                 self.murmur.port(),
                 name,
                 password,
+                files,
                 "Ops",
             )
             .await
@@ -181,6 +192,43 @@ impl Station {
                 .expect("stops")
                 .expect("no panic");
         }
+    }
+}
+
+/// A self-signed client certificate as a Mumble client makes one, and the SHA-1
+/// of it that Mumble shows (lower-case hex).
+struct Certificate {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    sha1: String,
+}
+
+fn certificate(dir: &Path, name: &str) -> Certificate {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "openssl req: {made:?}");
+    let shown = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let (_, hex) = text.trim().split_once('=').expect("a fingerprint line");
+    Certificate {
+        cert,
+        key,
+        sha1: hex.replace(':', "").to_ascii_lowercase(),
     }
 }
 
@@ -233,5 +281,38 @@ async fn an_unregistered_mumble_guest_with_an_allowed_name_cannot_key_the_radio(
     sent.expect("k1abc talks");
     station.wait_keyed(false).await;
     drop(k1abc);
+    station.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_certificate_keys_the_radio_for_whoever_holds_it_and_no_one_else() {
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listed = certificate(dir.path(), "listed");
+    let other = certificate(dir.path(), "other");
+    // Upper-case as some tools print it: the hash matches regardless of case.
+    let entry = format!("mumble.ops/cert:{}", listed.sha1.to_ascii_uppercase());
+    let station = start(murmur, &[&entry]).await;
+    let wav = one_second_of_speech(station.dir.path());
+
+    // Another certificate does not key it.
+    let stranger = station.user_with("op", "", Some(&other)).await;
+    let told = stranger.wait_for_text(|t| t.message.contains("radio.uhf"), WAIT);
+    let (sent, told) = tokio::join!(stranger.send_wav(&wav, true), told);
+    sent.expect("the stranger talks");
+    told.expect("the stranger is told why the radio stays off");
+    assert!(!station.ever_keyed(), "another certificate keyed the radio");
+    drop(stranger);
+
+    // The listed one does, registered or not, whatever name its holder picks.
+    let holder = station.user_with("someone", "", Some(&listed)).await;
+    let (sent, ()) = tokio::join!(holder.send_wav(&wav, true), station.wait_keyed(true));
+    sent.expect("the holder talks");
+    station.wait_keyed(false).await;
+    drop(holder);
     station.stop().await;
 }
