@@ -625,3 +625,116 @@ async fn names_from_other_systems_reach_mumble_as_text_not_html() {
     observer.disconnect().await;
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html() {
+    use walkie_harness::{mqtt_publish, Mosquitto};
+    use walkie_mqtt::{MqttEndpoint, MqttEndpointConfig};
+
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let broker = Mosquitto::builder()
+        .start()
+        .await
+        .expect("mosquitto starts");
+    let mut connect = ConnectConfig::new(murmur.address(), "walkie", "Ops");
+    connect.accept_invalid_cert = true;
+    let mumble = MumbleEndpoint::new(
+        EndpointId::new("mumble.ops"),
+        MumbleEndpointConfig {
+            connect,
+            announce_talker: true,
+            idle_release: Duration::from_millis(1500),
+            busy_notice_interval: Duration::from_secs(10),
+            reconnect_cap: Duration::from_secs(30),
+        },
+    );
+    let mqtt = MqttEndpoint::new(
+        EndpointId::new("mqtt.lobby"),
+        MqttEndpointConfig::from_url(&broker.url(), "walkie/lobby", "walkie-label-test")
+            .expect("broker URL"),
+    )
+    .expect("valid config");
+    let mut hub = ChannelHub::new("ops", FloorSettings::default());
+    let mumble_link = hub
+        .attach(mumble.id().clone(), mumble.capabilities())
+        .expect("attach");
+    let mqtt_link = hub
+        .attach(mqtt.id().clone(), mqtt.capabilities())
+        .expect("attach");
+    let stats = hub.stats();
+    let shutdown = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(shutdown.clone()));
+    let token = shutdown.clone();
+    let mumble_task = tokio::spawn(async move {
+        Box::new(mumble)
+            .run(mumble_link, token)
+            .await
+            .expect("mumble ends cleanly");
+    });
+    let token = shutdown.clone();
+    let mqtt_task = tokio::spawn(async move {
+        Box::new(mqtt)
+            .run(mqtt_link, token)
+            .await
+            .expect("mqtt ends cleanly");
+    });
+    let mut observer = ConnectConfig::new(murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + WAIT;
+    while observer.users().iter().all(|u| u.name != "walkie") {
+        assert!(Instant::now() < deadline, "the bot never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A device labels itself with HTML; any client on the prefix can.
+    let start = br#"{"talker": "<img src=x onerror=alert(1)> <b>Door</b>"}"#;
+    mqtt_publish(&broker, "walkie/lobby/in/door/start", start, 1, false)
+        .await
+        .expect("start");
+    let deadline = Instant::now() + WAIT;
+    while stats.grants.load(Ordering::Relaxed) == 0 || !comment_of_bot().contains("Door") {
+        assert!(
+            Instant::now() < deadline,
+            "the bot's comment never named the device: {:?}",
+            comment_of_bot()
+        );
+        // Audio keeps the device's talk alive (idle_release).
+        let _ = mqtt_publish(
+            &broker,
+            "walkie/lobby/in/door/audio",
+            &[0, 0, 0, 1, 0xf8, 0xff, 0xfe],
+            0,
+            false,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let comment = comment_of_bot();
+    println!("the bot's comment: {comment}");
+    assert!(
+        comment.contains("&lt;img src=x onerror=alert(1)&gt; &lt;b&gt;Door&lt;/b&gt; (Intercom)")
+            && !comment.contains("<img"),
+        "the label reached Mumble as HTML: {comment:?}"
+    );
+    observer.disconnect().await;
+    shutdown.cancel();
+    for task in [hub_task, mumble_task, mqtt_task] {
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("stops")
+            .expect("no panic");
+    }
+}
