@@ -106,6 +106,12 @@ pub fn build(
                 Payload::Pcm16 => PayloadCodec::Pcm16,
             };
             settings.ha_discovery = mqtt.ha_discovery;
+            settings.max_priority = mqtt.max_priority;
+            settings.device_max_priority = mqtt
+                .device_max_priority
+                .iter()
+                .map(|(device, p)| (device.clone(), *p))
+                .collect();
             settings.idle_release = floor.idle_release;
             settings.reconnect_cap = RECONNECT_CAP;
             let endpoint =

@@ -2,7 +2,8 @@
 //! `[radio.NAME]` section (DESIGN.md §4 "Permissions"), asked by the radio
 //! endpoint before every transmission.
 //!
-//! A talker passes when any `transmit_allow` entry covers them, or when they are a
+//! A talker passes when any `transmit_allow` entry covers them (a named entry
+//! only someone whose name is vouched for, see `TransmitAllow`), or when they are a
 //! Matrix user whose power level in the channel's room reaches the minimum. With
 //! neither key set, every talker the channel hears passes (the room's opt-in
 //! already decided who may talk at all).
@@ -13,9 +14,9 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use tracing::warn;
-use walkie_endpoint::{EndpointId, PolicyFuture, Talker, TransmitPolicy};
+use walkie_endpoint::{EndpointId, Identity, PolicyFuture, Talker, TransmitPolicy};
 
-use crate::config::TransmitAllow;
+use crate::config::{TalkerPattern, TransmitAllow};
 use crate::matrix::Homeserver;
 
 /// Power levels change rarely; a minute-old copy is good enough to gate a radio,
@@ -166,7 +167,7 @@ impl RadioTransmitPolicy {
         if self
             .allow
             .iter()
-            .any(|entry| entry.matches(source.as_str(), &talker.name, matrix_user))
+            .any(|entry| entry.matches(source.as_str(), talker))
         {
             return Ok(());
         }
@@ -190,11 +191,34 @@ impl RadioTransmitPolicy {
                     )),
                 }
             }
+            _ if self.names_unverified(talker, source) => Err(format!(
+                "{who} may not key {}: transmit_allow names only registered users, and \
+                 {:?} is not registered on the server",
+                self.radio, talker.name
+            )),
             _ => Err(format!(
                 "{who} may not key {}: not in its transmit_allow list",
                 self.radio
             )),
         }
+    }
+
+    /// Whether an entry names this talker, who is refused only because nothing
+    /// vouches for the name: they are told to register rather than left guessing.
+    fn names_unverified(&self, talker: &Talker, source: &EndpointId) -> bool {
+        if talker.identity.name_is_verified() {
+            return false;
+        }
+        let vouched = talker.clone().with_identity(Identity::Endpoint);
+        self.allow.iter().any(|entry| {
+            matches!(
+                entry,
+                TransmitAllow::Endpoint {
+                    talker: Some(TalkerPattern::Name(_)),
+                    ..
+                }
+            ) && entry.matches(source.as_str(), &vouched)
+        })
     }
 }
 

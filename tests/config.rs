@@ -184,6 +184,8 @@ fn example_deserializes_to_the_structs() {
     assert_eq!(q.prefix, "walkie/lobby");
     assert_eq!(q.payload, Payload::Opus);
     assert_eq!(q.keep_alive, Duration::from_secs(30));
+    assert_eq!(q.max_priority, walkie_endpoint::Priority::Normal);
+    assert!(q.device_max_priority.is_empty());
 
     let Some(EndpointSpec::Radio(r)) = config.endpoint(&"radio.uhf".parse().unwrap()) else {
         panic!("radio.uhf missing");
@@ -202,10 +204,23 @@ fn example_deserializes_to_the_structs() {
     assert_eq!(r.tx_timeout, Duration::from_secs(180));
     assert_eq!(r.vox.threshold_dbfs, -40.0);
     assert_eq!(r.id_interval, Duration::from_secs(600));
+    use walkie_endpoint::{Identity, Talker};
     let user = "@k1abc:example.org";
-    assert!(r.transmit_allow[1].matches("live.ops", user, Some(user)));
-    assert!(r.transmit_allow[2].matches("mumble.ops", "n0call", None));
-    assert!(!r.transmit_allow[2].matches("mumble.ops", "k1abc", None));
+    let matrix = Talker {
+        matrix_user_id: Some(user.into()),
+        ..Talker::new(user, "k1abc")
+    };
+    assert!(r.transmit_allow[1].matches("live.ops", &matrix));
+    let registered = |name: &str| {
+        Talker::new(name, name).with_identity(Identity::Registered {
+            user_id: 7,
+            certificate: None,
+        })
+    };
+    assert!(r.transmit_allow[2].matches("mumble.ops", &registered("n0call")));
+    assert!(!r.transmit_allow[2].matches("mumble.ops", &registered("k1abc")));
+    // A guest who calls themselves n0call is not the registered n0call.
+    assert!(!r.transmit_allow[2].matches("mumble.ops", &Talker::unverified("n0call", "n0call")));
     assert_eq!((r.id_wpm, r.id_tone_hz), (20, 800));
     assert!(r.rigctld.is_none());
 }

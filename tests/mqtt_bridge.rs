@@ -39,6 +39,8 @@ struct Options {
     codec: PayloadCodec,
     floor: FloorSettings,
     tls: bool,
+    /// Devices allowed above the endpoint's `max_priority` (normal).
+    device_max_priority: Vec<(&'static str, Priority)>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             codec: PayloadCodec::Opus,
             floor: FloorSettings::default(),
             tls: false,
+            device_max_priority: Vec::new(),
         }
     }
 }
@@ -73,6 +76,11 @@ fn endpoint_config(broker: &Mosquitto, options: &Options) -> MqttEndpointConfig 
     config.ha_discovery = true;
     config.keep_alive = Duration::from_secs(5);
     config.reconnect_cap = Duration::from_secs(2);
+    config.device_max_priority = options
+        .device_max_priority
+        .iter()
+        .map(|(device, p)| ((*device).to_owned(), *p))
+        .collect();
     config
 }
 
@@ -943,5 +951,192 @@ async fn malformed_input_is_dropped_and_the_bridge_keeps_working() {
     assert_eq!(heard.0.name, "door");
     let heard_ms = heard.2.len() * 1000 / 48_000;
     assert!(heard_ms.abs_diff(1000) <= 60, "heard {heard_ms} ms");
+    bridge.stop().await;
+}
+
+/// Waits for the listener's own talk on `stream` to be released; returns the reason.
+async fn listener_released(link: &mut HubLink) -> ReleaseReason {
+    loop {
+        match tokio::time::timeout(WAIT, link.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Released { reason, .. }))) => return reason,
+            Ok(Ok(_)) => continue,
+            other => panic!("the listener's talk was never released: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_above_the_endpoints_max_priority_is_denied_and_preempts_nobody() {
+    let mut bridge = start_bridge(Options::default()).await;
+    let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
+    let stream = StreamKey(3);
+    bridge.listener_takes_floor(stream).await;
+    // Any publisher on the prefix can claim an emergency; max_priority (default
+    // normal) keeps it from pre-empting the floor holder.
+    let packets = opus_packets(&common::speech(48_000)[..48_000 / 2]);
+    device_talks(
+        &bridge.broker,
+        "door",
+        r#"{"priority":"emergency"}"#,
+        &packets,
+    )
+    .await;
+    let answer = answers
+        .next(WAIT)
+        .await
+        .expect("the door hears back")
+        .json()
+        .expect("JSON answer");
+    println!("the door was told: {answer}");
+    assert_eq!(answer["result"], "denied", "{answer}");
+    assert_eq!(answer["reason"], "priority_too_high", "{answer}");
+    assert_eq!(answer["max_priority"], "normal", "{answer}");
+    // The listener still holds the floor: its own end releases it.
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    assert_eq!(
+        listener_released(&mut bridge.listener).await,
+        ReleaseReason::TalkerDone,
+        "the listener was pre-empted"
+    );
+    assert_eq!(bridge.stats.frames_forwarded.load(Ordering::Relaxed), 0);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_after_a_revoke_is_dropped_until_the_device_sends_end() {
+    let bridge = start_bridge(Options::default()).await;
+    let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
+    let frame = [0xf8, 0xff, 0xfe];
+    let publish_frame = |seq: u32| {
+        let broker = &bridge.broker;
+        async move {
+            mqtt_publish(
+                broker,
+                &device_topic("door", "audio"),
+                &framed(seq, &frame),
+                0,
+                false,
+            )
+            .await
+            .expect("frame");
+        }
+    };
+    mqtt_publish(
+        &bridge.broker,
+        &device_topic("door", "start"),
+        b"",
+        1,
+        false,
+    )
+    .await
+    .expect("start");
+    publish_frame(0).await;
+    let granted = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(granted["result"], "granted", "{granted}");
+    // An emergency elsewhere on the channel revokes the door's talk, and ends at once.
+    let emergency = StreamKey(9);
+    bridge
+        .listener
+        .talk_start(
+            emergency,
+            Talker::new("kilo", "kilo (Radio)"),
+            Priority::Emergency,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    let released = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(released["result"], "released", "{released}");
+    assert_eq!(released["reason"], "revoked", "{released}");
+    bridge
+        .listener
+        .talk_end(emergency)
+        .await
+        .expect("hub running");
+    // The door goes on talking for well over idle_release (1.5 s) plus the 500 ms
+    // straggler window, without an `end`: all of it is dropped.
+    let grants_before = bridge.stats.grants.load(Ordering::Relaxed);
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for seq in 1..=150u32 {
+        pace.tick().await;
+        publish_frame(seq).await;
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), answers.next(WAIT)).await;
+    assert!(
+        more.is_err(),
+        "the door heard more after its talk was revoked: {:?}",
+        more.map(|m| m.map(|m| m.text()))
+    );
+    assert_eq!(
+        bridge.stats.grants.load(Ordering::Relaxed),
+        grants_before,
+        "audio after the revoke started a new talk"
+    );
+    // After `end`, a new start is a new talk.
+    mqtt_publish(&bridge.broker, &device_topic("door", "end"), b"", 1, false)
+        .await
+        .expect("end");
+    mqtt_publish(
+        &bridge.broker,
+        &device_topic("door", "start"),
+        b"",
+        1,
+        false,
+    )
+    .await
+    .expect("start");
+    let again = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(again["result"], "granted", "{again}");
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_allowed_emergency_by_device_max_priority_preempts_the_holder() {
+    let mut bridge = start_bridge(Options {
+        device_max_priority: vec![("fire_panel", Priority::Emergency)],
+        ..Options::default()
+    })
+    .await;
+    let mut answers = bridge
+        .subscribe(&[&device_topic("fire_panel", "floor")])
+        .await;
+    let stream = StreamKey(3);
+    bridge.listener_takes_floor(stream).await;
+    mqtt_publish(
+        &bridge.broker,
+        &device_topic("fire_panel", "start"),
+        br#"{"priority":"emergency"}"#,
+        1,
+        false,
+    )
+    .await
+    .expect("start");
+    assert_eq!(
+        listener_released(&mut bridge.listener).await,
+        ReleaseReason::Revoked,
+        "the fire panel's emergency did not pre-empt"
+    );
+    let granted = answers
+        .next(WAIT)
+        .await
+        .expect("answer")
+        .json()
+        .expect("JSON");
+    assert_eq!(granted["result"], "granted", "{granted}");
     bridge.stop().await;
 }

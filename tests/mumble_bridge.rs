@@ -558,3 +558,183 @@ async fn the_bots_comment_names_the_talker_on_the_other_side() {
     observer.disconnect().await;
     bridge.stop().await;
 }
+
+/// A name chosen on another system (a Matrix display name, an MQTT label) with
+/// HTML in it. Mumble renders comments and text messages as HTML.
+const HOSTILE: &str = r#"<b>Mallory</b> <a href="https://evil.example/">click</a> & co (Matrix)"#;
+const HOSTILE_ESCAPED: &str =
+    "&lt;b&gt;Mallory&lt;/b&gt; &lt;a href=&quot;https://evil.example/&quot;&gt;click&lt;/a&gt; &amp; co (Matrix)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_other_systems_reach_mumble_as_text_not_html() {
+    let mut bridge = start_bridge().await;
+    let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let carol = bridge.user("carol").await;
+    let stream = StreamKey(1);
+    bridge
+        .listener
+        .talk_start(
+            stream,
+            Talker::new("mallory", HOSTILE),
+            Priority::Normal,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    loop {
+        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+    // The bot's comment names the talker: as text.
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !comment_of_bot().contains("Mallory") {
+        assert!(Instant::now() < deadline, "comment never named the talker");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let comment = comment_of_bot();
+    assert!(
+        comment.contains(HOSTILE_ESCAPED) && !comment.contains("<b>"),
+        "the comment carries the name as HTML: {comment:?}"
+    );
+    // Carol talks over the holder and is told who holds the floor: as text.
+    let (wav, _) = speech_wav(bridge.dir.path());
+    let busy = carol.wait_for_text(|t| t.message.contains("Mallory"), WAIT);
+    let (sent, busy) = tokio::join!(carol.send_wav(&wav, true), busy);
+    sent.expect("carol talks");
+    let busy = busy.expect("carol is told who holds the floor");
+    println!("carol was told: {}", busy.message);
+    assert!(
+        busy.message.contains(HOSTILE_ESCAPED) && !busy.message.contains("<a "),
+        "the busy notice carries the name as HTML: {:?}",
+        busy.message
+    );
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    observer.disconnect().await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html() {
+    use walkie_harness::{mqtt_publish, Mosquitto};
+    use walkie_mqtt::{MqttEndpoint, MqttEndpointConfig};
+
+    let murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .start()
+        .await
+        .expect("murmurd starts");
+    let broker = Mosquitto::builder()
+        .start()
+        .await
+        .expect("mosquitto starts");
+    let mut connect = ConnectConfig::new(murmur.address(), "walkie", "Ops");
+    connect.accept_invalid_cert = true;
+    let mumble = MumbleEndpoint::new(
+        EndpointId::new("mumble.ops"),
+        MumbleEndpointConfig {
+            connect,
+            announce_talker: true,
+            idle_release: Duration::from_millis(1500),
+            busy_notice_interval: Duration::from_secs(10),
+            reconnect_cap: Duration::from_secs(30),
+        },
+    );
+    let mqtt = MqttEndpoint::new(
+        EndpointId::new("mqtt.lobby"),
+        MqttEndpointConfig::from_url(&broker.url(), "walkie/lobby", "walkie-label-test")
+            .expect("broker URL"),
+    )
+    .expect("valid config");
+    let mut hub = ChannelHub::new("ops", FloorSettings::default());
+    let mumble_link = hub
+        .attach(mumble.id().clone(), mumble.capabilities())
+        .expect("attach");
+    let mqtt_link = hub
+        .attach(mqtt.id().clone(), mqtt.capabilities())
+        .expect("attach");
+    let stats = hub.stats();
+    let shutdown = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(shutdown.clone()));
+    let token = shutdown.clone();
+    let mumble_task = tokio::spawn(async move {
+        Box::new(mumble)
+            .run(mumble_link, token)
+            .await
+            .expect("mumble ends cleanly");
+    });
+    let token = shutdown.clone();
+    let mqtt_task = tokio::spawn(async move {
+        Box::new(mqtt)
+            .run(mqtt_link, token)
+            .await
+            .expect("mqtt ends cleanly");
+    });
+    let mut observer = ConnectConfig::new(murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + WAIT;
+    while observer.users().iter().all(|u| u.name != "walkie") {
+        assert!(Instant::now() < deadline, "the bot never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A device labels itself with HTML; any client on the prefix can.
+    let start = br#"{"talker": "<img src=x onerror=alert(1)> <b>Door</b>"}"#;
+    mqtt_publish(&broker, "walkie/lobby/in/door/start", start, 1, false)
+        .await
+        .expect("start");
+    let deadline = Instant::now() + WAIT;
+    while stats.grants.load(Ordering::Relaxed) == 0 || !comment_of_bot().contains("Door") {
+        assert!(
+            Instant::now() < deadline,
+            "the bot's comment never named the device: {:?}",
+            comment_of_bot()
+        );
+        // Audio keeps the device's talk alive (idle_release).
+        let _ = mqtt_publish(
+            &broker,
+            "walkie/lobby/in/door/audio",
+            &[0, 0, 0, 1, 0xf8, 0xff, 0xfe],
+            0,
+            false,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let comment = comment_of_bot();
+    println!("the bot's comment: {comment}");
+    assert!(
+        comment.contains("&lt;img src=x onerror=alert(1)&gt; &lt;b&gt;Door&lt;/b&gt; (Intercom)")
+            && !comment.contains("<img"),
+        "the label reached Mumble as HTML: {comment:?}"
+    );
+    observer.disconnect().await;
+    shutdown.cancel();
+    for task in [hub_task, mumble_task, mqtt_task] {
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("stops")
+            .expect("no panic");
+    }
+}

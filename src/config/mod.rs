@@ -20,12 +20,13 @@ pub use error::{ConfigError, ConfigErrors, Warning};
 pub use load::{DEFAULT_PATH, ENV_PREFIX, ENV_SEPARATOR};
 pub use schema::{DEFAULT_STATUS_LISTEN, STATE_DIR};
 pub use types::{
-    Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, TransmitAllow,
-    UserGlob,
+    Cos, CosLine, EndpointId, EndpointKind, HostPort, Payload, Ptt, RoomRef, Secret, TalkerPattern,
+    TransmitAllow, UserGlob,
 };
 pub use url::Url;
 
 use crate::hub::FloorSettings;
+use walkie_endpoint::Priority;
 
 /// The whole, validated configuration.
 #[derive(Clone, Debug)]
@@ -231,6 +232,10 @@ pub struct MqttConfig {
     pub prefix: String,
     pub payload: Payload,
     pub ha_discovery: bool,
+    /// The highest priority a device may ask for; above it its talk is denied.
+    pub max_priority: Priority,
+    /// Per-device ceilings that replace `max_priority` for those device ids.
+    pub device_max_priority: BTreeMap<String, Priority>,
 }
 
 /// An MQTT broker address from an `mqtt://` or `mqtts://` URL.

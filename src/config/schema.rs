@@ -235,6 +235,12 @@ pub(crate) struct RawMqtt {
     pub payload: Payload,
     #[serde(default)]
     pub ha_discovery: bool,
+    /// Highest priority a device may ask for (`normal` when unset).
+    #[serde(default)]
+    pub max_priority: Option<String>,
+    /// Per device id: its own ceiling, instead of `max_priority`.
+    #[serde(default)]
+    pub device_max_priority: BTreeMap<String, String>,
 }
 
 fn default_keep_alive_s() -> u64 {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
+use walkie_endpoint::Talker;
 
 /// A token or password. `Debug` and `Display` print `***` so a secret cannot reach a
 /// log line or an error message by accident; `expose` is the one way to read it.
@@ -524,32 +525,72 @@ impl FromStr for UserGlob {
 /// One `transmit_allow` entry: who may key a radio.
 ///
 /// `@alice:example.org` / `@*:example.org` match Matrix users (their live talk and
-/// voice messages); `mumble.ops` matches every talker of that endpoint and
-/// `mumble.ops/alice` one talker there (by the name the endpoint knows them by).
+/// voice messages); `mumble.ops` matches every talker of that endpoint, guests
+/// included. A named talker (`mumble.ops/n0call`) matches only a name something
+/// vouches for: on Mumble a registered user's registered name, never a guest's
+/// (DESIGN.md §4 "Trust model"). `mumble.ops/#42` is the registered user with id 42,
+/// `mumble.ops/cert:<40 hex digits>` whoever holds that client certificate.
 /// `*` and `?` work in both halves of the endpoint form too (`mqtt.*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransmitAllow {
     Matrix(UserGlob),
     Endpoint {
         endpoint: String,
-        talker: Option<String>,
+        talker: Option<TalkerPattern>,
     },
 }
 
-impl TransmitAllow {
-    /// Whether a talker known as `talker_name` on `endpoint` (with a Matrix account
-    /// `matrix_user` when they have one) is covered by this entry.
-    pub fn matches(&self, endpoint: &str, talker_name: &str, matrix_user: Option<&str>) -> bool {
+/// The part after `/` of an endpoint entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TalkerPattern {
+    /// A name (glob) that something vouches for; never an unverified one.
+    Name(String),
+    /// An account registered on the endpoint's server, by its id there.
+    RegisteredId(u32),
+    /// A client certificate the server checked, by its SHA-1 (lower-case hex).
+    Certificate(String),
+}
+
+impl TalkerPattern {
+    fn matches(&self, talker: &Talker) -> bool {
         match self {
-            Self::Matrix(glob) => matrix_user.is_some_and(|user| glob.matches(user)),
+            Self::Name(glob) => {
+                talker.identity.name_is_verified()
+                    && glob_match(glob.as_bytes(), talker.name.as_bytes())
+            }
+            Self::RegisteredId(id) => talker.identity.registered_user_id() == Some(*id),
+            Self::Certificate(hash) => talker
+                .identity
+                .certificate()
+                .is_some_and(|c| c.eq_ignore_ascii_case(hash)),
+        }
+    }
+}
+
+impl fmt::Display for TalkerPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::RegisteredId(id) => write!(f, "#{id}"),
+            Self::Certificate(hash) => write!(f, "cert:{hash}"),
+        }
+    }
+}
+
+impl TransmitAllow {
+    /// Whether `talker`, talking on `endpoint`, is covered by this entry.
+    pub fn matches(&self, endpoint: &str, talker: &Talker) -> bool {
+        match self {
+            Self::Matrix(glob) => talker
+                .matrix_user_id
+                .as_deref()
+                .is_some_and(|user| glob.matches(user)),
             Self::Endpoint {
                 endpoint: pattern,
-                talker,
+                talker: wanted,
             } => {
                 glob_match(pattern.as_bytes(), endpoint.as_bytes())
-                    && talker
-                        .as_ref()
-                        .is_none_or(|t| glob_match(t.as_bytes(), talker_name.as_bytes()))
+                    && wanted.as_ref().is_none_or(|w| w.matches(talker))
             }
         }
     }
@@ -569,6 +610,40 @@ impl fmt::Display for TransmitAllow {
             } => write!(f, "{endpoint}/{talker}"),
         }
     }
+}
+
+fn talker_pattern(entry: &str, kind: &str, talker: &str) -> Result<TalkerPattern, String> {
+    const HINT: &str = "expected a name (\"mumble.ops/n0call\", registered users only), a \
+                        registered user id (\"mumble.ops/#42\") or a certificate hash \
+                        (\"mumble.ops/cert:<sha1>\")";
+    if talker.is_empty() || talker.chars().any(char::is_control) {
+        return Err(format!("{entry:?}: the talker after '/' is empty; {HINT}"));
+    }
+    if kind == "mqtt" {
+        // The broker's ACL on the prefix is what vouches for an MQTT talker; any
+        // client allowed to publish there can use any device id.
+        let endpoint = entry.split_once('/').map_or(entry, |(e, _)| e);
+        return Err(format!(
+            "{entry:?}: MQTT device ids are labels any client that may publish under the \
+             prefix can choose, so an entry cannot name one; the broker's ACL on the prefix \
+             is what vouches: list the endpoint ({endpoint:?})"
+        ));
+    }
+    if let Some(id) = talker.strip_prefix('#') {
+        return id.parse().map(TalkerPattern::RegisteredId).map_err(|_| {
+            format!("{entry:?}: a registered user id is a number (\"mumble.ops/#42\")")
+        });
+    }
+    if let Some(hash) = talker.strip_prefix("cert:") {
+        if hash.len() != 40 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{entry:?}: a certificate hash is 40 hex digits (the SHA-1 Mumble shows in \
+                 a user's information)"
+            ));
+        }
+        return Ok(TalkerPattern::Certificate(hash.to_ascii_lowercase()));
+    }
+    Ok(TalkerPattern::Name(talker.to_owned()))
 }
 
 impl FromStr for TransmitAllow {
@@ -600,12 +675,9 @@ impl FromStr for TransmitAllow {
                 "{s:?}: {endpoint:?} is not an endpoint name pattern; {HINT}"
             ));
         }
-        if talker.is_some_and(|t| t.is_empty() || t.chars().any(|c| c.is_control())) {
-            return Err(format!("{s:?}: the talker after '/' is empty; {HINT}"));
-        }
         Ok(Self::Endpoint {
             endpoint: endpoint.to_owned(),
-            talker: talker.map(str::to_owned),
+            talker: talker.map(|t| talker_pattern(s, kind, t)).transpose()?,
         })
     }
 }
@@ -641,6 +713,7 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walkie_endpoint::Identity;
 
     #[test]
     fn secret_is_masked_in_debug_and_display() {
@@ -729,17 +802,57 @@ mod tests {
 
     #[test]
     fn transmit_allow_entries() {
+        let matrix_user = Talker {
+            matrix_user_id: Some("@bob:example.org".into()),
+            ..Talker::new("@bob:example.org", "bob")
+        };
         let matrix: TransmitAllow = "@*:example.org".parse().unwrap();
-        assert!(matrix.matches("live.ops", "@bob:example.org", Some("@bob:example.org")));
-        assert!(!matrix.matches("mumble.ops", "@bob:example.org", None));
+        assert!(matrix.matches("live.ops", &matrix_user));
+        assert!(!matrix.matches("mumble.ops", &Talker::new("@bob:example.org", "x")));
+        let guest = Talker::unverified("alice", "alice (Mumble)");
         let endpoint: TransmitAllow = "mumble.ops".parse().unwrap();
-        assert!(endpoint.matches("mumble.ops", "alice", None));
-        assert!(!endpoint.matches("mumble.ops2", "alice", None));
+        assert!(endpoint.matches("mumble.ops", &guest));
+        assert!(!endpoint.matches("mumble.ops2", &guest));
+        let registered =
+            Talker::new("alice", "alice (Mumble)").with_identity(Identity::Registered {
+                user_id: 42,
+                certificate: Some("ab".repeat(20)),
+            });
         let talker: TransmitAllow = "mumble.*/al?ce".parse().unwrap();
-        assert!(talker.matches("mumble.hq", "alice", None));
-        assert!(!talker.matches("mumble.hq", "bob", None));
-        assert!(!talker.matches("mqtt.hq", "alice", None));
-        for bad in ["alice", "Mumble.ops", "mumble.", "mumble.ops/", "@alice"] {
+        assert!(talker.matches("mumble.hq", &registered));
+        assert!(
+            !talker.matches("mumble.hq", &guest),
+            "a guest's name is no identity"
+        );
+        assert!(!talker.matches("mumble.hq", &Talker::new("bob", "bob")));
+        assert!(!talker.matches("mqtt.hq", &registered));
+        let by_id: TransmitAllow = "mumble.ops/#42".parse().unwrap();
+        assert!(by_id.matches("mumble.ops", &registered));
+        assert!(!by_id.matches("mumble.ops", &guest));
+        let by_cert: TransmitAllow = format!("mumble.ops/cert:{}", "AB".repeat(20))
+            .parse()
+            .unwrap();
+        assert!(by_cert.matches("mumble.ops", &registered));
+        let guest_with_cert = Talker::unverified("x", "x").with_identity(Identity::Unverified {
+            certificate: Some("ab".repeat(20)),
+        });
+        assert!(by_cert.matches("mumble.ops", &guest_with_cert));
+        assert!(!by_cert.matches("mumble.ops", &guest));
+        assert_eq!(
+            by_cert.to_string(),
+            format!("mumble.ops/cert:{}", "ab".repeat(20))
+        );
+        assert_eq!(by_id.to_string(), "mumble.ops/#42");
+        for bad in [
+            "alice",
+            "Mumble.ops",
+            "mumble.",
+            "mumble.ops/",
+            "@alice",
+            "mqtt.lobby/door",
+            "mumble.ops/#-1",
+            "mumble.ops/cert:abc",
+        ] {
             assert!(bad.parse::<TransmitAllow>().is_err(), "{bad} accepted");
         }
     }

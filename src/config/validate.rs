@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
+use walkie_endpoint::Priority;
 
 use super::error::{ConfigError, Warning};
 use super::schema::{
@@ -693,7 +694,23 @@ fn mqtt(r: &mut Report, key: &str, raw: RawMqtt, claims: &mut MqttClaims) -> Opt
         }
     }
 
+    let max_priority = match &raw.max_priority {
+        Some(p) => r.check(format!("{key}.max_priority"), priority(p)),
+        None => Some(Priority::Normal),
+    };
+    let mut device_max_priority = BTreeMap::new();
+    for (device, p) in &raw.device_max_priority {
+        let key = format!("{key}.device_max_priority.{device}");
+        if let Some(p) = r.check(&key, priority(p)) {
+            if r.check(&key, check_device_id(device)).is_some() {
+                device_max_priority.insert(device.clone(), p);
+            }
+        }
+    }
+
     Some(MqttConfig {
+        max_priority: max_priority?,
+        device_max_priority,
         broker: broker?,
         username: raw.username,
         password: raw.password,
@@ -704,6 +721,31 @@ fn mqtt(r: &mut Report, key: &str, raw: RawMqtt, claims: &mut MqttClaims) -> Opt
         payload: raw.payload,
         ha_discovery: raw.ha_discovery,
     })
+}
+
+fn priority(s: &str) -> Result<Priority, String> {
+    match s {
+        "normal" => Ok(Priority::Normal),
+        "high" => Ok(Priority::High),
+        "emergency" => Ok(Priority::Emergency),
+        other => Err(format!(
+            "{other:?} is not a priority: expected \"normal\", \"high\" or \"emergency\""
+        )),
+    }
+}
+
+/// As the MQTT topic scheme allows (bridges/mqtt/README.md, "Topics").
+fn check_device_id(s: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a device id: 1 to 64 characters of A-Z a-z 0-9 - _ ."
+        ))
+    }
 }
 
 /// Characters that have an International Morse Code representation.

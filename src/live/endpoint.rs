@@ -797,6 +797,8 @@ fn talker_of(identity: &Identity) -> Talker {
         name: identity.user_id.to_string(),
         display_name: identity.display_name.clone(),
         matrix_user_id: Some(identity.user_id.to_string()),
+        // The homeserver authenticated the account the name is.
+        identity: walkie_endpoint::Identity::Endpoint,
     }
 }
 

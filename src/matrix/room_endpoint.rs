@@ -609,5 +609,7 @@ fn matrix_talker(user: &OwnedUserId) -> Talker {
         name: user.to_string(),
         display_name: user.localpart().to_owned(),
         matrix_user_id: Some(user.to_string()),
+        // The homeserver authenticated the account the name is.
+        identity: walkie_endpoint::Identity::Endpoint,
     }
 }

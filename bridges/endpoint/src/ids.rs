@@ -68,6 +68,50 @@ impl fmt::Display for TxId {
     }
 }
 
+/// What vouches for a talker's name (DESIGN.md §4 "Trust model"). A
+/// `transmit_allow` entry that names a talker matches only a name something
+/// vouches for; an unverified name is a label, never an identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum Identity {
+    /// The endpoint itself does: a name from its own configuration (a radio),
+    /// or a Matrix account the homeserver authenticated (`matrix_user_id`).
+    #[default]
+    Endpoint,
+    /// Nobody does: whoever can reach the endpoint chose it (a Mumble guest, an
+    /// MQTT device id). `certificate` is a client certificate the server checked
+    /// the talker holds (Mumble's SHA-1 hash, lower-case hex), if they showed one.
+    Unverified { certificate: Option<String> },
+    /// An account registered on the endpoint's server (a registered Mumble user):
+    /// the server authenticated them, and the name is their registered name.
+    Registered {
+        user_id: u32,
+        certificate: Option<String>,
+    },
+}
+
+impl Identity {
+    /// Whether something vouches for the talker's name.
+    pub fn name_is_verified(&self) -> bool {
+        !matches!(self, Self::Unverified { .. })
+    }
+
+    pub fn registered_user_id(&self) -> Option<u32> {
+        match self {
+            Self::Registered { user_id, .. } => Some(*user_id),
+            _ => None,
+        }
+    }
+
+    pub fn certificate(&self) -> Option<&str> {
+        match self {
+            Self::Unverified { certificate } | Self::Registered { certificate, .. } => {
+                certificate.as_deref()
+            }
+            Self::Endpoint => None,
+        }
+    }
+}
+
 /// Who is talking, as the source endpoint knows them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Talker {
@@ -79,15 +123,29 @@ pub struct Talker {
     /// Set when the talker is a Matrix user (live client, voice message), so
     /// permission checks and the archive can use the real account.
     pub matrix_user_id: Option<String>,
+    /// What vouches for `name`.
+    pub identity: Identity,
 }
 
 impl Talker {
+    /// A talker whose name the endpoint vouches for (its configuration).
     pub fn new(name: impl Into<String>, display_name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             display_name: display_name.into(),
             matrix_user_id: None,
+            identity: Identity::Endpoint,
         }
+    }
+
+    /// A talker who chose their own name; nobody vouches for it.
+    pub fn unverified(name: impl Into<String>, display_name: impl Into<String>) -> Self {
+        Self::new(name, display_name).with_identity(Identity::Unverified { certificate: None })
+    }
+
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
     }
 }
 

@@ -20,5 +20,5 @@ pub use endpoint::{
 pub use floor::{DenyReason, FloorEvent, Priority, ReleaseReason, TalkKind};
 pub use frame::{AudioFrame, DownFrame};
 pub use health::{ConnectionState, EndpointHealth};
-pub use ids::{EndpointId, StreamKey, Talker, TxId};
+pub use ids::{EndpointId, Identity, StreamKey, Talker, TxId};
 pub use policy::{AllowEveryone, PolicyFuture, TransmitPolicy};

@@ -1,9 +1,12 @@
 //! What an `[mqtt.NAME]` section becomes, in this crate's own words: the daemon
 //! maps its config into [`MqttEndpointConfig`]; this crate does not know the daemon.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use walkie_endpoint::Priority;
 
 use crate::error::MqttError;
 
@@ -78,6 +81,13 @@ pub struct MqttEndpointConfig {
     pub idle_release: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_cap: Duration,
+    /// The highest priority a device may ask for. Any client that may publish
+    /// under the prefix can send a `start`, so an emergency (which pre-empts the
+    /// floor holder) has to be granted here, not claimed there.
+    pub max_priority: Priority,
+    /// Ceilings for single device ids, instead of `max_priority`. A device id is
+    /// only as trustworthy as the broker's ACL on its `in/{device}/` topics.
+    pub device_max_priority: HashMap<String, Priority>,
 }
 
 impl MqttEndpointConfig {
@@ -103,6 +113,8 @@ impl MqttEndpointConfig {
             ha_discovery_prefix: "homeassistant".into(),
             idle_release: Duration::from_millis(1500),
             reconnect_cap: Duration::from_secs(30),
+            max_priority: Priority::Normal,
+            device_max_priority: HashMap::new(),
         }
     }
 

@@ -38,8 +38,9 @@ use crate::transcode::{
     test_tone_16k, test_tone_48k, PcmToOpus, PcmToPcm16, PCM16_FRAME_BYTES, PCM16_FRAME_SAMPLES,
 };
 use crate::wire::{
-    deny_reason, frame_audio, parse_audio, release_reason, to_json, DeviceStart, FloorAnswer,
-    FloorState, OutEnd, OutStart, SeqTracker, SeqVerdict, REASON_RECONNECTED,
+    deny_reason, frame_audio, parse_audio, priority_name, release_reason, to_json, DeviceStart,
+    FloorAnswer, FloorState, OutEnd, OutStart, SeqTracker, SeqVerdict, REASON_PRIORITY_TOO_HIGH,
+    REASON_RECONNECTED,
 };
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -232,6 +233,8 @@ enum TalkState {
 struct DeviceTalk {
     stream: StreamKey,
     state: TalkState,
+    /// False for a start refused here (above `max_priority`): no stream to end.
+    on_hub: bool,
     seq: SeqTracker,
     /// Hub sequence number of the next frame; lost device frames advance it too,
     /// so PCM consumers conceal them.
@@ -538,8 +541,53 @@ impl Bridge {
             self.device_end(&device, None).await?;
         }
         self.recently_ended.remove(&device);
-        self.open_talk(device, start.talker, start.priority.into())
-            .await
+        let priority = Priority::from(start.priority);
+        let ceiling = self.max_priority(&device);
+        if priority > ceiling {
+            self.refuse_priority(device, priority, ceiling);
+            return Ok(());
+        }
+        self.open_talk(device, start.talker, priority).await
+    }
+
+    /// The highest priority `device` may ask for.
+    fn max_priority(&self, device: &str) -> Priority {
+        self.config
+            .device_max_priority
+            .get(device)
+            .copied()
+            .unwrap_or(self.config.max_priority)
+    }
+
+    /// A start above the device's ceiling: denied with the reason, and its audio
+    /// dropped until `end`, like any denied talk. The hub never hears of it.
+    fn refuse_priority(&mut self, device: String, asked: Priority, ceiling: Priority) {
+        warn!(%device, asked = priority_name(asked), max_priority = priority_name(ceiling),
+              "start above max_priority denied");
+        metrics::counter!("walkie_mqtt_priority_denied_total").increment(1);
+        self.answer(
+            &device,
+            &FloorAnswer::Denied {
+                reason: REASON_PRIORITY_TOO_HIGH.to_owned(),
+                holder: None,
+                max_priority: Some(priority_name(ceiling).to_owned()),
+            },
+        );
+        let stream = StreamKey(self.next_stream);
+        self.next_stream += 1;
+        self.talks.insert(
+            device.clone(),
+            DeviceTalk {
+                stream,
+                state: TalkState::Refused,
+                on_hub: false,
+                seq: SeqTracker::default(),
+                next_seq: 0,
+                pcm: None,
+                last_heard: Instant::now(),
+                display_name: device,
+            },
+        );
     }
 
     async fn open_talk(
@@ -564,7 +612,9 @@ impl Bridge {
             .chars()
             .take(64)
             .collect();
-        let talker = Talker::new(device.clone(), format!("{label} (Intercom)"));
+        // A device id is a label: the broker's ACL on the prefix vouches for the
+        // endpoint as a whole, not for which device is which.
+        let talker = Talker::unverified(device.clone(), format!("{label} (Intercom)"));
         let display_name = talker.display_name.clone();
         let stream = StreamKey(self.next_stream);
         self.next_stream += 1;
@@ -577,6 +627,7 @@ impl Bridge {
             DeviceTalk {
                 stream,
                 state: TalkState::Requested,
+                on_hub: true,
                 seq: SeqTracker::default(),
                 next_seq: 0,
                 pcm,
@@ -617,6 +668,9 @@ impl Bridge {
             return Ok(Ok(()));
         };
         if talk.state == TalkState::Refused {
+            // Still talking: the talk lasts until `end` or silence, so audio after
+            // a denial or a revoke never opens a new one (README "Messages").
+            talk.last_heard = Instant::now();
             dropped("refused");
             return Ok(Ok(()));
         }
@@ -687,6 +741,9 @@ impl Bridge {
             }
         }
         debug!(%device, stream = %talk.stream, "device talk ends");
+        if !talk.on_hub {
+            return Ok(());
+        }
         self.link.talk_end(talk.stream).await
     }
 
@@ -711,7 +768,9 @@ impl Bridge {
         let devices: Vec<String> = self.talks.keys().cloned().collect();
         for device in devices {
             if let Some(talk) = self.talks.remove(&device) {
-                let _ = self.link.talk_end(talk.stream).await;
+                if talk.on_hub {
+                    let _ = self.link.talk_end(talk.stream).await;
+                }
             }
         }
         if let Some(tone) = self.tone.take() {
@@ -791,6 +850,7 @@ impl Bridge {
                     &FloorAnswer::Denied {
                         reason: deny_reason(reason).to_owned(),
                         holder,
+                        max_priority: None,
                     },
                 );
             }

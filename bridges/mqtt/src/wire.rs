@@ -151,6 +151,9 @@ pub enum FloorAnswer {
         reason: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         holder: Option<String>,
+        /// With `priority_too_high`: the highest priority this device may ask for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_priority: Option<String>,
     },
     /// The device's talk is over without its `end`: idle timeout, max talk
     /// time, pre-empted by an emergency, bridge reconnected.
@@ -163,6 +166,17 @@ pub enum FloorAnswer {
         endpoint: String,
         reason: String,
     },
+}
+
+/// The device asked for a priority above its `max_priority`.
+pub const REASON_PRIORITY_TOO_HIGH: &str = "priority_too_high";
+
+pub fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Normal => "normal",
+        Priority::High => "high",
+        Priority::Emergency => "emergency",
+    }
 }
 
 pub fn deny_reason(reason: DenyReason) -> &'static str {
@@ -259,6 +273,7 @@ mod tests {
         let denied = FloorAnswer::Denied {
             reason: "busy".into(),
             holder: Some("alice (Mumble)".into()),
+            max_priority: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&to_json(&denied)).unwrap();
         assert_eq!(
@@ -268,5 +283,15 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&to_json(&FloorAnswer::Granted { tx_id: "t".into() })).unwrap();
         assert_eq!(v, serde_json::json!({"result":"granted","tx_id":"t"}));
+        let too_high = FloorAnswer::Denied {
+            reason: REASON_PRIORITY_TOO_HIGH.into(),
+            holder: None,
+            max_priority: Some(priority_name(Priority::Normal).into()),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&to_json(&too_high)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"result":"denied","reason":"priority_too_high","max_priority":"normal"})
+        );
     }
 }

@@ -331,6 +331,16 @@ impl ConnectionHandle {
         self.roster.borrow().users.clone()
     }
 
+    /// One user on the server now, by session.
+    pub fn user(&self, session: Session) -> Option<User> {
+        self.roster
+            .borrow()
+            .users
+            .iter()
+            .find(|u| u.session == session)
+            .cloned()
+    }
+
     pub fn our_session(&self) -> Session {
         self.session
     }

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use walkie_endpoint::audio::packet_samples;
 use walkie_endpoint::{
     AudioFrame, DenyReason, Downlink, Endpoint, EndpointError, EndpointFuture, EndpointId,
-    FloorEvent, HubClosed, HubLink, Priority, StreamKey, TalkKind, Talker, TxId,
+    FloorEvent, HubClosed, HubLink, Identity, Priority, StreamKey, TalkKind, Talker, TxId,
 };
 
 use crate::connection::{ConnectConfig, Connection, ConnectionHandle, Event};
@@ -55,6 +55,44 @@ impl MumbleEndpoint {
     pub fn new(id: EndpointId, config: MumbleEndpointConfig) -> Self {
         Self { id, config }
     }
+}
+
+/// Who vouches for a Mumble user: the server, for a registered user (their
+/// name is then their registered name); nobody for a guest, whose name is
+/// whatever their client sent. A certificate hash is known either way when the
+/// client showed one, and the TLS handshake proved they hold its key.
+fn identity_of(handle: &ConnectionHandle, session: Session) -> Identity {
+    let Some(user) = handle.user(session) else {
+        return Identity::Unverified { certificate: None };
+    };
+    let certificate = user
+        .cert_hash
+        .filter(|h| !h.is_empty())
+        .map(|h| h.to_ascii_lowercase());
+    match user.user_id {
+        Some(user_id) => Identity::Registered {
+            user_id,
+            certificate,
+        },
+        None => Identity::Unverified { certificate },
+    }
+}
+
+/// Mumble renders text messages and comments as HTML: a name from another
+/// system ("<a href=…>" as a Matrix display name) must arrive as text.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Endpoint for MumbleEndpoint {
@@ -226,6 +264,7 @@ impl Bridge {
             Downlink::Floor(event) => {
                 match &event {
                     FloorEvent::Taken { talker, .. } if self.config.announce_talker => {
+                        let talker = html_escape(&talker.display_name);
                         let _ = handle.set_comment(&format!("Talking: {talker}")).await;
                     }
                     FloorEvent::Released { tx, .. } if self.sending == Some(*tx) => {
@@ -305,9 +344,10 @@ impl Bridge {
         }
         self.busy_notified.insert(session, now);
         let text = match (reason, holder) {
-            (DenyReason::Busy, Some(holder)) => {
-                format!("You are not heard: {holder} is talking. Wait until they are done.")
-            }
+            (DenyReason::Busy, Some(holder)) => format!(
+                "You are not heard: {} is talking. Wait until they are done.",
+                html_escape(&holder.display_name)
+            ),
             (reason, _) => format!("You are not heard: {reason}."),
         };
         if let Err(error) = handle.send_text_to_user(session, &text).await {
@@ -335,7 +375,12 @@ impl Bridge {
         let Some(session) = self.session_of(stream) else {
             return;
         };
-        let text = format!("You are not transmitted on {by}: {reason}.");
+        // The reason names people (a Matrix user, a device label): text, not HTML.
+        let text = format!(
+            "You are not transmitted on {}: {}.",
+            html_escape(by.as_str()),
+            html_escape(reason)
+        );
         if let Err(error) = handle.send_text_to_user(session, &text).await {
             debug!(%error, "decline notice not sent");
         }
@@ -343,7 +388,7 @@ impl Bridge {
 
     async fn on_mumble(
         &mut self,
-        _handle: &ConnectionHandle,
+        handle: &ConnectionHandle,
         event: Event,
     ) -> Result<(), HubClosed> {
         match event {
@@ -361,13 +406,10 @@ impl Bridge {
                         return Ok(());
                     }
                     let stream = StreamKey(u64::from(session.0));
+                    let talker = Talker::new(name.clone(), format!("{name} (Mumble)"))
+                        .with_identity(identity_of(handle, session));
                     self.link
-                        .talk_start(
-                            stream,
-                            Talker::new(name.clone(), format!("{name} (Mumble)")),
-                            Priority::Normal,
-                            TalkKind::Live,
-                        )
+                        .talk_start(stream, talker, Priority::Normal, TalkKind::Live)
                         .await?;
                     self.talks.insert(
                         session,
@@ -440,5 +482,19 @@ impl Bridge {
             let _ = self.link.talk_end(talk.stream).await;
         }
         self.sending = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_escape;
+
+    #[test]
+    fn names_are_escaped_for_mumbles_html() {
+        assert_eq!(
+            html_escape(r#"<a href="x">O'Brien & co</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;O&#39;Brien &amp; co&lt;/a&gt;"
+        );
+        assert_eq!(html_escape("alice (Mumble)"), "alice (Mumble)");
     }
 }

@@ -37,6 +37,9 @@ pub struct User {
     pub channel: ChannelId,
     /// SHA-1 of the user's certificate (hex), when the server told us.
     pub cert_hash: Option<String>,
+    /// The server's id of a registered user; `None` for a guest, whose name is
+    /// whatever their client sent.
+    pub user_id: Option<u32>,
     /// The user's comment; long comments arrive only as a hash and stay `None`.
     pub comment: Option<String>,
 }
@@ -110,6 +113,7 @@ impl ServerState {
                     name: m.name.clone().unwrap_or_default(),
                     channel: m.channel_id.map_or(ChannelId::ROOT, ChannelId),
                     cert_hash: m.hash.clone(),
+                    user_id: m.user_id,
                     comment: m.comment.clone(),
                 };
                 self.users.insert(session, user.clone());
@@ -121,6 +125,10 @@ impl ServerState {
                 }
                 if let Some(hash) = &m.hash {
                     user.cert_hash = Some(hash.clone());
+                }
+                // A guest who registers while connected gets their id here.
+                if let Some(id) = m.user_id {
+                    user.user_id = Some(id);
                 }
                 if let Some(comment) = &m.comment {
                     user.comment = Some(comment.clone());

@@ -7,7 +7,8 @@ client: what the bridge does is checked against software it did not write.
 
 Requests, one JSON object per line on stdin:
     {"id": 1, "cmd": "connect", "host": "127.0.0.1", "port": 64738,
-     "username": "alice", "channel": "Ops/Sub", "password": "", "timeout": 20}
+     "username": "alice", "channel": "Ops/Sub", "password": "", "timeout": 20,
+     "certfile": "/path/cert.pem", "keyfile": "/path/key.pem"}   (certificate optional)
 Answers on stdout carry the request's id:
     {"id": 1, "ok": true, ...}    or    {"id": 1, "ok": false, "error": "..."}
 Events are pushed on stdout whenever they happen:
@@ -300,6 +301,8 @@ class Driver:
             req["username"],
             port=int(req["port"]),
             password=req.get("password", ""),
+            certfile=req.get("certfile"),
+            keyfile=req.get("keyfile"),
             reconnect=False,
         )
         # pymumble's loop ends when the thread that made it ends: tie it to the main

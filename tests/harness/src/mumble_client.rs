@@ -260,15 +260,31 @@ impl MumbleTestClient {
         password: &str,
         channel: &str,
     ) -> Result<()> {
+        self.connect_as(host, port, username, password, None, channel)
+            .await
+    }
+
+    /// [`MumbleTestClient::connect_with_password`] with a TLS client certificate
+    /// (`(cert_pem, key_pem)`), as a Mumble client presents one.
+    pub async fn connect_as(
+        &self,
+        host: &str,
+        port: u16,
+        username: &str,
+        password: &str,
+        certificate: Option<(&Path, &Path)>,
+        channel: &str,
+    ) -> Result<()> {
         *self.label.lock().expect("label lock") = format!("{username}@{host}:{port}");
         let timeout = CLIENT_TIMEOUT.saturating_sub(Duration::from_secs(5));
-        self.request(
-            json!({"cmd": "connect", "host": host, "port": port, "username": username,
-                   "password": password, "channel": channel,
-                   "timeout": timeout.as_secs_f64()}),
-            CLIENT_TIMEOUT,
-        )
-        .await?;
+        let mut request = json!({"cmd": "connect", "host": host, "port": port,
+               "username": username, "password": password, "channel": channel,
+               "timeout": timeout.as_secs_f64()});
+        if let Some((cert, key)) = certificate {
+            request["certfile"] = json!(cert);
+            request["keyfile"] = json!(key);
+        }
+        self.request(request, CLIENT_TIMEOUT).await?;
         Ok(())
     }
 

@@ -92,6 +92,8 @@ pub struct MurmurBuilder {
     welcome: String,
     superuser_password: Option<String>,
     extra_config: Vec<(String, String)>,
+    /// (user id, name, password) to register before the first start.
+    registered: Vec<(u32, String, String)>,
 }
 
 impl Default for MurmurBuilder {
@@ -108,7 +110,21 @@ impl MurmurBuilder {
             welcome: "walkie-harness murmurd".to_string(),
             superuser_password: None,
             extra_config: Vec::new(),
+            registered: Vec::new(),
         }
+    }
+
+    /// Registers a user on the server before it starts, as an administrator would:
+    /// they log in with `password` and get user id `id` (SuperUser is 0). An
+    /// unregistered client can then no longer take that name.
+    pub fn registered_user(
+        mut self,
+        id: u32,
+        name: impl Into<String>,
+        password: impl Into<String>,
+    ) -> MurmurBuilder {
+        self.registered.push((id, name.into(), password.into()));
+        self
     }
 
     /// Channels to create, as paths below Root: `["Ops", "Ops/Sub"]`. Missing parents
@@ -187,6 +203,7 @@ impl MurmurBuilder {
         murmur.write_config(&self)?;
         murmur.set_superuser_password().await?;
         murmur.insert_channels(&python, &channels).await?;
+        murmur.insert_users(&python, &self.registered).await?;
         // The free port may be taken between finding it and murmurd binding it: try
         // again with a new one when that is why the start failed.
         let mut attempt = 0;
@@ -444,6 +461,33 @@ impl Murmur {
         Ok(())
     }
 
+    /// Registers users in the database murmurd created. The password is stored as
+    /// murmurd's legacy unsalted SHA-1, which it accepts (and upgrades on first login).
+    async fn insert_users(&self, python: &Path, users: &[(u32, String, String)]) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let rows = serde_json::to_string(users).expect("rows serialise");
+        let output = tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(INSERT_USERS)
+            .arg(&self.db_path)
+            .arg(rows)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
+        if !output.status.success() {
+            return Err(self.error(format!(
+                "registering users in {} failed ({}): {}",
+                self.db_path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        self.chown(&self.db_path)
+    }
+
     /// Inserts the channels into the database murmurd created (Python's sqlite3: the
     /// harness has no SQLite of its own, the test Python is needed anyway).
     async fn insert_channels(&self, python: &Path, channels: &[ChannelRow]) -> Result<()> {
@@ -570,6 +614,18 @@ with db:
             "INSERT INTO channels (server_id, channel_id, parent_id, name, inheritacl)"
             " VALUES (1, ?, ?, ?, 1)",
             (channel_id, parent_id, name),
+        )
+db.close()
+"#;
+
+const INSERT_USERS: &str = r#"
+import hashlib, json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+with db:
+    for user_id, name, password in json.loads(sys.argv[2]):
+        db.execute(
+            "INSERT INTO users (server_id, user_id, name, pw) VALUES (1, ?, ?, ?)",
+            (user_id, name, hashlib.sha1(password.encode()).hexdigest()),
         )
 db.close()
 "#;
