@@ -78,7 +78,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Step::Close(CLOSE_GOING_AWAY, "the bridge is shutting down"),
                 event = state_event(&mut self.state) => match event {
-                    StateEvent::Kicked => Step::Close(CLOSE_POLICY, "too slow: the bridge dropped this client"),
+                    StateEvent::Kicked => Step::Close(CLOSE_POLICY, "the bridge dropped this client (too slow, or no longer allowed)"),
                     StateEvent::ChannelClosed => Step::Close(CLOSE_GOING_AWAY, "the channel stopped"),
                     StateEvent::Logon(answer) => self.on_logon_answer(answer).await,
                 },
