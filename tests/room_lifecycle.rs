@@ -48,14 +48,20 @@ async fn bob_talking(setup: &Setup, bob: &TestUser) -> LiveClient {
 }
 
 /// Waits (up to a few seconds, to show how late it would be) until the bridge
-/// closes the connection or takes both talk and listen away; returns how long
-/// that took. Panics if it never happens.
-async fn until_cut_off(client: &mut LiveClient, since: Instant, what: &str) -> Duration {
+/// closes the connection; returns how long that took and the `on_error` it sent
+/// last, which says why. Panics if it never happens.
+async fn until_cut_off(
+    client: &mut LiveClient,
+    since: Instant,
+    what: &str,
+) -> (Duration, Option<Value>) {
     let give_up = since + Duration::from_secs(5);
+    let mut why = None;
     loop {
         let left = give_up.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, client.next()).await {
-            Ok(Incoming::Closed) => return since.elapsed(),
+            Ok(Incoming::Closed) => return (since.elapsed(), why),
+            Ok(Incoming::Json(event)) if event["command"] == "on_error" => why = Some(event),
             Ok(_) => continue,
             Err(_) => panic!(
                 "{what}: the live session still runs {:?} later",
@@ -63,6 +69,11 @@ async fn until_cut_off(client: &mut LiveClient, since: Instant, what: &str) -> D
             ),
         }
     }
+}
+
+fn assert_reason(why: Option<Value>, code: &str) {
+    let why = why.expect("the page is told why before the close");
+    assert_eq!(why["error"], code, "{why}");
 }
 
 async fn member_change(setup: &Setup, user: &TestUser, membership: &str) -> Instant {
@@ -84,8 +95,9 @@ async fn a_kicked_members_live_session_ends_within_a_second() {
     let (setup, running, bob) = bridge().await;
     let mut client = bob_talking(&setup, &bob).await;
     let since = member_change(&setup, &bob, "leave").await;
-    let took = until_cut_off(&mut client, since, "kicked").await;
-    eprintln!("kicked: live session ended after {took:?}");
+    let (took, why) = until_cut_off(&mut client, since, "kicked").await;
+    eprintln!("kicked: live session ended after {took:?}: {why:?}");
+    assert_reason(why, "not_member");
     assert!(
         took <= END_WITHIN,
         "kicked, but cut off only after {took:?}"
@@ -98,8 +110,9 @@ async fn a_banned_members_live_session_ends_within_a_second() {
     let (setup, running, bob) = bridge().await;
     let mut client = bob_talking(&setup, &bob).await;
     let since = member_change(&setup, &bob, "ban").await;
-    let took = until_cut_off(&mut client, since, "banned").await;
-    eprintln!("banned: live session ended after {took:?}");
+    let (took, why) = until_cut_off(&mut client, since, "banned").await;
+    eprintln!("banned: live session ended after {took:?}: {why:?}");
+    assert_reason(why, "not_member");
     assert!(
         took <= END_WITHIN,
         "banned, but cut off only after {took:?}"
@@ -118,8 +131,9 @@ async fn a_member_who_leaves_loses_the_live_session_within_a_second() {
         .await
         .expect("bob leaves");
     let since = Instant::now();
-    let took = until_cut_off(&mut client, since, "left").await;
-    eprintln!("left: live session ended after {took:?}");
+    let (took, why) = until_cut_off(&mut client, since, "left").await;
+    eprintln!("left: live session ended after {took:?}: {why:?}");
+    assert_reason(why, "not_member");
     assert!(took <= END_WITHIN, "left, but cut off only after {took:?}");
     running.stop().await;
 }
@@ -135,8 +149,9 @@ async fn wt_off_ends_the_running_live_talk_at_once() {
         .await
         .expect("!wt off");
     let since = Instant::now();
-    let took = until_cut_off(&mut client, since, "!wt off").await;
-    eprintln!("!wt off: live session ended after {took:?}");
+    let (took, why) = until_cut_off(&mut client, since, "!wt off").await;
+    eprintln!("!wt off: live session ended after {took:?}: {why:?}");
+    assert_reason(why, "not_opted_in");
     assert!(
         took <= END_WITHIN,
         "opted out, but cut off only after {took:?}"
@@ -192,7 +207,7 @@ async fn a_tombstoned_room_stops_its_channel_with_a_notice_naming_the_new_room()
     let notice = bot_notice(&setup, |b| b.contains(&new_room)).await;
     eprintln!("tombstone notice: {notice}");
     channel_stops(&mut running).await;
-    until_cut_off(&mut client, Instant::now(), "tombstoned").await;
+    let _ = until_cut_off(&mut client, Instant::now(), "tombstoned").await;
     running.stop().await;
 }
 
