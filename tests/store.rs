@@ -217,7 +217,11 @@ async fn inbound_events_are_taken_once_replayed_until_done_and_pruned(url: &str)
         .into_iter()
         .map(|p| p.event_id)
         .collect();
-    assert_eq!(pending, ["$e1", "$e3"], "in the order taken, handled left out");
+    assert_eq!(
+        pending,
+        ["$e1", "$e3"],
+        "in the order taken, handled left out"
+    );
     assert_eq!(store.pending_inbound().await.unwrap()[0].event, json(1));
     assert!(
         !store.queue_inbound("$e2", "!r:x", &json(2)).await.unwrap(),

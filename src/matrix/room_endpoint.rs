@@ -924,3 +924,35 @@ fn matrix_talker(user: &OwnedUserId) -> Talker {
         matrix_user_id: Some(user.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_gets_the_burst_then_one_per_period() {
+        let limits = VoiceInLimits::new(1024, Duration::from_secs(60));
+        let start = Instant::now();
+        let mut allowance = Allowance {
+            tokens: f64::from(limits.per_sender_burst),
+            at: start,
+        };
+        for n in 0..limits.per_sender_burst {
+            assert!(allowance.take(start, &limits).is_ok(), "message {n}");
+        }
+        let wait = allowance.take(start, &limits).expect_err("over the burst");
+        assert_eq!(wait, limits.per_sender_every);
+        let later = start + limits.per_sender_every;
+        assert!(
+            allowance.take(later, &limits).is_ok(),
+            "one more a period on"
+        );
+        assert!(allowance.take(later, &limits).is_err());
+        assert!(!allowance.is_full(later, &limits));
+        let much_later = later + limits.per_sender_every * 10;
+        assert!(
+            allowance.is_full(much_later, &limits),
+            "refills to the burst only"
+        );
+    }
+}
