@@ -13,6 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ruma::events::room::encryption::RoomEncryptionEventContent;
+use ruma::events::room::member::RoomMemberEventContent;
+use ruma::events::room::power_levels::RoomPowerLevelsEventContent;
+use ruma::events::room::tombstone::RoomTombstoneEventContent;
+use ruma::events::TimelineEventType;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +27,7 @@ use walkie_endpoint::Endpoint;
 use crate::archive::{recover_spool, Outbox};
 use crate::config::Config;
 use crate::live::Live;
+use crate::matrix::appservice::RoomEvent;
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets};
@@ -384,25 +390,107 @@ async fn route(inbound: Inbound, rooms: &HashMap<OwnedRoomId, mpsc::Sender<RoomI
     let Inbound::RoomEvent(event) = inbound else {
         return;
     };
-    if event.from_bridge || event.event_type.to_string() != "m.room.message" {
+    // The bridge's own events (the bot's notices, the puppets' voice messages,
+    // the floor state) are never bridged back.
+    if event.from_bridge {
         return;
     }
+    let handled = event.handled.clone();
     let Some(room) = rooms.get(&event.room_id) else {
+        handled.done_later();
         return;
     };
-    let content = match event.event.get_field::<serde_json::Value>("content") {
-        Ok(Some(content)) => content,
-        Ok(None) | Err(_) => {
-            metrics::counter!("walkie_matrix_bad_events_total").increment(1);
-            warn!(event_id = %event.event_id, "m.room.message without a readable content; dropped");
-            return;
-        }
+    let Some(item) = room_inbound(event) else {
+        handled.done_later();
+        return;
     };
-    let _ = room
-        .send(RoomInbound::Message {
-            event_id: event.event_id,
+    // The room endpoint marks it handled once it has acted on it.
+    if room.send(item).await.is_err() {
+        handled.done_later();
+    }
+}
+
+/// What a room endpoint acts on in `event`, read with ruma's typed contents;
+/// `None` for every other event (and for a bad one, counted and logged).
+fn room_inbound(event: RoomEvent) -> Option<RoomInbound> {
+    let event_id = event.event_id.clone();
+    // The room-wide state events this acts on have an empty state key; others
+    // of the same type are someone's private business.
+    let room_state = event.state_key.as_deref() == Some("");
+    match event.event_type {
+        TimelineEventType::RoomMessage => Some(RoomInbound::Message {
+            content: typed_content::<serde_json::Value>(&event)?,
+            event_id,
             sender: event.sender,
-            content,
-        })
-        .await;
+            handled: event.handled,
+        }),
+        TimelineEventType::RoomMember => {
+            let content = typed_content::<RoomMemberEventContent>(&event)?;
+            let Some(user) = event
+                .state_key
+                .as_deref()
+                .and_then(|k| UserId::parse(k).ok())
+            else {
+                bad_event(&event, "its state key is no user ID");
+                return None;
+            };
+            Some(RoomInbound::Member {
+                event_id,
+                user,
+                membership: content.membership,
+                handled: event.handled,
+            })
+        }
+        TimelineEventType::RoomPowerLevels if room_state => {
+            // Levels the typed content cannot read still changed: the gate must
+            // read them again either way.
+            if let Ok(Some(levels)) = event
+                .event
+                .get_field::<RoomPowerLevelsEventContent>("content")
+            {
+                info!(room = %event.room_id, users = levels.users.len(), "new power levels");
+            }
+            Some(RoomInbound::PowerLevels {
+                event_id,
+                handled: event.handled,
+            })
+        }
+        TimelineEventType::RoomEncryption if room_state => {
+            let content = typed_content::<RoomEncryptionEventContent>(&event)?;
+            info!(room = %event.room_id, algorithm = %content.algorithm, "room encrypted");
+            Some(RoomInbound::Encrypted {
+                event_id,
+                handled: event.handled,
+            })
+        }
+        TimelineEventType::RoomTombstone if room_state => {
+            let content = typed_content::<RoomTombstoneEventContent>(&event)?;
+            Some(RoomInbound::Tombstone {
+                event_id,
+                replacement: content.replacement_room,
+                handled: event.handled,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The event's `content` as `T`; `None` (counted, logged) when it is not one.
+fn typed_content<T: serde::de::DeserializeOwned>(event: &RoomEvent) -> Option<T> {
+    match event.event.get_field::<T>("content") {
+        Ok(Some(content)) => Some(content),
+        Ok(None) => {
+            bad_event(event, "it has no content");
+            None
+        }
+        Err(error) => {
+            bad_event(event, &error.to_string());
+            None
+        }
+    }
+}
+
+fn bad_event(event: &RoomEvent, why: &str) {
+    metrics::counter!("walkie_matrix_bad_events_total").increment(1);
+    warn!(event_id = %event.event_id, event_type = %event.event_type, why, "unreadable event; dropped");
 }

@@ -8,6 +8,7 @@
 //! neither key set, every talker the channel hears passes (the room's opt-in
 //! already decided who may talk at all).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,9 @@ pub struct RoomPowerLevels {
     bot: OwnedUserId,
     room: OnceLock<OwnedRoomId>,
     cached: Mutex<Option<(Instant, Arc<PowerLevels>)>>,
+    /// Bumped by [`Self::invalidate`]: a read that started before keeps its
+    /// (possibly old) answer to itself instead of caching it.
+    generation: AtomicU64,
 }
 
 impl RoomPowerLevels {
@@ -39,11 +43,21 @@ impl RoomPowerLevels {
             bot,
             room: OnceLock::new(),
             cached: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
     }
 
     pub fn set_room(&self, room: OwnedRoomId) {
         let _ = self.room.set(room);
+    }
+
+    /// Forgets the cached levels: the room's `m.room.power_levels` changed, and
+    /// the next check must see the change, not a copy up to a minute old.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = None;
+        }
     }
 
     async fn levels(&self) -> Result<Arc<PowerLevels>, String> {
@@ -54,6 +68,7 @@ impl RoomPowerLevels {
                 }
             }
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let room = self
             .room
             .get()
@@ -65,7 +80,9 @@ impl RoomPowerLevels {
             .map_err(|e| format!("cannot read the room's power levels ({e})"))?;
         let levels = Arc::new(PowerLevels::from_state(&state));
         if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some((Instant::now(), Arc::clone(&levels)));
+            if self.generation.load(Ordering::SeqCst) == generation {
+                *cached = Some((Instant::now(), Arc::clone(&levels)));
+            }
         }
         Ok(levels)
     }

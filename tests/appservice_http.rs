@@ -436,7 +436,9 @@ async fn a_handled_transaction_stays_handled_after_a_restart() {
     let body = transaction(&[message(1)]);
     let mut first = start(db.open().await, 16).await;
     assert_eq!(first.put_txn("7", &body).await.0, StatusCode::OK);
-    assert_eq!(bodies(&first.dispatched()), ["message 1"]);
+    let dispatched = first.dispatched();
+    assert_eq!(bodies(&dispatched), ["message 1"]);
+    handle_all(&dispatched).await;
     first.stop().await;
 
     // A new process: new server, new store handle, the same database file.
@@ -452,6 +454,51 @@ async fn a_handled_transaction_stays_handled_after_a_restart() {
         StatusCode::OK
     );
     assert_eq!(bodies(&second.dispatched()), ["message 2"]);
+    second.stop().await;
+}
+
+/// What a consumer does once it has acted on the events.
+async fn handle_all(dispatched: &[Inbound]) {
+    for item in dispatched {
+        if let Inbound::RoomEvent(event) = item {
+            event.handled.done().await;
+        }
+    }
+}
+
+/// Issue 14.6: the transaction was acknowledged, but the process died before
+/// its event was acted on. The next start hands it out again, before any new
+/// transaction, and a redelivery of it is not handed out a third time.
+#[tokio::test]
+async fn an_event_acknowledged_but_not_handled_is_dispatched_again_after_a_restart() {
+    let db = Db::new();
+    let mut first = start(db.open().await, 16).await;
+    assert_eq!(
+        first
+            .put_txn("7", &transaction(&[message(1), message(2)]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let dispatched = first.dispatched();
+    assert_eq!(bodies(&dispatched), ["message 1", "message 2"]);
+    // Only the first was acted on before the "crash".
+    handle_all(&dispatched[..1]).await;
+    first.stop().await;
+
+    let mut second = start(db.open().await, 16).await;
+    assert_eq!(
+        second
+            .put_txn("8", &transaction(&[message(2), message(3)]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bodies(&second.dispatched()),
+        ["message 2", "message 3"],
+        "the unhandled event first, once; then the new one"
+    );
     second.stop().await;
 }
 

@@ -270,6 +270,26 @@ impl Authenticator {
             .is_some())
     }
 
+    /// Whether `user` (on `device`) may talk in `room` now: still joined, still
+    /// opted in. Asked at every press; `Err` says why not, for the page.
+    pub async fn may_talk(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        device: &str,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        self.membership(room, user).await.map_err(|r| r.message)?;
+        match self.may_transmit(user, device, now).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("not opted in: log on again with listen, or say `!wt on`".into()),
+            Err(error) => {
+                warn!(%error, "cannot check a live client's opt-in");
+                Err("the bridge could not check your opt-in (database error)".into())
+            }
+        }
+    }
+
     /// The user the homeserver issued `token` to.
     async fn token_owner(&self, token: &str, now: SystemTime) -> Result<String, Refusal> {
         // `why` never holds the URL: the token is in its query.

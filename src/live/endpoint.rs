@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
-use ruma::OwnedRoomId;
+use ruma::{OwnedRoomId, OwnedUserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +60,13 @@ pub(crate) enum ToChannel {
     },
     Gone {
         client: ClientId,
+    },
+    /// `user` may no longer be here (left, kicked, banned, opted out): their
+    /// clients are told `why` and dropped, their talk ends.
+    EndSessionsOf {
+        user: OwnedUserId,
+        code: ErrorCode,
+        why: String,
     },
 }
 
@@ -160,7 +167,8 @@ struct LogonDone {
 struct CheckDone {
     client: ClientId,
     stream_id: u32,
-    allowed: Result<bool, crate::store::StoreError>,
+    /// Why the press is refused; `None` when it may go to the hub.
+    refused: Option<String>,
 }
 
 struct Actor {
@@ -505,6 +513,9 @@ impl Actor {
                     self.link.talk_end(stream).await?;
                 }
             }
+            ToChannel::EndSessionsOf { user, code, why } => {
+                self.end_sessions_of(&user, code, &why).await?
+            }
         }
         Ok(())
     }
@@ -629,12 +640,16 @@ impl Actor {
         success.stream_id = Some(stream_id);
         self.send_text(client, success.to_json().into());
         let auth = Arc::clone(&self.endpoint.auth);
+        let room = self.endpoint.room.clone();
         self.checks.spawn(async move {
-            let allowed = auth.may_transmit(&user, &device, SystemTime::now()).await;
+            let refused = auth
+                .may_talk(&room, &user, &device, SystemTime::now())
+                .await
+                .err();
             CheckDone {
                 client,
                 stream_id,
-                allowed,
+                refused,
             }
         });
     }
@@ -649,15 +664,7 @@ impl Actor {
         if !still_waiting {
             return Ok(());
         }
-        let refused = match done.allowed {
-            Ok(true) => None,
-            Ok(false) => Some("not opted in: log on again with listen, or say `!wt on`"),
-            Err(error) => {
-                warn!(%error, "cannot check a live client's opt-in");
-                Some("the bridge could not check your opt-in (database error)")
-            }
-        };
-        if let Some(why) = refused {
+        if let Some(why) = done.refused {
             c.stream = None;
             self.streams.remove(&done.stream_id);
             let denied = FloorUpdate::new(FloorState::Denied)
@@ -747,6 +754,33 @@ impl Actor {
                     );
                     self.send_event(client, &event);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every client of `user` is told `why`, loses its talk at once and is
+    /// disconnected.
+    async fn end_sessions_of(
+        &mut self,
+        user: &OwnedUserId,
+        code: ErrorCode,
+        why: &str,
+    ) -> Result<(), HubClosed> {
+        let theirs: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| &c.identity.user_id == user)
+            .map(|(id, _)| *id)
+            .collect();
+        for client in theirs {
+            info!(client, %user, why, "live session ended");
+            self.send_event(client, &Event::error(None, code, why));
+            if let Some(c) = self.clients.get(&client) {
+                c.kicked.cancel();
+            }
+            if let Some(stream) = self.drop_client(client) {
+                self.link.talk_end(stream).await?;
             }
         }
         Ok(())

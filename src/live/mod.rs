@@ -30,7 +30,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,41 @@ impl LiveEndpoints {
             self.settings,
             inbox,
         )))
+    }
+}
+
+impl LiveEndpoints {
+    /// Ends the live sessions of `user` on `channel` (every channel when `None`)
+    /// at once: they are told `why` (as `code`), lose their talk and are
+    /// disconnected. For a member who left, was kicked or banned, or opted out.
+    pub async fn end_sessions_of(
+        &self,
+        channel: Option<&str>,
+        user: &UserId,
+        code: protocol::ErrorCode,
+        why: &str,
+    ) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let targets: Vec<mpsc::Sender<endpoint::ToChannel>> = {
+            let directory = shared.directory.read().unwrap_or_else(|e| e.into_inner());
+            directory
+                .iter()
+                .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()))
+                .map(|(_, tx)| tx.clone())
+                .collect()
+        };
+        for tx in targets {
+            // A channel that stopped has no sessions left to end.
+            let _ = tx
+                .send(endpoint::ToChannel::EndSessionsOf {
+                    user: user.to_owned(),
+                    code,
+                    why: why.to_owned(),
+                })
+                .await;
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) const OUT_QUEUE: usize = 256;
 /// How long a logon may wait for its channel (the bridge still starting) and the
 /// homeserver's checks together.
 const LOGON_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a dropped client's queued messages may take to go out before the close.
+const KICK_FLUSH: Duration = Duration::from_millis(500);
 /// WebSocket close codes (RFC 6455 §7.4.1, and 1013 from the IANA registry).
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
@@ -126,7 +128,12 @@ impl Session {
                 }
                 _ = ping.tick() => self.ping(limits.idle_timeout).await,
                 event = state_event(&mut self.state) => match event {
-                    StateEvent::Kicked => Step::Close(CLOSE_POLICY, "too slow: the bridge dropped this client"),
+                    StateEvent::Kicked => {
+                        // The channel's last word (why it ended the session) is
+                        // queued; give it a moment to go out before the close.
+                        let _ = tokio::time::timeout(KICK_FLUSH, self.flush()).await;
+                        Step::Close(CLOSE_POLICY, "the bridge dropped this client (too slow, or no longer allowed)")
+                    }
                     StateEvent::ChannelClosed => Step::Close(CLOSE_GOING_AWAY, "the channel stopped"),
                     StateEvent::Logon(answer) => self.on_logon_answer(answer).await,
                 },
@@ -179,6 +186,15 @@ impl Session {
             Err(_) => {
                 debug!(?timeout, "the client takes nothing; closed");
                 Step::Gone
+            }
+        }
+    }
+
+    /// Sends what is queued for the client.
+    async fn flush(&mut self) {
+        while let Ok(message) = self.out_rx.try_recv() {
+            if !matches!(self.write(message).await, Step::Go) {
+                return;
             }
         }
     }

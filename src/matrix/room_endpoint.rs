@@ -8,9 +8,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use ruma::events::room::member::MembershipState;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -23,14 +25,20 @@ use walkie_endpoint::{
     EndpointId, FloorEvent, HubLink, Priority, ReleaseReason, StreamKey, TalkKind, Talker, TxId,
 };
 
+use super::appservice::Handled;
 use super::client::Homeserver;
 use super::commands;
 use super::puppets::Puppets;
 use super::room_worker::RoomOp;
 use crate::archive::{OutboxWaker, Recorder, RecordingMeta};
+use crate::live::protocol::ErrorCode;
+use crate::live::LiveEndpoints;
 use crate::store::Store;
+use crate::transmit_policy::RoomPowerLevels;
 
 /// What the appservice hands a room: only the events this endpoint acts on.
+/// Each is marked `handled` once acted on (a voice message: once played or
+/// refused), so a crash before that replays it and none after.
 #[derive(Debug, Clone)]
 pub enum RoomInbound {
     /// An `m.room.message` from a Matrix user (never from the bot or a puppet).
@@ -38,14 +46,102 @@ pub enum RoomInbound {
         event_id: OwnedEventId,
         sender: OwnedUserId,
         content: Value,
+        handled: Handled,
+    },
+    /// `user`'s membership changed (`m.room.member`).
+    Member {
+        event_id: OwnedEventId,
+        user: OwnedUserId,
+        membership: MembershipState,
+        handled: Handled,
+    },
+    /// `m.room.power_levels` changed.
+    PowerLevels {
+        event_id: OwnedEventId,
+        handled: Handled,
+    },
+    /// The room turned on encryption (`m.room.encryption`).
+    Encrypted {
+        event_id: OwnedEventId,
+        handled: Handled,
+    },
+    /// The room was replaced by `replacement` (`m.room.tombstone`).
+    Tombstone {
+        event_id: OwnedEventId,
+        replacement: OwnedRoomId,
+        handled: Handled,
     },
 }
 
-/// Limits on voice messages coming in from Matrix.
+/// Limits on voice messages coming in from Matrix. Each one is a download of up
+/// to `max_bytes` and a decode: without bounds any opted-in member could make
+/// the bridge fetch many at once (issue 13.6).
 #[derive(Debug, Clone, Copy)]
 pub struct VoiceInLimits {
     pub max_bytes: usize,
     pub max_duration: Duration,
+    /// Downloads (and decodes) of one room in flight at once.
+    pub downloads: usize,
+    /// Voice messages of one room waiting for a download slot; beyond, refused.
+    pub waiting: usize,
+    /// Voice messages one sender may post in a row…
+    pub per_sender_burst: u32,
+    /// …and then one per this long.
+    pub per_sender_every: Duration,
+}
+
+impl VoiceInLimits {
+    /// Two downloads at a time per room and eight waiting; per sender four in a
+    /// row, then one every 15 s (README: "Voice messages from Matrix").
+    pub fn new(max_bytes: usize, max_duration: Duration) -> Self {
+        Self {
+            max_bytes,
+            max_duration,
+            downloads: 2,
+            waiting: 8,
+            per_sender_burst: 4,
+            per_sender_every: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A sender's allowance of voice messages: a token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    /// Takes one voice message's worth, or says how long until there is one.
+    fn take(&mut self, now: Instant, limits: &VoiceInLimits) -> Result<(), Duration> {
+        let every = limits.per_sender_every.as_secs_f64().max(0.001);
+        let burst = f64::from(limits.per_sender_burst.max(1));
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() / every;
+        self.tokens = (self.tokens + earned).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) * every))
+        }
+    }
+
+    fn is_full(&self, now: Instant, limits: &VoiceInLimits) -> bool {
+        let every = limits.per_sender_every.as_secs_f64().max(0.001);
+        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() / every
+            >= f64::from(limits.per_sender_burst.max(1))
+    }
+}
+
+/// A voice message allowed in, waiting for a download slot.
+struct Download {
+    event_id: OwnedEventId,
+    handled: Handled,
+    sender: OwnedUserId,
+    url: String,
+    mimetype: Option<String>,
 }
 
 /// Everything a room endpoint needs, built by the daemon.
@@ -63,6 +159,13 @@ pub struct RoomEndpointParts {
     pub outbox_wake: OutboxWaker,
     pub inbound: mpsc::Receiver<RoomInbound>,
     pub ops: mpsc::UnboundedSender<RoomOp>,
+    /// Ends a member's live sessions when they leave or opt out.
+    pub live: LiveEndpoints,
+    /// The room's power levels as the radios' gates cache them.
+    pub power_levels: Arc<RoomPowerLevels>,
+    /// Cancelled by this endpoint to stop its whole channel: the room was
+    /// replaced, became encrypted, or the bot was removed from it.
+    pub halt: CancellationToken,
 }
 
 pub struct RoomEndpoint {
@@ -92,6 +195,7 @@ impl Endpoint for RoomEndpoint {
 /// A voice message waiting for, or holding, the floor.
 struct Outgoing {
     event_id: OwnedEventId,
+    handled: Handled,
     sender: OwnedUserId,
     packets: Vec<Bytes>,
     next: usize,
@@ -101,6 +205,7 @@ struct Outgoing {
 /// A downloaded and decoded voice message, back from its worker task.
 struct Imported {
     event_id: OwnedEventId,
+    handled: Handled,
     sender: OwnedUserId,
     result: Result<Vec<Bytes>, String>,
 }
@@ -120,6 +225,10 @@ struct RoomState {
     imported_rx: mpsc::UnboundedReceiver<Imported>,
     recent: VecDeque<OwnedEventId>,
     recent_set: HashSet<OwnedEventId>,
+    /// Downloads in flight, and those waiting for a slot.
+    downloading: usize,
+    waiting: VecDeque<Download>,
+    allowances: HashMap<OwnedUserId, Allowance>,
     /// The spool was full at the last recording; cleared by the next one kept.
     spool_full: bool,
 }
@@ -143,6 +252,9 @@ impl RoomState {
             recent: VecDeque::new(),
             spool_full: false,
             recent_set: HashSet::new(),
+            downloading: 0,
+            waiting: VecDeque::new(),
+            allowances: HashMap::new(),
         }
     }
 
@@ -206,6 +318,7 @@ impl RoomState {
                 holder,
             } => {
                 if let Some(outgoing) = self.outgoing.remove(&stream) {
+                    outgoing.handled.done().await;
                     let why = match (reason, holder) {
                         (DenyReason::Busy, Some(holder)) => {
                             format!(
@@ -214,10 +327,10 @@ impl RoomState {
                         }
                         (reason, _) => format!("the channel refused it ({reason})"),
                     };
-                    self.tell(RoomOp::Notice {
-                        text: format!("Not transmitted: {why}. Try again in a moment."),
-                        thread_root: Some(outgoing.event_id),
-                    });
+                    self.tell(RoomOp::reply(
+                        format!("Not transmitted: {why}. Try again in a moment."),
+                        outgoing.event_id,
+                    ));
                 }
             }
             FloorEvent::Queued { stream, position } => {
@@ -227,10 +340,10 @@ impl RoomState {
                 stream, by, reason, ..
             } => {
                 if let Some(outgoing) = self.outgoing.get(&stream) {
-                    self.tell(RoomOp::Notice {
-                        text: format!("Not transmitted on {by}: {reason}."),
-                        thread_root: Some(outgoing.event_id.clone()),
-                    });
+                    self.tell(RoomOp::reply(
+                        format!("Not transmitted on {by}: {reason}."),
+                        outgoing.event_id.clone(),
+                    ));
                 }
             }
         }
@@ -287,12 +400,10 @@ impl RoomState {
             .set(1.0);
         if !self.spool_full {
             self.spool_full = true;
-            self.tell(RoomOp::Notice {
-                text: "The bridge's archive is full: transmissions are heard live but not \
-                       archived here until its operator frees space."
-                    .to_owned(),
-                thread_root: None,
-            });
+            self.tell(RoomOp::notice(
+                "The bridge's archive is full: transmissions are heard live but not \
+                 archived here until its operator frees space.",
+            ));
         }
     }
 
@@ -352,11 +463,125 @@ impl RoomState {
     }
 
     async fn on_inbound(&mut self, inbound: RoomInbound) {
-        let RoomInbound::Message {
-            event_id,
-            sender,
-            content,
-        } = inbound;
+        match inbound {
+            RoomInbound::Message {
+                event_id,
+                sender,
+                content,
+                handled,
+            } => self.on_message(event_id, sender, content, handled).await,
+            RoomInbound::Member {
+                event_id,
+                user,
+                membership,
+                handled,
+            } => {
+                if self.remember(&event_id) {
+                    self.member_changed(user, membership).await;
+                    handled.done().await;
+                }
+            }
+            RoomInbound::PowerLevels { event_id, handled } => {
+                info!(%event_id, "power levels changed; radios' gates read them afresh");
+                self.parts.power_levels.invalidate();
+                handled.done().await;
+            }
+            RoomInbound::Encrypted { event_id, handled } => {
+                if self.remember(&event_id) {
+                    handled.done().await;
+                    error!(%event_id, "the room turned on encryption; the channel stops");
+                    self.halt(format!(
+                        "This room is now encrypted: walkie-bridge cannot bridge encrypted rooms \
+                         yet, so channel {} stops here. Use an unencrypted room for this channel.",
+                        self.parts.channel
+                    ));
+                }
+            }
+            RoomInbound::Tombstone {
+                event_id,
+                replacement,
+                handled,
+            } => {
+                if self.remember(&event_id) {
+                    handled.done().await;
+                    error!(%event_id, %replacement, "the room was replaced; the channel stops");
+                    self.halt(format!(
+                        "This room was replaced by {replacement}: walkie-bridge stops bridging \
+                         channel {} here. Its operator can point the channel at {replacement} \
+                         and reload the bridge.",
+                        self.parts.channel
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Says `text` in the room and stops the whole channel: its hub, and with it
+    /// every endpoint and live session. The notice is the room worker's last job.
+    fn halt(&mut self, text: String) {
+        self.tell(RoomOp::notice(text));
+        self.parts.halt.cancel();
+    }
+
+    /// A member who left, was kicked or banned loses their live sessions and
+    /// their voice messages still waiting at once: they no longer hear or talk.
+    async fn member_changed(&mut self, user: OwnedUserId, membership: MembershipState) {
+        let how = match membership {
+            MembershipState::Leave => "left the room or was removed from it",
+            MembershipState::Ban => "was banned from the room",
+            _ => return,
+        };
+        if user == self.parts.bot {
+            error!(%user, how, "the bot is out of the room; the channel stops");
+            self.parts.halt.cancel();
+            return;
+        }
+        info!(%user, how, "member gone; ending their live sessions");
+        let why = format!("{user} {how}");
+        self.parts
+            .live
+            .end_sessions_of(Some(&self.parts.channel), &user, ErrorCode::NotMember, &why)
+            .await;
+        self.drop_voice_messages_of(&user, &why).await;
+    }
+
+    /// Withdraws `user`'s voice messages waiting for (or holding) the floor.
+    async fn drop_voice_messages_of(&mut self, user: &OwnedUserId, why: &str) {
+        let theirs: Vec<StreamKey> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| &o.sender == user)
+            .map(|(stream, _)| *stream)
+            .collect();
+        for stream in theirs {
+            if self.playing == Some(stream) {
+                self.playing = None;
+            }
+            if let Some(dropped) = self.outgoing.remove(&stream) {
+                info!(event_id = %dropped.event_id, why, "voice message withdrawn");
+                dropped.handled.done().await;
+            }
+            let _ = self.link.talk_end(stream).await;
+        }
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        for download in std::mem::take(&mut self.waiting) {
+            if &download.sender == user {
+                info!(event_id = %download.event_id, why, "voice message withdrawn");
+                download.handled.done().await;
+            } else {
+                kept.push_back(download);
+            }
+        }
+        self.waiting = kept;
+    }
+
+    async fn on_message(
+        &mut self,
+        event_id: OwnedEventId,
+        sender: OwnedUserId,
+        content: Value,
+        handled: Handled,
+    ) {
         if !self.remember(&event_id) {
             debug!(%event_id, "event seen before; ignored");
             return;
@@ -375,21 +600,39 @@ impl RoomState {
                     )
                     .await
                     {
-                        Ok(reply) => reply.text,
+                        Ok(reply) => {
+                            if command == commands::Command::Off {
+                                self.opted_out(&sender).await;
+                            }
+                            reply.text
+                        }
                         Err(error) => {
                             warn!(%event_id, %error, "command failed");
                             "Sorry, the bridge could not do that right now (database error).".into()
                         }
                     };
-                    self.tell(RoomOp::Notice {
-                        text,
-                        thread_root: None,
-                    });
+                    self.tell(RoomOp::answer(text, event_id));
                 }
+                handled.done().await;
             }
-            Some("m.audio") => self.voice_message_in(event_id, sender, &content).await,
-            _ => {}
+            Some("m.audio") => {
+                self.voice_message_in(event_id, sender, &content, handled)
+                    .await
+            }
+            _ => handled.done().await,
         }
+    }
+
+    /// `!wt off` from the room ends every opt-in of the person (see
+    /// [`commands`]), so it ends their live talk and sessions on every channel
+    /// now, not at their next press.
+    async fn opted_out(&mut self, user: &OwnedUserId) {
+        let why = "you opted out with `!wt off`";
+        self.parts
+            .live
+            .end_sessions_of(None, user, ErrorCode::NotOptedIn, why)
+            .await;
+        self.drop_voice_messages_of(user, why).await;
     }
 
     /// `false` if the event was seen already.
@@ -406,52 +649,115 @@ impl RoomState {
         true
     }
 
+    /// Refuses the voice message `event_id` with `text` as a threaded notice; it
+    /// is handled.
+    async fn refuse(&mut self, event_id: OwnedEventId, handled: &Handled, text: String) {
+        self.tell(RoomOp::reply(text, event_id));
+        handled.done().await;
+    }
+
     async fn voice_message_in(
         &mut self,
         event_id: OwnedEventId,
         sender: OwnedUserId,
         content: &Value,
+        handled: Handled,
     ) {
-        let refuse = |this: &Self, text: String| {
-            this.tell(RoomOp::Notice {
-                text,
-                thread_root: Some(event_id.clone()),
-            })
-        };
         match commands::may_transmit(&self.parts.store, &sender, None, SystemTime::now()).await {
             Ok(true) => {}
             Ok(false) => {
-                refuse(
-                    self,
-                    "Not transmitted: you have not opted in to this walkie-talkie channel. \
-                     Say `!wt on` to talk and listen here."
-                        .into(),
-                );
+                let text = "Not transmitted: you have not opted in to this walkie-talkie channel. \
+                            Say `!wt on` to talk and listen here.";
+                self.refuse(event_id, &handled, text.into()).await;
                 return;
             }
             Err(error) => {
+                // Not marked handled: a restart tries again.
                 warn!(%event_id, %error, "cannot check the sender's opt-in");
-                refuse(
-                    self,
-                    "Not transmitted: the bridge could not check your permissions.".into(),
-                );
+                self.tell(RoomOp::reply(
+                    "Not transmitted: the bridge could not check your permissions.",
+                    event_id,
+                ));
                 return;
             }
         }
         let Some(url) = content.get("url").and_then(Value::as_str) else {
-            refuse(
-                self,
-                "Not transmitted: encrypted or malformed voice messages cannot be played.".into(),
-            );
+            let text = "Not transmitted: encrypted or malformed voice messages cannot be played.";
+            self.refuse(event_id, &handled, text.into()).await;
             return;
         };
-        let mimetype = content
-            .pointer("/info/mimetype")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        if let Err(wait) = self.allow_sender(&sender) {
+            let limits = self.parts.voice_in;
+            let text = format!(
+                "Not transmitted: too many voice messages from you in a short time (at most {} \
+                 in a row, then one every {} s). Try again in {} s.",
+                limits.per_sender_burst,
+                limits.per_sender_every.as_secs(),
+                wait.as_secs() + 1
+            );
+            self.refused_in(&event_id, "sender_rate");
+            self.refuse(event_id, &handled, text).await;
+            return;
+        }
+        let download = Download {
+            event_id,
+            handled,
+            sender,
+            url: url.to_owned(),
+            mimetype: content
+                .pointer("/info/mimetype")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        if self.downloading < self.parts.voice_in.downloads.max(1) {
+            self.start_download(download);
+        } else if self.waiting.len() < self.parts.voice_in.waiting {
+            self.waiting.push_back(download);
+        } else {
+            self.refused_in(&download.event_id, "room_busy");
+            let text = "Not transmitted: the bridge is busy fetching other voice messages of \
+                        this room. Try again in a moment.";
+            self.refuse(download.event_id, &download.handled, text.into())
+                .await;
+        }
+    }
+
+    /// Whether `sender` may post one more voice message now; if not, how long
+    /// until they may.
+    fn allow_sender(&mut self, sender: &OwnedUserId) -> Result<(), Duration> {
+        let now = Instant::now();
+        let limits = self.parts.voice_in;
+        // Full allowances say nothing a new one would not: forget them, so the
+        // map stays as small as the set of recent senders.
+        if self.allowances.len() > 1024 {
+            self.allowances.retain(|_, a| !a.is_full(now, &limits));
+        }
+        self.allowances
+            .entry(sender.clone())
+            .or_insert(Allowance {
+                tokens: f64::from(limits.per_sender_burst.max(1)),
+                at: now,
+            })
+            .take(now, &limits)
+    }
+
+    fn refused_in(&self, event_id: &OwnedEventId, reason: &'static str) {
+        info!(%event_id, reason, "voice message refused before download");
+        metrics::counter!("walkie_voice_in_refused_total", "channel" => self.parts.channel.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    fn start_download(&mut self, download: Download) {
+        self.downloading += 1;
+        let Download {
+            event_id,
+            handled,
+            sender,
+            url,
+            mimetype,
+        } = download;
         let homeserver = self.parts.homeserver.clone();
         let limits = self.parts.voice_in;
-        let url = url.to_owned();
         let done = self.imported_tx.clone();
         tokio::spawn(async move {
             let result = match homeserver.download(&url, limits.max_bytes).await {
@@ -473,6 +779,7 @@ impl RoomState {
             };
             let _ = done.send(Imported {
                 event_id,
+                handled,
                 sender,
                 result,
             });
@@ -482,28 +789,30 @@ impl RoomState {
     async fn on_imported(&mut self, imported: Imported) {
         let Imported {
             event_id,
+            handled,
             sender,
             result,
         } = imported;
+        // A slot is free: the next waiting download takes it.
+        self.downloading = self.downloading.saturating_sub(1);
+        if let Some(next) = self.waiting.pop_front() {
+            self.start_download(next);
+        }
         let packets = match result {
             Ok(packets) if !packets.is_empty() => packets,
             Ok(_) => {
                 metrics::counter!("walkie_voice_in_failed_total", "channel" => self.parts.channel.clone())
                     .increment(1);
-                self.tell(RoomOp::Notice {
-                    text: "Not transmitted: the voice message holds no audio.".into(),
-                    thread_root: Some(event_id),
-                });
+                let text = "Not transmitted: the voice message holds no audio.";
+                self.refuse(event_id, &handled, text.into()).await;
                 return;
             }
             Err(reason) => {
                 metrics::counter!("walkie_voice_in_failed_total", "channel" => self.parts.channel.clone())
                     .increment(1);
                 warn!(%event_id, %reason, "voice message not transmitted");
-                self.tell(RoomOp::Notice {
-                    text: format!("Not transmitted: {reason}."),
-                    thread_root: Some(event_id),
-                });
+                self.refuse(event_id, &handled, format!("Not transmitted: {reason}."))
+                    .await;
                 return;
             }
         };
@@ -515,6 +824,7 @@ impl RoomState {
             stream,
             Outgoing {
                 event_id,
+                handled,
                 sender,
                 packets,
                 next: 0,
@@ -568,6 +878,7 @@ impl RoomState {
         let _ = self.link.talk_end(stream).await;
         if let Some(done) = self.outgoing.remove(&stream) {
             info!(event_id = %done.event_id, frames = done.packets.len(), "voice message transmitted");
+            done.handled.done().await;
             self.tell(RoomOp::React {
                 event_id: done.event_id,
                 key: "✅".into(),
@@ -589,14 +900,16 @@ impl RoomState {
             self.playing = None;
         }
         if let Some(cut) = self.outgoing.remove(&stream) {
+            // Played as far as the floor let it: handled, not replayed.
+            cut.handled.done().await;
             if cut.next < cut.packets.len() {
-                self.tell(RoomOp::Notice {
-                    text: format!(
+                self.tell(RoomOp::reply(
+                    format!(
                         "Cut off after {} s: {reason}.",
                         cut.next as u64 * u64::from(FRAME_MS) / 1000
                     ),
-                    thread_root: Some(cut.event_id),
-                });
+                    cut.event_id,
+                ));
             }
         }
     }
@@ -611,5 +924,37 @@ fn matrix_talker(user: &OwnedUserId) -> Talker {
         matrix_user_id: Some(user.to_string()),
         // The homeserver authenticated the account the name is.
         identity: walkie_endpoint::Identity::Endpoint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_gets_the_burst_then_one_per_period() {
+        let limits = VoiceInLimits::new(1024, Duration::from_secs(60));
+        let start = Instant::now();
+        let mut allowance = Allowance {
+            tokens: f64::from(limits.per_sender_burst),
+            at: start,
+        };
+        for n in 0..limits.per_sender_burst {
+            assert!(allowance.take(start, &limits).is_ok(), "message {n}");
+        }
+        let wait = allowance.take(start, &limits).expect_err("over the burst");
+        assert_eq!(wait, limits.per_sender_every);
+        let later = start + limits.per_sender_every;
+        assert!(
+            allowance.take(later, &limits).is_ok(),
+            "one more a period on"
+        );
+        assert!(allowance.take(later, &limits).is_err());
+        assert!(!allowance.is_full(later, &limits));
+        let much_later = later + limits.per_sender_every * 10;
+        assert!(
+            allowance.is_full(much_later, &limits),
+            "refills to the burst only"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Start-up of one bridged room: resolve the configured alias, join as the bot,
 //! refuse encrypted rooms, and check that the bot may do what the bridge needs.
 
+use ruma::events::room::tombstone::RoomTombstoneEventContent;
 use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde_json::Value;
 
@@ -28,6 +29,8 @@ pub enum RoomSetupError {
     },
     #[error("room {room} is encrypted; walkie-bridge cannot bridge encrypted rooms yet. Use an unencrypted room for this channel")]
     Encrypted { room: String },
+    #[error("room {room} was replaced by {replacement} (m.room.tombstone); point the channel's room at {replacement}")]
+    Replaced { room: String, replacement: String },
     #[error("room {room}: {reason}")]
     BadRoom { room: String, reason: String },
     #[error(transparent)]
@@ -40,7 +43,7 @@ impl RoomSetupError {
         match self {
             Self::Matrix { source, .. } | Self::CannotJoin { source, .. } => source.is_transient(),
             Self::Store(_) => true,
-            Self::Encrypted { .. } | Self::BadRoom { .. } => false,
+            Self::Encrypted { .. } | Self::Replaced { .. } | Self::BadRoom { .. } => false,
         }
     }
 }
@@ -105,6 +108,17 @@ pub async fn prepare_room(
     let state = homeserver.room_state(&room_id, bot).await.map_err(matrix)?;
     if state_event(&state, "m.room.encryption").is_some() {
         return Err(RoomSetupError::Encrypted { room: label });
+    }
+    // A replaced room stays stopped across restarts, as it stopped when the
+    // tombstone came in.
+    if let Some(replacement) = state_event(&state, "m.room.tombstone")
+        .and_then(|e| e.get("content"))
+        .and_then(|c| serde_json::from_value::<RoomTombstoneEventContent>(c.clone()).ok())
+    {
+        return Err(RoomSetupError::Replaced {
+            room: label,
+            replacement: replacement.replacement_room.to_string(),
+        });
     }
     let missing_powers = missing_powers(&state, bot);
     Ok(PreparedRoom {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,12 +40,45 @@ pub enum RoomOp {
     /// Nobody holds or waits for the floor.
     FloorIdle,
     /// A bot notice; `thread_root` makes it a threaded reply to that event.
+    /// `answers` is the event it answers: its Matrix transaction id is derived
+    /// from that event, so a notice sent again after a crash is dropped by the
+    /// homeserver instead of showing twice.
     Notice {
         text: String,
         thread_root: Option<OwnedEventId>,
+        answers: Option<OwnedEventId>,
     },
     /// The bot reacts to an event (a voice message that went out).
     React { event_id: OwnedEventId, key: String },
+}
+
+impl RoomOp {
+    /// A notice of the bot's own, answering no event.
+    pub fn notice(text: impl Into<String>) -> Self {
+        Self::Notice {
+            text: text.into(),
+            thread_root: None,
+            answers: None,
+        }
+    }
+
+    /// A threaded reply to `event` (a voice message), sent once.
+    pub fn reply(text: impl Into<String>, event: OwnedEventId) -> Self {
+        Self::Notice {
+            text: text.into(),
+            thread_root: Some(event.clone()),
+            answers: Some(event),
+        }
+    }
+
+    /// A notice answering `event` (a command) in the room, sent once.
+    pub fn answer(text: impl Into<String>, event: OwnedEventId) -> Self {
+        Self::Notice {
+            text: text.into(),
+            thread_root: None,
+            answers: Some(event),
+        }
+    }
 }
 
 pub struct RoomWorker {
@@ -127,7 +160,15 @@ impl RoomWorker {
             RoomOp::FloorIdle => {
                 self.write_floor(json!({ "state": "idle" })).await;
             }
-            RoomOp::Notice { text, thread_root } => {
+            RoomOp::Notice {
+                text,
+                thread_root,
+                answers,
+            } => {
+                let txn = match &answers {
+                    Some(event) => answer_txn("notice", event, &text),
+                    None => TxId::generate().to_string(),
+                };
                 let mut content = json!({ "msgtype": "m.notice", "body": text });
                 if let Some(root) = thread_root {
                     content["m.relates_to"] = json!({
@@ -137,13 +178,14 @@ impl RoomWorker {
                         "m.in_reply_to": { "event_id": root },
                     });
                 }
-                self.send_as_bot("m.room.message", content).await;
+                self.send_as_bot("m.room.message", content, &txn).await;
             }
             RoomOp::React { event_id, key } => {
+                let txn = answer_txn("react", &event_id, &key);
                 let content = json!({
                     "m.relates_to": { "rel_type": "m.annotation", "event_id": event_id, "key": key }
                 });
-                self.send_as_bot("m.reaction", content).await;
+                self.send_as_bot("m.reaction", content, &txn).await;
             }
         }
     }
@@ -198,14 +240,36 @@ impl RoomWorker {
         .await;
     }
 
-    async fn send_as_bot(&self, event_type: &str, content: Value) {
-        let txn = TxId::generate().to_string();
+    async fn send_as_bot(&self, event_type: &str, content: Value, txn: &str) {
         let (homeserver, room, bot) = (&self.homeserver, &self.room, &self.bot);
         retry(event_type, || {
-            homeserver.send(room, event_type, &txn, &content, bot)
+            homeserver.send(room, event_type, txn, &content, bot)
         })
         .await;
     }
+}
+
+/// The Matrix transaction id of the bot's `kind` answer `what` to `event`: the
+/// same on every attempt and after a restart, so the homeserver keeps one.
+/// Two FNV-1a hashes (different offsets) make 128 bits; stable across builds,
+/// unlike the standard library's hasher.
+fn answer_txn(kind: &str, event: &EventId, what: &str) -> String {
+    fn fnv1a(offset: u64, parts: &[&str]) -> u64 {
+        let mut hash = offset;
+        for part in parts {
+            for byte in part.bytes().chain([0xff]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    }
+    let parts = [kind, event.as_str(), what];
+    format!(
+        "wb.{kind}.{:016x}{:016x}",
+        fnv1a(0xcbf2_9ce4_8422_2325, &parts),
+        fnv1a(0x8422_2325_cbf2_9ce4, &parts)
+    )
 }
 
 /// Runs `call` until it succeeds, fails for good, or runs out of attempts; logs the
@@ -230,5 +294,22 @@ where
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_has_the_same_transaction_id_every_time() {
+        let event = EventId::parse("$abc:example.org").unwrap();
+        let other = EventId::parse("$abd:example.org").unwrap();
+        let a = answer_txn("notice", &event, "Not transmitted.");
+        assert_eq!(a, answer_txn("notice", &event, "Not transmitted."));
+        assert_ne!(a, answer_txn("notice", &other, "Not transmitted."));
+        assert_ne!(a, answer_txn("notice", &event, "Cut off."));
+        assert_ne!(a, answer_txn("react", &event, "Not transmitted."));
+        assert!(a.len() < 64 && a.is_ascii(), "{a}");
     }
 }

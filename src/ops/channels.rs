@@ -211,10 +211,9 @@ impl Channels {
         if !prepared.missing_powers.is_empty() {
             let problems = prepared.missing_powers.join("; ");
             error!(channel = %channel.name, room = %prepared.room_id, %problems, "the bot lacks power in the room");
-            let _ = ops_tx.send(RoomOp::Notice {
-                text: format!("walkie-bridge cannot work fully in this room: {problems}."),
-                thread_root: None,
-            });
+            let _ = ops_tx.send(RoomOp::notice(format!(
+                "walkie-bridge cannot work fully in this room: {problems}."
+            )));
         }
         let worker_token = CancellationToken::new();
         let worker = RoomWorker::new(
@@ -228,6 +227,7 @@ impl Channels {
 
         let mut hub = ChannelHub::new(channel.name.clone(), config.floor.settings());
         let (inbound_tx, inbound_rx) = mpsc::channel(ROOM_INBOX);
+        let halt = CancellationToken::new();
         let room_endpoint: Box<dyn Endpoint> = Box::new(RoomEndpoint::new(RoomEndpointParts {
             id: EndpointId::new(format!("matrix.{}", channel.name)),
             channel: channel.name.clone(),
@@ -238,13 +238,13 @@ impl Channels {
             store: ctx.store.clone(),
             spool_dir: config.archive.spool_dir.clone(),
             min_archive: config.archive.min_archive,
-            voice_in: VoiceInLimits {
-                max_bytes: VOICE_IN_MAX_BYTES,
-                max_duration: config.floor.max_talk,
-            },
+            voice_in: VoiceInLimits::new(VOICE_IN_MAX_BYTES, config.floor.max_talk),
             outbox_wake: ctx.outbox_wake.clone(),
             inbound: inbound_rx,
             ops: ops_tx,
+            live: ctx.live.clone(),
+            power_levels: Arc::clone(&power_levels),
+            halt: halt.clone(),
         }));
         let endpoint_token = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -287,6 +287,21 @@ impl Channels {
         let observer = hub.observer();
         let hub_token = CancellationToken::new();
         let hub = tokio::spawn(hub.run(hub_token.clone()));
+        // The room endpoint halts the channel when its room can no longer be
+        // bridged: the hub stops, which ends every endpoint, and the room worker
+        // posts the endpoint's last notice before it ends too.
+        tokio::spawn({
+            let (halt, hub_token, channel) = (halt, hub_token.clone(), channel.name.clone());
+            async move {
+                tokio::select! {
+                    _ = halt.cancelled() => {
+                        warn!(%channel, "channel halted by its room; it stays stopped until the bridge restarts or the channel's configuration changes");
+                        hub_token.cancel();
+                    }
+                    _ = hub_token.cancelled() => {}
+                }
+            }
+        });
         info!(channel = %channel.name, room = %prepared.room_id, "channel bridged");
         self.rooms.insert(prepared.room_id.clone(), inbound_tx);
         self.running.insert(

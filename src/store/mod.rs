@@ -22,6 +22,7 @@
 //! `!room:example.org`); the Matrix side parses them into ruma types.
 
 mod error;
+mod inbound;
 mod migrations;
 mod opt_ins;
 mod outbox;
@@ -41,6 +42,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::StoreError;
+pub use inbound::PendingEvent;
 pub use opt_ins::OptIn;
 pub use outbox::{OutboxEntry, OutboxItem};
 pub use puppets::{Puppet, PuppetProfile};

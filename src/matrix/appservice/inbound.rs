@@ -5,6 +5,9 @@ use ruma::events::{AnySyncEphemeralRoomEvent, AnyTimelineEvent, TimelineEventTyp
 use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
+use tracing::warn;
+
+use crate::store::Store;
 
 /// One event pushed by the homeserver, in the order the homeserver sent it.
 #[derive(Clone, Debug)]
@@ -33,6 +36,50 @@ pub struct RoomEvent {
     /// back (no loops).
     pub from_bridge: bool,
     pub event: Raw<AnyTimelineEvent>,
+    /// Tells the store once the bridge is done with this event.
+    pub handled: Handled,
+}
+
+/// Marks a room event handled in the store once the bridge is done with it —
+/// a voice message played or refused, a command answered (issue 14.6). Until
+/// then a crash replays it at the next start; after, it is never handled again.
+/// An event not taken through the store (the bridge's own) has a handle that
+/// does nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Handled {
+    stored: Option<(Store, OwnedEventId)>,
+}
+
+impl Handled {
+    pub(crate) fn stored(store: Store, event_id: OwnedEventId) -> Self {
+        Self {
+            stored: Some((store, event_id)),
+        }
+    }
+
+    /// A handle that records nothing (tests, events not taken through the store).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Records that the event was handled. A failure is logged: the event is
+    /// then handled again after a restart — twice rather than never.
+    pub async fn done(&self) {
+        let Some((store, event_id)) = &self.stored else {
+            return;
+        };
+        if let Err(error) = store.inbound_done(event_id.as_str()).await {
+            warn!(%event_id, %error, "cannot mark the event handled; a restart handles it again");
+        }
+    }
+
+    /// [`Self::done`] without waiting for it: for events nobody acts on.
+    pub fn done_later(&self) {
+        if self.stored.is_some() {
+            let this = self.clone();
+            tokio::spawn(async move { this.done().await });
+        }
+    }
 }
 
 /// An ephemeral event of one room.
@@ -112,6 +159,7 @@ pub(crate) fn check_timeline(
         event_type: envelope.event_type,
         state_key: envelope.state_key,
         event: raw,
+        handled: Handled::none(),
     })
 }
 

@@ -9,21 +9,22 @@
 //!
 //! 1. already recorded as handled in the [`Store`] → `200 {}` at once, nothing
 //!    dispatched (a retry, also one after a bridge restart);
-//! 2. every event with a sound envelope goes to the dispatcher, in order
+//! 2. every event with a sound envelope, not sent by the bridge itself, is
+//!    queued in the store's `inbound_events` — unless its event id is there
+//!    already (a redelivery: skipped) — and then goes to the dispatcher, in order
 //!    (`send().await`: a full queue holds the homeserver back, which is the
 //!    backpressure we want); a malformed event is logged, counted and skipped;
 //! 3. the transaction is recorded as handled, then `200 {}`.
 //!
-//! Recording after dispatching means a crash between 2 and 3 makes the homeserver
-//! deliver the transaction again after the restart, so an event may reach the
-//! dispatcher twice — never zero times. Within one process a short memory of
-//! dispatched event ids drops such repeats (also when a homeserver re-sends an
-//! event in a new transaction); across a restart **consumers must treat event ids
-//! as idempotency keys** — for instance by sending the answer to an event with a
-//! Matrix transaction id derived from that event's id, so the homeserver drops the
-//! second answer. The one window left is the other way round: events still in the
-//! dispatcher's queue when the process dies after step 3 are lost — like any work
-//! held in memory at a crash.
+//! Each dispatched room event carries a [`Handled`] handle; its consumer marks it
+//! done once it has acted (played the voice message, answered the command). At
+//! start-up, before any transaction, the events queued but never marked done —
+//! what a crash interrupted, whether before or after the acknowledgement — are
+//! dispatched again, in their order. So an event is acted on once: a crash
+//! after the acknowledgement loses nothing, a redelivery is not acted on again.
+//! The window left is a crash after acting and before marking done; answers
+//! then go out again with a Matrix transaction id derived from the event they
+//! answer, so the homeserver drops the second one.
 //!
 //! A store failure answers `500 M_UNKNOWN`, so the homeserver retries later.
 //!
@@ -50,10 +51,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use ruma::events::AnyTimelineEvent;
+use ruma::serde::Raw;
 use ruma::{OwnedUserId, UserId};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -61,7 +64,7 @@ use crate::config::{AppserviceConfig, Secret};
 use crate::store::Store;
 
 use inbound::{check_ephemeral, check_timeline, TransactionBody};
-pub use inbound::{EphemeralEvent, Inbound, RoomEvent};
+pub use inbound::{EphemeralEvent, Handled, Inbound, RoomEvent};
 use recent::RecentEvents;
 
 /// Largest request body accepted. Synapse sends at most 100 events and 100
@@ -187,7 +190,7 @@ struct Shared {
     store: Store,
     dispatcher: mpsc::Sender<Inbound>,
     /// Held for the whole of a transaction: transactions run one at a time.
-    serial: Mutex<RecentEvents>,
+    serial: Arc<Mutex<RecentEvents>>,
     stats: AppserviceStats,
     /// Cancelled when serving stops: a transaction waiting on a full dispatcher
     /// gives up (unrecorded, so the homeserver retries) instead of holding up the
@@ -213,7 +216,7 @@ impl AppserviceServer {
                 users: BridgeUsers::new(appservice, domain)?,
                 store,
                 dispatcher,
-                serial: Mutex::new(RecentEvents::new(RECENT_EVENTS)),
+                serial: Arc::new(Mutex::new(RecentEvents::new(RECENT_EVENTS))),
                 stats: AppserviceStats::default(),
                 stop: CancellationToken::new(),
             }),
@@ -267,6 +270,12 @@ impl AppserviceServer {
         extra: Router,
         shutdown: CancellationToken,
     ) -> Result<(), AppserviceError> {
+        // Taken here, before the first transaction can be: the events a crash
+        // left unhandled go first.
+        if let Ok(serial) = Arc::clone(&self.shared.serial).try_lock_owned() {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move { shared.replay_pending(serial).await });
+        }
         let address: Option<SocketAddr> = listener.local_addr().ok();
         let stop = self.shared.stop.clone();
         let router = self.router().merge(extra);
@@ -465,7 +474,7 @@ impl Shared {
         );
 
         for (index, raw) in events.into_iter().enumerate() {
-            let event = match check_timeline(&txn_id, raw, |u| self.users.is_bridge_user(u)) {
+            let mut event = match check_timeline(&txn_id, raw, |u| self.users.is_bridge_user(u)) {
                 Ok(event) => event,
                 Err(e) => {
                     warn!(index, error = %e, "skipping a malformed event");
@@ -485,6 +494,34 @@ impl Shared {
                 continue;
             }
             let event_id = event.event_id.clone();
+            if !event.from_bridge {
+                match self
+                    .store
+                    .queue_inbound(
+                        event_id.as_str(),
+                        event.room_id.as_str(),
+                        event.event.json().get(),
+                    )
+                    .await
+                {
+                    Ok(true) => {
+                        event.handled = Handled::stored(self.store.clone(), event_id.clone())
+                    }
+                    Ok(false) => {
+                        debug!(%event_id, "skipping an event taken before");
+                        AppserviceStats::count(
+                            &self.stats.0.duplicate_events,
+                            "walkie_appservice_duplicate_events_total",
+                        );
+                        recent.insert(event_id);
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot queue an event; the homeserver will retry");
+                        return store_failed();
+                    }
+                }
+            }
             if let Err(response) = self.dispatch(Inbound::RoomEvent(event)).await {
                 return response;
             }
@@ -522,6 +559,42 @@ impl Shared {
                 // Its events were dispatched; the retry finds them in `recent`.
                 error!(error = %e, "cannot record the transaction; the homeserver will retry");
                 store_failed()
+            }
+        }
+    }
+
+    /// Dispatches the events taken but not handled before the last stop, in
+    /// their order, holding `recent` (the transaction lock) so that no
+    /// transaction overtakes them.
+    async fn replay_pending(&self, mut recent: OwnedMutexGuard<RecentEvents>) {
+        let pending = match self.store.pending_inbound().await {
+            Ok(pending) => pending,
+            Err(error) => {
+                error!(%error, "cannot read the events left unhandled at the last stop");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        info!(
+            events = pending.len(),
+            "handling the events left unhandled at the last stop"
+        );
+        for left in pending {
+            let event = serde_json::from_str::<Raw<AnyTimelineEvent>>(&left.event)
+                .and_then(|raw| check_timeline("replay", raw, |u| self.users.is_bridge_user(u)));
+            let mut event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    warn!(event_id = %left.event_id, %error, "a stored event is unreadable; dropped");
+                    continue;
+                }
+            };
+            event.handled = Handled::stored(self.store.clone(), event.event_id.clone());
+            recent.insert(event.event_id.clone());
+            if self.dispatch(Inbound::RoomEvent(event)).await.is_err() {
+                return;
             }
         }
     }
