@@ -236,6 +236,21 @@ impl TxMachine {
                 keyed_at,
                 last_audio: now,
             },
+            // A new floor while still keying up for a talk that already ended
+            // (shorter than tx_delay): the pending release was the previous
+            // talker's. The new talker's audio queues behind what is held and
+            // the radio goes live for it at the end of tx_delay; left pending,
+            // the release would drain, drop the new audio and unkey.
+            (
+                Phase::KeyUp {
+                    keyed_at, buffered, ..
+                },
+                Input::FloorTaken,
+            ) => Phase::KeyUp {
+                keyed_at,
+                buffered,
+                release_pending: false,
+            },
             (p, Input::FloorTaken) => p,
 
             (

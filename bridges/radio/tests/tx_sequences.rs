@@ -223,6 +223,38 @@ fn release_before_tx_delay_plays_held_audio_then_hangs() {
     );
 }
 
+/// Issue 14.2: the next talker takes the floor while the machine still waits
+/// out `tx_delay` with a release pending. The pending release belongs to the
+/// previous talker: the new one's audio goes out and the radio stays keyed.
+#[test]
+fn a_new_floor_before_tx_delay_ends_cancels_the_pending_release() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 60); // alice: a very short press
+    let now = r.at(60);
+    r.c.floor_released(now).expect("release");
+    let now = r.at(70); // bob, queued, gets the floor at once
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(80, 1000);
+    assert!(
+        matches!(r.c.machine().phase(), Phase::Live { .. }),
+        "still transmitting bob: {:?}",
+        r.c.machine().phase()
+    );
+    let now = r.at(1000);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(2000);
+    // alice's 3 frames and all 46 of bob's, from the end of tx_delay on.
+    let played = r.sink.played();
+    assert_eq!(played.len(), 3 + 46, "frames on the air");
+    assert_eq!(played.last().map(|(_, s)| s[0]), Some(980));
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(1200), false)]
+    );
+}
+
 #[test]
 fn release_without_audio_unkeys_at_once() {
     let mut r = rig(settings(), false, Duration::ZERO);
