@@ -443,7 +443,10 @@ async fn a_queued_talker_after_a_talk_shorter_than_tx_delay_is_transmitted_in_fu
     rig.talker.talk_end(StreamKey(1)).await.expect("hub");
     let second = loop {
         match next_floor(&mut rig.talker).await {
-            FloorEvent::Granted { stream, tx } if stream == StreamKey(2) => break tx,
+            FloorEvent::Granted {
+                stream: StreamKey(2),
+                tx,
+            } => break tx,
             FloorEvent::Released { tx, .. } => assert_eq!(tx, first),
             other => panic!("bob expected the floor, got {other:?}"),
         }
