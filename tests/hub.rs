@@ -740,3 +740,100 @@ async fn a_stale_gone_notice_does_not_detach_the_endpoint_attached_again() {
         .is_err());
     stop(stop_hub, task).await;
 }
+
+/// An endpoint that panics as soon as it runs.
+struct Crasher(EndpointId);
+
+impl walkie_endpoint::Endpoint for Crasher {
+    fn id(&self) -> &EndpointId {
+        &self.0
+    }
+
+    fn run(
+        self: Box<Self>,
+        _link: HubLink,
+        _shutdown: CancellationToken,
+    ) -> walkie_endpoint::EndpointFuture {
+        Box::pin(async move { panic!("injected: crashes on start") })
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_panicking_is_restarted_with_doubling_backoff_up_to_the_cap() {
+    use std::sync::{Arc, Mutex};
+    use walkie_bridge::hub::{supervise, Backoff, Supervised};
+    use walkie_endpoint::{ConnectionState, Endpoint};
+
+    let builds: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let recorded = Arc::clone(&builds);
+    let factory = move || -> Result<Box<dyn Endpoint>, String> {
+        let mut builds = recorded.lock().unwrap_or_else(|e| e.into_inner());
+        builds.push(tokio::time::Instant::now());
+        // The third rebuild fails (its section no longer builds): retried too.
+        if builds.len() == 3 {
+            return Err("injected: cannot build".into());
+        }
+        Ok(Box::new(Crasher(EndpointId::new("test.crasher"))))
+    };
+    let mut hub = ChannelHub::new("test", settings());
+    let first = Box::new(Crasher(EndpointId::new("test.crasher")));
+    let link = hub
+        .attach(first.id().clone(), first.capabilities())
+        .expect("attach");
+    let health = link.health();
+    let attacher = hub.attacher();
+    let hub_stop = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(hub_stop.clone()));
+    let endpoints_stop = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let supervisor = tokio::spawn(supervise(
+        Supervised {
+            endpoint: first,
+            link,
+            restart: Some(Box::new(factory)),
+        },
+        attacher,
+        Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            stable: Duration::from_secs(60),
+        },
+        endpoints_stop.clone(),
+    ));
+    let deadline = started + WAIT;
+    // Four restarts: five builds, one of which failed.
+    while health.restarts() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted too rarely"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    endpoints_stop.cancel();
+    timeout(WAIT, supervisor)
+        .await
+        .expect("supervisor stops during its backoff")
+        .expect("supervisor did not panic");
+    let builds = builds.lock().map(|b| b.clone()).unwrap_or_default();
+    let mut previous = started;
+    let gaps: Vec<Duration> = builds
+        .iter()
+        .map(|t| {
+            let gap = t.duration_since(previous);
+            previous = *t;
+            gap
+        })
+        .collect();
+    println!("rebuilt after {gaps:?}");
+    for (gap, expected) in gaps.iter().zip([100u64, 200, 400, 400, 400]) {
+        let expected = Duration::from_millis(expected);
+        assert!(
+            *gap >= expected && *gap < expected + Duration::from_millis(250),
+            "rebuilt after {gap:?}, backoff {expected:?}: {gaps:?}"
+        );
+    }
+    assert_eq!(builds.len(), 5, "{gaps:?}");
+    assert_eq!(health.restarts(), 4);
+    assert_eq!(health.state(), ConnectionState::Disconnected);
+    stop(hub_stop, hub_task).await;
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn, Instrument};
 use walkie_endpoint::{ConnectionState, Endpoint, HubLink};
 
@@ -74,8 +75,9 @@ pub async fn supervise(
         // A task of its own, so that a panic ends it (dropping the endpoint and
         // its link, which releases a floor it held) and comes back here as a
         // JoinError instead of taking the supervisor down with it.
+        // Aborted with the supervisor, so that no endpoint outlives it.
         let run = endpoint.run(link, shutdown.clone());
-        let outcome = tokio::spawn(run.in_current_span()).await;
+        let outcome = AbortOnDropHandle::new(tokio::spawn(run.in_current_span())).await;
         let panic = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(error)) => {
