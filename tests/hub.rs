@@ -464,3 +464,376 @@ async fn a_decline_reaches_only_the_talkers_endpoint_and_leaves_the_floor_alone(
     assert_ne!(second, tx);
     stop(shutdown, task).await;
 }
+
+// ---- issue 14.8: endpoint tasks under supervision ----
+
+/// What the test tells a [`Probe`] to do.
+enum Order {
+    Talk(u64),
+    Audio(u64, u32),
+    End(u64),
+    Panic(&'static str),
+}
+
+/// The test's handle on one instance of a [`Probe`].
+struct ProbeHandle {
+    orders: tokio::sync::mpsc::UnboundedSender<Order>,
+    heard: tokio::sync::mpsc::UnboundedReceiver<Downlink>,
+}
+
+impl ProbeHandle {
+    fn order(&self, order: Order) {
+        self.orders.send(order).expect("probe instance running");
+    }
+
+    async fn heard(&mut self) -> Downlink {
+        timeout(WAIT, self.heard.recv())
+            .await
+            .expect("the probe heard something in time")
+            .expect("probe instance running")
+    }
+}
+
+/// An endpoint whose every instance is driven by the test: it reports connected,
+/// passes on all it hears, talks when told — and panics when told, as a bug would.
+struct Probe {
+    id: EndpointId,
+    orders: tokio::sync::mpsc::UnboundedReceiver<Order>,
+    heard: tokio::sync::mpsc::UnboundedSender<Downlink>,
+}
+
+impl walkie_endpoint::Endpoint for Probe {
+    fn id(&self) -> &EndpointId {
+        &self.id
+    }
+
+    fn run(
+        self: Box<Self>,
+        mut link: HubLink,
+        shutdown: CancellationToken,
+    ) -> walkie_endpoint::EndpointFuture {
+        Box::pin(async move {
+            let Probe {
+                mut orders, heard, ..
+            } = *self;
+            link.report_connected();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    down = link.recv() => match down {
+                        Ok(down) => { let _ = heard.send(down); }
+                        Err(_) => return Ok(()),
+                    },
+                    order = orders.recv() => match order {
+                        Some(Order::Talk(stream)) => {
+                            let _ = request(&link, stream, "probe", Priority::Normal).await;
+                        }
+                        Some(Order::Audio(stream, seq)) => {
+                            let _ = link.audio(StreamKey(stream), AudioFrame::opus(seq, vec![0xf8, 0xff, 0xfe]));
+                        }
+                        Some(Order::End(stream)) => {
+                            let _ = link.talk_end(StreamKey(stream)).await;
+                        }
+                        Some(Order::Panic(why)) => panic!("{why}"),
+                        None => return Ok(()),
+                    },
+                }
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_endpoint_is_shown_disconnected_and_restarted_on_a_fresh_link() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use walkie_bridge::hub::{supervise, Backoff, Supervised};
+    use walkie_endpoint::{ConnectionState, Endpoint};
+
+    let (instances_tx, mut instances) = tokio::sync::mpsc::unbounded_channel();
+    let built = std::sync::Arc::new(AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&built);
+    let factory = move || -> Result<Box<dyn Endpoint>, String> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (orders_tx, orders) = tokio::sync::mpsc::unbounded_channel();
+        let (heard, heard_rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = instances_tx.send(ProbeHandle {
+            orders: orders_tx,
+            heard: heard_rx,
+        });
+        Ok(Box::new(Probe {
+            id: EndpointId::new("test.probe"),
+            orders,
+            heard,
+        }))
+    };
+
+    let mut hub = ChannelHub::new("test", settings());
+    let mut other = hub
+        .attach(EndpointId::new("test.other"), Capabilities::default())
+        .expect("attach");
+    let first = factory().expect("build");
+    let link = hub
+        .attach(first.id().clone(), first.capabilities())
+        .expect("attach");
+    let observer = hub.observer();
+    let attacher = hub.attacher();
+    let health = link.health();
+    let hub_stop = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(hub_stop.clone()));
+    let endpoints_stop = CancellationToken::new();
+    let backoff = Backoff {
+        first: Duration::from_millis(300),
+        cap: Duration::from_secs(2),
+        stable: Duration::from_secs(60),
+    };
+    let supervisor = tokio::spawn(supervise(
+        Supervised {
+            endpoint: first,
+            link,
+            restart: Some(Box::new(factory)),
+        },
+        attacher,
+        backoff,
+        endpoints_stop.clone(),
+    ));
+    let row = |observer: &walkie_bridge::hub::HubObserver| {
+        observer
+            .endpoints
+            .iter()
+            .find(|e| e.id.as_str() == "test.probe")
+            .map(|e| std::sync::Arc::clone(&e.health))
+            .expect("the probe has a /status row")
+    };
+    let wait_state = |state: ConnectionState| {
+        let health = row(&observer);
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while health.state() != state {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the probe shows {} ({:?}), not {state}, {:?} after its panic",
+                    health.state(),
+                    health.reason(),
+                    WAIT
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // The first instance takes the floor, then panics holding it.
+    let mut probe = instances.recv().await.expect("first instance");
+    wait_state(ConnectionState::Connected).await;
+    probe.order(Order::Talk(1));
+    let held = loop {
+        if let Downlink::Floor(FloorEvent::Granted { tx, .. }) = probe.heard().await {
+            break tx;
+        }
+    };
+    assert!(matches!(next_floor(&mut other).await, FloorEvent::Taken { tx, .. } if tx == held));
+    let panicked_at = tokio::time::Instant::now();
+    probe.order(Order::Panic("injected: a bug in the probe"));
+    // The floor it held is freed at once.
+    match next_floor(&mut other).await {
+        FloorEvent::Released { tx, reason } => {
+            assert_eq!(tx, held);
+            assert_eq!(reason, ReleaseReason::EndpointGone);
+        }
+        other => panic!("expected the probe's floor released, got {other:?}"),
+    }
+    // /status shows it disconnected, and why.
+    wait_state(ConnectionState::Disconnected).await;
+    let reason = row(&observer).reason().unwrap_or_default();
+    println!("/status after the panic: {reason}");
+    assert!(reason.contains("injected: a bug in the probe"), "{reason}");
+
+    // Restarted after the backoff, on a fresh link, in the same /status row.
+    let mut probe = timeout(WAIT, instances.recv())
+        .await
+        .expect("restarted in time")
+        .expect("second instance");
+    wait_state(ConnectionState::Connected).await;
+    let restarted_after = panicked_at.elapsed();
+    println!("restarted {restarted_after:?} after the panic (backoff 300 ms)");
+    assert!(restarted_after >= Duration::from_millis(300));
+    assert_eq!(built.load(Ordering::Relaxed), 2, "built once more");
+    assert_eq!(health.restarts(), 1);
+    assert_eq!(observer.endpoints.len(), 2, "one row per endpoint");
+    assert!(std::sync::Arc::ptr_eq(&row(&observer), &health));
+
+    // The new instance works both ways: it hears the channel...
+    request(&other, 1, "alice", Priority::Normal).await;
+    let tx = loop {
+        match next_floor(&mut other).await {
+            FloorEvent::Granted { tx, .. } => break tx,
+            FloorEvent::Idle => {}
+            event => panic!("alice expected the floor, got {event:?}"),
+        }
+    };
+    other
+        .audio(StreamKey(1), AudioFrame::opus(0, vec![0xf8, 0xff, 0xfe]))
+        .expect("hub");
+    let mut heard_audio = false;
+    while !heard_audio {
+        match probe.heard().await {
+            Downlink::Audio(frame) => heard_audio = frame.tx == tx,
+            Downlink::Floor(_) => {}
+        }
+    }
+    other.talk_end(StreamKey(1)).await.expect("hub");
+    // ...and talks on it.
+    probe.order(Order::Talk(2));
+    let granted = loop {
+        if let Downlink::Floor(FloorEvent::Granted { tx, .. }) = probe.heard().await {
+            break tx;
+        }
+    };
+    probe.order(Order::Audio(2, 0));
+    loop {
+        match next(&mut other).await {
+            Downlink::Audio(frame) if frame.tx == granted => break,
+            _ => {}
+        }
+    }
+    probe.order(Order::End(2));
+
+    endpoints_stop.cancel();
+    timeout(WAIT, supervisor)
+        .await
+        .expect("supervisor stops")
+        .expect("supervisor did not panic");
+    stop(hub_stop, hub_task).await;
+}
+
+#[tokio::test]
+async fn a_stale_gone_notice_does_not_detach_the_endpoint_attached_again() {
+    let mut hub = ChannelHub::new("test", settings());
+    let mut other = hub
+        .attach(EndpointId::new("test.other"), Capabilities::default())
+        .expect("attach");
+    let old = hub
+        .attach(EndpointId::new("test.probe"), Capabilities::default())
+        .expect("attach");
+    let attacher = hub.attacher();
+    let stop_hub = CancellationToken::new();
+    let task = tokio::spawn(hub.run(stop_hub.clone()));
+    // Still attached: a second link under the same id is refused.
+    assert!(attacher
+        .reattach(EndpointId::new("test.probe"), Capabilities::default())
+        .await
+        .is_err());
+    drop(old);
+    let mut again = attacher
+        .reattach(EndpointId::new("test.probe"), Capabilities::default())
+        .await
+        .expect("attached again once the old link is gone");
+    // Whichever came first, the old link's notice must not detach the new one.
+    take_floor(std::slice::from_mut(&mut again), 0, 1, "probe").await;
+    assert!(matches!(
+        next_floor(&mut other).await,
+        FloorEvent::Taken { .. }
+    ));
+    // Unknown endpoints cannot attach to a running hub.
+    assert!(attacher
+        .reattach(EndpointId::new("test.stranger"), Capabilities::default())
+        .await
+        .is_err());
+    stop(stop_hub, task).await;
+}
+
+/// An endpoint that panics as soon as it runs.
+struct Crasher(EndpointId);
+
+impl walkie_endpoint::Endpoint for Crasher {
+    fn id(&self) -> &EndpointId {
+        &self.0
+    }
+
+    fn run(
+        self: Box<Self>,
+        _link: HubLink,
+        _shutdown: CancellationToken,
+    ) -> walkie_endpoint::EndpointFuture {
+        Box::pin(async move { panic!("injected: crashes on start") })
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_panicking_is_restarted_with_doubling_backoff_up_to_the_cap() {
+    use std::sync::{Arc, Mutex};
+    use walkie_bridge::hub::{supervise, Backoff, Supervised};
+    use walkie_endpoint::{ConnectionState, Endpoint};
+
+    let builds: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let recorded = Arc::clone(&builds);
+    let factory = move || -> Result<Box<dyn Endpoint>, String> {
+        let mut builds = recorded.lock().unwrap_or_else(|e| e.into_inner());
+        builds.push(tokio::time::Instant::now());
+        // The third rebuild fails (its section no longer builds): retried too.
+        if builds.len() == 3 {
+            return Err("injected: cannot build".into());
+        }
+        Ok(Box::new(Crasher(EndpointId::new("test.crasher"))))
+    };
+    let mut hub = ChannelHub::new("test", settings());
+    let first = Box::new(Crasher(EndpointId::new("test.crasher")));
+    let link = hub
+        .attach(first.id().clone(), first.capabilities())
+        .expect("attach");
+    let health = link.health();
+    let attacher = hub.attacher();
+    let hub_stop = CancellationToken::new();
+    let hub_task = tokio::spawn(hub.run(hub_stop.clone()));
+    let endpoints_stop = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let supervisor = tokio::spawn(supervise(
+        Supervised {
+            endpoint: first,
+            link,
+            restart: Some(Box::new(factory)),
+        },
+        attacher,
+        Backoff {
+            first: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            stable: Duration::from_secs(60),
+        },
+        endpoints_stop.clone(),
+    ));
+    let deadline = started + WAIT;
+    // Four restarts: five builds, one of which failed.
+    while health.restarts() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted too rarely"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    endpoints_stop.cancel();
+    timeout(WAIT, supervisor)
+        .await
+        .expect("supervisor stops during its backoff")
+        .expect("supervisor did not panic");
+    let builds = builds.lock().map(|b| b.clone()).unwrap_or_default();
+    let mut previous = started;
+    let gaps: Vec<Duration> = builds
+        .iter()
+        .map(|t| {
+            let gap = t.duration_since(previous);
+            previous = *t;
+            gap
+        })
+        .collect();
+    println!("rebuilt after {gaps:?}");
+    for (gap, expected) in gaps.iter().zip([100u64, 200, 400, 400, 400]) {
+        let expected = Duration::from_millis(expected);
+        assert!(
+            *gap >= expected && *gap < expected + Duration::from_millis(250),
+            "rebuilt after {gap:?}, backoff {expected:?}: {gaps:?}"
+        );
+    }
+    assert_eq!(builds.len(), 5, "{gaps:?}");
+    assert_eq!(health.restarts(), 4);
+    assert_eq!(health.state(), ConnectionState::Disconnected);
+    stop(hub_stop, hub_task).await;
+}

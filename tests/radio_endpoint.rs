@@ -404,3 +404,110 @@ async fn the_callsign_is_sent_in_morse_at_the_end_of_a_transmission_when_due() {
         "keyed only {keyed_for:?}"
     );
 }
+
+/// Issue 14.2: a talk shorter than `tx_delay` ends while the radio is still
+/// keying up, and a queued talker takes the floor at once. The radio must stay
+/// keyed for the second talker and put their speech on the air — not drain at
+/// the end of `tx_delay`, drop the new talker's audio and unkey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_talker_after_a_talk_shorter_than_tx_delay_is_transmitted_in_full() {
+    let speech = common::speech(48_000);
+    let speech = &speech[..48_000 * 2];
+    let blip = common::sine(400.0, 8_000.0, 48_000, 960 * 3);
+    let settings = walkie_radio::tx::TxSettings {
+        tx_delay: Duration::from_millis(400),
+        ..tx_settings()
+    };
+    let mut rig = Rig::start(radio_settings(settings), Arc::new(AllowEveryone));
+    rig.wait_open_attempts(1).await;
+    rig.wait_health(ConnectionState::Connected).await;
+
+    // alice holds the floor; bob asks for it and waits in the queue.
+    let first = take(&mut rig.talker, 1, "alice").await;
+    rig.talker
+        .talk_start(
+            StreamKey(2),
+            walkie_endpoint::Talker::new("bob", "bob (Test)"),
+            walkie_endpoint::Priority::Normal,
+            walkie_endpoint::TalkKind::Live,
+        )
+        .await
+        .expect("hub");
+    match next_floor(&mut rig.talker).await {
+        FloorEvent::Queued { stream, .. } => assert_eq!(stream, StreamKey(2)),
+        other => panic!("bob expected to be queued, got {other:?}"),
+    }
+    // alice's talk: 60 ms, over long before the 400 ms tx_delay.
+    let short_started = Instant::now();
+    talk(&rig.talker, 1, &blip).await;
+    rig.talker.talk_end(StreamKey(1)).await.expect("hub");
+    let second = loop {
+        match next_floor(&mut rig.talker).await {
+            FloorEvent::Granted {
+                stream: StreamKey(2),
+                tx,
+            } => break tx,
+            FloorEvent::Released { tx, .. } => assert_eq!(tx, first),
+            other => panic!("bob expected the floor, got {other:?}"),
+        }
+    };
+    let handover = short_started.elapsed();
+    assert!(
+        handover < Duration::from_millis(300),
+        "the hand-over took {handover:?}: not inside tx_delay, the test proves nothing"
+    );
+    talk(&rig.talker, 2, speech).await;
+    rig.talker.talk_end(StreamKey(2)).await.expect("hub");
+    let _ = hear_until_released(&mut rig.listener, second).await;
+    let unkeyed_at = rig.wait_rts(false).await;
+    let rts = rig.rts();
+    let card = rig.stop().await;
+
+    // Unkeyed on open, keyed once for both talks, unkeyed once after bob.
+    assert_eq!(
+        rts.len(),
+        3,
+        "RTS must stay keyed from alice's key-up to the end of bob's talk: {rts:?}"
+    );
+    let keyed_at = rts[1].0;
+    let aired: Vec<i16> = card
+        .played()
+        .iter()
+        .filter(|(t, _)| *t >= keyed_at && *t <= unkeyed_at)
+        .flat_map(|(_, p)| p.iter().copied())
+        .collect();
+    let (ref_start, ref_end) = common::active_span(speech, 300);
+    let blip_len = blip.len() as isize;
+    let (out_start, _) = common::active_span(&aired, 300);
+    // The blip comes first on the air; bob's speech follows it back to back.
+    let coarse = out_start as isize + blip_len - ref_start as isize;
+    // The first and the last 750 ms of bob's speech, each where it belongs (two
+    // short windows rather than the whole: the other tests of this binary play
+    // paced audio meanwhile, and must not be starved of CPU).
+    let window = 36_000;
+    let head = &speech[ref_start..ref_start + window];
+    let (head_lag, head_corr) = common::best_lag(head, &aired, coarse - 960..=coarse + 960);
+    let lag = head_lag - ref_start as isize;
+    let tail_at = ref_end - window;
+    let tail_lag = lag + tail_at as isize;
+    let (_, tail_corr) = common::best_lag(
+        &speech[tail_at..ref_end],
+        &aired,
+        tail_lag - 48..=tail_lag + 48,
+    );
+    let keyed_for = unkeyed_at.duration_since(keyed_at);
+    println!(
+        "keyed {keyed_for:?}; bob on the air: correlation {head_corr:.3} (start), \
+         {tail_corr:.3} (end) at lag {lag}; hand-over {handover:?} into a 400 ms tx_delay"
+    );
+    assert!(
+        head_corr > 0.85 && tail_corr > 0.85,
+        "bob's speech is not on the air (correlation {head_corr:.3} at the start, \
+         {tail_corr:.3} at the end)"
+    );
+    let speech_ms = (ref_end - ref_start) as u64 / 48;
+    assert!(
+        keyed_for >= Duration::from_millis(speech_ms),
+        "keyed {keyed_for:?}, bob spoke {speech_ms} ms"
+    );
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -29,6 +29,46 @@ const AUDIO_DOWNLINK_FRAMES: usize = 250;
 pub enum AttachError {
     #[error("endpoint {0} is already attached to channel {1}")]
     Duplicate(EndpointId, String),
+    #[error("endpoint {0} was never attached to channel {1}")]
+    Unknown(EndpointId, String),
+    #[error("channel {0} has stopped")]
+    Stopped(String),
+}
+
+/// A request to attach an endpoint again to a running hub.
+struct Reattach {
+    id: EndpointId,
+    capabilities: Capabilities,
+    reply: oneshot::Sender<Result<HubLink, AttachError>>,
+}
+
+/// Attaches an endpoint again to its running hub, after its task ended
+/// (a panic): the new link carries on the old one's `/status` row and counters.
+#[derive(Clone, Debug)]
+pub struct HubAttacher {
+    channel: String,
+    requests: mpsc::UnboundedSender<Reattach>,
+}
+
+impl HubAttacher {
+    /// Only an endpoint attached before the hub started, and whose previous
+    /// link is gone, can be attached again.
+    pub async fn reattach(
+        &self,
+        id: EndpointId,
+        capabilities: Capabilities,
+    ) -> Result<HubLink, AttachError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || AttachError::Stopped(self.channel.clone());
+        self.requests
+            .send(Reattach {
+                id,
+                capabilities,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
 }
 
 /// Counters a hub keeps for metrics and tests; readable while it runs.
@@ -97,6 +137,8 @@ pub struct ChannelHub {
     inbox: mpsc::Receiver<(EndpointId, Uplink)>,
     gone_tx: mpsc::UnboundedSender<EndpointId>,
     gone: mpsc::UnboundedReceiver<EndpointId>,
+    reattach_tx: mpsc::UnboundedSender<Reattach>,
+    reattach: mpsc::UnboundedReceiver<Reattach>,
     stats: Arc<HubStats>,
     metrics: HubMetrics,
     /// Decoder of the current transmission, present only while some endpoint other
@@ -129,6 +171,7 @@ impl ChannelHub {
     pub fn new(name: impl Into<String>, settings: FloorSettings) -> Self {
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let (gone_tx, gone) = mpsc::unbounded_channel();
+        let (reattach_tx, reattach) = mpsc::unbounded_channel();
         let name = name.into();
         Self {
             metrics: HubMetrics::new(&name),
@@ -139,6 +182,8 @@ impl ChannelHub {
             inbox,
             gone_tx,
             gone,
+            reattach_tx,
+            reattach,
             stats: Arc::default(),
             decoder: None,
             sent: 0,
@@ -166,6 +211,14 @@ impl ChannelHub {
         Arc::clone(&self.stats)
     }
 
+    /// For restarting an endpoint's task once the hub runs.
+    pub fn attacher(&self) -> HubAttacher {
+        HubAttacher {
+            channel: self.name.clone(),
+            requests: self.reattach_tx.clone(),
+        }
+    }
+
     /// Connects an endpoint; the returned link is handed to its task.
     pub fn attach(
         &mut self,
@@ -175,6 +228,45 @@ impl ChannelHub {
         if self.endpoints.contains_key(&id) {
             return Err(AttachError::Duplicate(id, self.name.clone()));
         }
+        let link = self.connect(id.clone(), capabilities);
+        self.observed.push(ObservedEndpoint {
+            id,
+            health: link.health(),
+            counters: link.counters(),
+        });
+        Ok(link)
+    }
+
+    /// An endpoint attached before, whose link is gone, comes back. A link
+    /// dropped so recently that its `gone` notice is still queued is detached
+    /// here and now (the notice is ignored when it arrives).
+    fn reattach(
+        &mut self,
+        id: EndpointId,
+        capabilities: Capabilities,
+    ) -> Result<HubLink, AttachError> {
+        let Some(observed) = self.observed.iter().find(|o| o.id == id).cloned() else {
+            return Err(AttachError::Unknown(id, self.name.clone()));
+        };
+        if let Some(current) = self.endpoints.get(&id) {
+            if !current.control.is_closed() {
+                return Err(AttachError::Duplicate(id, self.name.clone()));
+            }
+            self.detach(id.clone());
+        }
+        info!(endpoint = %id, "endpoint attached again");
+        Ok(self
+            .connect(id, capabilities)
+            .continuing(observed.health, observed.counters))
+    }
+
+    fn detach(&mut self, endpoint: EndpointId) {
+        debug!(%endpoint, "endpoint detached");
+        self.endpoints.remove(&endpoint);
+        self.apply(Input::EndpointGone { endpoint });
+    }
+
+    fn connect(&mut self, id: EndpointId, capabilities: Capabilities) -> HubLink {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (audio, audio_rx) = broadcast::channel(AUDIO_DOWNLINK_FRAMES);
         self.endpoints.insert(
@@ -186,19 +278,13 @@ impl ChannelHub {
                 metrics: EndpointMetrics::new(&self.name, &id),
             },
         );
-        let link = HubLink::new(
-            id.clone(),
+        HubLink::new(
+            id,
             self.inbox_tx.clone(),
             self.gone_tx.clone(),
             control_rx,
             audio_rx,
-        );
-        self.observed.push(ObservedEndpoint {
-            id,
-            health: link.health(),
-            counters: link.counters(),
-        });
-        Ok(link)
+        )
     }
 
     /// Runs until `shutdown` fires. On the way out the floor is released and every
@@ -219,9 +305,15 @@ impl ChannelHub {
                     self.apply(Input::Tick);
                 }
                 Some(endpoint) = self.gone.recv() => {
-                    debug!(%endpoint, "endpoint detached");
-                    self.endpoints.remove(&endpoint);
-                    self.apply(Input::EndpointGone { endpoint });
+                    // The notice of a link already replaced by a re-attached one
+                    // (whose control channel is open) is stale.
+                    if self.endpoints.get(&endpoint).is_none_or(|a| a.control.is_closed()) {
+                        self.detach(endpoint);
+                    }
+                }
+                Some(request) = self.reattach.recv() => {
+                    let Reattach { id, capabilities, reply } = request;
+                    let _ = reply.send(self.reattach(id, capabilities));
                 }
                 Some((endpoint, uplink)) = self.inbox.recv() => self.on_uplink(endpoint, uplink),
             }

@@ -6,7 +6,9 @@ mod channel;
 pub mod floor;
 mod pcm;
 pub mod status;
+pub mod supervisor;
 
-pub use channel::{AttachError, ChannelHub, HubStats};
+pub use channel::{AttachError, ChannelHub, HubAttacher, HubStats};
 pub use floor::{Claimant, Decision, Floor, FloorSettings, Input};
 pub use status::{ChannelStatus, HubObserver, ObservedEndpoint};
+pub use supervisor::{supervise, Backoff, EndpointFactory, Supervised};

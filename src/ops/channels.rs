@@ -17,7 +17,7 @@ use walkie_endpoint::{Endpoint, EndpointId};
 use crate::archive::OutboxWaker;
 use crate::config::{self, ArchiveConfig, ChannelConfig, Config, EndpointSpec, FloorConfig};
 use crate::endpoints;
-use crate::hub::{ChannelHub, HubObserver};
+use crate::hub::{supervise, Backoff, ChannelHub, EndpointFactory, HubObserver, Supervised};
 use crate::live::LiveEndpoints;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
@@ -111,6 +111,10 @@ pub struct Channels {
 /// A channel's configured endpoints, built, with what they share.
 pub struct BuiltChannel {
     pub endpoints: Vec<Box<dyn Endpoint>>,
+    /// How to build each configured endpoint again after its task panicked
+    /// (from its section, as a reload would). Endpoints without one (added by
+    /// a test in-process) are not restarted.
+    pub factories: HashMap<EndpointId, EndpointFactory>,
     /// The room's power levels for radios' `transmit_min_power_level`; told the
     /// room once it is prepared.
     pub power_levels: Arc<RoomPowerLevels>,
@@ -133,12 +137,19 @@ pub fn build_endpoints<'a>(
             power_levels: Arc::clone(&power_levels),
         };
         let mut members = Vec::new();
+        let mut factories = HashMap::new();
         for id in &channel.endpoints {
             let Some(spec) = config.endpoint(id) else {
                 continue;
             };
             match endpoints::build(id, spec, &context) {
-                Ok(endpoint) => members.push(endpoint),
+                Ok(endpoint) => {
+                    factories.insert(
+                        endpoint.id().clone(),
+                        rebuild(id, spec, config, &power_levels),
+                    );
+                    members.push(endpoint);
+                }
                 Err(error) => problems.push(error.to_string()),
             }
         }
@@ -146,6 +157,7 @@ pub fn build_endpoints<'a>(
             channel.name.clone(),
             BuiltChannel {
                 endpoints: members,
+                factories,
                 power_levels,
             },
         );
@@ -155,6 +167,24 @@ pub fn build_endpoints<'a>(
     } else {
         Err(ChannelError::Build(problems))
     }
+}
+
+/// Builds the endpoint `id` again from its section, for a restart after a panic.
+fn rebuild(
+    id: &config::EndpointId,
+    spec: &EndpointSpec,
+    config: &Config,
+    power_levels: &Arc<RoomPowerLevels>,
+) -> EndpointFactory {
+    let (id, spec, floor) = (id.clone(), spec.clone(), config.floor.clone());
+    let power_levels = Arc::clone(power_levels);
+    Box::new(move || {
+        let context = endpoints::ChannelContext {
+            floor: &floor,
+            power_levels: Arc::clone(&power_levels),
+        };
+        endpoints::build(&id, &spec, &context).map_err(|e| e.to_string())
+    })
 }
 
 impl Channels {
@@ -195,6 +225,7 @@ impl Channels {
     ) -> Result<bool, ChannelError> {
         let BuiltChannel {
             endpoints: members,
+            mut factories,
             power_levels,
         } = built;
         let ctx = &self.ctx;
@@ -247,6 +278,7 @@ impl Channels {
             halt: halt.clone(),
         }));
         let endpoint_token = CancellationToken::new();
+        let attacher = hub.attacher();
         let mut tasks = JoinSet::new();
         let mut all = vec![room_endpoint];
         all.extend(members);
@@ -273,14 +305,19 @@ impl Channels {
                 // per request), so it counts as connected while the channel runs.
                 link.report_connected();
             }
-            let token = endpoint_token.clone();
+            let supervised = Supervised {
+                restart: factories.remove(&id),
+                endpoint,
+                link,
+            };
             let span = tracing::info_span!("endpoint", channel = %channel.name, endpoint = %id);
             tasks.spawn(
-                async move {
-                    if let Err(error) = endpoint.run(link, token).await {
-                        error!(%error, "endpoint stopped");
-                    }
-                }
+                supervise(
+                    supervised,
+                    attacher.clone(),
+                    Backoff::default(),
+                    endpoint_token.clone(),
+                )
                 .instrument(span),
             );
         }

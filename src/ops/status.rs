@@ -163,6 +163,8 @@ struct EndpointView {
     since_unix_ms: Option<u64>,
     reason: Option<String>,
     reconnects: u64,
+    /// Restarts of the endpoint's task after a panic.
+    restarts: u64,
     uplink_dropped: u64,
     downlink_lagged: u64,
 }
@@ -193,6 +195,7 @@ async fn status(State(shared): State<Shared>) -> Json<Status> {
                         since_unix_ms: e.health.since().map(unix_ms),
                         reason: e.health.reason(),
                         reconnects: e.health.reconnects(),
+                        restarts: e.health.restarts(),
                         uplink_dropped: e.counters.uplink_dropped.load(Relaxed),
                         downlink_lagged: e.counters.downlink_lagged.load(Relaxed),
                     })

@@ -160,6 +160,8 @@ pub struct Rig {
     pub lines: FakeModemLines,
     pub cos: FakeModemStatus,
     pub card: Arc<CardState>,
+    /// Every attempt to open the PTT and receive detection: when, and whether it worked.
+    pub ptt_opens: Arc<Mutex<Vec<(Instant, bool)>>>,
     pub stats: Arc<HubStats>,
     /// The connection state the radio reports (`/status`).
     pub health: Arc<walkie_endpoint::EndpointHealth>,
@@ -210,9 +212,13 @@ impl Rig {
         let cos = FakeModemStatus::new();
         let card = PacedCard::default();
         let (ptt_lines, cos_lines) = (lines.clone(), cos.clone());
+        let ptt_opens: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
+        let opens = Arc::clone(&ptt_opens);
         let opener = Box::new(move || {
+            let ptt = SerialLinePtt::new(ptt_lines.clone(), PttLines::Rts, false);
+            lock(&opens).push((Instant::now(), ptt.is_ok()));
             Ok(RadioHardware {
-                ptt: Box::new(SerialLinePtt::new(ptt_lines.clone(), PttLines::Rts, false)?),
+                ptt: Box::new(ptt?),
                 squelch: Box::new(LineSquelch::new(
                     cos_lines.clone(),
                     StatusLine {
@@ -251,6 +257,7 @@ impl Rig {
             lines,
             cos,
             card: card.0,
+            ptt_opens,
             stats,
             health,
             shutdown,
@@ -320,6 +327,23 @@ impl Rig {
                 Instant::now() < deadline,
                 "only {} card opens",
                 attempts.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until the PTT side has been opened `n` times (attempts, failed or not).
+    pub async fn wait_ptt_opens(&self, n: usize) -> Vec<(Instant, bool)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let opens = lock(&self.ptt_opens).clone();
+            if opens.len() >= n {
+                return opens;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} PTT opens: {opens:?}",
+                opens.len()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

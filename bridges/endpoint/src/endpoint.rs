@@ -176,6 +176,14 @@ impl HubLink {
         Arc::clone(&self.counters)
     }
 
+    /// Takes over the connection state and counters of an earlier link of the
+    /// same endpoint (a restart after a panic), so `/status` keeps one row for it.
+    pub fn continuing(mut self, health: Arc<EndpointHealth>, counters: Arc<LinkCounters>) -> Self {
+        self.health = health;
+        self.counters = counters;
+        self
+    }
+
     /// The connection state this endpoint reports, for the daemon to read.
     pub fn health(&self) -> Arc<EndpointHealth> {
         Arc::clone(&self.health)
@@ -317,6 +325,9 @@ impl Drop for HubLink {
     /// Tells the hub this endpoint is gone, so a floor it held is released at once
     /// rather than after the idle timeout. Unbounded so it cannot fail for space.
     fn drop(&mut self) {
+        // Closed first: the hub tells a link that is gone from a successor
+        // attached under the same id by whether its control channel is closed.
+        self.control.close();
         let _ = self.gone.send(self.id.clone());
     }
 }

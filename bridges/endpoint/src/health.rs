@@ -57,6 +57,8 @@ pub struct EndpointHealth {
     state: AtomicU8,
     /// How often the endpoint reported `Connected` after not being connected.
     connects: AtomicU64,
+    /// How often the endpoint's task was restarted after a panic.
+    restarts: AtomicU64,
     /// When the state last changed, milliseconds since the Unix epoch (0: never).
     changed_unix_ms: AtomicU64,
     /// Why the endpoint is disconnected, for the operator.
@@ -75,6 +77,16 @@ impl EndpointHealth {
 
     pub fn reconnects(&self) -> u64 {
         self.connects().saturating_sub(1)
+    }
+
+    /// Restarts of the endpoint's task after a panic.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Counted by whoever restarts the task.
+    pub fn record_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// When the state last changed; `None` before the first report.

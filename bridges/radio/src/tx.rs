@@ -7,7 +7,7 @@
 //! its own thread.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,6 +45,12 @@ impl Default for TxSettings {
 pub const STALL_WATCHDOG: Duration = Duration::from_secs(2);
 /// How often an owed (failed) unkey is retried.
 pub const UNKEY_RETRY: Duration = Duration::from_millis(100);
+/// A PTT that keeps failing is logged when it starts failing, then at most
+/// this often (with the count), not on every retry.
+pub const PTT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// While keyed, the runner looks at least this often whether the safety net
+/// (panic hook, signal path) unkeyed the radio behind the controller's back.
+pub const SAFETY_CHECK: Duration = Duration::from_millis(50);
 /// At most this much audio is held while waiting out `tx_delay` (frames).
 const MAX_BUFFERED: usize = 500;
 
@@ -76,6 +82,9 @@ pub enum UnkeyReason {
     KeyFailed,
     /// Asked for explicitly ([`TxController::unkey`]).
     Forced,
+    /// The safety net (the panic hook after a panic anywhere in the process,
+    /// or the signal path) unkeyed the radio; the controller confirms it.
+    UnkeyedElsewhere,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +111,8 @@ pub enum Input {
         remaining: Duration,
     },
     KeyFailed,
+    /// The radio was unkeyed by someone else ([`crate::ptt::safety`]).
+    UnkeyedElsewhere,
     Shutdown,
     Tick,
 }
@@ -236,6 +247,21 @@ impl TxMachine {
                 keyed_at,
                 last_audio: now,
             },
+            // A new floor while still keying up for a talk that already ended
+            // (shorter than tx_delay): the pending release was the previous
+            // talker's. The new talker's audio queues behind what is held and
+            // the radio goes live for it at the end of tx_delay; left pending,
+            // the release would drain, drop the new audio and unkey.
+            (
+                Phase::KeyUp {
+                    keyed_at, buffered, ..
+                },
+                Input::FloorTaken,
+            ) => Phase::KeyUp {
+                keyed_at,
+                buffered,
+                release_pending: false,
+            },
             (p, Input::FloorTaken) => p,
 
             (
@@ -312,6 +338,33 @@ impl TxMachine {
                 }
             }
             (p, Input::Drained { .. }) => p,
+
+            // Unkeyed behind our back (a panic elsewhere, or a signal). Never
+            // assume the radio is still on the air, and never key it again
+            // unasked: unkey once more to be sure and treat it like the stall
+            // watchdog — the floor is still held, so the holder's next audio
+            // keys again through tx_delay (held audio is dropped: it would
+            // start mid-sentence into a transmitter keying up). A transmission
+            // already released just ends.
+            (
+                Phase::Live { .. }
+                | Phase::KeyUp {
+                    release_pending: false,
+                    ..
+                },
+                Input::UnkeyedElsewhere,
+            ) => {
+                out.push(Action::Unkey(UnkeyReason::UnkeyedElsewhere));
+                Phase::Stalled
+            }
+            (
+                Phase::KeyUp { .. } | Phase::Draining { .. } | Phase::Hang { .. },
+                Input::UnkeyedElsewhere,
+            ) => {
+                out.push(Action::Unkey(UnkeyReason::UnkeyedElsewhere));
+                Phase::Idle
+            }
+            (p, Input::UnkeyedElsewhere) => p,
 
             (p, Input::KeyFailed) => {
                 out.push(Action::Unkey(UnkeyReason::KeyFailed));
@@ -394,6 +447,13 @@ pub struct TxController {
     id_overlay: VecDeque<i16>,
     unkey_owed: Option<(UnkeyReason, Instant)>,
     keyed: Option<Arc<AtomicBool>>,
+    /// PTT calls that failed in a row, shared with whoever decides the port is
+    /// lost ([`TxController::fault_counter`]).
+    faults: Arc<AtomicU32>,
+    /// When a failing PTT was last logged.
+    fault_logged: Option<Instant>,
+    /// The safety net's unkey count as last seen ([`safety::unkey_generation`]).
+    safety_seen: u64,
     _registration: Registration,
 }
 
@@ -406,6 +466,7 @@ impl TxController {
     ) -> Result<Self, PttError> {
         let ptt = SharedPtt::new(name, ptt);
         let registration = safety::register(&ptt);
+        let safety_seen = safety::unkey_generation();
         ptt.set_keyed(false)?;
         Ok(Self {
             machine: TxMachine::new(settings),
@@ -415,6 +476,9 @@ impl TxController {
             id_overlay: VecDeque::new(),
             unkey_owed: None,
             keyed: None,
+            faults: Arc::new(AtomicU32::new(0)),
+            fault_logged: None,
+            safety_seen,
             _registration: registration,
         })
     }
@@ -432,6 +496,12 @@ impl TxController {
         flag
     }
 
+    /// PTT calls (key, unkey, retries) that failed in a row; 0 after any success.
+    /// Repeated failures mean the port is gone: the endpoint closes and reopens it.
+    pub fn fault_counter(&self) -> Arc<AtomicU32> {
+        Arc::clone(&self.faults)
+    }
+
     pub fn machine(&self) -> &TxMachine {
         &self.machine
     }
@@ -445,14 +515,17 @@ impl TxController {
     }
 
     pub fn floor_taken_by_other(&mut self, now: Instant) -> Result<(), TxError> {
+        self.resync(now)?;
         self.step(now, Input::FloorTaken)
     }
 
     pub fn audio(&mut self, now: Instant, frame: Vec<i16>) -> Result<(), TxError> {
+        self.resync(now)?;
         self.step(now, Input::Audio(frame))
     }
 
     pub fn floor_released(&mut self, now: Instant) -> Result<(), TxError> {
+        self.resync(now)?;
         self.step(now, Input::FloorReleased)
     }
 
@@ -464,7 +537,31 @@ impl TxController {
         if let Some((reason, _)) = self.unkey_owed {
             self.unkey_now(now, reason)?;
         }
+        self.resync(now)?;
         self.step(now, Input::Tick)
+    }
+
+    /// Whether the safety net unkeyed every radio since we last looked; if so
+    /// and we believed ours keyed, the machine learns it
+    /// ([`Input::UnkeyedElsewhere`]). Checked before every input and, while
+    /// keyed, at least every [`SAFETY_CHECK`].
+    fn resync(&mut self, now: Instant) -> Result<(), TxError> {
+        let generation = safety::unkey_generation();
+        if generation == self.safety_seen {
+            return Ok(());
+        }
+        self.safety_seen = generation;
+        if !self.machine.is_keyed() {
+            return Ok(());
+        }
+        tracing::warn!(
+            ptt = self.ptt.name(),
+            "the safety net unkeyed the radio mid-transmission (a panic elsewhere?); \
+             keying again only for the talker's next audio, through tx_delay"
+        );
+        metrics::counter!("walkie_radio_unkeyed_elsewhere_total", "ptt" => self.ptt.name().to_owned())
+            .increment(1);
+        self.step(now, Input::UnkeyedElsewhere)
     }
 
     /// Unkey now, whatever the state; the floor must be released before the
@@ -491,11 +588,14 @@ impl TxController {
             let r = match action {
                 Action::Key => match self.ptt.set_keyed(true) {
                     Ok(()) => {
+                        self.ptt_ok();
                         tracing::info!(ptt = self.ptt.name(), "keyed");
                         Ok(())
                     }
                     Err(e) => {
-                        tracing::error!(ptt = self.ptt.name(), error = %e, "key failed");
+                        if let Some(failures) = self.ptt_failed(now) {
+                            tracing::error!(ptt = self.ptt.name(), error = %e, failures, "key failed");
+                        }
                         pending.extend(self.machine.handle(now, Input::KeyFailed));
                         Err(e.into())
                     }
@@ -564,6 +664,7 @@ impl TxController {
     fn unkey_line(&mut self, now: Instant, reason: UnkeyReason) -> Result<(), TxError> {
         match self.ptt.set_keyed(false) {
             Ok(()) => {
+                self.ptt_ok();
                 if self.unkey_owed.take().is_some() {
                     tracing::warn!(
                         ptt = self.ptt.name(),
@@ -575,11 +676,31 @@ impl TxController {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(ptt = self.ptt.name(), ?reason, error = %e, "UNKEY FAILED, will retry");
+                if let Some(failures) = self.ptt_failed(now) {
+                    tracing::error!(ptt = self.ptt.name(), ?reason, error = %e, failures, "UNKEY FAILED, will retry");
+                }
                 self.unkey_owed = Some((reason, now));
                 Err(e.into())
             }
         }
+    }
+
+    fn ptt_ok(&mut self) {
+        self.faults.store(0, Ordering::Release);
+        self.fault_logged = None;
+    }
+
+    /// Counts a failed PTT call; `Some(failures in a row)` when it is to be
+    /// logged: the first of a run, then once per [`PTT_ERROR_LOG_INTERVAL`].
+    fn ptt_failed(&mut self, now: Instant) -> Option<u32> {
+        let failures = self.faults.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let due = self
+            .fault_logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= PTT_ERROR_LOG_INTERVAL);
+        if due {
+            self.fault_logged = Some(now);
+        }
+        due.then_some(failures)
     }
 }
 
@@ -663,7 +784,13 @@ impl Drop for TxRunner {
 
 fn run(mut c: TxController, rx: mpsc::Receiver<TxCommand>) {
     loop {
-        let cmd = match c.next_deadline() {
+        // While keyed, wake up often enough to notice an unkey by the safety net.
+        let safety = c.machine.is_keyed().then(|| Instant::now() + SAFETY_CHECK);
+        let deadline = match (c.next_deadline(), safety) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let cmd = match deadline {
             Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(cmd) => Some(cmd),
                 Err(RecvTimeoutError::Timeout) => None,

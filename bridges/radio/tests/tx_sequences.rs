@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use support::{changes, ms, FakeId, FakeSink, ID_SAMPLE};
 use walkie_radio::ptt::{FakeClock, FakeModemLines, Line, PttLines, SerialLinePtt};
-use walkie_radio::tx::{Phase, TxController, TxSettings};
+use walkie_radio::tx::{Action, Input, Phase, TxController, TxMachine, TxSettings, UnkeyReason};
 
 struct Rig {
     t0: Instant,
@@ -223,6 +223,38 @@ fn release_before_tx_delay_plays_held_audio_then_hangs() {
     );
 }
 
+/// Issue 14.2: the next talker takes the floor while the machine still waits
+/// out `tx_delay` with a release pending. The pending release belongs to the
+/// previous talker: the new one's audio goes out and the radio stays keyed.
+#[test]
+fn a_new_floor_before_tx_delay_ends_cancels_the_pending_release() {
+    let mut r = rig(settings(), false, Duration::ZERO);
+    let now = r.at(0);
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(0, 60); // alice: a very short press
+    let now = r.at(60);
+    r.c.floor_released(now).expect("release");
+    let now = r.at(70); // bob, queued, gets the floor at once
+    r.c.floor_taken_by_other(now).expect("take");
+    r.audio(80, 1000);
+    assert!(
+        matches!(r.c.machine().phase(), Phase::Live { .. }),
+        "still transmitting bob: {:?}",
+        r.c.machine().phase()
+    );
+    let now = r.at(1000);
+    r.c.floor_released(now).expect("release");
+    r.tick_until(2000);
+    // alice's 3 frames and all 46 of bob's, from the end of tx_delay on.
+    let played = r.sink.played();
+    assert_eq!(played.len(), 3 + 46, "frames on the air");
+    assert_eq!(played.last().map(|(_, s)| s[0]), Some(980));
+    assert_eq!(
+        r.rts(),
+        vec![(ms(0), false), (ms(0), true), (ms(1200), false)]
+    );
+}
+
 #[test]
 fn release_without_audio_unkeys_at_once() {
     let mut r = rig(settings(), false, Duration::ZERO);
@@ -373,4 +405,49 @@ fn a_long_transmission_is_identified_while_it_lasts_without_holding_the_talker_u
         .iter()
         .any(|(at, f)| *at >= r.t0 + ms(150_000) && f[0] == ID_SAMPLE));
     assert_eq!(r.rts().last().map(|(_, l)| *l), Some(false));
+}
+
+/// Issue 14.8: the panic hook (a panic anywhere in the process) unkeyed the
+/// radio behind the machine's back. The machine must stop believing it is on
+/// the air, and key again only for the holder's fresh audio, through tx_delay.
+#[test]
+fn an_unkey_by_the_safety_net_stops_the_transmission_and_fresh_audio_keys_again_through_tx_delay() {
+    let t0 = Instant::now();
+    let at = |n: u64| t0 + ms(n);
+    let mut m = TxMachine::new(settings());
+    assert_eq!(m.handle(at(0), Input::FloorTaken), vec![Action::Key]);
+    assert_eq!(m.handle(at(20), Input::Audio(vec![1])), vec![]);
+    assert_eq!(m.handle(at(150), Input::Tick), vec![Action::Play(vec![1])]);
+    assert_eq!(
+        m.handle(at(160), Input::Audio(vec![2])),
+        vec![Action::Play(vec![2])]
+    );
+    // The hook unkeyed every radio; the controller tells the machine.
+    assert_eq!(
+        m.handle(at(170), Input::UnkeyedElsewhere),
+        vec![Action::Unkey(UnkeyReason::UnkeyedElsewhere)]
+    );
+    assert_eq!(m.phase(), &Phase::Stalled);
+    assert!(!m.is_keyed());
+    assert_eq!(m.next_deadline(), None, "nothing keys it on a timer");
+    // The holder's next audio keys again; nothing plays before tx_delay.
+    assert_eq!(m.handle(at(180), Input::Audio(vec![3])), vec![Action::Key]);
+    assert_eq!(m.handle(at(200), Input::Audio(vec![4])), vec![]);
+    assert_eq!(m.next_deadline(), Some(at(330)));
+    assert_eq!(
+        m.handle(at(330), Input::Tick),
+        vec![Action::Play(vec![3]), Action::Play(vec![4])]
+    );
+    // Unkeyed again during the hang of a released transmission: it just ends.
+    assert_eq!(m.handle(at(400), Input::FloorReleased), vec![Action::Drain]);
+    m.handle(at(400), Input::Drained { remaining: ms(20) });
+    assert!(matches!(m.phase(), Phase::Hang { .. }));
+    assert_eq!(
+        m.handle(at(450), Input::UnkeyedElsewhere),
+        vec![Action::Unkey(UnkeyReason::UnkeyedElsewhere)]
+    );
+    assert_eq!(m.phase(), &Phase::Idle);
+    assert_eq!(m.handle(at(500), Input::Audio(vec![5])), vec![]);
+    // Not keyed: nothing to do.
+    assert!(m.handle(at(600), Input::UnkeyedElsewhere).is_empty());
 }

@@ -13,7 +13,7 @@ mod card_sink;
 pub use card_sink::{CardSink, MorseId, PlaybackSlot, ID_LEVEL_DBFS};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +29,15 @@ use walkie_endpoint::{
 
 use crate::audio::{Capture, CaptureEvent, PlaybackEvent, SoundCard, FRAME_SAMPLES};
 use crate::hardware::{HardwareError, RadioHardware};
-use crate::rx::{RxDetector, RxEvent, POLL_INTERVAL};
+use crate::rx::{RxDetector, RxEvent, SquelchError, POLL_INTERVAL};
 use crate::tx::{TxCommand, TxController, TxRunner, TxSettings};
 
 /// How often missing hardware (PTT port, rigctld, sound card) is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// This many driver errors in a row (failed PTT calls, or failed reads of the
+/// COS line, polled every 10 ms) mean the serial port is gone — a USB adapter
+/// pulled out: it is closed and reopened every [`RETRY_INTERVAL`].
+pub const PORT_LOST_AFTER: u32 = 3;
 /// Received audio held while the floor request is answered; a grant normally
 /// comes within microseconds, a queue position may take longer.
 const MAX_HELD_FRAMES: usize = 50;
@@ -138,7 +142,11 @@ struct Radio {
 
     runner: Option<TxRunner>,
     keyed: Arc<AtomicBool>,
+    /// PTT calls that failed in a row, counted by the transmit thread.
+    ptt_faults: Arc<AtomicU32>,
     rx: Option<RxDetector>,
+    /// Failed polls of the receive detector in a row.
+    rx_errors: u32,
     hardware_retry: Option<Instant>,
     hardware_failures: u32,
 
@@ -171,7 +179,9 @@ impl Radio {
             link,
             runner: None,
             keyed: Arc::new(AtomicBool::new(false)),
+            ptt_faults: Arc::default(),
             rx: None,
+            rx_errors: 0,
             hardware_retry: Some(now),
             hardware_failures: 0,
             capture: None,
@@ -379,6 +389,12 @@ impl Radio {
     }
 
     async fn poll_receive(&mut self) {
+        let faults = self.ptt_faults.load(Ordering::Acquire);
+        if self.runner.is_some() && faults >= PORT_LOST_AFTER {
+            self.hardware_lost(format!("{faults} PTT commands failed in a row"))
+                .await;
+            return;
+        }
         let keyed = self.keyed.load(Ordering::Acquire);
         self.set_transmitting(keyed || self.carrying.is_some())
             .await;
@@ -386,12 +402,26 @@ impl Radio {
             return;
         };
         match rx.poll(Instant::now().into_std()) {
-            Ok(Some(RxEvent::Started)) => self.start_own_talk().await,
-            Ok(Some(RxEvent::Ended)) => self.end_own_talk().await,
-            Ok(None) => {}
+            Ok(event) => {
+                self.rx_errors = 0;
+                match event {
+                    Some(RxEvent::Started) => self.start_own_talk().await,
+                    Some(RxEvent::Ended) => self.end_own_talk().await,
+                    None => {}
+                }
+            }
             Err(error) => {
-                warn!(%error, "receive detection failed; treating the channel as quiet");
-                self.end_own_talk().await;
+                self.rx_errors += 1;
+                if self.rx_errors == 1 {
+                    warn!(%error, "receive detection failed; treating the channel as quiet");
+                    self.end_own_talk().await;
+                }
+                // A status line that cannot be read is a port that is gone
+                // (rigctld errors are rigctld's: its detector reconnects itself).
+                if matches!(error, SquelchError::Line { .. }) && self.rx_errors >= PORT_LOST_AFTER {
+                    self.hardware_lost(format!("receive detection: {error}"))
+                        .await;
+                }
             }
         }
     }
@@ -462,6 +492,38 @@ impl Radio {
         self.card_failures = 0;
     }
 
+    /// The PTT / COS port keeps failing (a USB adapter pulled out): tell the
+    /// talker the radio no longer carries them, unkey as far as the port still
+    /// lets us, close it (the transmit thread ends, its retries with it) and
+    /// reopen it every `retry` like a port that was never there. The line is
+    /// driven unkeyed again the moment it reopens.
+    async fn hardware_lost(&mut self, why: String) {
+        error!(reason = %why, retry_every = ?self.settings.retry, "radio PTT / receive detection port lost; closing it and reopening");
+        metrics::counter!("walkie_radio_port_lost_total", "endpoint" => self.id.to_string())
+            .increment(1);
+        self.link
+            .report_disconnected(format!("PTT / receive detection port lost: {why}"));
+        if let Some(tx) = self.carrying.take() {
+            let _ = self
+                .link
+                .decline(tx, format!("the radio's PTT port was lost ({why})"))
+                .await;
+        }
+        if let Some(runner) = self.runner.take() {
+            runner.send(TxCommand::Unkey);
+            // Joining waits for the final unkey attempt, bounded by the driver.
+            let _ = tokio::task::spawn_blocking(move || runner.shutdown()).await;
+        }
+        self.rx = None;
+        self.rx_errors = 0;
+        self.keyed = Arc::new(AtomicBool::new(false));
+        self.ptt_faults = Arc::default();
+        self.end_own_talk().await;
+        // The loss was logged above: reopening failures are debug from here on.
+        self.hardware_failures = 1;
+        self.hardware_retry = Some(Instant::now() + self.settings.retry);
+    }
+
     /// Connected, for `/status` and metrics, once both the PTT side and the sound
     /// card are open.
     fn report_if_ready(&self) {
@@ -501,7 +563,8 @@ impl Radio {
                     controller = controller.with_id_source(Box::new(id));
                 }
                 let keyed = controller.keyed_flag();
-                Ok((TxRunner::spawn(controller), keyed, squelch))
+                let faults = controller.fault_counter();
+                Ok((TxRunner::spawn(controller), keyed, faults, squelch))
             });
             (opener, result)
         })
@@ -510,7 +573,7 @@ impl Radio {
         let (opener, result) = opened;
         self.open_hardware = Some(opener);
         match result {
-            Ok((runner, keyed, squelch)) => {
+            Ok((runner, keyed, faults, squelch)) => {
                 if self.hardware_failures > 0 {
                     info!(
                         attempts = self.hardware_failures + 1,
@@ -521,7 +584,9 @@ impl Radio {
                 }
                 self.runner = Some(runner);
                 self.keyed = keyed;
+                self.ptt_faults = faults;
                 self.rx = Some(RxDetector::new(squelch, self.settings.rx_mute_after_tx));
+                self.rx_errors = 0;
                 self.transmitting = false;
                 self.hardware_retry = None;
                 self.hardware_failures = 0;

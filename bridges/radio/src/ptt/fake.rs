@@ -55,6 +55,7 @@ struct State {
     events: Vec<LineEvent>,
     file: Option<File>,
     fail_next: u32,
+    unplugged: bool,
 }
 
 /// Modem lines for tests, behind the same [`ModemLines`] trait as the real
@@ -106,6 +107,21 @@ impl FakeModemLines {
         self.with(|s| s.fail_next = n);
     }
 
+    /// Pull the USB adapter out (`true`): every write and read fails, as on a
+    /// serial port whose device vanished, until it is plugged back in
+    /// (`false`). Plugged back, both lines are asserted again, as Linux leaves
+    /// them when the port is opened anew — only a reopen that drives them to
+    /// unkeyed brings them down.
+    pub fn set_unplugged(&self, unplugged: bool) {
+        self.with(|s| {
+            if s.unplugged && !unplugged {
+                s.rts = true;
+                s.dtr = true;
+            }
+            s.unplugged = unplugged;
+        });
+    }
+
     pub fn events(&self) -> Vec<LineEvent> {
         self.with(|s| s.events.clone())
     }
@@ -133,6 +149,9 @@ impl FakeModemLines {
             .as_ref()
             .map_or_else(Instant::now, FakeClock::now);
         self.with(|s| {
+            if s.unplugged {
+                return Err(unplugged_error("set line"));
+            }
             if s.fail_next > 0 {
                 s.fail_next -= 1;
                 return Err(PttError::Line {
@@ -160,6 +179,14 @@ impl FakeModemLines {
     }
 }
 
+fn unplugged_error(what: &'static str) -> PttError {
+    PttError::Line {
+        port: "fake".to_owned(),
+        what,
+        reason: "No such device (os error 19)".to_owned(),
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one host
 /// (what `Instant` uses on Linux, but `Instant` cannot be exported).
 pub fn monotonic_ns() -> u64 {
@@ -180,6 +207,9 @@ impl ModemLines for FakeModemLines {
         self.set(Line::Dtr, level)
     }
     fn levels(&mut self) -> Result<Option<LineLevels>, PttError> {
+        if self.with(|s| s.unplugged) {
+            return Err(unplugged_error("read modem lines"));
+        }
         Ok(Some(self.levels_now()))
     }
     fn describe(&self) -> String {

@@ -12,6 +12,17 @@ use crate::PttError;
 
 static REGISTRY: Mutex<Vec<(u64, WeakPtt)>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Counts [`unkey_all`] runs (panic hook, signal path), so a transmit
+/// controller can tell that its radio was unkeyed behind its back.
+static UNKEY_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the safety net has unkeyed every radio so far. Raised
+/// *before* the radios are unkeyed: a controller that sees the new value may
+/// act a moment early (unkey a radio that is about to be unkeyed anyway),
+/// never late.
+pub fn unkey_generation() -> u64 {
+    UNKEY_GENERATION.load(Ordering::Acquire)
+}
 
 /// Keeps a PTT in the registry; dropping it takes it out.
 pub struct Registration(u64);
@@ -49,6 +60,7 @@ pub fn unkey_all() -> Vec<Unkeyed> {
 }
 
 fn unkey_all_within(wait: Duration) -> Vec<Unkeyed> {
+    UNKEY_GENERATION.fetch_add(1, Ordering::AcqRel);
     let entries: Vec<WeakPtt> = match lock_within(&REGISTRY, wait) {
         Some(r) => r.iter().map(|(_, w)| w.clone()).collect(),
         None => {

@@ -126,7 +126,9 @@ impl RxDetector {
     pub fn poll(&mut self, now: Instant) -> Result<Option<RxEvent>, super::SquelchError> {
         let detected = if self.gate.is_muted(now) {
             // Not polled while muted: a line detector's debouncer then starts
-            // from its last state, which reset() cleared on key-up.
+            // from its last state, which reset() cleared on key-up. Probed,
+            // so that a port that vanished is still reported.
+            self.squelch.probe()?;
             false
         } else {
             self.squelch.poll(now)?

@@ -165,6 +165,10 @@ impl<M: ModemStatus> Squelch for LineSquelch<M> {
     fn reset(&mut self) {
         self.debounce.reset();
     }
+
+    fn probe(&mut self) -> Result<(), SquelchError> {
+        self.read_raw().map(|_| ())
+    }
 }
 
 /// A modem-status fake for tests: line levels set by the test, shared with

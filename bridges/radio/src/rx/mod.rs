@@ -69,6 +69,14 @@ pub trait Squelch: Send {
 
     /// Forgets any detected signal, e.g. when our own transmission starts.
     fn reset(&mut self) {}
+
+    /// Reads the detector's hardware without taking its answer, to learn that
+    /// it is still there while the answer is ignored (muted during our own
+    /// transmission): a serial port pulled out mid-transmission is noticed at
+    /// once, not when the talk ends.
+    fn probe(&mut self) -> Result<(), SquelchError> {
+        Ok(())
+    }
 }
 
 /// Accepts a new input state only after it has been stable for `hold`.
