@@ -98,6 +98,12 @@ impl Recorder {
             .create_new(true)
             .open(&part)
             .map_err(ArchiveError::io("creating", &part))?;
+        // Tells start-up recovery (of this or another bridge on the same spool)
+        // that the file is being written, not left over by a crash. Released when
+        // the file is closed: by finish, abort, or the process dying.
+        if let Err(error) = file.try_lock() {
+            tracing::debug!(path = %part.display(), %error, "cannot lock the spool file; recovery relies on start-up order alone");
+        }
         let writer = OggOpusWriter::with_options(
             file,
             OggOpusOptions {
