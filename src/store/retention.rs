@@ -92,7 +92,8 @@ impl Store {
 /// that fails is logged and counted (`walkie_store_prune_errors_total`); the
 /// next one tries again.
 pub async fn prune_periodically(store: Store, retention: Retention, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(retention.interval);
+    // interval() refuses zero; a pass a second is plenty even for tests.
+    let mut ticks = tokio::time::interval(retention.interval.max(Duration::from_secs(1)));
     // After a suspend, one pass is enough: each pass removes all that is due.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
