@@ -1,6 +1,7 @@
-//! The running bridge: store, homeserver client, appservice server, one hub per
-//! channel with its Matrix room endpoint, the archive outbox — started in order,
-//! stopped in reverse order.
+//! The running bridge: store (and the archive spool recovered, before anything
+//! can record), homeserver client, appservice server, one hub per channel with
+//! its Matrix room endpoint, the archive outbox and the database pruning —
+//! started in order, stopped in reverse order.
 //!
 //! Shutdown order matters: the hubs stop first, so every endpoint hears the floor
 //! released (a keyed radio unkeys, a recording is finished and queued); then the
@@ -232,9 +233,10 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         warn!(%channel, "an extra endpoint names a channel that is not bridged");
     }
 
-    // After recovery (above), which tells posted recordings from unposted ones by their
-    // outbox rows. (A homeserver whose database was reset reuses transaction
-    // numbers the bridge still remembers: see the README's troubleshooting.)
+    // Only after recovery (above), which tells posted recordings from unposted
+    // ones by their outbox rows. (A homeserver whose database was reset reuses
+    // transaction numbers the bridge still remembers: see the README's
+    // troubleshooting.)
     let prune_token = CancellationToken::new();
     let prune_task = tokio::spawn(prune_periodically(
         store.clone(),
