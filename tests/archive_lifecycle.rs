@@ -81,7 +81,7 @@ async fn talk_through_startup(
         remaining = match remaining {
             Some(n) => Some(n - 1),
             // Every 10th frame: one look at /health per 200 ms of talk.
-            None if sent % 10 == 0 && healthy(status).await => Some(tail),
+            None if sent.is_multiple_of(10) && healthy(status).await => Some(tail),
             None => None,
         };
     }
