@@ -1,7 +1,8 @@
 //! Soak: the real `walkie-bridge` binary carries 20 channels of synthetic MQTT
 //! traffic for a long time (30 minutes by default) while its RSS, CPU and
 //! per-frame latency are sampled every 30 s; at the end it prints start vs end
-//! and the least-squares drift (slope) of each, and writes docs/bench/soak.csv.
+//! and the least-squares drift (slope) of each, and writes docs/bench/soak.csv
+//! (`--out DIR`: DIR/soak.csv instead).
 //!
 //! Not part of CI. Run it with `scripts/soak.sh [MINUTES]`, or
 //! `cargo bench --bench soak -- --minutes 30`. Never fails on a time.
@@ -40,6 +41,7 @@ const WINDOW_TICKS: u64 = 1500;
 
 fn main() {
     let mut minutes = 30.0_f64;
+    let mut out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--minutes" {
@@ -47,6 +49,8 @@ fn main() {
                 .next()
                 .and_then(|m| m.parse().ok())
                 .expect("--minutes takes a number");
+        } else if arg == "--out" {
+            out = args.next().expect("--out takes a folder").into();
         }
     }
     pin_to(CLIENT_CORE);
@@ -55,7 +59,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0)));
+    runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0), &out));
 }
 
 #[derive(Default)]
@@ -71,6 +75,9 @@ struct Row {
     rss_kib: u64,
     hwm_kib: u64,
     cpu_percent: f64,
+    /// Bridge CPU time per frame carried: comparable between windows that
+    /// carried different traffic (the first one, while channels ramp in).
+    cpu_us_per_frame: f64,
     p50: [f64; 2],
     p99: [f64; 2],
     max: [f64; 2],
@@ -80,7 +87,7 @@ struct Row {
     load: String,
 }
 
-async fn soak(length: Duration) {
+async fn soak(length: Duration, out: &Path) {
     let dir = run_dir("soak");
     let broker = broker().await;
     let (listen, status) = ports();
@@ -119,10 +126,11 @@ async fn soak(length: Duration) {
     let (idle_rss, _) = bridge.rss_kib();
     println!("RSS idle with 20 channels: {idle_rss} KiB");
     println!(
-        "{:>6} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}  load",
+        "{:>6} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}  load",
         "min",
         "RSS KiB",
         "CPU%",
+        "CPU us/fr",
         "opus p50",
         "opus p99",
         "pcm p50",
@@ -182,6 +190,7 @@ async fn soak(length: Duration) {
             let (rss, hwm) = bridge.rss_kib();
             let cpu = bridge.cpu_seconds();
             let cpu_percent = (cpu - cpu_mark.0) / cpu_mark.1.elapsed().as_secs_f64() * 100.0;
+            let cpu_us_per_frame = (cpu - cpu_mark.0) * 1e6 / window.sent.max(1) as f64;
             cpu_mark = (cpu, Instant::now());
             let s = [
                 summarize(&window.latencies[0]),
@@ -201,6 +210,7 @@ async fn soak(length: Duration) {
                 rss_kib: rss,
                 hwm_kib: hwm,
                 cpu_percent,
+                cpu_us_per_frame,
                 p50: [s[0].p50, s[1].p50],
                 p99: [s[0].p99, s[1].p99],
                 max: [s[0].max, s[1].max],
@@ -210,10 +220,11 @@ async fn soak(length: Duration) {
                 load: loadavg(),
             };
             println!(
-                "{:>6.1} {:>9} {:>6.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5}  {}",
+                "{:>6.1} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5}  {}",
                 row.minute,
                 row.rss_kib,
                 row.cpu_percent,
+                row.cpu_us_per_frame,
                 row.p50[0],
                 row.p99[0],
                 row.p50[1],
@@ -244,7 +255,7 @@ async fn soak(length: Duration) {
         "bridge counters: frames forwarded {forwarded}, endpoint frames dropped {dropped}; \
          bench sender at most {sender_behind_max:.1?} behind its 20 ms schedule"
     );
-    write_csv(&rows);
+    write_csv(&rows, out);
     bridge.stop();
     drop(matrix);
 }
@@ -254,6 +265,11 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         println!("soak too short: no 30 s window completed");
         return;
     };
+    // The staggered channels ramp in during the first window(s): those carry
+    // less traffic, so their CPU and RSS are no baseline for a drift.
+    let full = rows.iter().map(|r| r.sent).max().unwrap_or(0);
+    let steady: Vec<&Row> = rows.iter().filter(|r| r.sent == full).collect();
+    let base = steady.first().copied().unwrap_or(first);
     let rss: Vec<(f64, f64)> = rows.iter().map(|r| (r.minute, r.rss_kib as f64)).collect();
     println!();
     println!(
@@ -299,16 +315,50 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
     }
     let cpu: Vec<f64> = rows.iter().map(|r| r.cpu_percent).collect();
     println!(
-        "  bridge CPU: first window {:.1} %, last {:.1} %, mean {:.1} % of one core",
+        "  bridge CPU: first window {:.1} % ({} frames), last {:.1} %, mean {:.1} % of one core",
         first.cpu_percent,
+        first.sent,
         last.cpu_percent,
         cpu.iter().sum::<f64>() / cpu.len() as f64
     );
+    let steady_cpu: Vec<(f64, f64)> = steady.iter().map(|r| (r.minute, r.cpu_percent)).collect();
+    let steady_us: Vec<(f64, f64)> = steady
+        .iter()
+        .map(|r| (r.minute, r.cpu_us_per_frame))
+        .collect();
+    let steady_rss: Vec<(f64, f64)> = steady
+        .iter()
+        .map(|r| (r.minute, r.rss_kib as f64))
+        .collect();
+    let mean = |v: &[&Row], n: usize, f: fn(&Row) -> f64| {
+        let taken: Vec<f64> = v.iter().take(n).map(|r| f(r)).collect();
+        taken.iter().sum::<f64>() / taken.len().max(1) as f64
+    };
+    let tail: Vec<&Row> = steady.iter().rev().copied().collect();
+    println!(
+        "  steady state (the {} windows at full traffic, {full} frames each, from minute {:.1}): \
+         CPU first {:.1} % / last {:.1} %, mean of first 10 {:.1} % / last 10 {:.1} %, \
+         slope {:+.4} points/min; CPU per frame first {:.1} / last {:.1} us, slope {:+.4} us/min; \
+         RSS first {} KiB / last {} KiB ({:+.2} %), slope {:+.1} KiB/min",
+        steady.len(),
+        base.minute,
+        base.cpu_percent,
+        last.cpu_percent,
+        mean(&steady, 10, |r| r.cpu_percent),
+        mean(&tail, 10, |r| r.cpu_percent),
+        slope(&steady_cpu),
+        base.cpu_us_per_frame,
+        last.cpu_us_per_frame,
+        slope(&steady_us),
+        base.rss_kib,
+        last.rss_kib,
+        (last.rss_kib as f64 / base.rss_kib.max(1) as f64 - 1.0) * 100.0,
+        slope(&steady_rss)
+    );
 }
 
-fn write_csv(rows: &[Row]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
-    let _ = std::fs::create_dir_all(&dir);
+fn write_csv(rows: &[Row], dir: &Path) {
+    let _ = std::fs::create_dir_all(dir);
     let path = dir.join("soak.csv");
     let Ok(mut file) = std::fs::File::create(&path) else {
         eprintln!("cannot write {}", path.display());
@@ -316,17 +366,18 @@ fn write_csv(rows: &[Row]) {
     };
     let _ = writeln!(
         file,
-        "minute,rss_kib,hwm_kib,cpu_percent,opus_p50_ms,opus_p99_ms,opus_max_ms,\
+        "minute,rss_kib,hwm_kib,cpu_percent,cpu_us_per_frame,opus_p50_ms,opus_p99_ms,opus_max_ms,\
          pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,loadavg"
     );
     for r in rows {
         let _ = writeln!(
             file,
-            "{:.2},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
+            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
             r.minute,
             r.rss_kib,
             r.hwm_kib,
             r.cpu_percent,
+            r.cpu_us_per_frame,
             r.p50[0],
             r.p99[0],
             r.max[0],

@@ -1,6 +1,7 @@
-//! The running bridge: store, homeserver client, appservice server, one hub per
-//! channel with its Matrix room endpoint, the archive outbox — started in order,
-//! stopped in reverse order.
+//! The running bridge: store (and the archive spool recovered, before anything
+//! can record), homeserver client, appservice server, one hub per channel with
+//! its Matrix room endpoint, the archive outbox and the database pruning —
+//! started in order, stopped in reverse order.
 //!
 //! Shutdown order matters: the hubs stop first, so every endpoint hears the floor
 //! released (a keyed radio unkeys, a recording is finished and queued); then the
@@ -35,12 +36,13 @@ use crate::ops;
 use crate::ops::channels::{build_endpoints, ChannelDeps, Channels};
 use crate::ops::notify::Notifier;
 use crate::ops::status::{Phase, StatusServer};
-use crate::store::Store;
+use crate::store::{prune_periodically, Retention, Store};
 
 /// Appservice events waiting for the router.
 const DISPATCH_QUEUE: usize = 256;
-/// Handled appservice transactions older than this are forgotten at start-up.
-const TXN_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a reload may keep the watchdog fed: one still running after this is
+/// hung, and systemd's watchdog should catch it.
+const RELOAD_WATCHDOG_LIMIT: Duration = Duration::from_secs(120);
 /// How long start-up waits between attempts while the homeserver is unreachable.
 const HOMESERVER_RETRY_CAP: Duration = Duration::from_secs(30);
 /// How often the systemd STATUS line is brought up to date (sent only on change).
@@ -53,6 +55,7 @@ pub struct Daemon {
     extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
     reload: Option<mpsc::Receiver<Config>>,
     notifier: Option<Notifier>,
+    retention: Retention,
 }
 
 impl Daemon {
@@ -62,6 +65,7 @@ impl Daemon {
             extra_endpoints: Vec::new(),
             reload: None,
             notifier: None,
+            retention: Retention::default(),
         }
     }
 
@@ -88,6 +92,13 @@ impl Daemon {
         self
     }
 
+    /// How long the database keeps what only grows, and how often it is pruned
+    /// (default: [`Retention::default`], documented in the README).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         run_daemon(self, shutdown).await
     }
@@ -104,6 +115,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         extra_endpoints,
         mut reload,
         notifier,
+        retention,
     } = daemon;
     let notifier = notifier.unwrap_or_else(Notifier::disabled);
     // Before any hub or endpoint resolves a counter: handles taken earlier record
@@ -113,14 +125,11 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     let store = Store::connect(&config.database.url)
         .await
         .context("cannot open the database")?;
-    // Synapse numbers its transactions from 1 per appservice; forgetting old ones
-    // keeps the table small. (A homeserver whose database was reset reuses low
-    // numbers: see the README's troubleshooting.)
-    if let Err(error) = store
-        .prune_txns(std::time::SystemTime::now() - TXN_MEMORY)
-        .await
-    {
-        warn!(%error, "cannot prune handled transactions");
+    // Before any endpoint can start a recording: recovery takes every `.part` it
+    // finds for the leftover of a crash, so it must run while none is being
+    // written (a recorder also locks its file, which recovery respects).
+    if let Err(error) = recover_spool(&config.archive.spool_dir, &store).await {
+        error!(%error, "cannot recover the archive spool");
     }
     let homeserver = Homeserver::new(
         config.homeserver.url.clone(),
@@ -230,9 +239,16 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         warn!(%channel, "an extra endpoint names a channel that is not bridged");
     }
 
-    if let Err(error) = recover_spool(&config.archive.spool_dir, &store).await {
-        error!(%error, "cannot recover the archive spool");
-    }
+    // Only after recovery (above), which tells posted recordings from unposted
+    // ones by their outbox rows. (A homeserver whose database was reset reuses
+    // transaction numbers the bridge still remembers: see the README's
+    // troubleshooting.)
+    let prune_token = CancellationToken::new();
+    let prune_task = tokio::spawn(prune_periodically(
+        store.clone(),
+        retention,
+        prune_token.clone(),
+    ));
     let outbox_token = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(outbox_token.clone()));
 
@@ -259,7 +275,8 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             Some(new) = recv(&mut reload) => {
                 notifier.reloading();
                 phase_tx.send_replace(Phase::Reloading);
-                apply_reload(&mut channels, &config, &current, &new).await;
+                let reloading = apply_reload(&mut channels, &config, &current, &new);
+                feeding_watchdog(reloading, &mut watchdog, &notifier).await;
                 current = new;
                 phase_tx.send_replace(Phase::Running);
                 summary = ops::summary(&channels.observers());
@@ -282,6 +299,8 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     live.stop().await;
     outbox_token.cancel();
     let _ = outbox_task.await;
+    prune_token.cancel();
+    let _ = prune_task.await;
     server_token.cancel();
     match server_task.await {
         Ok(Err(error)) => warn!(%error, "appservice server stopped with an error"),
@@ -317,6 +336,33 @@ async fn recv(reload: &mut Option<mpsc::Receiver<Config>>) -> Option<Config> {
             }
         },
         None => std::future::pending().await,
+    }
+}
+
+/// Runs `work` (a reload) while still sending WATCHDOG=1: stopping a channel
+/// waits for its endpoints and starting one for the homeserver, which can take
+/// longer than the watchdog interval without anything being stuck. The pings
+/// stop after [`RELOAD_WATCHDOG_LIMIT`], so a reload that really hangs is still
+/// caught by systemd. Homeserver events wait in the dispatch queue meanwhile.
+async fn feeding_watchdog<T>(
+    work: impl std::future::Future<Output = T>,
+    watchdog: &mut Option<tokio::time::Interval>,
+    notifier: &Notifier,
+) -> T {
+    tokio::pin!(work);
+    let limit = tokio::time::sleep(RELOAD_WATCHDOG_LIMIT);
+    tokio::pin!(limit);
+    let mut feeding = true;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = &mut limit, if feeding => {
+                feeding = false;
+                error!(limit = ?RELOAD_WATCHDOG_LIMIT, "the reload is still running; the watchdog is no longer fed");
+            }
+            _ = tick(watchdog), if feeding => notifier.watchdog(),
+        }
     }
 }
 

@@ -354,3 +354,44 @@ async fn a_finished_file_missing_from_the_outbox_is_queued_once() {
     let again = recover_spool(spool.path(), &store).await.expect("recovery");
     assert_eq!(again, Default::default());
 }
+
+/// Issue 14.1: recovery running while a recorder writes (a second daemon on the
+/// same spool, or recovery started late) leaves its `.part` alone: the recorder
+/// finishes the whole transmission, and nothing is salvaged or moved aside.
+#[tokio::test]
+async fn recovery_leaves_a_recording_in_progress_alone() {
+    let packets = opus_packets(&common::speech(48_000)[..48_000 * 3]);
+    let spool = tempfile::tempdir().expect("temp dir");
+    let db = tempfile::tempdir().expect("temp dir");
+    let store = open_store(&sqlite_url(db.path())).await;
+
+    let mut recorder = Recorder::start(spool.path(), meta(ROOM, SENDER)).expect("start");
+    let tx = recorder.meta().tx;
+    let (first, rest) = packets.split_at(packets.len() / 2);
+    for (seq, p) in first.iter().enumerate() {
+        recorder
+            .push(&AudioFrame::opus(seq as u32, p.clone()))
+            .expect("push");
+    }
+
+    let recovery = recover_spool(spool.path(), &store).await.expect("recovery");
+    assert_eq!(
+        recovery,
+        Default::default(),
+        "recovery touched the file of a running recorder"
+    );
+    assert_eq!(files_in(spool.path()), [format!("{tx}.ogg.part")]);
+
+    for (seq, p) in rest.iter().enumerate() {
+        recorder
+            .push(&AudioFrame::opus((first.len() + seq) as u32, p.clone()))
+            .expect("push");
+    }
+    let item = recorder
+        .finish(Duration::from_millis(300))
+        .expect("the recorder finishes its own file")
+        .expect("long enough");
+    assert_eq!(item.duration_ms, playback_ms(packets.len()));
+    assert_eq!(files_in(spool.path()), [format!("{tx}.ogg")]);
+    assert_eq!(store.outbox_depth().await.expect("depth"), 0);
+}

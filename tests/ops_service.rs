@@ -775,3 +775,153 @@ async fn journal_lines_carry_priorities_and_sighup_changes_the_log_level() {
     let exit = child.stop(Duration::from_secs(5)).await.expect("stopped");
     assert!(exit.success(), "{exit}");
 }
+
+/// The pid of the process whose command line mentions `needle` (the harness
+/// keeps no pid of Synapse; its config path is unique to the test).
+fn pid_with_arg(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(needle)
+                .then_some(pid)
+        })
+}
+
+fn signal_pid(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// A process stopped (SIGSTOP) until this is dropped, also when a test fails.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        signal_pid(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal_pid(self.0, "CONT");
+    }
+}
+
+/// Reads notify messages until one holds `line`; returns every line read.
+async fn notify_until(
+    socket: &UnixDatagram,
+    child: &ChildGuard,
+    line: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let mut buf = vec![0u8; 4096];
+        let n = match tokio::time::timeout_at(deadline.into(), socket.recv(&mut buf)).await {
+            Ok(received) => received.expect("recv"),
+            Err(_) => panic!(
+                "no {line} within {within:?}; notify messages: {seen:?}\n{}",
+                child.log_tail(40)
+            ),
+        };
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let found = message.lines().any(|l| l == line);
+        seen.extend(message.lines().map(str::to_owned));
+        if found {
+            return seen;
+        }
+    }
+}
+
+/// Issue 14.10: a SIGHUP reload that takes longer than the watchdog interval
+/// (it starts a channel while the homeserver hangs) must not starve systemd's
+/// watchdog: WATCHDOG=1 keeps coming between RELOADING=1 and the READY=1 that
+/// ends the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_while_a_slow_reload_runs() {
+    let setup = bridge_common::setup().await;
+    setup
+        .synapse
+        .client(&setup.alice)
+        .create_room(&bridge_common::ops_room().name("Lobby").alias("lobby"))
+        .await
+        .expect("lobby room");
+    let port = free_port();
+    let base = config_text(&setup, port, None);
+    let config = write_config(&setup, &base);
+    let socket_path = setup.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+    let socket_env = socket_path.display().to_string();
+    // 1 s watchdog: a ping every 500 ms.
+    let mut child = spawn(
+        &config,
+        setup.dir.path().join("bridge.log"),
+        &[("NOTIFY_SOCKET", &socket_env), ("WATCHDOG_USEC", "1000000")],
+    );
+    notify_until(&socket, &child, "READY=1", WAIT).await;
+    healthy(&mut child, port).await;
+
+    let synapse =
+        pid_with_arg(&setup.synapse.config_path().display().to_string()).expect("Synapse's pid");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[channel]]\nname = \"lobby\"\nroom = \"#lobby:{}\"\nendpoints = []\n",
+            bridge_common::SERVER
+        ),
+    )
+    .expect("config written");
+    // The homeserver hangs: preparing the new channel's room waits for it.
+    let frozen = Frozen::new(synapse);
+    signal(&child, "HUP");
+    let before = notify_until(&socket, &child, "RELOADING=1", WAIT).await;
+    let reloading_at = Instant::now();
+    // Six intervals' worth of hang: at least three pings must come meanwhile.
+    let hang = Duration::from_secs(3);
+    let mut during = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(received) =
+        tokio::time::timeout_at((reloading_at + hang).into(), socket.recv(&mut buf)).await
+    {
+        let n = received.expect("recv");
+        during.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    drop(frozen);
+    assert!(
+        !during.iter().any(|l| l == "READY=1"),
+        "the reload ended while the homeserver hung; the test proves nothing: {during:?}"
+    );
+    let pings = during.iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!(
+        pings >= 3,
+        "{pings} WATCHDOG=1 in the {hang:?} a reload ran (interval 500 ms): systemd would \
+         kill the bridge mid-reload. Notify lines during the reload: {during:?} (before: {} lines)",
+        before.len()
+    );
+    // Once the homeserver answers, the reload completes and the channel runs.
+    notify_until(&socket, &child, "READY=1", WAIT).await;
+    until(&mut child, "the lobby channel", || async move {
+        let status = status(port).await;
+        status["channels"]
+            .as_array()?
+            .iter()
+            .any(|c| c["name"] == "lobby")
+            .then_some(())
+    })
+    .await;
+    child.stop(Duration::from_secs(10)).await.expect("stopped");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Barrier;
 use walkie_bridge::store::{
-    Backend, OptIn, OutboxEntry, OutboxItem, PuppetProfile, Store, StoreError,
+    Backend, OptIn, OutboxEntry, OutboxItem, Pruned, PuppetProfile, Retention, Store, StoreError,
 };
 use walkie_endpoint::{EndpointId, TxId};
 
@@ -48,6 +48,7 @@ suite!(
     puppets_keep_profile_rooms_and_registration,
     opt_ins_cover_devices_and_expire,
     outbox_moves_through_upload_post_and_failure,
+    retention_prunes_each_table_past_its_time,
 );
 
 fn sqlite_url(dir: &Path) -> String {
@@ -527,6 +528,89 @@ async fn opt_ins_cover_devices_and_expire(url: &str) {
         .await
         .unwrap()
         .is_some());
+    store.close().await;
+}
+
+/// Issue 14.5: one pass of the periodic pruning removes, from every table that
+/// only grows, exactly the rows past their retention — and nothing still in use
+/// (a pending voice message, a live opt-in, a recent transaction).
+async fn retention_prunes_each_table_past_its_time(url: &str) {
+    let store = open(url).await;
+    let day = secs(86_400);
+    let retention = Retention {
+        posted: 7 * day,
+        handled_txns: 2 * day,
+        handled_events: 2 * day,
+        expired_opt_ins: day,
+        interval: secs(3600),
+    };
+    let t0 = now_ms();
+    let posted = item("posted", t0);
+    let pending = item("pending", t0);
+    for i in [&posted, &pending] {
+        store.enqueue_outbox(i).await.unwrap();
+    }
+    store.outbox_posted(posted.tx, "$posted").await.unwrap();
+    store.mark_txn_handled("t-old").await.unwrap();
+    for event in ["$handled", "$never-handled"] {
+        assert!(store
+            .queue_inbound(event, "!ops:example.org", "{}")
+            .await
+            .unwrap());
+    }
+    store.inbound_done("$handled").await.unwrap();
+    store
+        .set_opt_in("@ended:example.org", None, Some(t0))
+        .await
+        .unwrap();
+    store
+        .set_opt_in("@later:example.org", None, Some(t0 + 30 * day))
+        .await
+        .unwrap();
+    store
+        .set_opt_in("@always:example.org", None, None)
+        .await
+        .unwrap();
+
+    // Nothing is old enough yet.
+    assert_eq!(
+        store.prune(&retention, t0 + day / 2).await.unwrap(),
+        Pruned::default()
+    );
+    // Three days on: the transaction, both room events and the ended opt-in are
+    // past their time.
+    assert_eq!(
+        store.prune(&retention, t0 + 3 * day).await.unwrap(),
+        Pruned {
+            posted: 0,
+            handled_txns: 1,
+            handled_events: 2,
+            expired_opt_ins: 1,
+        }
+    );
+    assert!(!store.txn_handled("t-old").await.unwrap());
+    assert!(!store.inbound_handled("$handled").await.unwrap());
+    assert!(store.pending_inbound().await.unwrap().is_empty());
+    // Eight days on: the posted voice message too, never the pending one.
+    let pruned = store.prune(&retention, t0 + 8 * day).await.unwrap();
+    assert_eq!(pruned.posted, 1, "{pruned:?}");
+    assert_eq!(store.outbox_entry(posted.tx).await.unwrap(), None);
+    assert!(store.outbox_entry(pending.tx).await.unwrap().is_some());
+    assert_eq!(store.outbox_depth().await.unwrap(), 1);
+    for user in ["@later:example.org", "@always:example.org"] {
+        assert!(
+            store.opted_in(user, None, t0).await.unwrap().is_some(),
+            "{user} still opted in"
+        );
+    }
+    assert_eq!(
+        store
+            .opted_in("@ended:example.org", None, t0 - secs(1))
+            .await
+            .unwrap(),
+        None,
+        "the ended opt-in is gone, even when asked about a time it covered"
+    );
     store.close().await;
 }
 

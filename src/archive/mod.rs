@@ -22,14 +22,16 @@ mod recorder;
 mod recovery;
 mod spool;
 mod voice_message;
+mod worker;
 
 use std::path::PathBuf;
 
 pub use outbox::{Outbox, OutboxSettings, OutboxWaker, ABANDONED_PREFIX};
-pub use recorder::{Recorder, RecordingMeta, RecordingStats};
+pub use recorder::{set_spool_write_delay_for_tests, Recorder, RecordingMeta, RecordingStats};
 pub use recovery::{recover_spool, Recovery};
 pub use spool::{spool_path, MIMETYPE};
 pub use voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
+pub use worker::{Recorded, RecordingWorker, FRAME_QUEUE};
 
 pub use crate::store::OutboxItem;
 

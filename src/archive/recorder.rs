@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use walkie_endpoint::audio::{
@@ -11,6 +12,26 @@ use walkie_endpoint::{AudioFrame, TxId};
 
 use super::spool::{self, MIMETYPE};
 use super::{ArchiveError, OutboxItem};
+
+/// Extra time each packet write takes, in nanoseconds: a slow spool disk, for
+/// tests only (see [`set_spool_write_delay_for_tests`]). Zero in production.
+static SPOOL_WRITE_DELAY_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every recorder in this process take `delay` longer per packet, as a
+/// slow or stalled spool disk would. For tests of what a slow disk must not
+/// hold up; process-wide, so such a test wants a test binary of its own.
+#[doc(hidden)]
+pub fn set_spool_write_delay_for_tests(delay: Duration) {
+    let ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+    SPOOL_WRITE_DELAY_NS.store(ns, Ordering::Relaxed);
+}
+
+fn slow_spool_pause() {
+    let ns = SPOOL_WRITE_DELAY_NS.load(Ordering::Relaxed);
+    if ns > 0 {
+        std::thread::sleep(Duration::from_nanos(ns));
+    }
+}
 
 /// Who said what where: everything the outbox needs besides the audio.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +119,12 @@ impl Recorder {
             .create_new(true)
             .open(&part)
             .map_err(ArchiveError::io("creating", &part))?;
+        // Tells start-up recovery (of this or another bridge on the same spool)
+        // that the file is being written, not left over by a crash. Released when
+        // the file is closed: by finish, abort, or the process dying.
+        if let Err(error) = file.try_lock() {
+            tracing::debug!(path = %part.display(), %error, "cannot lock the spool file; recovery relies on start-up order alone");
+        }
         let writer = OggOpusWriter::with_options(
             file,
             OggOpusOptions {
@@ -181,6 +208,7 @@ impl Recorder {
         let Some(writer) = self.writer.as_mut() else {
             return Ok(());
         };
+        slow_spool_pause();
         writer
             .write_packet(&frame.opus)
             .map_err(ArchiveError::audio("writing", &self.part))?;

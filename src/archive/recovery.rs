@@ -32,7 +32,10 @@ pub struct Recovery {
 }
 
 /// Brings the spool directory and the outbox back in line after a crash.
-/// Call it once at start-up, before the recorder and the outbox run.
+/// Call it once at start-up, before the recorder and the outbox run. A `.part`
+/// file locked by a running [`Recorder`](super::Recorder) (one started early,
+/// or another process on the same spool) is not a crash leftover and is left
+/// alone.
 ///
 /// - `<tx>.ogg` with no outbox row is read back (room, sender, channel and
 ///   start time come from its tags) and enqueued; one whose row is already
@@ -80,15 +83,22 @@ pub async fn recover_spool(spool_dir: &Path, store: &Store) -> Result<Recovery, 
     }
 
     for (tx, part) in parts {
+        let Some(lock) = claim(&part) else {
+            continue;
+        };
         if finished.contains_key(&tx) {
             // Salvage or finish completed the rename but died before deleting.
             remove(&part, &mut recovery);
             continue;
         }
         let (d, p) = (dir.clone(), part.clone());
-        let salvaged = tokio::task::spawn_blocking(move || salvage(&d, tx, &p))
-            .await
-            .unwrap_or_else(|e| Err(format!("salvage task failed: {e}")));
+        let salvaged = tokio::task::spawn_blocking(move || {
+            let salvaged = salvage(&d, tx, &p);
+            drop(lock);
+            salvaged
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("salvage task failed: {e}")));
         match salvaged {
             Ok(path) => {
                 tracing::warn!(%tx, path = %path.display(), "salvaged a recording cut off by a crash");
@@ -130,6 +140,30 @@ pub async fn recover_spool(spool_dir: &Path, store: &Store) -> Result<Recovery, 
         }
     }
     Ok(recovery)
+}
+
+/// The `.part` file opened and locked for recovery, or `None` when a running
+/// recorder holds it (that recording is not a crash leftover: leave it alone).
+/// A file system without locks yields the file unlocked.
+fn claim(part: &Path) -> Option<Option<std::fs::File>> {
+    let file = match std::fs::File::open(part) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(path = %part.display(), error = %e, "cannot open spool file; left alone");
+            return None;
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Some(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::info!(path = %part.display(), "a recorder is writing this file; left alone");
+            None
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::debug!(path = %part.display(), error = %e, "cannot lock spool file; recovering it anyway");
+            Some(None)
+        }
+    }
 }
 
 fn remove(path: &Path, recovery: &mut Recovery) {

@@ -30,7 +30,7 @@ use super::client::Homeserver;
 use super::commands;
 use super::puppets::Puppets;
 use super::room_worker::RoomOp;
-use crate::archive::{OutboxWaker, Recorder, RecordingMeta};
+use crate::archive::{OutboxWaker, Recorded, RecordingMeta, RecordingWorker};
 use crate::live::protocol::ErrorCode;
 use crate::live::LiveEndpoints;
 use crate::store::Store;
@@ -186,7 +186,7 @@ impl Endpoint for RoomEndpoint {
     /// The daemon runs every endpoint inside a span naming its channel and id.
     fn run(self: Box<Self>, link: HubLink, shutdown: CancellationToken) -> EndpointFuture {
         Box::pin(async move {
-            let mut state = RoomState::new(self.parts, link);
+            let mut state = RoomState::new(self.parts, link)?;
             state.run(shutdown).await
         })
     }
@@ -216,7 +216,8 @@ const RECENT_EVENTS: usize = 512;
 struct RoomState {
     parts: RoomEndpointParts,
     link: HubLink,
-    recording: Option<Recorder>,
+    /// Records on a thread of its own: a slow spool must not hold up this task.
+    recorder: RecordingWorker,
     outgoing: HashMap<StreamKey, Outgoing>,
     playing: Option<StreamKey>,
     next_stream: u64,
@@ -234,15 +235,17 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn new(parts: RoomEndpointParts, link: HubLink) -> Self {
+    fn new(parts: RoomEndpointParts, link: HubLink) -> Result<Self, EndpointError> {
         let (imported_tx, imported_rx) = mpsc::unbounded_channel();
         let mut ticker = tokio::time::interval(Duration::from_millis(u64::from(FRAME_MS)));
         // A late tick must not make a burst: the far side plays in real time.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self {
+        let recorder = RecordingWorker::spawn(&parts.channel)
+            .map_err(|e| EndpointError::Fatal(format!("cannot start the recording thread: {e}")))?;
+        Ok(Self {
             parts,
             link,
-            recording: None,
+            recorder,
             outgoing: HashMap::new(),
             playing: None,
             next_stream: 1,
@@ -255,7 +258,7 @@ impl RoomState {
             downloading: 0,
             waiting: VecDeque::new(),
             allowances: HashMap::new(),
-        }
+        })
     }
 
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), EndpointError> {
@@ -271,13 +274,23 @@ impl RoomState {
                 },
                 _ = self.ticker.tick(), if self.playing.is_some() => self.play_next().await,
                 Some(imported) = self.imported_rx.recv() => self.on_imported(imported).await,
+                Some(recorded) = self.recorder.next() => self.on_recorded(recorded).await,
                 Some(inbound) = self.parts.inbound.recv() => self.on_inbound(inbound).await,
             }
         }
         // A recording cut by shutdown is still a transmission: finish it so it is
-        // archived up to the cut.
-        if let Some(recorder) = self.recording.take() {
-            self.finish_recording(recorder).await;
+        // archived up to the cut, and queue it before stopping.
+        if let Some(tx) = self.recorder.current() {
+            self.recorder.finish(self.parts.min_archive);
+            while let Some(recorded) = self.recorder.next().await {
+                let done = match &recorded {
+                    Recorded::Finished { tx: t, .. } | Recorded::Failed { tx: t, .. } => *t == tx,
+                };
+                self.on_recorded(recorded).await;
+                if done {
+                    break;
+                }
+            }
         }
         info!("room endpoint stopped");
         Ok(())
@@ -303,10 +316,8 @@ impl RoomState {
             }
             FloorEvent::Released { tx, reason } => {
                 self.tell(RoomOp::FloorReleased { tx });
-                if self.recording.as_ref().is_some_and(|r| r.meta().tx == tx) {
-                    if let Some(recorder) = self.recording.take() {
-                        self.finish_recording(recorder).await;
-                    }
+                if self.recorder.current() == Some(tx) {
+                    self.recorder.finish(self.parts.min_archive);
                 }
                 self.our_talk_released(tx, reason).await;
             }
@@ -352,9 +363,9 @@ impl RoomState {
     fn start_recording(&mut self, tx: TxId, talker: &Talker, source: &EndpointId) {
         // A recording still open belongs to a transmission whose release was lost
         // with a lagging link; it is complete as far as it goes.
-        if let Some(stale) = self.recording.take() {
-            warn!(tx = %stale.meta().tx, "recording never saw its release; aborting it");
-            stale.abort();
+        if let Some(stale) = self.recorder.current() {
+            warn!(tx = %stale, "recording never saw its release; aborting it");
+            self.recorder.abort();
         }
         let sender = match &talker.matrix_user_id {
             // A Matrix user's live talk is posted by the bot: the bridge cannot post
@@ -376,10 +387,7 @@ impl RoomState {
             talker: talker.display_name.clone(),
             started_at: SystemTime::now(),
         };
-        match Recorder::start(&self.parts.spool_dir, meta) {
-            Ok(recorder) => self.recording = Some(recorder),
-            Err(error) => self.recording_failed(tx, &error),
-        }
+        self.recorder.start(&self.parts.spool_dir, meta);
     }
 
     /// A transmission that cannot be kept: said loudly, counted, and — when the
@@ -417,37 +425,24 @@ impl RoomState {
     }
 
     fn on_audio(&mut self, frame: DownFrame) {
-        let Some(recorder) = self.recording.as_mut() else {
-            return;
-        };
-        if recorder.meta().tx != frame.tx {
-            return;
-        }
-        if let Err(error) = recorder.push(&frame.frame) {
-            if let Some(recorder) = self.recording.take() {
-                recorder.abort();
-            }
-            self.recording_failed(frame.tx, &error);
+        if self.recorder.current() == Some(frame.tx) {
+            self.recorder.push(frame.frame);
         }
     }
 
-    async fn finish_recording(&mut self, recorder: Recorder) {
-        let tx = recorder.meta().tx;
-        let min_archive = self.parts.min_archive;
-        // fsync and rename: keep them off the async workers.
-        let finished = tokio::task::spawn_blocking(move || recorder.finish(min_archive)).await;
-        let item = match finished {
-            Ok(Ok(Some(item))) => item,
-            Ok(Ok(None)) => {
+    /// A recording ended on the recording thread: queue it, or say why not.
+    async fn on_recorded(&mut self, recorded: Recorded) {
+        let (tx, item) = match recorded {
+            Recorded::Finished {
+                tx,
+                item: Some(item),
+            } => (tx, item),
+            Recorded::Finished { tx, item: None } => {
                 debug!(%tx, "transmission shorter than min_archive_ms; not archived");
                 return;
             }
-            Ok(Err(error)) => {
+            Recorded::Failed { tx, error } => {
                 self.recording_failed(tx, &error);
-                return;
-            }
-            Err(join) => {
-                warn!(%tx, error = %join, "recording task failed");
                 return;
             }
         };

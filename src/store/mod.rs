@@ -27,6 +27,7 @@ mod migrations;
 mod opt_ins;
 mod outbox;
 mod puppets;
+mod retention;
 mod rooms;
 mod txns;
 
@@ -46,6 +47,7 @@ pub use inbound::PendingEvent;
 pub use opt_ins::OptIn;
 pub use outbox::{OutboxEntry, OutboxItem};
 pub use puppets::{Puppet, PuppetProfile};
+pub use retention::{prune_periodically, Pruned, Retention};
 
 /// How long a SQLite statement waits for another connection's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
