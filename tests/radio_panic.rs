@@ -47,6 +47,7 @@ async fn after_the_panic_hook_unkeys_the_radio_keys_again_through_tx_delay_for_t
     let panicking = async {
         let keyed_at = rig.wait_rts(true).await;
         wait_audible_after(&rig, keyed_at).await;
+        let changes_before = rig.rts().len();
         // A panic somewhere else in the process, while alice is on the air.
         // (Joined off this task: alice's audio keeps flowing meanwhile.)
         let panicked = tokio::task::spawn_blocking(|| {
@@ -55,9 +56,12 @@ async fn after_the_panic_hook_unkeys_the_radio_keys_again_through_tx_delay_for_t
                 .is_err()
         });
         assert!(panicked.await.expect("joined"), "the thread panicked");
-        let unkeyed_at = rig.wait_rts(false).await;
+        // The hook's unkey and the re-key can both happen before a poll comes
+        // round (the panic's backtrace alone can take that long): look at the
+        // changes since the panic, not at the line's level now.
+        let (unkey, unkeyed_at) = rig.wait_rts_change(changes_before, false).await;
         // The transmit machine must key again for alice's next audio.
-        let rekeyed_at = rig.wait_rts(true).await;
+        let (_, rekeyed_at) = rig.wait_rts_change(unkey + 1, true).await;
         let resumed_at = wait_audible_after(&rig, rekeyed_at).await;
         (unkeyed_at, rekeyed_at, resumed_at)
     };

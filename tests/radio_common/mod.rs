@@ -296,6 +296,30 @@ impl Rig {
         self.rts().last().is_some_and(|(_, level)| *level)
     }
 
+    /// Waits until RTS has gone to `level` at a change numbered `from` or later
+    /// (an index into [`Self::rts`]), and returns that change's index and time.
+    /// Unlike [`Self::wait_rts`] it sees a change that was quickly followed by
+    /// another one before the poll came round.
+    pub async fn wait_rts_change(&self, from: usize, level: bool) -> (usize, Instant) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rts = self.rts();
+            if let Some((i, (at, _))) = rts
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, l))| *l == level)
+            {
+                return (i, *at);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RTS never went {level} after change {from}: {rts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Waits until the radio's RTS is at `level` (the fake line has no way to
     /// notify, so it is checked every millisecond) and returns when it got there.
     pub async fn wait_rts(&self, level: bool) -> Instant {
