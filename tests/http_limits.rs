@@ -144,7 +144,13 @@ async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
     let setup = setup().await;
     let bob = register_member(&setup, "bob").await;
     let status = free_port();
-    let mut child = spawn_under_default_nofile(&setup, &child_config(&setup, status), status).await;
+    let mut child = spawn_under_default_nofile(
+        env!("CARGO_BIN_EXE_walkie-bridge"),
+        &setup,
+        &child_config(&setup, status),
+        status,
+    )
+    .await;
     let limit = HEADER_TIMEOUT + Duration::from_secs(10);
 
     // Slowloris: heads that never end, from their own addresses.

@@ -153,7 +153,13 @@ async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
     let setup = setup().await;
     let bob = register_member(&setup, "bob").await;
     let status = free_port();
-    let mut child = spawn_under_default_nofile(&setup, &child_config(&setup, status), status).await;
+    let mut child = spawn_under_default_nofile(
+        env!("CARGO_BIN_EXE_walkie-bridge"),
+        &setup,
+        &child_config(&setup, status),
+        status,
+    )
+    .await;
 
     // Idle sockets from many addresses (never 127.0.0.1, the real client's).
     let mut idle = Vec::new();

@@ -48,6 +48,9 @@ use crate::live::limits::subscriber;
 /// most this often.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A start-up does not wait longer for the homeserver's name to resolve.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The limits of one listener, and who the homeserver is.
 #[derive(Clone, Debug)]
 pub struct ListenerLimits {
@@ -81,18 +84,22 @@ impl ListenerLimits {
             return self;
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        match tokio::net::lookup_host((host, port)).await {
-            Ok(addresses) => {
+        let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)));
+        let error = match lookup.await {
+            Ok(Ok(addresses)) => {
                 for address in addresses {
                     self.homeserver.insert(address.ip().to_canonical());
                 }
+                return self;
             }
-            Err(error) => warn!(
-                %host, %error,
-                "cannot resolve homeserver.url: only http.homeserver_addresses have the \
-                 homeserver's reserved connections"
-            ),
-        }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {LOOKUP_TIMEOUT:?}"),
+        };
+        warn!(
+            %host, %error,
+            "cannot resolve homeserver.url: only http.homeserver_addresses have the \
+             homeserver's reserved connections"
+        );
         self
     }
 
@@ -396,6 +403,26 @@ mod tests {
         drop(hs);
         assert!(admission.admit(ip("192.0.2.3")).is_ok());
         assert!(admission.admit(ip("::ffff:127.0.0.1")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_addresses_of_homeserver_url_are_the_homeserver_s() {
+        let config = HttpConfig {
+            homeserver_addresses: vec![ip("192.0.2.9")],
+            ..HttpConfig::default()
+        };
+        for (url, added) in [
+            ("http://127.0.0.2:8008/", ip("127.0.0.2")),
+            ("https://[::1]/", ip("::1")),
+        ] {
+            let url: Url = url.parse().expect("a URL");
+            let limits = ListenerLimits::new(&config).with_homeserver_url(&url).await;
+            let mut addresses: Vec<IpAddr> = limits.homeserver_addresses().copied().collect();
+            addresses.sort();
+            let mut expected = vec![ip("192.0.2.9"), added];
+            expected.sort();
+            assert_eq!(addresses, expected, "{url}");
+        }
     }
 
     #[test]

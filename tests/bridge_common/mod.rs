@@ -361,10 +361,13 @@ pub fn raise_own_descriptor_limit(want: u64) {
     );
 }
 
-/// Runs the `walkie-bridge` binary on `config_text` under a 1024-descriptor limit
-/// (what a process gets without the unit's `LimitNOFILE`), with its status
-/// listener on `status`; returns once `/health` answers.
+/// Runs `binary` (the test's `env!("CARGO_BIN_EXE_walkie-bridge")`, which the
+/// benches and examples that share this file do not have) on `config_text` under
+/// a 1024-descriptor limit (what a process gets without the unit's
+/// `LimitNOFILE`), with its status listener on `status`; returns once `/health`
+/// answers.
 pub async fn spawn_under_default_nofile(
+    binary: &str,
     setup: &Setup,
     config_text: &str,
     status: u16,
@@ -375,7 +378,7 @@ pub async fn spawn_under_default_nofile(
     command
         .arg("--nofile=1024:1024")
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_walkie-bridge"))
+        .arg(binary)
         .args(["run", "-c"])
         .arg(&config)
         .env("RUST_LOG", "info")
