@@ -35,6 +35,8 @@ const MAX_CONNECTIONS: usize = 256;
 const SILENT: usize = 1100;
 const PER_ADDRESS: usize = 10;
 const SLOW: usize = 16;
+const PER_IP: usize = 16;
+const ONE_ADDRESS: usize = 20;
 
 /// Registered with Synapse by the test setup (bridge_common::config_text).
 const HS_TOKEN: &str = "hs-token-for-the-matrix-bridge-test";
@@ -164,22 +166,36 @@ async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
         slow.spawn(slowloris(stream, opened, limit));
     }
 
+    // From one address, more than its share: the rest closed at once.
+    let mut one_address = JoinSet::new();
+    for _ in 0..ONE_ADDRESS {
+        let stream = connect_from(setup.listen, IpAddr::V4(Ipv4Addr::new(127, 0, 9, 1)))
+            .await
+            .expect("connects");
+        one_address.spawn(closed_after(stream, Instant::now(), limit));
+    }
+
     // Silent sockets, more than the bridge has descriptors, from many addresses
     // (never 127.0.0.1, the homeserver's).
     let flood = Instant::now();
     let mut silent = JoinSet::new();
-    let mut not_connected = 0;
+    let mut not_connected = None;
     for n in 0..SILENT {
         match connect_from(setup.listen, source(n, 2)).await {
             Some(stream) => {
                 let opened = Instant::now();
                 silent.spawn(closed_after(stream, opened, limit));
             }
-            None => not_connected += 1,
+            None => {
+                // The bridge no longer accepts: on to the homeserver's turn.
+                not_connected = Some(n);
+                break;
+            }
         }
     }
     eprintln!(
-        "{SILENT} silent sockets opened in {:?}; {not_connected} not even connected",
+        "{} silent sockets opened in {:?}",
+        silent.len(),
         flood.elapsed()
     );
 
@@ -220,6 +236,10 @@ async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
     .await
     .unwrap_or_else(|_| panic!("no live logon during the flood\n{}", child.log_tail(20)));
 
+    assert_eq!(
+        not_connected, None,
+        "the bridge stopped accepting connections"
+    );
     let open = tokio::time::timeout(WAIT, metric(status, "walkie_http_connections"))
         .await
         .ok()
@@ -263,6 +283,19 @@ async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
             && latest.is_some_and(|t| t <= HEADER_TIMEOUT + Duration::from_secs(5)),
         "silent sockets closed after {earliest:?}..{latest:?}, not at the {HEADER_TIMEOUT:?} deadline"
     );
+    let mut from_one = Vec::new();
+    while let Some(closed) = one_address.join_next().await {
+        from_one.push(closed.expect("reader task").expect("closed in time"));
+    }
+    let refused = from_one
+        .iter()
+        .filter(|t| **t < Duration::from_secs(2))
+        .count();
+    assert_eq!(
+        refused,
+        ONE_ADDRESS - PER_IP,
+        "one address gets {PER_IP} connections: {from_one:?}"
+    );
     while let Some(closed) = slow.join_next().await {
         let took = closed
             .expect("slowloris task")
@@ -303,4 +336,64 @@ async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
 
     assert!(child.is_running(), "{}", child.log_tail(20));
     talker.close().await;
+}
+
+/// Shutting down closes connections that have not sent a byte at once, instead
+/// of waiting for their header deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_silent_sockets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("walkie.db").display());
+    let store = walkie_bridge::store::Store::connect(&url)
+        .await
+        .expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("bound");
+    let config = bridge_common::load(&bridge_common::config_text(
+        "http://127.0.0.1:1",
+        address.port(),
+        dir.path(),
+    ));
+    let (tx, _events) = tokio::sync::mpsc::channel(8);
+    let server = walkie_bridge::matrix::AppserviceServer::new(
+        &config.appservice,
+        bridge_common::SERVER,
+        store,
+        tx,
+    )
+    .expect("server");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.serve(listener, shutdown.clone()));
+
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(address).await.expect("connects"));
+    }
+    // One accept loop takes connections in order: once a later one is answered,
+    // the silent ones are being served.
+    let answered = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
+        .get(format!("http://{address}/nowhere"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answered.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let stopping = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(HEADER_TIMEOUT / 2, task)
+        .await
+        .expect("the server stopped before the silent sockets' deadline")
+        .expect("server task")
+        .expect("the server stopped cleanly");
+    for stream in silent {
+        closed_after(stream, stopping, Duration::from_secs(1))
+            .await
+            .expect("a silent socket is closed at shutdown");
+    }
+    eprintln!("stopped in {:?}", stopping.elapsed());
 }
