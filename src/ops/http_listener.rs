@@ -20,6 +20,10 @@
 //!   get through whatever others hold;
 //! - a connection leaves its pool when it is upgraded to a WebSocket; the live
 //!   limits count it from then on.
+//!
+//! At shutdown, connections that have not sent a byte are closed at once;
+//! requests in flight are answered (the appservice's own stop token cuts a
+//! transaction short), and a head still arriving gets until its deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -47,6 +51,10 @@ use crate::live::limits::subscriber;
 /// Accept errors other than a peer's (out of descriptors, mostly) are logged at
 /// most this often.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refused connections are warned about at most this often (each one is
+/// counted, and logged at debug level).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A start-up does not wait longer for the homeserver's name to resolve.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +135,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut stop = std::pin::pin!(stop);
     let mut accept_errors = AcceptErrors::default();
+    let mut refusals = Throttle::default();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -143,12 +152,7 @@ pub async fn serve(
             Ok(permit) => permit,
             Err(refused) => {
                 // Dropping the stream closes the socket at once.
-                debug!(%peer, reason = refused.as_str(), "HTTP connection refused");
-                metrics::counter!(
-                    "walkie_http_connections_refused_total",
-                    "reason" => refused.as_str()
-                )
-                .increment(1);
+                report_refusal(&mut refusals, peer, refused);
                 continue;
             }
         };
@@ -172,6 +176,20 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Counted always; warned about once a minute, else logged at debug level.
+fn report_refusal(throttle: &mut Throttle, peer: SocketAddr, refused: Refused) {
+    let reason = refused.as_str();
+    if let Some(suppressed) = throttle.pass(REFUSAL_LOG_INTERVAL) {
+        warn!(
+            %peer, reason, suppressed,
+            "HTTP connection refused: the listener's limits ([http]) are reached"
+        );
+    } else {
+        debug!(%peer, reason, "HTTP connection refused");
+    }
+    metrics::counter!("walkie_http_connections_refused_total", "reason" => reason).increment(1);
 }
 
 /// One connection, until it closes, is upgraded, or (at shutdown) has answered
@@ -213,11 +231,32 @@ async fn connection(
     }
 }
 
+/// At most one log line per interval, saying how many were left out.
 #[derive(Default)]
-struct AcceptErrors {
+struct Throttle {
     logged: Option<Instant>,
     suppressed: u64,
 }
+
+impl Throttle {
+    /// `Some(left out since the last line)` when a line may be logged now.
+    fn pass(&mut self, interval: Duration) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= interval)
+        {
+            self.logged = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+#[derive(Default)]
+struct AcceptErrors(Throttle);
 
 impl AcceptErrors {
     /// A peer that gave up before its connection was taken is its business;
@@ -233,16 +272,8 @@ impl AcceptErrors {
             return;
         }
         metrics::counter!("walkie_http_accept_errors_total").increment(1);
-        let now = Instant::now();
-        if self
-            .logged
-            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL)
-        {
-            error!(%error, suppressed = self.suppressed, "cannot accept HTTP connections");
-            self.logged = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+        if let Some(suppressed) = self.0.pass(ACCEPT_ERROR_LOG_INTERVAL) {
+            error!(%error, suppressed, "cannot accept HTTP connections");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
