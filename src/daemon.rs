@@ -34,6 +34,7 @@ use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets};
 use crate::ops;
 use crate::ops::channels::{build_endpoints, ChannelDeps, Channels};
+use crate::ops::http_listener::ListenerLimits;
 use crate::ops::notify::Notifier;
 use crate::ops::status::{Phase, StatusServer};
 use crate::store::{prune_periodically, Retention, Store};
@@ -179,8 +180,11 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     )?;
     let server_token = CancellationToken::new();
     let live = Live::new(&config, homeserver.clone(), store.clone(), bot.clone())?;
+    let limits = ListenerLimits::new(&config.http)
+        .with_homeserver_url(&config.homeserver.url)
+        .await;
     let server_task =
-        tokio::spawn(server.serve_with(listener, live.router(), server_token.clone()));
+        tokio::spawn(server.serve_with(listener, live.router(), limits, server_token.clone()));
 
     phase_tx.send_replace(Phase::WaitingForHomeserver);
     if !wait_for_homeserver(&homeserver, &bot, &shutdown, &notifier).await {

@@ -156,6 +156,16 @@ fn example_deserializes_to_the_structs() {
             "::1".parse().unwrap()
         ]
     );
+    assert_eq!(
+        config.http,
+        walkie_bridge::config::HttpConfig {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            max_connections_per_ip: 16,
+            homeserver_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            homeserver_connections: 64,
+        }
+    );
 
     let [channel] = config.channels.as_slice() else {
         panic!("one channel expected: {:?}", config.channels);
@@ -247,6 +257,11 @@ fn minimal_config_takes_the_design_defaults() {
     assert_eq!(r.rx_mute_after_tx, Duration::from_millis(500));
     assert!(r.callsign.is_none() && r.transmit_allow.is_empty());
     assert!(config.database.url.starts_with("sqlite://"));
+    assert_eq!(
+        config.http,
+        walkie_bridge::config::HttpConfig::default(),
+        "[http] defaults as documented"
+    );
     assert_eq!(
         config.status.listen,
         Some(

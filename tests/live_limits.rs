@@ -20,12 +20,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bridge_common::{
-    is_voice_message_from, setup, speech_packets, start_daemon, Setup, SERVER, WAIT,
+    is_voice_message_from, metric, raise_own_descriptor_limit, setup, spawn_under_default_nofile,
+    speech_packets, start_daemon, Setup, SERVER, WAIT,
 };
 use live_common::{Incoming, LiveClient};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite;
-use walkie_harness::{free_port, ChildGuard, TestUser};
+use walkie_harness::{free_port, TestUser};
 
 // ---- a log the tests can read ----------------------------------------------
 
@@ -143,44 +144,6 @@ fn child_config(setup: &Setup, status: u16) -> String {
     text
 }
 
-/// The value of the sample of `name` on the bridge's /metrics, if any.
-async fn metric(status: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{status}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .next()
-}
-
-/// The test process itself holds every idle socket's other end.
-fn raise_own_descriptor_limit(want: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < want {
-            limit.rlim_cur = want.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= want,
-        "the test needs {want} descriptors of its own; hard limit {}",
-        limit.rlim_max
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
     let _log = captured_log();
@@ -190,46 +153,13 @@ async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
     let setup = setup().await;
     let bob = register_member(&setup, "bob").await;
     let status = free_port();
-    let config = setup.dir.path().join("walkie.toml");
-    std::fs::write(&config, child_config(&setup, status)).expect("config written");
-    let mut command = std::process::Command::new("prlimit");
-    command
-        .arg("--nofile=1024:1024")
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_walkie-bridge"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET");
-    let mut child = ChildGuard::spawn(
-        "walkie-bridge",
-        command,
-        setup.dir.path().join("walkie-bridge.log"),
+    let mut child = spawn_under_default_nofile(
+        env!("CARGO_BIN_EXE_walkie-bridge"),
+        &setup,
+        &child_config(&setup, status),
+        status,
     )
-    .expect("walkie-bridge starts under prlimit");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let health = reqwest::get(format!("http://127.0.0.1:{status}/health")).await;
-        if health.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(child.is_running(), "{}", child.log_tail(40));
-        assert!(
-            Instant::now() < deadline,
-            "never healthy: {}",
-            child.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    let files = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    assert!(
-        files.split_whitespace().filter(|w| *w == "1024").count() == 2,
-        "the bridge runs with 1024 descriptors: {files}"
-    );
+    .await;
 
     // Idle sockets from many addresses (never 127.0.0.1, the real client's).
     let mut idle = Vec::new();

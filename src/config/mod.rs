@@ -39,6 +39,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub status: StatusConfig,
     pub live: LiveConfig,
+    pub http: HttpConfig,
     /// In file order.
     pub channels: Vec<ChannelConfig>,
     /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
@@ -173,6 +174,49 @@ pub struct LiveLimits {
     pub max_failed_logons_per_ip: u32,
     /// Presses (`start_stream`) per connection and minute.
     pub max_presses_per_minute: u32,
+}
+
+/// The HTTP listener on `appservice.listen` (`[http]`), which serves the
+/// homeserver's transactions and the live page to anyone who reaches it (issue
+/// 13.3). WebSocket connections leave these counts when they are upgraded: the
+/// live limits count them from then on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// A request's head must have arrived this long after the connection began
+    /// to wait for it: after opening, or after the previous answer (so it is
+    /// the idle timeout of a keep-alive connection too).
+    pub header_timeout: Duration,
+    /// Connections at once from addresses other than the homeserver's.
+    pub max_connections: usize,
+    /// Connections at once from one address (an IPv6 /64), other than the
+    /// homeserver's.
+    pub max_connections_per_ip: usize,
+    /// The homeserver's addresses: their connections have a pool of their own,
+    /// which nobody else can fill. The addresses `homeserver.url` resolves to at
+    /// start are added to these.
+    pub homeserver_addresses: Vec<std::net::IpAddr>,
+    /// Connections at once from the homeserver's addresses.
+    pub homeserver_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            // With the live WebSockets' 400 and the homeserver's 64, still well
+            // below the 1024 descriptors a process gets without the unit's
+            // LimitNOFILE: recordings and the database need some too.
+            max_connections: 256,
+            // A browser opens about six to one host.
+            max_connections_per_ip: 16,
+            // A homeserver on the same machine, the usual set-up.
+            homeserver_addresses: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            homeserver_connections: 64,
+        }
+    }
 }
 
 /// The window of `live.max_failed_logons_per_ip`.

@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub live: RawLive,
     #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
     pub channel: Vec<RawChannel>,
     #[serde(default)]
     pub mumble: BTreeMap<String, RawMumble>,
@@ -185,6 +187,34 @@ impl Default for RawLive {
             // A proxy on the same machine (the usual TLS reverse proxy); a local
             // process could open connections from loopback anyway.
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// The HTTP listener on `appservice.listen`; defaults in [`super::HttpConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawHttp {
+    pub header_timeout_s: u64,
+    pub max_connections: u64,
+    pub max_connections_per_ip: u64,
+    pub homeserver_addresses: Vec<String>,
+    pub homeserver_connections: u64,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        let http = super::HttpConfig::default();
+        Self {
+            header_timeout_s: http.header_timeout.as_secs(),
+            max_connections: http.max_connections as u64,
+            max_connections_per_ip: http.max_connections_per_ip as u64,
+            homeserver_addresses: http
+                .homeserver_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            homeserver_connections: http.homeserver_connections as u64,
         }
     }
 }

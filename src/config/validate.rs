@@ -13,14 +13,14 @@ use walkie_endpoint::Priority;
 use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
-    RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
+    RawHttp, RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
 };
 use super::types::{
     check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, TransmitAllow,
 };
 use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
-    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, LiveConfig, LiveLimits,
+    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, HttpConfig, LiveConfig, LiveLimits,
     LoggingConfig, MqttConfig, MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
 };
 
@@ -108,6 +108,7 @@ pub(crate) fn validate(
     let logging = logging(&mut r, raw.logging);
     let status = status(&mut r, raw.status);
     let live = live(&mut r, raw.live, homeserver.as_ref().map(|h| &h.url));
+    let http = http(&mut r, raw.http);
 
     let mut endpoints = Endpoints::default();
     for (name, m) in raw.mumble {
@@ -160,7 +161,7 @@ pub(crate) fn validate(
     let channels = channels(&mut r, raw.channel, &endpoints);
 
     match (
-        homeserver, appservice, database, floor, archive, logging, status, live,
+        homeserver, appservice, database, floor, archive, logging, status, live, http,
     ) {
         (
             Some(homeserver),
@@ -171,6 +172,7 @@ pub(crate) fn validate(
             Some(logging),
             Some(status),
             Some(live),
+            Some(http),
         ) if r.errors.is_empty() => {
             let config = Config {
                 homeserver,
@@ -181,6 +183,7 @@ pub(crate) fn validate(
                 logging,
                 status,
                 live,
+                http,
                 channels,
                 endpoints: endpoints.valid,
             };
@@ -459,6 +462,38 @@ fn live(r: &mut Report, raw: RawLive, homeserver: Option<&Url>) -> Option<LiveCo
         max_clients: usize::try_from(max_clients).ok()?,
         limits: limits?,
         trusted_proxies,
+    })
+}
+
+fn http(r: &mut Report, raw: RawHttp) -> Option<HttpConfig> {
+    let connections = |r: &mut Report, key: &str, value: u64| {
+        usize::try_from(r.in_range(key, value, 1..=1_000_000, "connections")).ok()
+    };
+    let header_timeout = r.secs("http.header_timeout_s", raw.header_timeout_s, 1..=300);
+    let max_connections = connections(r, "http.max_connections", raw.max_connections);
+    let max_connections_per_ip =
+        connections(r, "http.max_connections_per_ip", raw.max_connections_per_ip);
+    let homeserver_connections =
+        connections(r, "http.homeserver_connections", raw.homeserver_connections);
+    let mut homeserver_addresses = Vec::new();
+    for (i, address) in raw.homeserver_addresses.iter().enumerate() {
+        match address.trim().parse::<std::net::IpAddr>() {
+            Ok(address) => homeserver_addresses.push(address),
+            Err(_) => r.error(
+                format!("http.homeserver_addresses[{i}]"),
+                format!(
+                    "{address:?} is not an IP address (like \"127.0.0.1\" or \"::1\"); \
+                     host names are not looked up, but homeserver.url's is, at start"
+                ),
+            ),
+        }
+    }
+    Some(HttpConfig {
+        header_timeout,
+        max_connections: max_connections?,
+        max_connections_per_ip: max_connections_per_ip?,
+        homeserver_addresses,
+        homeserver_connections: homeserver_connections?,
     })
 }
 

@@ -186,7 +186,7 @@ impl Connections {
 
 /// What the limits per address count as one address: an IPv4 address, or an
 /// IPv6 /64 — one subscriber's network, in which anyone has addresses to spare.
-fn subscriber(address: IpAddr) -> IpAddr {
+pub(crate) fn subscriber(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

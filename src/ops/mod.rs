@@ -2,6 +2,7 @@
 //! channel set that a SIGHUP reload changes.
 
 pub mod channels;
+pub mod http_listener;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

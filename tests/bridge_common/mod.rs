@@ -320,3 +320,98 @@ pub async fn voice_messages(
         .filter(|e| e["sender"] == sender && e["content"]["msgtype"] == "m.audio")
         .collect()
 }
+
+// ---- the real binary under the default descriptor limit ---------------------
+
+/// The value of the sample of `name` on the bridge's /metrics, if any.
+pub async fn metric(status: u16, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{status}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .next()
+}
+
+/// The test process itself holds every idle socket's other end.
+pub fn raise_own_descriptor_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= want,
+        "the test needs {want} descriptors of its own; hard limit {}",
+        limit.rlim_max
+    );
+}
+
+/// Runs `binary` (the test's `env!("CARGO_BIN_EXE_walkie-bridge")`, which the
+/// benches and examples that share this file do not have) on `config_text` under
+/// a 1024-descriptor limit (what a process gets without the unit's
+/// `LimitNOFILE`), with its status listener on `status`; returns once `/health`
+/// answers.
+pub async fn spawn_under_default_nofile(
+    binary: &str,
+    setup: &Setup,
+    config_text: &str,
+    status: u16,
+) -> walkie_harness::ChildGuard {
+    let config = setup.dir.path().join("walkie.toml");
+    std::fs::write(&config, config_text).expect("config written");
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg("--nofile=1024:1024")
+        .arg("--")
+        .arg(binary)
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET");
+    let mut child = walkie_harness::ChildGuard::spawn(
+        "walkie-bridge",
+        command,
+        setup.dir.path().join("walkie-bridge.log"),
+    )
+    .expect("walkie-bridge starts under prlimit");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let health = reqwest::get(format!("http://127.0.0.1:{status}/health")).await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(child.is_running(), "{}", child.log_tail(40));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never healthy: {}",
+            child.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()))
+        .expect("the bridge's limits are readable");
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a descriptor limit");
+    assert!(
+        files.split_whitespace().filter(|w| *w == "1024").count() == 2,
+        "the bridge runs with 1024 descriptors: {files}"
+    );
+    child
+}

@@ -49,7 +49,6 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
@@ -61,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{AppserviceConfig, Secret};
+use crate::ops::http_listener::{self, ListenerLimits};
 use crate::store::Store;
 
 use inbound::{check_ephemeral, check_timeline, TransactionBody};
@@ -259,15 +259,17 @@ impl AppserviceServer {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), AppserviceError> {
-        self.serve_with(listener, Router::new(), shutdown).await
+        self.serve_with(listener, Router::new(), ListenerLimits::default(), shutdown)
+            .await
     }
 
     /// Like [`Self::serve`], with `extra` routes on the same listener (the
-    /// live-talk page and WebSocket).
+    /// live-talk page and WebSocket) and the listener's `limits` (`[http]`).
     pub async fn serve_with(
         self,
         listener: TcpListener,
         extra: Router,
+        limits: ListenerLimits,
         shutdown: CancellationToken,
     ) -> Result<(), AppserviceError> {
         // Taken here, before the first transaction can be: the events a crash
@@ -280,22 +282,13 @@ impl AppserviceServer {
         let stop = self.shared.stop.clone();
         let router = self.router().merge(extra);
         info!(address = ?address, "appservice API listening");
-        // Without TCP_NODELAY a small message written right after another (a
-        // live-talk answer, then its floor event) waits for the peer's delayed
-        // ACK: 40 ms on Linux.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        // The peer's address: the live WebSocket limits connections per address.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                stop.cancel();
-            })
-            .await;
+        // Header deadline, connection caps, TCP_NODELAY and the peer's address
+        // (the live WebSocket limits connections per address).
+        let result = http_listener::serve(listener, router, limits, async move {
+            shutdown.cancelled().await;
+            stop.cancel();
+        })
+        .await;
         info!("appservice API stopped");
         result.map_err(AppserviceError::Serve)
     }
