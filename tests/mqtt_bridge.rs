@@ -151,6 +151,14 @@ impl Bridge {
             .expect("subscriber")
     }
 
+    /// Publishes `payload` on a device's topic (`{prefix}/in/{device}/{last}`) at
+    /// QoS 1, as a device would.
+    async fn device_says(&self, device: &str, last: &str, payload: &[u8]) {
+        mqtt_publish(&self.broker, &device_topic(device, last), payload, 1, false)
+            .await
+            .unwrap_or_else(|e| panic!("{device} {last}: {e}"));
+    }
+
     /// The listener takes the floor as "kilo (Radio)".
     async fn listener_takes_floor(&mut self, stream: StreamKey) {
         self.listener
@@ -170,6 +178,16 @@ impl Bridge {
             }
         }
     }
+}
+
+/// The next message on `subscriber`, as JSON (floor answers and state).
+async fn next_json(subscriber: &mut MqttSubscriber) -> serde_json::Value {
+    subscriber
+        .next(WAIT)
+        .await
+        .expect("a message")
+        .json()
+        .expect("JSON")
 }
 
 fn device_topic(device: &str, last: &str) -> String {
@@ -304,12 +322,7 @@ async fn a_pcm16_talk_from_mosquitto_pub_reaches_the_channel_intact() {
         packets.len()
     );
     assert_same_speech(&speech48, &pcm, 48_000, "pcm16 in");
-    let granted = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let granted = next_json(&mut answers).await;
     assert_eq!(granted["result"], "granted", "{granted}");
     let taken = floor
         .wait_for(|m| m.json().is_some_and(|v| v["state"] == "taken"), WAIT)
@@ -328,15 +341,7 @@ async fn a_device_that_goes_silent_is_released_after_idle_release() {
     let mut bridge = start_bridge(Options::default()).await;
     let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
     let packets = opus_packets(&common::speech(48_000)[..48_000]);
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("door", "start"),
-        b"",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
+    bridge.device_says("door", "start", b"").await;
     for (seq, packet) in packets.iter().take(5).enumerate() {
         mqtt_publish(
             &bridge.broker,
@@ -349,20 +354,10 @@ async fn a_device_that_goes_silent_is_released_after_idle_release() {
         .expect("frame");
     }
     // No `end`: the device died mid-talk.
-    let granted = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let granted = next_json(&mut answers).await;
     assert_eq!(granted["result"], "granted", "{granted}");
     let silent_from = Instant::now();
-    let released = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let released = next_json(&mut answers).await;
     let after = silent_from.elapsed();
     assert_eq!(released["result"], "released", "{released}");
     assert_eq!(released["reason"], "idle_timeout");
@@ -542,21 +537,8 @@ async fn a_device_talking_over_the_floor_holder_is_queued_with_the_holder_named(
     let mut answers = bridge.subscribe(&[&device_topic("door", "floor")]).await;
     let stream = StreamKey(3);
     bridge.listener_takes_floor(stream).await;
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("door", "start"),
-        b"{}",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
-    let answer = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    bridge.device_says("door", "start", b"{}").await;
+    let answer = next_json(&mut answers).await;
     assert_eq!(answer["result"], "queued", "{answer}");
     assert_eq!(answer["position"], 1);
     assert_eq!(answer["holder"], "kilo (Radio)");
@@ -572,28 +554,13 @@ async fn a_device_talking_over_the_floor_holder_is_queued_with_the_holder_named(
         .await
         .expect("frame");
     }
-    mqtt_publish(&bridge.broker, &device_topic("door", "end"), b"", 1, false)
-        .await
-        .expect("end");
+    bridge.device_says("door", "end", b"").await;
     // A second device queues behind: position 1 proves the door left the queue
     // (the bridge and the hub take messages in order), so what follows the
     // release can only be the second device's grant.
     let mut porch_answers = bridge.subscribe(&[&device_topic("porch", "floor")]).await;
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("porch", "start"),
-        b"",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
-    let answer = porch_answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    bridge.device_says("porch", "start", b"").await;
+    let answer = next_json(&mut porch_answers).await;
     assert_eq!(answer["result"], "queued", "{answer}");
     assert_eq!(answer["position"], 1, "the door is still queued: {answer}");
     bridge.listener.talk_end(stream).await.expect("hub running");
@@ -607,12 +574,7 @@ async fn a_device_talking_over_the_floor_holder_is_queued_with_the_holder_named(
             other => panic!("something else reached the channel: {other:?}"),
         }
     }
-    let granted = porch_answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let granted = next_json(&mut porch_answers).await;
     assert_eq!(granted["result"], "granted", "{granted}");
     assert_eq!(bridge.stats.frames_forwarded.load(Ordering::Relaxed), 0);
     bridge.stop().await;
@@ -676,15 +638,7 @@ async fn a_broker_restart_ends_talks_cleanly_and_the_bridge_works_again_within_1
     let packets = opus_packets(&common::speech(48_000));
 
     // A device is mid-talk when the broker dies.
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("door", "start"),
-        b"",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
+    bridge.device_says("door", "start", b"").await;
     for (seq, packet) in packets.iter().take(10).enumerate() {
         mqtt_publish(
             &bridge.broker,
@@ -981,12 +935,7 @@ async fn an_emergency_above_the_endpoints_max_priority_is_denied_and_preempts_no
         &packets,
     )
     .await;
-    let answer = answers
-        .next(WAIT)
-        .await
-        .expect("the door hears back")
-        .json()
-        .expect("JSON answer");
+    let answer = next_json(&mut answers).await;
     println!("the door was told: {answer}");
     assert_eq!(answer["result"], "denied", "{answer}");
     assert_eq!(answer["reason"], "priority_too_high", "{answer}");
@@ -1021,22 +970,9 @@ async fn audio_after_a_revoke_is_dropped_until_the_device_sends_end() {
             .expect("frame");
         }
     };
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("door", "start"),
-        b"",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
+    bridge.device_says("door", "start", b"").await;
     publish_frame(0).await;
-    let granted = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let granted = next_json(&mut answers).await;
     assert_eq!(granted["result"], "granted", "{granted}");
     // An emergency elsewhere on the channel revokes the door's talk, and ends at once.
     let emergency = StreamKey(9);
@@ -1050,12 +986,7 @@ async fn audio_after_a_revoke_is_dropped_until_the_device_sends_end() {
         )
         .await
         .expect("hub running");
-    let released = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let released = next_json(&mut answers).await;
     assert_eq!(released["result"], "released", "{released}");
     assert_eq!(released["reason"], "revoked", "{released}");
     bridge
@@ -1083,24 +1014,9 @@ async fn audio_after_a_revoke_is_dropped_until_the_device_sends_end() {
         "audio after the revoke started a new talk"
     );
     // After `end`, a new start is a new talk.
-    mqtt_publish(&bridge.broker, &device_topic("door", "end"), b"", 1, false)
-        .await
-        .expect("end");
-    mqtt_publish(
-        &bridge.broker,
-        &device_topic("door", "start"),
-        b"",
-        1,
-        false,
-    )
-    .await
-    .expect("start");
-    let again = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    bridge.device_says("door", "end", b"").await;
+    bridge.device_says("door", "start", b"").await;
+    let again = next_json(&mut answers).await;
     assert_eq!(again["result"], "granted", "{again}");
     bridge.stop().await;
 }
@@ -1131,12 +1047,7 @@ async fn a_device_allowed_emergency_by_device_max_priority_preempts_the_holder()
         ReleaseReason::Revoked,
         "the fire panel's emergency did not pre-empt"
     );
-    let granted = answers
-        .next(WAIT)
-        .await
-        .expect("answer")
-        .json()
-        .expect("JSON");
+    let granted = next_json(&mut answers).await;
     assert_eq!(granted["result"], "granted", "{granted}");
     bridge.stop().await;
 }
