@@ -62,17 +62,7 @@ fn percentiles(label: &str, mut samples: Vec<Duration>) {
 
 async fn measure() {
     let setup = setup().await;
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
-    setup
-        .synapse
-        .client(&bob)
-        .join(&setup.room_id)
-        .await
-        .expect("bob joins");
+    let bob = setup.member("bob").await;
     let mut running = start_daemon(&setup.config).await;
     let mut client = LiveClient::logon_ok(setup.listen, &setup.synapse, &bob).await;
 

@@ -180,17 +180,7 @@ async fn talk_in_real_time(link: &mut HubLink, packets: &[bytes::Bytes]) {
 async fn the_page_talks_and_listens_in_headless_chromium() {
     check_tools();
     let setup = setup().await;
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
-    setup
-        .synapse
-        .client(&bob)
-        .join(&setup.room_id)
-        .await
-        .expect("bob joins");
+    let bob = setup.member("bob").await;
     let Running {
         mut link,
         shutdown,

@@ -28,17 +28,7 @@ use walkie_harness::TestUser;
 async fn bridge_with(edit: impl FnOnce(&mut Config)) -> (Setup, Running, TestUser) {
     let mut setup = setup().await;
     edit(&mut setup.config);
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
-    setup
-        .synapse
-        .client(&bob)
-        .join(&setup.room_id)
-        .await
-        .expect("bob joins");
+    let bob = setup.member("bob").await;
     let running = start_daemon(&setup.config).await;
     (setup, running, bob)
 }

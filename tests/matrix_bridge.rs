@@ -174,13 +174,8 @@ async fn an_opted_in_users_voice_message_is_transmitted_and_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_message_from_a_user_who_did_not_opt_in_is_refused_with_a_reason() {
     let setup = setup().await;
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
+    let bob = setup.member("bob").await;
     let bob_client = setup.synapse.client(&bob);
-    bob_client.join(&setup.room_id).await.expect("bob joins");
     let mut running = start_daemon(&setup.config).await;
     let bot = format!("@walkie:{SERVER}");
 

@@ -116,17 +116,7 @@ async fn a_voice_message_acknowledged_before_a_sigkill_is_played_once_after_the_
     let dir = setup.dir.path().to_owned();
     let rig = Arc::new(Rigctld::start());
     let config = radio_config(&setup, &rig);
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
-    setup
-        .synapse
-        .client(&bob)
-        .join(&setup.room_id)
-        .await
-        .expect("bob joins");
+    let bob = setup.member("bob").await;
     let alice = setup.synapse.client(&setup.alice);
     let bot = format!("@walkie:{SERVER}");
 

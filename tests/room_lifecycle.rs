@@ -23,17 +23,7 @@ const END_WITHIN: Duration = Duration::from_secs(1);
 /// Synapse with alice's room, bob joined, and the daemon with `test.radio`.
 async fn bridge() -> (Setup, Running, TestUser) {
     let setup = setup().await;
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
-    setup
-        .synapse
-        .client(&bob)
-        .join(&setup.room_id)
-        .await
-        .expect("bob joins");
+    let bob = setup.member("bob").await;
     let running = start_daemon(&setup.config).await;
     (setup, running, bob)
 }
@@ -256,13 +246,8 @@ async fn a_power_level_change_takes_effect_at_once_for_the_radio_gate() {
     use walkie_harness::{ChildGuard, Rigctld};
 
     let setup = setup().await;
-    let bob = setup
-        .synapse
-        .register_user("bob", false)
-        .await
-        .expect("bob");
+    let bob = setup.member("bob").await;
     let bob_client = setup.synapse.client(&bob);
-    bob_client.join(&setup.room_id).await.expect("bob joins");
     let rig = Rigctld::start();
     let dir = setup.dir.path();
     std::fs::write(

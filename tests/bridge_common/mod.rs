@@ -34,6 +34,23 @@ pub struct Setup {
     pub listen: u16,
 }
 
+impl Setup {
+    /// Registers `localpart` on the homeserver and joins them to the room.
+    pub async fn member(&self, localpart: &str) -> TestUser {
+        let user = self
+            .synapse
+            .register_user(localpart, false)
+            .await
+            .unwrap_or_else(|e| panic!("register {localpart}: {e}"));
+        self.synapse
+            .client(&user)
+            .join(&self.room_id)
+            .await
+            .unwrap_or_else(|e| panic!("{localpart} joins: {e}"));
+        user
+    }
+}
+
 pub fn config_text(homeserver: &str, listen: u16, dir: &std::path::Path) -> String {
     config_text_with(homeserver, listen, dir, "")
 }
