@@ -63,6 +63,8 @@ pub struct EndpointHealth {
     changed_unix_ms: AtomicU64,
     /// Why the endpoint is disconnected, for the operator.
     reason: Mutex<Option<String>>,
+    /// Woken by every report, so a watcher awaits a change instead of polling.
+    changed: tokio::sync::Notify,
 }
 
 impl EndpointHealth {
@@ -87,6 +89,22 @@ impl EndpointHealth {
     /// Counted by whoever restarts the task.
     pub fn record_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Returns once `done` holds, checked again after every report.
+    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        loop {
+            // Registered before the check, so a report between the check and
+            // the await still wakes us.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// When the state last changed; `None` before the first report.
@@ -122,6 +140,7 @@ impl EndpointHealth {
             .reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+        self.changed.notify_waiters();
     }
 }
 
