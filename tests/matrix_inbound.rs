@@ -21,30 +21,9 @@ use walkie_harness::{ChildGuard, Rigctld};
 /// The test configuration with a radio on `rig` and a floor that a silent live
 /// client holds for long enough.
 fn radio_config(setup: &Setup, rig: &Rigctld) -> std::path::PathBuf {
-    let dir = setup.dir.path();
-    std::fs::write(
-        dir.join(".asoundrc"),
-        "pcm.walkie_null {\n type null\n hint { show on description \"no card\" }\n}\n",
-    )
-    .expect("asoundrc");
-    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, dir)
-        .replace("endpoints = []", r#"endpoints = ["radio.uhf"]"#)
-        .replace("idle_release_ms = 1500", "idle_release_ms = 60000")
-        + &format!(
-            r#"
-[radio.uhf]
-ptt = "rigctld"
-rigctld = "{}"
-cos = "rigctld"
-audio_in = "walkie_null"
-audio_out = "walkie_null"
-tx_delay_ms = 50
-"#,
-            rig.address()
-        );
-    let path = dir.join("walkie.toml");
-    std::fs::write(&path, text).expect("config");
-    path
+    bridge_common::write_rigctld_radio_config(setup, &rig.address(), "", |text| {
+        text.replace("idle_release_ms = 1500", "idle_release_ms = 60000")
+    })
 }
 
 fn start_bridge(dir: &Path, config: &Path, log: &str) -> ChildGuard {

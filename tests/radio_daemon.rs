@@ -24,32 +24,8 @@ async fn sigterm_mid_transmission_unkeys_the_radio_and_the_bridge_exits_within_5
     let setup = setup().await;
     let rig = Rigctld::start();
     let dir = setup.dir.path();
-    std::fs::write(
-        dir.join(".asoundrc"),
-        r#"
-pcm.walkie_null {
-    type null
-    hint { show on description "walkie test: no sound card" }
-}
-"#,
-    )
-    .expect("asoundrc");
-    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, dir)
-        .replace("endpoints = []", r#"endpoints = ["radio.uhf"]"#)
-        + &format!(
-            r#"
-[radio.uhf]
-ptt = "rigctld"
-rigctld = "{}"
-cos = "rigctld"
-audio_in = "walkie_null"
-audio_out = "walkie_null"
-tx_delay_ms = 50
-"#,
-            rig.address()
-        );
-    let config_path = dir.join("walkie.toml");
-    std::fs::write(&config_path, text).expect("config");
+    let config_path =
+        bridge_common::write_rigctld_radio_config(&setup, &rig.address(), "", |text| text);
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"));
     command.args(["run", "-c"]).arg(&config_path);
     command

@@ -250,28 +250,12 @@ async fn a_power_level_change_takes_effect_at_once_for_the_radio_gate() {
     let bob_client = setup.synapse.client(&bob);
     let rig = Rigctld::start();
     let dir = setup.dir.path();
-    std::fs::write(
-        dir.join(".asoundrc"),
-        "pcm.walkie_null {\n type null\n hint { show on description \"no card\" }\n}\n",
-    )
-    .expect("asoundrc");
-    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, dir)
-        .replace("endpoints = []", r#"endpoints = ["radio.uhf"]"#)
-        + &format!(
-            r#"
-[radio.uhf]
-ptt = "rigctld"
-rigctld = "{}"
-cos = "rigctld"
-audio_in = "walkie_null"
-audio_out = "walkie_null"
-tx_delay_ms = 50
-transmit_min_power_level = 50
-"#,
-            rig.address()
-        );
-    let config_path = dir.join("walkie.toml");
-    std::fs::write(&config_path, text).expect("config");
+    let config_path = bridge_common::write_rigctld_radio_config(
+        &setup,
+        &rig.address(),
+        "transmit_min_power_level = 50",
+        |text| text,
+    );
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"));
     command.args(["run", "-c"]).arg(&config_path);
     command.env("HOME", dir).env("RUST_LOG", "info");

@@ -51,6 +51,42 @@ impl Setup {
     }
 }
 
+/// Writes the test configuration with `radio.uhf` on the channel — PTT and COS
+/// through the rigctld at `rig_address`, a silent ALSA `walkie_null` card (in
+/// the test's own `.asoundrc`: run the bridge with `HOME` = the test's dir) —
+/// plus `radio_keys` in its section; `edit` adjusts the rest. Returns its path.
+pub fn write_rigctld_radio_config(
+    setup: &Setup,
+    rig_address: &str,
+    radio_keys: &str,
+    edit: impl FnOnce(String) -> String,
+) -> std::path::PathBuf {
+    let dir = setup.dir.path();
+    std::fs::write(
+        dir.join(".asoundrc"),
+        "pcm.walkie_null {\n type null\n hint { show on description \"walkie test: no sound card\" }\n}\n",
+    )
+    .expect("asoundrc");
+    let text = edit(
+        config_text(&setup.synapse.url(), setup.listen, dir)
+            .replace("endpoints = []", r#"endpoints = ["radio.uhf"]"#),
+    ) + &format!(
+        r#"
+[radio.uhf]
+ptt = "rigctld"
+rigctld = "{rig_address}"
+cos = "rigctld"
+audio_in = "walkie_null"
+audio_out = "walkie_null"
+tx_delay_ms = 50
+{radio_keys}
+"#
+    );
+    let path = dir.join("walkie.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
 pub fn config_text(homeserver: &str, listen: u16, dir: &std::path::Path) -> String {
     config_text_with(homeserver, listen, dir, "")
 }
