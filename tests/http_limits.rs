@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use walkie_harness::{free_port, TestUser};
+use walkie_harness::free_port;
 
 /// The defaults of `[http]` this test relies on.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,21 +45,6 @@ fn child_config(setup: &Setup, status: u16) -> String {
     let mut text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path());
     text.push_str(&format!("\n[status]\nlisten = \"127.0.0.1:{status}\"\n"));
     text
-}
-
-async fn register_member(setup: &Setup, name: &str) -> TestUser {
-    let user = setup
-        .synapse
-        .register_user(name, false)
-        .await
-        .expect("user");
-    setup
-        .synapse
-        .client(&user)
-        .join(&setup.room_id)
-        .await
-        .expect("joins the room");
-    user
 }
 
 /// A TCP connection to the bridge's listener from `source` (any 127.0.0.0/8
@@ -144,7 +129,7 @@ fn source(n: usize, subnet: u8) -> IpAddr {
 async fn silent_and_slow_http_connections_do_not_starve_the_homeserver() {
     raise_own_descriptor_limit(4096);
     let setup = setup().await;
-    let bob = register_member(&setup, "bob").await;
+    let bob = setup.member("bob").await;
     let status = free_port();
     let mut child = spawn_under_default_nofile(
         env!("CARGO_BIN_EXE_walkie-bridge"),

@@ -79,24 +79,9 @@ async fn bridge_with(
 ) -> (Setup, bridge_common::Running, TestUser) {
     let mut setup = setup().await;
     edit(&mut setup.config);
-    let bob = register_member(&setup, "bob").await;
+    let bob = setup.member("bob").await;
     let running = start_daemon(&setup.config).await;
     (setup, running, bob)
-}
-
-async fn register_member(setup: &Setup, name: &str) -> TestUser {
-    let user = setup
-        .synapse
-        .register_user(name, false)
-        .await
-        .expect("user");
-    setup
-        .synapse
-        .client(&user)
-        .join(&setup.room_id)
-        .await
-        .expect("joins the room");
-    user
 }
 
 fn error_code(answer: &Value) -> &str {
@@ -151,7 +136,7 @@ async fn idle_sockets_and_bad_logons_do_not_starve_the_bridge() {
     const PER_ADDRESS: usize = 10;
     raise_own_descriptor_limit(4096);
     let setup = setup().await;
-    let bob = register_member(&setup, "bob").await;
+    let bob = setup.member("bob").await;
     let status = free_port();
     let mut child = spawn_under_default_nofile(
         env!("CARGO_BIN_EXE_walkie-bridge"),
