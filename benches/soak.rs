@@ -24,6 +24,7 @@ mod e2e_common;
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_common::*;
@@ -85,6 +86,13 @@ struct Row {
     lost: usize,
     late: usize,
     load: String,
+    /// Async tasks alive in the bridge (its /metrics, scraped during the window).
+    tasks: f64,
+    threads: u64,
+    fds: u64,
+    /// The bridge's SQLite database with its WAL, and the files in its spool.
+    db_kib: u64,
+    spool_files: u64,
 }
 
 async fn soak(length: Duration, out: &Path) {
@@ -126,7 +134,7 @@ async fn soak(length: Duration, out: &Path) {
     let (idle_rss, _) = bridge.rss_kib();
     println!("RSS idle with 20 channels: {idle_rss} KiB");
     println!(
-        "{:>6} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5}  load",
+        "{:>6} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  load",
         "min",
         "RSS KiB",
         "CPU%",
@@ -137,7 +145,12 @@ async fn soak(length: Duration, out: &Path) {
         "pcm p99",
         "frames",
         "lost",
-        "late"
+        "late",
+        "tasks",
+        "thr",
+        "fds",
+        "db KiB",
+        "spool"
     );
 
     let total_ticks = (length.as_secs_f64() / 0.02) as u64;
@@ -150,6 +163,9 @@ async fn soak(length: Duration, out: &Path) {
     // "Late" against the first window's p50 of each group + one frame (20 ms).
     let mut reference: Option<[f64; 2]> = None;
     let mut sender_behind_max = Duration::ZERO;
+    // Scraped off the pacing loop, so a slow /metrics never delays a frame.
+    let tasks = Arc::new(Mutex::new(f64::NAN));
+    spawn_tasks_scrape(bridge.status, tasks.clone());
     // A channel whose first cycle begins mid-talk stays quiet until its start.
     let mut talking = [false; CHANNELS];
     for tick in 0..total_ticks {
@@ -188,6 +204,7 @@ async fn soak(length: Duration, out: &Path) {
         }
         if (tick + 1) % WINDOW_TICKS == 0 {
             let (rss, hwm) = bridge.rss_kib();
+            let (threads, fds) = bridge.threads_and_fds();
             let cpu = bridge.cpu_seconds();
             let cpu_percent = (cpu - cpu_mark.0) / cpu_mark.1.elapsed().as_secs_f64() * 100.0;
             let cpu_us_per_frame = (cpu - cpu_mark.0) * 1e6 / window.sent.max(1) as f64;
@@ -218,9 +235,15 @@ async fn soak(length: Duration, out: &Path) {
                 lost: window.lost,
                 late,
                 load: loadavg(),
+                tasks: *tasks.lock().expect("tasks lock"),
+                threads,
+                fds,
+                db_kib: files_kib(&dir, "walkie.db"),
+                spool_files: count_files(&dir.join("spool")),
             };
+            spawn_tasks_scrape(bridge.status, tasks.clone());
             println!(
-                "{:>6.1} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5}  {}",
+                "{:>6.1} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  {}",
                 row.minute,
                 row.rss_kib,
                 row.cpu_percent,
@@ -232,6 +255,11 @@ async fn soak(length: Duration, out: &Path) {
                 row.sent,
                 row.lost,
                 row.late,
+                row.tasks,
+                row.threads,
+                row.fds,
+                row.db_kib,
+                row.spool_files,
                 row.load
             );
             rows.push(row);
@@ -355,6 +383,68 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         (last.rss_kib as f64 / base.rss_kib.max(1) as f64 - 1.0) * 100.0,
         slope(&steady_rss)
     );
+    println!(
+        "  bridge process: tasks first {} / last {}, threads {} / {}, fds {} / {}; \
+         database {} / {} KiB, spool files {} / {}",
+        base.tasks,
+        last.tasks,
+        base.threads,
+        last.threads,
+        base.fds,
+        last.fds,
+        base.db_kib,
+        last.db_kib,
+        base.spool_files,
+        last.spool_files
+    );
+}
+
+/// Reads `walkie_runtime_alive_tasks` from the bridge's /metrics into `into`.
+fn spawn_tasks_scrape(status: u16, into: Arc<Mutex<f64>>) {
+    tokio::spawn(async move {
+        let url = format!("http://127.0.0.1:{status}/metrics");
+        let Ok(answer) = reqwest::get(&url).await else {
+            return;
+        };
+        let text = answer.text().await.unwrap_or_default();
+        let value = text.lines().find_map(|l| {
+            l.strip_prefix("walkie_runtime_alive_tasks ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let Some(value) = value {
+            *into.lock().expect("tasks lock") = value;
+        }
+    });
+}
+
+/// KiB of the files in `dir` whose names start with `prefix` (a SQLite database
+/// and its -wal / -shm files).
+fn files_kib(dir: &Path, prefix: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum::<u64>()
+        / 1024
+}
+
+/// Files anywhere under `dir`.
+fn count_files(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn write_csv(rows: &[Row], dir: &Path) {
@@ -367,12 +457,12 @@ fn write_csv(rows: &[Row], dir: &Path) {
     let _ = writeln!(
         file,
         "minute,rss_kib,hwm_kib,cpu_percent,cpu_us_per_frame,opus_p50_ms,opus_p99_ms,opus_max_ms,\
-         pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,loadavg"
+         pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,tasks,threads,fds,db_kib,spool_files,loadavg"
     );
     for r in rows {
         let _ = writeln!(
             file,
-            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
+            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}",
             r.minute,
             r.rss_kib,
             r.hwm_kib,
@@ -387,6 +477,11 @@ fn write_csv(rows: &[Row], dir: &Path) {
             r.sent,
             r.lost,
             r.late,
+            r.tasks,
+            r.threads,
+            r.fds,
+            r.db_kib,
+            r.spool_files,
             r.load
         );
     }

@@ -370,6 +370,21 @@ impl Bridge {
         self.guard.id()
     }
 
+    /// Threads and open file descriptors of the bridge process now.
+    pub fn threads_and_fds(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        (threads, fds)
+    }
+
     /// (VmRSS, VmHWM) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
         let status =

@@ -94,8 +94,21 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 /// Prometheus text exposition.
 pub fn render(handle: &PrometheusHandle, channels: &[HubObserver]) -> String {
     collect(channels);
+    collect_runtime();
     handle.run_upkeep();
     handle.render()
+}
+
+/// Tasks alive on the runtime that serves /metrics (the daemon's): a task that
+/// never ends (one per transmission, say) shows here as a count that only grows,
+/// long before it shows in RSS or CPU. The soak benchmark records it.
+fn collect_runtime() {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let metrics = runtime.metrics();
+        metrics::gauge!("walkie_runtime_alive_tasks").set(metrics.num_alive_tasks() as f64);
+        metrics::gauge!("walkie_runtime_global_queue_depth")
+            .set(metrics.global_queue_depth() as f64);
+    }
 }
 
 fn collect(channels: &[HubObserver]) {
