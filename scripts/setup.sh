@@ -138,6 +138,30 @@ if ! pymumble_installed; then
   pymumble_installed || { echo "setup: pymumble $PYMUMBLE_VERSION did not install into $TEST_VENV" >&2; exit 1; }
 fi
 
+# The end-to-end-encryption test client (tests/harness/python/matrix_e2ee_client.py)
+# is matrix-nio with its e2e extra, in the same .venv-test: nio needs neither protobuf
+# nor opuslib, so pymumble's pins stay as they are. matrix-nio 0.26 does its Olm and
+# Megolm with vodozemac's Python bindings (prebuilt wheels), not libolm;
+# --only-binary makes pip fail rather than compile anything if a wheel is ever missing
+# for this Python. vodozemac is pinned too: it is the crypto the tests check against.
+NIO_VERSION=0.26.0
+VODOZEMAC_VERSION=0.10.0
+
+nio_installed() {
+  "$TEST_VENV/bin/python" -c 'import sys, importlib.metadata as m, nio, vodozemac
+from nio.crypto import ENCRYPTION_ENABLED
+sys.exit(not ENCRYPTION_ENABLED or (m.version("matrix-nio"), m.version("vodozemac")) != tuple(sys.argv[1:]))' \
+    "$NIO_VERSION" "$VODOZEMAC_VERSION" 2>/dev/null
+}
+
+if ! nio_installed; then
+  echo "setup: installing matrix-nio[e2e]==$NIO_VERSION into $TEST_VENV" >&2
+  "$TEST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+    "matrix-nio[e2e]==$NIO_VERSION" "vodozemac==$VODOZEMAC_VERSION"
+  nio_installed || { echo "setup: matrix-nio[e2e] $NIO_VERSION did not install into $TEST_VENV" >&2; exit 1; }
+  pymumble_installed || { echo "setup: installing matrix-nio broke pymumble in $TEST_VENV" >&2; exit 1; }
+fi
+
 # The live-talk page's browser test (tests/live_browser.rs) runs tests/browser/live.mjs
 # with playwright-core from the committed lock file. playwright-core never downloads
 # a browser; the test uses Debian's /usr/bin/chromium.
