@@ -384,6 +384,36 @@ impl MatrixClient {
         string_field(&answer, "event_id", "send event")
     }
 
+    /// One event as the server stores it (`GET /rooms/{roomId}/event/{eventId}`): for
+    /// an encrypted event, the `m.room.encrypted` ciphertext.
+    pub async fn get_event(&self, room_id: &str, event_id: &str) -> Result<Value> {
+        self.call(
+            Method::GET,
+            &[
+                "_matrix", "client", "v3", "rooms", room_id, "event", event_id,
+            ],
+            None,
+        )
+        .await
+    }
+
+    /// Sends to-device messages (`PUT /sendToDevice/{eventType}/{txnId}`);
+    /// `messages` is `{user_id: {device_id or "*": content}}`.
+    pub async fn send_to_device(&self, event_type: &str, messages: &Value) -> Result<()> {
+        let txn = format!(
+            "walkie-harness-{}-{}",
+            self.txn_prefix,
+            self.txn_counter.fetch_add(1, Ordering::Relaxed)
+        );
+        self.call(
+            Method::PUT,
+            &["_matrix", "client", "v3", "sendToDevice", event_type, &txn],
+            Some(&json!({ "messages": messages })),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Sets a state event; returns the event ID.
     pub async fn send_state(
         &self,

@@ -5,12 +5,15 @@
 //! media. Starts a real murmurd (see [`MurmurBuilder`]) and drives pymumble clients
 //! ([`MumbleTestClient`]) that send, record and message on it. Starts a real
 //! mosquitto (see [`MosquittoBuilder`]) with `mosquitto_sub`/`mosquitto_pub` test
-//! clients ([`MqttSubscriber`], [`mqtt_publish`]). Processes started
+//! clients ([`MqttSubscriber`], [`mqtt_publish`]). Gives tests an end-to-end-encrypting
+//! Matrix client, matrix-nio ([`E2eeTestClient`]). Processes started
 //! here are owned by guards ([`ChildGuard`]) and die with the test. See `README.md`
 //! beside this crate for environment variables and logs.
 
 mod appservice;
 mod client;
+mod e2ee_client;
+mod json_lines;
 mod mosquitto;
 mod mumble_client;
 mod murmur;
@@ -22,6 +25,12 @@ mod synapse;
 
 pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
 pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
+pub use e2ee_client::{
+    AudioInfo, CrossSigningKeys, DeviceKeys, E2eeLogin, E2eeRoomState, E2eeTestClient,
+    EncryptedFileRef, MessageFilter, Msc1767Audio, NewRoom, ReceivedAudio, ReceivedMessage,
+    Rotation, SenderDevice, SentText, SentVoice, Undecryptable, UserKeys, VoiceContent,
+    WithheldNotice, E2EE_CLIENT_TIMEOUT,
+};
 pub use mosquitto::{
     mosquitto_path, mosquitto_tool, mqtt_publish, mqtt_publish_with, Mosquitto, MosquittoBuilder,
     MqttClientOptions, MqttMessage, MqttSubscriber, MOSQUITTO_READY_TIMEOUT, MOSQUITTO_STOP_GRACE,
@@ -88,6 +97,14 @@ pub enum Error {
     /// A Mumble test client failed a command or died; carries the tail of its log.
     #[error("mumble test client {client}: {message}\n{log_tail}")]
     MumbleClient {
+        client: String,
+        message: String,
+        log_tail: String,
+    },
+    /// An E2EE (matrix-nio) test client failed a command or died; carries the tail
+    /// of its log.
+    #[error("E2EE test client {client}: {message}\n{log_tail}")]
+    E2eeClient {
         client: String,
         message: String,
         log_tail: String,

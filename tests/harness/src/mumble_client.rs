@@ -1,31 +1,26 @@
 //! A third-party Mumble client for tests: pymumble, driven over line-delimited JSON.
 //!
 //! [`MumbleTestClient`] runs `tests/harness/python/mumble_client.py` with the test
-//! Python ([`crate::test_python`]) under a [`ChildGuard`], sends it commands on stdin
-//! and reads answers and pushed events on stdout. Every method takes `&self`, so a
+//! Python ([`crate::test_python`]) under a [`crate::ChildGuard`], sends it commands on
+//! stdin and reads answers and pushed events on stdout. Every method takes `&self`, so a
 //! test can send audio and await a text message at the same time
 //! (`tokio::join!(client.send_wav(..), client.wait_for_text(..))`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{oneshot, watch};
 
+use crate::json_lines::JsonLinesChild;
 use crate::murmur::{test_python, Murmur};
-use crate::process::{log_tail, ChildGuard};
 use crate::synapse::workspace_root;
 use crate::{Error, Result};
 
 /// Bound on the Python process's start-up (imports) and on most commands.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-const TAIL_LINES: usize = 40;
 
 /// A text message the client received.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -138,33 +133,17 @@ impl MumbleEvent {
     }
 }
 
-#[derive(Default)]
-struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
-    events: Mutex<Vec<MumbleEvent>>,
-    /// Closed stdout (the script exited).
-    closed: Mutex<bool>,
-}
-
 /// A pymumble client in its own Python process. Dropping it ends the process.
 pub struct MumbleTestClient {
-    label: Mutex<String>,
-    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
-    shared: Arc<Shared>,
-    /// Bumped on every event and on exit: waiters re-check on change.
-    version: watch::Receiver<u64>,
-    next_id: AtomicU64,
-    log_path: PathBuf,
-    child: Mutex<ChildGuard>,
-    reader: tokio::task::JoinHandle<()>,
+    inner: JsonLinesChild,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for MumbleTestClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MumbleTestClient")
-            .field("label", &self.label())
-            .field("log_path", &self.log_path)
+            .field("label", &self.inner.label())
+            .field("log_path", &self.inner.log_path())
             .finish_non_exhaustive()
     }
 }
@@ -189,42 +168,26 @@ impl MumbleTestClient {
                 let dir = temp.path().to_path_buf();
                 (Some(temp), dir)
             };
-        let log_path = dir.join("mumble_client.log");
         let mut command = Command::new(&python);
         command
             .arg("-u")
             .arg(&script)
             .current_dir(&dir)
             .env("PYTHONUNBUFFERED", "1");
-        let (mut child, stdin, stdout) =
-            ChildGuard::spawn_piped("mumble test client", command, &log_path)
-                .map_err(|e| Error::io(format!("starting {}", python.display()), e))?;
-        child.set_print_log_on_panic(false);
-        let stdin = tokio::process::ChildStdin::from_std(stdin)
-            .map_err(|e| Error::io("Mumble client stdin", e))?;
-        let stdout = tokio::process::ChildStdout::from_std(stdout)
-            .map_err(|e| Error::io("Mumble client stdout", e))?;
-        let shared = Arc::new(Shared::default());
-        let (bump, version) = watch::channel(0u64);
-        let reader = tokio::spawn(read_output(stdout, shared.clone(), bump));
-        let client = MumbleTestClient {
-            label: Mutex::new("(not connected)".to_string()),
-            stdin: tokio::sync::Mutex::new(stdin),
-            shared,
-            version,
-            next_id: AtomicU64::new(1),
-            log_path,
-            child: Mutex::new(child),
-            reader,
-            _temp: temp,
-        };
-        client
-            .wait_for_event(
-                |e| matches!(e, MumbleEvent::Other(v) if v["event"] == "ready"),
-                CLIENT_TIMEOUT,
-            )
-            .await?;
-        Ok(client)
+        let inner = JsonLinesChild::spawn(
+            "Mumble test client",
+            command,
+            dir.join("mumble_client.log"),
+            |client, message, log_tail| Error::MumbleClient {
+                client,
+                message,
+                log_tail,
+            },
+            CLIENT_TIMEOUT,
+        )
+        .await?;
+        inner.set_label("(not connected)");
+        Ok(MumbleTestClient { inner, _temp: temp })
     }
 
     /// Spawns a client and connects it to `murmur` as `username` in `channel` (a path
@@ -275,7 +238,7 @@ impl MumbleTestClient {
         certificate: Option<(&Path, &Path)>,
         channel: &str,
     ) -> Result<()> {
-        *self.label.lock().expect("label lock") = format!("{username}@{host}:{port}");
+        self.inner.set_label(format!("{username}@{host}:{port}"));
         let timeout = CLIENT_TIMEOUT.saturating_sub(Duration::from_secs(5));
         let mut request = json!({"cmd": "connect", "host": host, "port": port,
                "username": username, "password": password, "channel": channel,
@@ -383,7 +346,11 @@ impl MumbleTestClient {
 
     /// Every event pushed so far, oldest first.
     pub fn events(&self) -> Vec<MumbleEvent> {
-        self.shared.events.lock().expect("events lock").clone()
+        self.inner
+            .events()
+            .into_iter()
+            .map(MumbleEvent::parse)
+            .collect()
     }
 
     /// Waits for the first event (received since spawn, past or future) that
@@ -393,34 +360,13 @@ impl MumbleTestClient {
         predicate: impl Fn(&MumbleEvent) -> bool,
         timeout: Duration,
     ) -> Result<MumbleEvent> {
-        let mut version = self.version.clone();
-        let wait = async {
-            loop {
-                version.borrow_and_update();
-                if let Some(event) = self
-                    .shared
-                    .events
-                    .lock()
-                    .expect("events lock")
-                    .iter()
-                    .find(|e| predicate(e))
-                {
-                    return Ok(event.clone());
-                }
-                if *self.shared.closed.lock().expect("closed lock") {
-                    return Err(self.error("exited while a test waited for an event"));
-                }
-                if version.changed().await.is_err() {
-                    return Err(self.error("output ended while a test waited for an event"));
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait)
+        self.inner
+            .wait_for_event(
+                |value| Some(MumbleEvent::parse(value.clone())).filter(|e| predicate(e)),
+                timeout,
+                "an event",
+            )
             .await
-            .map_err(|_| Error::Timeout {
-                what: format!("an event on Mumble client {}", self.label()),
-                after: timeout,
-            })?
     }
 
     /// Waits for the first text message (received since connecting, past or future)
@@ -449,178 +395,41 @@ impl MumbleTestClient {
         predicate: impl Fn(&[String]) -> bool,
         timeout: Duration,
     ) -> Result<Vec<String>> {
-        let latest = |e: &MumbleEvent| matches!(e, MumbleEvent::Users { .. });
-        let mut version = self.version.clone();
-        let wait = async {
-            loop {
-                version.borrow_and_update();
-                let current = self
-                    .shared
-                    .events
-                    .lock()
-                    .expect("events lock")
-                    .iter()
-                    .rev()
-                    .find(|e| latest(e))
-                    .cloned();
-                if let Some(MumbleEvent::Users { users, .. }) = current {
-                    if predicate(&users) {
-                        return Ok(users);
-                    }
-                }
-                if *self.shared.closed.lock().expect("closed lock") {
-                    return Err(self.error("exited while a test waited for users"));
-                }
-                if version.changed().await.is_err() {
-                    return Err(self.error("output ended while a test waited for users"));
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait)
+        self.inner
+            .wait_until(
+                |events| {
+                    let latest = events
+                        .iter()
+                        .rev()
+                        .find_map(|value| match MumbleEvent::parse(value.clone()) {
+                            MumbleEvent::Users { users, .. } => Some(users),
+                            _ => None,
+                        })?;
+                    predicate(&latest).then_some(latest)
+                },
+                timeout,
+                "the user list",
+            )
             .await
-            .map_err(|_| Error::Timeout {
-                what: format!("the user list on Mumble client {}", self.label()),
-                after: timeout,
-            })?
     }
 
     /// The file receiving the script's stderr (pymumble's log, tracebacks).
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        self.inner.log_path()
     }
 
     /// The last `lines` lines of the script's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.log_path, lines)
-    }
-
-    fn label(&self) -> String {
-        self.label.lock().expect("label lock").clone()
-    }
-
-    fn error(&self, message: impl Into<String>) -> Error {
-        Error::MumbleClient {
-            client: self.label(),
-            message: message.into(),
-            log_tail: format!(
-                "--- {} ---\n{}",
-                self.log_path.display(),
-                self.log_tail(TAIL_LINES)
-            ),
-        }
+        self.inner.log_tail(lines)
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, value: Value, what: &str) -> Result<T> {
-        serde_json::from_value(value.clone()).map_err(|e| Error::Unexpected {
-            what: format!("Mumble client {what}: {e}"),
-            body: value.to_string(),
-        })
+        self.inner.parse(value, what)
     }
 
-    fn forget(&self, id: u64) {
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&id);
+    async fn request(&self, request: Value, timeout: Duration) -> Result<Value> {
+        self.inner.request(request, timeout).await
     }
-
-    async fn request(&self, mut request: Value, timeout: Duration) -> Result<Value> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        request["id"] = json!(id);
-        let command = request["cmd"].as_str().unwrap_or_default().to_string();
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .insert(id, reply);
-        if *self.shared.closed.lock().expect("closed lock") {
-            self.forget(id);
-            return Err(self.error(format!("{command}: the client process has exited")));
-        }
-        let mut line = request.to_string();
-        line.push('\n');
-        let written = {
-            let mut stdin = self.stdin.lock().await;
-            match stdin.write_all(line.as_bytes()).await {
-                Ok(()) => stdin.flush().await,
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = written {
-            self.forget(id);
-            return Err(self.error(format!("{command}: writing the request: {e}")));
-        }
-        let answer = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => {
-                return Err(self.error(format!("{command}: the client exited before answering")))
-            }
-            Err(_) => {
-                self.forget(id);
-                return Err(self.error(format!("{command}: no answer within {timeout:?}")));
-            }
-        };
-        if answer["ok"] == true {
-            Ok(answer)
-        } else {
-            Err(self.error(format!(
-                "{command} failed: {}",
-                answer["error"].as_str().unwrap_or("(no error text)")
-            )))
-        }
-    }
-}
-
-impl Drop for MumbleTestClient {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- walkie-harness: Mumble test client {} ({}) ---\n{}",
-                self.label(),
-                self.log_path.display(),
-                self.log_tail(TAIL_LINES)
-            );
-        }
-        self.reader.abort();
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.stop_blocking(Duration::from_secs(2));
-        }
-    }
-}
-
-/// Reads the script's stdout: answers go to their waiting request, events to the
-/// event list. On EOF every pending request fails.
-async fn read_output(
-    stdout: tokio::process::ChildStdout,
-    shared: Arc<Shared>,
-    bump: watch::Sender<u64>,
-) {
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(value) = serde_json::from_str::<Value>(&line) else {
-            eprintln!("walkie-harness: Mumble test client printed a non-JSON line: {line}");
-            continue;
-        };
-        if let Some(id) = value.get("id").and_then(Value::as_u64) {
-            if let Some(reply) = shared.pending.lock().expect("pending lock").remove(&id) {
-                let _ = reply.send(value);
-            }
-        } else if value.get("event").is_some() {
-            shared
-                .events
-                .lock()
-                .expect("events lock")
-                .push(MumbleEvent::parse(value));
-            bump.send_modify(|v| *v += 1);
-        } else {
-            eprintln!("walkie-harness: Mumble test client answered without id: {line}");
-        }
-    }
-    *shared.closed.lock().expect("closed lock") = true;
-    shared.pending.lock().expect("pending lock").clear();
-    bump.send_modify(|v| *v += 1);
 }
 
 #[cfg(test)]
