@@ -73,6 +73,10 @@ from nio.exceptions import EncryptionError
 MEGOLM = "m.megolm.v1.aes-sha2"
 WITHHELD = "m.room_key.withheld"
 SYNC_TIMEOUT_MS = 10_000
+# Synapse's default timeline limit (10 events per room and sync) would leave a gap
+# when more arrive between two syncs (a burst of transmissions, a restart): events in
+# a gap never reach this client.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
 
 _out_lock = threading.Lock()
 
@@ -274,6 +278,7 @@ class Driver:
                 response = await client.sync(
                     timeout=0 if first else SYNC_TIMEOUT_MS,
                     full_state=full_state if first else None,
+                    sync_filter=SYNC_FILTER,
                 )
                 if isinstance(response, SyncError):
                     failures += 1
