@@ -51,7 +51,7 @@ async fn demo() -> anyhow::Result<()> {
     .replace(
         r#"endpoints = ["mumble.ops"]"#,
         r#"endpoints = ["mumble.ops", "mqtt.lobby"]"#,
-    ) + &format!(
+    ) + &*format!(
         "\n[mqtt.lobby]\nbroker = \"{}\"\nprefix = \"walkie/lobby\"\n\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n",
         broker.url()
     );

@@ -479,7 +479,7 @@ fn room_inbound(event: RoomEvent) -> Option<RoomInbound> {
             let Some(user) = event
                 .state_key
                 .as_deref()
-                .and_then(|k| UserId::parse(k).ok())
+                .and_then(|k| crate::matrix::ids::parse_user_id(k).ok())
             else {
                 bad_event(&event, "its state key is no user ID");
                 return None;

@@ -88,7 +88,7 @@ async fn a_full_spool_refuses_to_record_raises_the_alarm_and_recovers() {
     let filler = spool.fill();
     let status_port = free_port();
     let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
-        + &format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
+        + &*format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
     let config = bridge_common::load(&text);
     let mut running = bridge_common::start_daemon(&config).await;
     let alice = setup.synapse.client(&setup.alice);
@@ -165,7 +165,7 @@ async fn broken_voice_messages_are_refused_with_a_reason_and_the_bridge_goes_on(
     let setup = setup().await;
     let status_port = free_port();
     let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
-        + &format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
+        + &*format!("\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n");
     let config = bridge_common::load(&text);
     let mut running = bridge_common::start_daemon(&config).await;
     let alice = setup.synapse.client(&setup.alice);

@@ -86,12 +86,18 @@ const fn secs(s: u64) -> Duration {
 async fn raw_execute(url: &str, sql: &str) {
     let result = if url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(url).await.expect("raw sqlite");
-        let r = sqlx::query(sql).execute(&pool).await.map(|_| ());
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .map(|_| ());
         pool.close().await;
         r
     } else {
         let pool = sqlx::PgPool::connect(url).await.expect("raw postgres");
-        let r = sqlx::query(sql).execute(&pool).await.map(|_| ());
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .map(|_| ());
         pool.close().await;
         r
     };
@@ -943,7 +949,7 @@ mod postgres {
             let admin = sqlx::PgPool::connect(&self.url("postgres"))
                 .await
                 .expect("connect to the cluster");
-            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
                 .execute(&admin)
                 .await
                 .expect("create database");

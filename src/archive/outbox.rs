@@ -207,7 +207,7 @@ impl Outbox {
 
     async fn deliver_inner(&self, entry: OutboxEntry) -> Outcome {
         let item = &entry.item;
-        let sender = match UserId::parse(&item.sender) {
+        let sender = match crate::matrix::ids::parse_user_id(&item.sender) {
             Ok(u) => u,
             Err(e) => {
                 return self
@@ -218,7 +218,7 @@ impl Outbox {
                     .await
             }
         };
-        let room = match RoomId::parse(&item.room_id) {
+        let room = match crate::matrix::ids::parse_room_id(&item.room_id) {
             Ok(r) => r,
             Err(e) => {
                 return self

@@ -167,7 +167,7 @@ impl Authenticator {
         logon: &Logon,
         now: SystemTime,
     ) -> Result<Identity, Refusal> {
-        let user_id = UserId::parse(&logon.user_id).map_err(|e| {
+        let user_id = crate::matrix::ids::parse_user_id(&logon.user_id).map_err(|e| {
             Refusal::new(
                 ErrorCode::BadRequest,
                 format!(

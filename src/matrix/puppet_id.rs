@@ -6,7 +6,9 @@
 //! be read back: `_` doubles, an upper-case letter becomes `_` + its lower case,
 //! anything else becomes `=` + the hex of each UTF-8 byte.
 
-use ruma::{OwnedUserId, UserId};
+use ruma::OwnedUserId;
+
+use super::ids::parse_user_id;
 
 /// The localpart of the puppet for `name` on an endpoint of kind `system`.
 pub fn puppet_localpart(prefix: &str, system: &str, name: &str) -> String {
@@ -16,10 +18,12 @@ pub fn puppet_localpart(prefix: &str, system: &str, name: &str) -> String {
 }
 
 /// The full user ID, or `None` when the result would be no valid Matrix ID (a
-/// name so long the ID passes 255 bytes).
+/// name so long the ID passes 255 bytes). Never truncated: two long names with
+/// one prefix would become one puppet.
 pub fn puppet_user_id(prefix: &str, system: &str, name: &str, domain: &str) -> Option<OwnedUserId> {
     let id = format!("@{}:{domain}", puppet_localpart(prefix, system, name));
-    UserId::parse(id).ok()
+    // The length is checked by `ids`, not ruma: see there.
+    parse_user_id(&id).ok()
 }
 
 fn escape(name: &str) -> String {
@@ -46,6 +50,7 @@ fn escape(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ruma::UserId;
 
     #[test]
     fn plain_names_stay_readable() {
@@ -85,5 +90,15 @@ mod tests {
     fn absurdly_long_names_are_refused_not_truncated() {
         let name = "x".repeat(300);
         assert!(puppet_user_id("walkie_", "mumble", &name, "example.org").is_none());
+    }
+
+    #[test]
+    fn the_limit_is_255_bytes_of_the_whole_id() {
+        // "@walkie_mumble_" + name + ":example.org" = 15 + n + 12 bytes.
+        let fits = "x".repeat(255 - 27);
+        let id = puppet_user_id("walkie_", "mumble", &fits, "example.org").expect("255 bytes fit");
+        assert_eq!(id.as_str().len(), 255);
+        let one_more = "x".repeat(255 - 26);
+        assert!(puppet_user_id("walkie_", "mumble", &one_more, "example.org").is_none());
     }
 }

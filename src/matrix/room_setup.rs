@@ -2,7 +2,9 @@
 //! refuse encrypted rooms, and check that the bot may do what the bridge needs.
 
 use ruma::events::room::tombstone::RoomTombstoneEventContent;
-use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
+
+use super::ids::{parse_room_alias, parse_room_id};
 use serde_json::Value;
 
 use super::client::{Homeserver, MatrixError};
@@ -68,17 +70,17 @@ pub async fn prepare_room(
         source,
     };
     let room_id = match room {
-        RoomRef::Id(id) => RoomId::parse(id).map_err(|e| RoomSetupError::BadRoom {
+        RoomRef::Id(id) => parse_room_id(id).map_err(|e| RoomSetupError::BadRoom {
             room: label.clone(),
             reason: e.to_string(),
         })?,
         RoomRef::Alias(alias) => match store.resolved_room(alias).await? {
-            Some(id) => RoomId::parse(id).map_err(|e| RoomSetupError::BadRoom {
+            Some(id) => parse_room_id(&id).map_err(|e| RoomSetupError::BadRoom {
                 room: label.clone(),
                 reason: format!("stored room ID is invalid: {e}"),
             })?,
             None => {
-                let parsed = RoomAliasId::parse(alias).map_err(|e| RoomSetupError::BadRoom {
+                let parsed = parse_room_alias(alias).map_err(|e| RoomSetupError::BadRoom {
                     room: label.clone(),
                     reason: e.to_string(),
                 })?;

@@ -69,7 +69,8 @@ impl MigrationSource<'static> for Source {
                     version,
                     Cow::Borrowed(description),
                     MigrationType::Simple,
-                    Cow::Borrowed(sql),
+                    // Embedded `&'static str`s from the binary, never outside input.
+                    sqlx::SqlSafeStr::into_sql_str(sql),
                     false,
                 )
             })

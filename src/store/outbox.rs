@@ -170,28 +170,32 @@ impl Store {
         now: SystemTime,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
+        // Safe to assert: the only interpolation is the ENTRY_COLUMNS constant;
+        // values go through binds.
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM outbox \
              WHERE event_id IS NULL AND next_attempt_at <= $1 \
              ORDER BY created_at ASC, tx_id ASC LIMIT $2"
         );
-        let rows: Vec<EntryRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let rows: Vec<EntryRow> =
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(to_ms(now))
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)
-        .map_err(StoreError::query("reading the outbox"))?;
+            .map_err(StoreError::query("reading the outbox"))?;
         rows.into_iter().map(entry).collect()
     }
 
     /// One item by id, posted or not (`None` if unknown or pruned).
     pub async fn outbox_entry(&self, tx: TxId) -> Result<Option<OutboxEntry>, StoreError> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM outbox WHERE tx_id = $1");
-        let row: Option<EntryRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let row: Option<EntryRow> =
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(tx_key(tx))
             .fetch_optional(pool)
             .await)
-        .map_err(StoreError::query("reading the outbox"))?;
+            .map_err(StoreError::query("reading the outbox"))?;
         row.map(entry).transpose()
     }
 

@@ -70,7 +70,7 @@ pub fn write_rigctld_radio_config(
     let text = edit(
         config_text(&setup.synapse.url(), setup.listen, dir)
             .replace("endpoints = []", r#"endpoints = ["radio.uhf"]"#),
-    ) + &format!(
+    ) + &*format!(
         r#"
 [radio.uhf]
 ptt = "rigctld"

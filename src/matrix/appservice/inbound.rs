@@ -7,6 +7,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use tracing::warn;
 
+use crate::matrix::ids::check_len;
 use crate::store::Store;
 
 /// One event pushed by the homeserver, in the order the homeserver sent it.
@@ -150,6 +151,15 @@ pub(crate) fn check_timeline(
     is_bridge_user: impl Fn(&OwnedUserId) -> bool,
 ) -> Result<RoomEvent, serde_json::Error> {
     let envelope: TimelineEnvelope = raw.deserialize_as_unchecked()?;
+    // ruma may be built without its length limit (see `ids`); these IDs key the
+    // store, the dedup cache and the puppet namespace check.
+    for id in [
+        envelope.event_id.as_str(),
+        envelope.room_id.as_str(),
+        envelope.sender.as_str(),
+    ] {
+        check_len(id).map_err(serde::de::Error::custom)?;
+    }
     Ok(RoomEvent {
         txn_id: txn_id.to_owned(),
         from_bridge: is_bridge_user(&envelope.sender),
@@ -170,10 +180,58 @@ pub(crate) fn check_ephemeral(
     raw: Raw<AnySyncEphemeralRoomEvent>,
 ) -> Result<Option<EphemeralEvent>, serde_json::Error> {
     let envelope: EphemeralEnvelope = raw.deserialize_as_unchecked()?;
+    if let Some(room_id) = &envelope.room_id {
+        check_len(room_id.as_str()).map_err(serde::de::Error::custom)?;
+    }
     Ok(envelope.room_id.map(|room_id| EphemeralEvent {
         txn_id: txn_id.to_owned(),
         room_id,
         event_type: envelope.event_type,
         event: raw,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sender: &str, room_id: &str, event_id: &str) -> Raw<AnyTimelineEvent> {
+        let json = serde_json::json!({
+            "type": "m.room.message",
+            "event_id": event_id,
+            "room_id": room_id,
+            "sender": sender,
+            "origin_server_ts": 1,
+            "content": {"msgtype": "m.text", "body": "hi"},
+        });
+        Raw::from_json(serde_json::value::to_raw_value(&json).expect("serialisable"))
+    }
+
+    #[test]
+    fn envelopes_with_over_long_ids_are_refused() {
+        let long = |sigil: char| format!("{sigil}{}:example.org", "a".repeat(250));
+        let ok = check_timeline("t", event("@a:example.org", "!r:example.org", "$e"), |_| {
+            false
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        for raw in [
+            event(&long('@'), "!r:example.org", "$e"),
+            event("@a:example.org", &long('!'), "$e"),
+            event("@a:example.org", "!r:example.org", &long('$')),
+        ] {
+            let err = check_timeline("t", raw, |_| false).expect_err("over-long id accepted");
+            assert!(err.to_string().contains("255"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ephemeral_events_of_over_long_rooms_are_refused() {
+        let json = serde_json::json!({
+            "type": "m.typing",
+            "room_id": format!("!{}:example.org", "a".repeat(250)),
+            "content": {"user_ids": []},
+        });
+        let raw = Raw::from_json(serde_json::value::to_raw_value(&json).expect("serialisable"));
+        assert!(check_ephemeral("t", raw).is_err());
+    }
 }

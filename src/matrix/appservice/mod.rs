@@ -392,7 +392,7 @@ async fn ping(body: Bytes) -> Response {
 /// create users on demand, and a `200` obliges the bridge to have created it.
 async fn query_user(State(shared): State<Arc<Shared>>, Path(user_id): Path<String>) -> Response {
     let not_found = || matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no such user");
-    let Ok(user) = UserId::parse(&user_id) else {
+    let Ok(user) = crate::matrix::ids::parse_user_id(&user_id) else {
         return not_found();
     };
     if shared.users.is_bot(&user) {
