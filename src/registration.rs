@@ -22,8 +22,23 @@ pub struct Registration {
     /// MSC2409, stable name: typing and receipts reach the bridge.
     pub receive_ephemeral: bool,
     /// MSC2409 under its unstable name, for homeservers that only know that one.
+    /// With `receive_ephemeral` (either one) Synapse also pushes to-device
+    /// messages for the bridge's users (`de.sorunome.msc2409.to_device`), when
+    /// its `experimental_features.msc2409_to_device_messages_enabled` is on.
     #[serde(rename = "de.sorunome.msc2409.push_ephemeral")]
     pub push_ephemeral: bool,
+    /// MSC3202: transactions carry device-list changes, one-time-key counts and
+    /// unused fallback key types of the bridge's devices (Synapse also needs
+    /// `experimental_features.msc3202_transaction_extensions`). Encrypted rooms
+    /// (issue 15, docs/encryption.md).
+    #[serde(rename = "org.matrix.msc3202")]
+    pub msc3202: bool,
+    /// MSC4190: the appservice creates and deletes its users' devices itself
+    /// (`PUT /devices/{id}` with `user_id`), no logins. Synapse then refuses
+    /// appservice `/login` and `/register` without `inhibit_login`, neither of
+    /// which the bridge uses.
+    #[serde(rename = "io.element.msc4190")]
+    pub msc4190: bool,
     pub protocols: Vec<String>,
 }
 
@@ -71,6 +86,8 @@ impl Registration {
             rate_limited: false,
             receive_ephemeral: true,
             push_ephemeral: true,
+            msc3202: true,
+            msc4190: true,
             protocols: Vec::new(),
         }
     }

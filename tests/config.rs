@@ -439,6 +439,10 @@ struct Registration {
     receive_ephemeral: bool,
     #[serde(rename = "de.sorunome.msc2409.push_ephemeral")]
     push_ephemeral: bool,
+    #[serde(rename = "org.matrix.msc3202")]
+    msc3202: bool,
+    #[serde(rename = "io.element.msc4190")]
+    msc4190: bool,
     protocols: Vec<String>,
     namespaces: Namespaces,
 }
@@ -473,6 +477,7 @@ fn generate_registration_prints_parseable_yaml() {
     assert_eq!(reg.hs_token, config.appservice.hs_token.expose());
     assert_eq!(reg.sender_localpart, "walkie");
     assert!(!reg.rate_limited && reg.receive_ephemeral && reg.push_ephemeral);
+    assert!(reg.msc3202 && reg.msc4190, "what encrypted rooms need");
     assert!(reg.protocols.is_empty());
     assert!(reg.namespaces.users.iter().all(|n| n.exclusive));
 

@@ -83,26 +83,13 @@ endpoints = []
         .0
 }
 
-/// Synapse with the bridge's registration and the experimental features the
-/// devices need (MSC2409 to-device, MSC3202 transaction extensions).
+/// Synapse with the bridge's generated registration (it asks for MSC2409,
+/// MSC3202 and MSC4190); the harness turns on the experimental features.
 async fn synapse(config: &Config) -> Synapse {
-    let mut registration = Registration::from_config(config).to_yaml().unwrap();
-    // Until `generate-registration` writes them itself.
-    for key in ["org.matrix.msc3202", "io.element.msc4190"] {
-        if !registration.contains(key) {
-            registration.push_str(&format!("{key}: true\n"));
-        }
-    }
+    let registration = Registration::from_config(config).to_yaml().unwrap();
     SynapseBuilder::new()
         .server_name("walkie.test")
         .appservice_registration(registration)
-        .config(
-            "experimental_features",
-            json!({
-                "msc2409_to_device_messages_enabled": true,
-                "msc3202_transaction_extensions": true,
-            }),
-        )
         .start()
         .await
         .expect("Synapse starts")

@@ -149,6 +149,35 @@ mod tests {
         assert!(content.get("filename").is_none());
     }
 
+    /// The exact bytes of an archived voice message as the outbox sends them
+    /// (serde_json of this `Value`, keys sorted). Pinned to what the bridge
+    /// produced on ruma 0.17.2, before the move to ruma 0.16 (issue 15): a
+    /// serialisation difference of another ruma shows here.
+    #[test]
+    fn voice_message_json_is_pinned() {
+        let mxc = OwnedMxcUri::from("mxc://example.org/abc");
+        let waveform: Vec<u16> = vec![0, 1, 512, 1023, 1024, 2000];
+        let content = voice_message_content(&VoiceMessage {
+            mxc: &mxc,
+            file_name: "walkie-ops-20261127T101530Z.ogg",
+            duration: Duration::from_millis(4321),
+            size: 12_345,
+            waveform: &waveform,
+        });
+        assert_eq!(
+            serde_json::to_string(&content).unwrap(),
+            concat!(
+                r#"{"body":"Voice message","info":{"duration":4321,"mimetype":"audio/ogg","size":12345},"#,
+                r#""msgtype":"m.audio","#,
+                r#""org.matrix.msc1767.audio":{"duration":4321,"waveform":[0,1,512,1023,1024,1024]},"#,
+                r#""org.matrix.msc1767.file":{"mimetype":"audio/ogg","#,
+                r#""name":"walkie-ops-20261127T101530Z.ogg","size":12345,"url":"mxc://example.org/abc"},"#,
+                r#""org.matrix.msc1767.text":"Voice message","org.matrix.msc3245.voice":{},"#,
+                r#""url":"mxc://example.org/abc"}"#
+            )
+        );
+    }
+
     #[test]
     fn file_names_are_safe_and_dated() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_774_530);

@@ -158,7 +158,7 @@ impl RoomWorker {
                 }
             }
             RoomOp::FloorIdle => {
-                self.write_floor(json!({ "state": "idle" })).await;
+                self.write_floor(floor_idle_content()).await;
             }
             RoomOp::Notice {
                 text,
@@ -218,18 +218,9 @@ impl RoomWorker {
                 }
             },
         };
-        let since_ts = since
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.write_floor(json!({
-            "state": "taken",
-            "talker": talker_id.unwrap_or_else(|| talker.name.clone()),
-            "talker_name": talker.display_name,
-            "endpoint": source.as_str(),
-            "tx_id": tx.to_string(),
-            "since_ts": since_ts,
-        }))
-        .await;
+        let talker_id = talker_id.unwrap_or_else(|| talker.name.clone());
+        self.write_floor(floor_taken_content(&talker_id, talker, source, tx, since))
+            .await;
     }
 
     async fn write_floor(&self, content: Value) {
@@ -247,6 +238,35 @@ impl RoomWorker {
         })
         .await;
     }
+}
+
+/// The `org.matrix.msc4002.floor` content while nobody holds the floor.
+fn floor_idle_content() -> Value {
+    json!({ "state": "idle" })
+}
+
+/// The `org.matrix.msc4002.floor` content while `talker` holds the floor;
+/// `talker_id` is their Matrix user (puppet or themself), or their name when no
+/// puppet could be made. Plain JSON, not a ruma type: its shape is the bridge's
+/// (DESIGN.md §4), pinned by a test.
+fn floor_taken_content(
+    talker_id: &str,
+    talker: &Talker,
+    source: &EndpointId,
+    tx: TxId,
+    since: SystemTime,
+) -> Value {
+    let since_ts = since
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "state": "taken",
+        "talker": talker_id,
+        "talker_name": talker.display_name,
+        "endpoint": source.as_str(),
+        "tx_id": tx.to_string(),
+        "since_ts": since_ts,
+    })
 }
 
 /// The Matrix transaction id of the bot's `kind` answer `what` to `event`: the
@@ -311,5 +331,36 @@ mod tests {
         assert_ne!(a, answer_txn("notice", &event, "Cut off."));
         assert_ne!(a, answer_txn("react", &event, "Not transmitted."));
         assert!(a.len() < 64 && a.is_ascii(), "{a}");
+    }
+
+    /// The exact bytes sent as the floor state (`send_state` serialises this
+    /// `Value`; serde_json sorts keys). Pinned so a dependency change shows.
+    #[test]
+    fn floor_state_json_is_pinned() {
+        assert_eq!(
+            serde_json::to_string(&floor_idle_content()).unwrap(),
+            r#"{"state":"idle"}"#
+        );
+        let tx = TxId::from_uuid(uuid::Uuid::from_u128(
+            0x0193_0000_0000_7000_8000_0000_0000_0001,
+        ));
+        let talker = Talker::new("alice", "alice (Mumble)");
+        let source = EndpointId::new("mumble.ops");
+        let since = UNIX_EPOCH + Duration::from_millis(1_795_774_530_123);
+        let content = floor_taken_content(
+            "@walkie_mumble_alice:example.org",
+            &talker,
+            &source,
+            tx,
+            since,
+        );
+        assert_eq!(
+            serde_json::to_string(&content).unwrap(),
+            concat!(
+                r#"{"endpoint":"mumble.ops","since_ts":1795774530123,"state":"taken","#,
+                r#""talker":"@walkie_mumble_alice:example.org","talker_name":"alice (Mumble)","#,
+                r#""tx_id":"01930000000070008000000000000001"}"#
+            )
+        );
     }
 }

@@ -342,6 +342,40 @@ mod tests {
         assert!(!sqlite_url_is_memory("sqlite://memory.db?mode=rwc"));
     }
 
+    /// What the bridge relies on from every SQLite connection, read back from
+    /// SQLite itself: a dependency upgrade that changes a default (sqlx 0.8 →
+    /// 0.9 changed none, docs/encryption.md "Implementation") shows here.
+    #[tokio::test]
+    async fn sqlite_connections_have_the_settings_the_store_relies_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("walkie.db").display());
+        let store = Store::connect(&url).await.expect("open");
+        let Pool::Sqlite(pool) = &store.pool else {
+            panic!("a sqlite URL gives a sqlite pool");
+        };
+        assert_eq!(pool.options().get_max_connections(), SQLITE_MAX_CONNECTIONS);
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .expect("journal_mode");
+        assert_eq!(journal_mode, "wal");
+        let number = |name: &'static str| async move {
+            let sql = sqlx::AssertSqlSafe(format!("PRAGMA {name}"));
+            let value: i64 = sqlx::query_scalar(sql)
+                .fetch_one(pool)
+                .await
+                .unwrap_or_else(|e| panic!("PRAGMA {name}: {e}"));
+            value
+        };
+        // 2 = FULL: a committed transaction survives a power cut.
+        assert_eq!(number("synchronous").await, 2);
+        assert_eq!(
+            number("busy_timeout").await,
+            SQLITE_BUSY_TIMEOUT.as_millis() as i64
+        );
+        assert_eq!(number("foreign_keys").await, 1);
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

@@ -89,8 +89,18 @@ pub struct AppserviceRegistration {
     pub hs_token: String,
     pub sender_localpart: String,
     pub rate_limited: bool,
-    /// Ask Synapse to push ephemeral events (typing, receipts) too (MSC2409).
+    /// Ask Synapse to push ephemeral events (typing, receipts) too (MSC2409);
+    /// with Synapse's `msc2409_to_device_messages_enabled`, to-device messages.
     pub receive_ephemeral: bool,
+    /// MSC3202: device lists, one-time-key counts and fallback key types in
+    /// transactions.
+    #[serde(rename = "org.matrix.msc3202")]
+    pub msc3202: bool,
+    /// MSC4190: the appservice manages its users' devices (`PUT /devices/{id}`);
+    /// Synapse then refuses appservice logins and `/register` without
+    /// `inhibit_login`.
+    #[serde(rename = "io.element.msc4190")]
+    pub msc4190: bool,
     pub namespaces: Namespaces,
 }
 
@@ -128,6 +138,8 @@ impl AppserviceRegistration {
             sender_localpart: sender_localpart.to_string(),
             rate_limited: false,
             receive_ephemeral: true,
+            msc3202: false,
+            msc4190: false,
             namespaces: Namespaces {
                 users: vec![Namespace {
                     exclusive: true,
@@ -144,6 +156,14 @@ impl AppserviceRegistration {
             exclusive: true,
             regex: regex.to_string(),
         });
+        self
+    }
+
+    /// Turns on what an encrypting appservice needs: MSC3202 transaction
+    /// extensions and MSC4190 device management.
+    pub fn with_encryption_extensions(mut self) -> AppserviceRegistration {
+        self.msc3202 = true;
+        self.msc4190 = true;
         self
     }
 
@@ -183,6 +203,13 @@ mod tests {
             "@walkie_.*:walkie\\.test"
         );
         assert_eq!(parsed["namespaces"]["users"][0]["exclusive"], true);
+        assert_eq!(parsed["org.matrix.msc3202"], false);
+        assert_eq!(parsed["io.element.msc4190"], false);
+        let encrypting: serde_json::Value =
+            serde_norway::from_str(&registration.clone().with_encryption_extensions().to_yaml())
+                .unwrap();
+        assert_eq!(encrypting["org.matrix.msc3202"], true);
+        assert_eq!(encrypting["io.element.msc4190"], true);
         assert!(matches!(
             Registration::from(&registration),
             Registration::Yaml(_)

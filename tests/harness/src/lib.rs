@@ -38,7 +38,10 @@ pub use murmur::{
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
 pub use rigctld::Rigctld;
-pub use synapse::{synapse_python, workspace_root, Synapse, SynapseBuilder, TestUser};
+pub use synapse::{
+    default_experimental_features, synapse_python, workspace_root, Synapse, SynapseBuilder,
+    TestUser,
+};
 
 /// Errors of the harness. Matrix errors keep the HTTP status and `errcode`.
 #[derive(Debug, thiserror::Error)]

@@ -113,7 +113,8 @@ impl SynapseBuilder {
     }
 
     /// Sets a top-level key of `homeserver.yaml`, overriding the harness's value
-    /// (e.g. `experimental_features`).
+    /// (e.g. `experimental_features`, which is [`default_experimental_features`]
+    /// unless set here).
     pub fn config(mut self, key: impl Into<String>, value: Value) -> SynapseBuilder {
         self.extra_config.push((key.into(), value));
         self
@@ -519,6 +520,7 @@ impl Synapse {
             "rc_reports": fast,
             "rc_user_directory": fast,
             "rc_profile": fast,
+            "experimental_features": default_experimental_features(),
         });
         for (key, value) in &builder.extra_config {
             config[key] = value.clone();
@@ -545,6 +547,19 @@ impl Drop for Synapse {
             let _ = child.stop_blocking(crate::process::DROP_GRACE);
         }
     }
+}
+
+/// `experimental_features` of every harness Synapse unless a test sets the key
+/// itself ([`SynapseBuilder::config`]): to-device messages (MSC2409/MSC4203) and
+/// device lists, one-time-key counts and fallback key types (MSC3202) in
+/// appservice transactions, which the bridge's encryption needs. Synapse sends
+/// them only to registrations that ask (`receive_ephemeral`,
+/// `org.matrix.msc3202`), so other appservices see no difference.
+pub fn default_experimental_features() -> Value {
+    json!({
+        "msc2409_to_device_messages_enabled": true,
+        "msc3202_transaction_extensions": true,
+    })
 }
 
 fn http_client() -> reqwest::Client {
