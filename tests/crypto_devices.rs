@@ -608,7 +608,6 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
         mut bridge,
         hs,
     } = setup().await;
-    let mut events = bridge.devices.subscribe();
     let device = bridge.devices.device(&puppet()).await.unwrap();
     let device_id = device.device_id().to_owned();
 
@@ -620,6 +619,10 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
         .await
         .unwrap();
     hs.join(&room, &puppet()).await.unwrap();
+    // Closed, as an idle puppet's device is: the counts must open it.
+    drop(device);
+    assert_eq!(bridge.devices.close_all().await, 1);
+    let opened = bridge.devices.stats().opened();
 
     // Carol takes three of the puppet's one-time keys.
     for _ in 0..3 {
@@ -630,8 +633,11 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
         let claimed = carol.send(claim).await;
         assert_eq!(claimed.one_time_keys[&puppet()][&device_id].len(), 1);
     }
+    // From here on an upload that leaves the homeserver with 50 keys can only be
+    // the top-up (an upload of other keys, like a first fallback key, answers 47).
+    let mut events = bridge.devices.subscribe();
     // Her next message in the room makes a transaction with the puppet's counts
-    // (47): the device makes three keys and uploads them.
+    // (47): the device opens, makes three keys and uploads them.
     let sent = synapse
         .client(&carol_user)
         .send_text(&room, "who has the keys?")
@@ -643,11 +649,18 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
             device,
             one_time_keys,
             ..
-        } if *device == device_id => Some(*one_time_keys),
+        } if *device == device_id && *one_time_keys >= 50 => Some(*one_time_keys),
         _ => None,
     })
     .await;
     assert_eq!(uploaded, 50, "the device is back to its 50 one-time keys");
+    assert_eq!(
+        bridge.devices.stats().opened(),
+        opened + 1,
+        "the transaction opened the closed device"
+    );
+    let device = bridge.devices.device(&puppet()).await.unwrap();
+    assert_eq!(device.device_id(), device_id);
 
     // A to-device message for the device arrives in a transaction (MSC2409).
     let content = Raw::new(&json!({"walkie": "over"}))

@@ -21,7 +21,7 @@ use ruma::serde::Raw;
 use ruma::OneTimeKeyAlgorithm;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UInt, UserId};
 use std::collections::BTreeMap;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, info, warn, Instrument};
 
 use super::devices::{Context, CryptoEvent};
@@ -57,13 +57,16 @@ pub struct CryptoDevice {
     pub(crate) share: Mutex<()>,
     /// A background flush is queued and has not started yet.
     flush_queued: AtomicBool,
+    /// Set once the homeserver has the device, its keys and its cross-signing
+    /// identity ([`Self::ready`]).
+    ready: OnceCell<()>,
     /// Requests this device sent to the homeserver since it was opened.
     requests: AtomicU64,
 }
 
 impl CryptoDevice {
-    /// Opens `user`'s store (creating the device on first use), then makes sure the
-    /// homeserver has the device, its keys and its cross-signing identity.
+    /// Opens `user`'s store and machine (a new account on first use). Local only:
+    /// [`Self::ready`] brings the homeserver up to date.
     pub(crate) async fn open(ctx: Arc<Context>, user: &UserId) -> Result<Arc<Self>, CryptoError> {
         let opened = store::open(&ctx.store_dir, user, ctx.passphrase.as_ref()).await?;
         let machine = OlmMachine::with_store(user, &opened.device_id, opened.store, None)
@@ -80,30 +83,46 @@ impl CryptoDevice {
             pump: Mutex::new(()),
             share: Mutex::new(()),
             flush_queued: AtomicBool::new(false),
+            ready: OnceCell::new(),
             requests: AtomicU64::new(0),
         });
-        let span =
-            tracing::info_span!("crypto_device", user = %device.user, device = %device.device_id);
-        async {
-            if opened.created {
-                info!(ed25519 = %device.machine.identity_keys().ed25519, "new device");
-            } else {
-                // Device-list changes went only to open machines: what this one
-                // missed while closed is fetched again.
-                device
-                    .machine
-                    .mark_all_tracked_users_as_dirty()
-                    .await
-                    .map_err(|e| device.store_error(e))?;
-            }
-            device.register().await?;
-            device.flush().await?;
-            cross_signing::ensure(&device).await?;
-            Ok::<_, CryptoError>(())
+        if opened.created {
+            info!(user = %device.user, device = %device.device_id,
+                ed25519 = %device.machine.identity_keys().ed25519, "new crypto device");
+        } else {
+            // Device-list changes go to open machines only: what this one missed
+            // while closed is queried again (at its next flush).
+            device
+                .machine
+                .mark_all_tracked_users_as_dirty()
+                .await
+                .map_err(|e| device.store_error(e))?;
         }
-        .instrument(span)
-        .await?;
         Ok(device)
+    }
+
+    /// Makes sure the homeserver has the device (created once), its keys and its
+    /// cross-signing identity (uploaded once), and sends what the machine has
+    /// waiting. Done once per opening; a failure is tried again at the next call.
+    pub async fn ready(&self) -> Result<(), CryptoError> {
+        let span =
+            tracing::info_span!("crypto_device", user = %self.user, device = %self.device_id);
+        self.ready
+            .get_or_try_init(|| {
+                async {
+                    self.register().await?;
+                    self.flush().await?;
+                    cross_signing::ensure(self).await
+                }
+                .instrument(span)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether [`Self::ready`] has succeeded since the device was opened.
+    pub fn is_ready(&self) -> bool {
+        self.ready.initialized()
     }
 
     pub fn user_id(&self) -> &UserId {
@@ -228,7 +247,13 @@ impl CryptoDevice {
                 let mut pause = FLUSH_BACKOFF;
                 for attempt in 1..=FLUSH_RETRIES {
                     device.flush_queued.store(false, Ordering::Release);
-                    match device.flush().await {
+                    // A device opened for a transaction is made ready here, off
+                    // the transaction's path.
+                    let flushed = match device.ready().await {
+                        Ok(()) => device.flush().await,
+                        Err(error) => Err(error),
+                    };
+                    match flushed {
                         Ok(sent) => {
                             if sent > 0 {
                                 debug!(sent, "requests sent");

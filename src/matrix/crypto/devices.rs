@@ -217,10 +217,18 @@ impl CryptoDevices {
             .count()
     }
 
-    /// The device of `user` (the bot or a puppet), opened — and on first use
-    /// created, with its keys and cross-signing identity on the homeserver — if it
-    /// is not open yet. A puppet must be registered before.
+    /// The device of `user` (the bot or a puppet), opened if it is not open yet,
+    /// and ready: on the homeserver with its keys and cross-signing identity
+    /// (created there on first use). A puppet must be registered before.
     pub async fn device(&self, user: &UserId) -> Result<Arc<CryptoDevice>, CryptoError> {
+        let device = self.open(user).await?;
+        device.ready().await?;
+        Ok(device)
+    }
+
+    /// The device of `user`, opened from its store if it is not open yet; nothing
+    /// asked of the homeserver.
+    pub(crate) async fn open(&self, user: &UserId) -> Result<Arc<CryptoDevice>, CryptoError> {
         if !self.inner.users.is_bridge_user(user) {
             return Err(CryptoError::NotBridgeUser {
                 user: user.to_owned(),
@@ -302,16 +310,18 @@ impl CryptoDevices {
         {
             let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
             open.retain(|user, slot| {
-                // Held elsewhere (a share in progress, a flush): still in use.
+                // Held elsewhere (an opening, a share, a flush): still in use.
                 let idle_enough = slot.last_used.elapsed() >= idle;
                 let held = Arc::strong_count(&slot.device) > 1
                     || slot.device.get().is_some_and(|d| Arc::strong_count(d) > 1);
-                if idle_enough && !held && slot.device.initialized() {
-                    closed.push(user.clone());
-                    false
-                } else {
-                    true
+                if !idle_enough || held {
+                    return true;
                 }
+                // A slot whose opening failed goes too, silently.
+                if slot.device.initialized() {
+                    closed.push(user.clone());
+                }
+                false
             });
         }
         for user in &closed {
@@ -327,8 +337,13 @@ impl CryptoDevices {
         closed.len()
     }
 
-    /// Closes every machine nobody holds.
-    pub fn close_all(&self) -> usize {
+    /// Waits for the devices' background work under way (uploads after a
+    /// transaction), then closes every machine nobody else holds.
+    pub async fn close_all(&self) -> usize {
+        let tasks = &self.inner.ctx.tasks;
+        tasks.close();
+        tasks.wait().await;
+        tasks.reopen();
         self.close_idle_since(Duration::ZERO)
     }
 

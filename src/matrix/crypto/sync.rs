@@ -137,7 +137,9 @@ impl CryptoDevices {
                         report.stale += user_messages.len();
                         continue;
                     }
-                    match self.device(&user).await {
+                    // Local only: the transaction does not wait for the homeserver
+                    // (the flush below catches the device up in the background).
+                    match self.open(&user).await {
                         Ok(device) => {
                             report.opened += 1;
                             device
