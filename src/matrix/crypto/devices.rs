@@ -169,9 +169,10 @@ struct Inner {
     users: BridgeUsers,
     idle_close: Duration,
     open: Mutex<HashMap<OwnedUserId, Slot>>,
-    /// Device ids seen in stores (open or not): a transaction's key counts for a
-    /// device id not listed here are not ours.
-    known: Mutex<HashMap<OwnedUserId, OwnedDeviceId>>,
+    /// Device ids seen in stores (open or not), and `None` for users found to have
+    /// no store: a transaction's key counts for a device not listed here are not
+    /// ours, and each user's directory is looked at once, not per transaction.
+    known: Mutex<HashMap<OwnedUserId, Option<OwnedDeviceId>>>,
 }
 
 impl CryptoDevices {
@@ -253,7 +254,7 @@ impl CryptoDevices {
                     .opened
                     .fetch_add(1, Ordering::Relaxed);
                 metrics::gauge!("walkie_crypto_open_devices").increment(1.0);
-                self.remember(user, device.device_id().to_owned());
+                self.remember(user, Some(device.device_id().to_owned()));
                 Ok::<_, CryptoError>(device)
             })
             .await?;
@@ -274,29 +275,32 @@ impl CryptoDevices {
             .collect()
     }
 
-    fn remember(&self, user: &UserId, device: OwnedDeviceId) {
+    fn remember(&self, user: &UserId, device: Option<OwnedDeviceId>) {
         let mut known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(user.to_owned(), device);
     }
 
     /// The device id of `user`'s store, open or not: from memory, else from the
-    /// store directory's `device.json`; `None` when it has no store.
+    /// store directory's `device.json`; `None` when it has no store. Only this
+    /// process makes stores (and remembers them when it does), so an absence is
+    /// remembered too.
     pub(crate) fn known_device(&self, user: &UserId) -> Option<OwnedDeviceId> {
-        if let Some(device) = self
+        if let Some(known) = self
             .inner
             .known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(user)
         {
-            return Some(device.clone());
+            return known.clone();
         }
-        let dir = store::device_dir(&self.inner.ctx.store_dir, user).ok()?;
-        let file = store::read_device_file(&dir)?;
-        (file.user_id == user).then(|| {
-            self.remember(user, file.device_id.clone());
-            file.device_id
-        })
+        let found = store::device_dir(&self.inner.ctx.store_dir, user)
+            .ok()
+            .and_then(|dir| store::read_device_file(&dir))
+            .filter(|file| file.user_id == user)
+            .map(|file| file.device_id);
+        self.remember(user, found.clone());
+        found
     }
 
     /// Closes the machines idle for longer than the configured time and held by
