@@ -29,6 +29,7 @@ use crate::archive::{recover_spool, Outbox};
 use crate::config::Config;
 use crate::live::Live;
 use crate::matrix::appservice::RoomEvent;
+use crate::matrix::crypto::{CryptoDevices, DeviceOptions};
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets};
@@ -178,7 +179,19 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         store.clone(),
         dispatch_tx,
     )?;
+    // The devices of the bot and the puppets (issue 15). None is opened here: a
+    // device opens when a transaction brings it something or a room needs it.
+    let crypto = CryptoDevices::new(
+        homeserver.clone(),
+        server.users().clone(),
+        DeviceOptions::new(
+            config.encryption.store_dir.clone(),
+            config.encryption.passphrase.clone(),
+        ),
+    );
+    let server = server.with_crypto(crypto.clone());
     let server_token = CancellationToken::new();
+    let crypto_task = tokio::spawn(crypto.clone().run_idle_closer(server_token.clone()));
     let live = Live::new(&config, homeserver.clone(), store.clone(), bot.clone())?;
     let limits = ListenerLimits::new(&config.http)
         .with_homeserver_url(&config.homeserver.url)
@@ -306,11 +319,14 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     prune_token.cancel();
     let _ = prune_task.await;
     server_token.cancel();
+    let _ = crypto_task.await;
     match server_task.await {
         Ok(Err(error)) => warn!(%error, "appservice server stopped with an error"),
         Err(error) => warn!(%error, "appservice server task failed"),
         Ok(Ok(())) => {}
     }
+    // After the server: no transaction hands the devices anything any more.
+    crypto.shutdown().await;
     status_token.cancel();
     if let Some(task) = status_task {
         let _ = task.await;

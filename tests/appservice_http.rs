@@ -16,8 +16,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use walkie_bridge::config::{AppserviceConfig, Secret, Url};
-use walkie_bridge::matrix::appservice::{AppserviceError, AppserviceStats, Inbound, BODY_LIMIT};
-use walkie_bridge::matrix::AppserviceServer;
+use walkie_bridge::matrix::appservice::{
+    AppserviceError, AppserviceStats, BridgeUsers, Inbound, BODY_LIMIT,
+};
+use walkie_bridge::matrix::crypto::{CryptoDevices, DeviceOptions};
+use walkie_bridge::matrix::{AppserviceServer, Homeserver};
 use walkie_bridge::store::{PuppetProfile, Store};
 
 const HS_TOKEN: &str = "hs-token-for-tests-0123456789abcdef";
@@ -63,10 +66,18 @@ struct Bridge {
 }
 
 async fn start(store: Store, capacity: usize) -> Bridge {
+    start_with(store, capacity, None).await
+}
+
+/// `crypto`: the transactions' device parts go to these devices.
+async fn start_with(store: Store, capacity: usize, crypto: Option<CryptoDevices>) -> Bridge {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (tx, events) = mpsc::channel(capacity);
-    let server = AppserviceServer::new(&appservice_config(address), DOMAIN, store, tx).unwrap();
+    let mut server = AppserviceServer::new(&appservice_config(address), DOMAIN, store, tx).unwrap();
+    if let Some(crypto) = crypto {
+        server = server.with_crypto(crypto);
+    }
     let stats = server.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.serve(listener, shutdown.clone()));
@@ -531,6 +542,52 @@ async fn a_malformed_event_is_skipped_and_counted() {
     );
     assert_eq!(bridge.stats.bad_events(), 3);
     assert_eq!(bridge.stats.events(), 3);
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_device_parts_are_dropped_and_counted_and_cost_no_event() {
+    let db = Db::new();
+    let appservice = appservice_config("127.0.0.1:1".parse().unwrap());
+    // No device has a store, so nothing is opened and this homeserver (which
+    // would refuse connections) is never called.
+    let crypto = CryptoDevices::new(
+        Homeserver::new(
+            Url::parse("http://127.0.0.1:9").unwrap(),
+            appservice.as_token.clone(),
+        )
+        .unwrap(),
+        BridgeUsers::new(&appservice, DOMAIN).unwrap(),
+        DeviceOptions::new(db.dir.path().join("crypto"), None),
+    );
+    let mut bridge = start_with(db.open().await, 16, Some(crypto.clone())).await;
+    let mut body = transaction(&[message(1), message(2)]);
+    body["de.sorunome.msc2409.to_device"] = json!([
+        {"type": "m.test", "sender": "@alice:walkie.test", "content": {}},
+        {"type": "m.test", "sender": "@alice:walkie.test", "content": {},
+         "to_user_id": "@walkie_mumble_bob:walkie.test", "to_device_id": "WALKIEXXXXXXXXXX"}
+    ]);
+    body["org.matrix.msc3202.device_lists"] = json!({"changed": "everyone"});
+    body["org.matrix.msc3202.device_one_time_keys_count"] = json!({
+        "not a user": {},
+        "@walkie_mumble_bob:walkie.test": {"WALKIEXXXXXXXXXX": {"signed_curve25519": 3}}
+    });
+    body["org.matrix.msc3202.device_unused_fallback_key_types"] = json!(7);
+    assert_eq!(
+        bridge.put_txn("devices1", &body).await,
+        (StatusCode::OK, json!({}))
+    );
+    assert_eq!(bodies(&bridge.dispatched()), ["message 1", "message 2"]);
+    // The to-device message without recipient, the lists, one user's counts, the
+    // fallback map.
+    assert_eq!(bridge.stats.bad_device_parts(), 4);
+    assert_eq!(bridge.stats.bad_events(), 0);
+    let stats = crypto.stats();
+    assert_eq!(
+        (stats.opened(), stats.open_failures(), stats.requests()),
+        (0, 0, 0)
+    );
+    assert_eq!(crypto.open_count(), 0);
     bridge.stop().await;
 }
 

@@ -40,6 +40,7 @@ pub struct Config {
     pub status: StatusConfig,
     pub live: LiveConfig,
     pub http: HttpConfig,
+    pub encryption: EncryptionConfig,
     /// In file order.
     pub channels: Vec<ChannelConfig>,
     /// Every `[mumble.*]`, `[mqtt.*]` and `[radio.*]` table.
@@ -119,6 +120,19 @@ pub struct ArchiveConfig {
     pub spool_dir: PathBuf,
     /// Shorter transmissions (kerchunks, key clicks) are not archived.
     pub min_archive: Duration,
+}
+
+/// Where the devices' crypto state lives (`[encryption]`, issue 15): one
+/// matrix-sdk-sqlite store per bridge user, `<store_dir>/<localpart>/`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncryptionConfig {
+    /// Back it up with the database: losing it means new devices and
+    /// undecryptable history.
+    pub store_dir: PathBuf,
+    /// Encrypts the stores' values at rest. `None` (the default): the stores rely
+    /// on the state directory's permissions, like the database and the tokens in
+    /// this file.
+    pub passphrase: Option<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub http: RawHttp,
     #[serde(default)]
+    pub encryption: RawEncryption,
+    #[serde(default)]
     pub channel: Vec<RawChannel>,
     #[serde(default)]
     pub mumble: BTreeMap<String, RawMumble>,
@@ -187,6 +189,23 @@ impl Default for RawLive {
             // A proxy on the same machine (the usual TLS reverse proxy); a local
             // process could open connections from loopback anyway.
             trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// End-to-end encryption's state (issue 15).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawEncryption {
+    pub store_dir: PathBuf,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Default for RawEncryption {
+    fn default() -> Self {
+        Self {
+            store_dir: PathBuf::from(STATE_DIR).join("crypto"),
+            passphrase_file: None,
         }
     }
 }

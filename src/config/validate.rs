@@ -12,16 +12,17 @@ use walkie_endpoint::Priority;
 
 use super::error::{ConfigError, Warning};
 use super::schema::{
-    RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawFloor, RawHomeserver,
-    RawHttp, RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
+    RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawEncryption, RawFloor,
+    RawHomeserver, RawHttp, RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
 };
 use super::types::{
-    check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, TransmitAllow,
+    check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, Secret, TransmitAllow,
 };
 use super::{
-    AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig, EndpointId,
-    EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig, HttpConfig, LiveConfig, LiveLimits,
-    LoggingConfig, MqttConfig, MumbleConfig, RadioConfig, Resource, StatusConfig, VoxConfig,
+    AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig,
+    EncryptionConfig, EndpointId, EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig,
+    HttpConfig, LiveConfig, LiveLimits, LoggingConfig, MqttConfig, MumbleConfig, RadioConfig,
+    Resource, StatusConfig, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -109,6 +110,7 @@ pub(crate) fn validate(
     let status = status(&mut r, raw.status);
     let live = live(&mut r, raw.live, homeserver.as_ref().map(|h| &h.url));
     let http = http(&mut r, raw.http);
+    let encryption = encryption(&mut r, raw.encryption);
 
     let mut endpoints = Endpoints::default();
     for (name, m) in raw.mumble {
@@ -161,7 +163,7 @@ pub(crate) fn validate(
     let channels = channels(&mut r, raw.channel, &endpoints);
 
     match (
-        homeserver, appservice, database, floor, archive, logging, status, live, http,
+        homeserver, appservice, database, floor, archive, logging, status, live, http, encryption,
     ) {
         (
             Some(homeserver),
@@ -173,6 +175,7 @@ pub(crate) fn validate(
             Some(status),
             Some(live),
             Some(http),
+            Some(encryption),
         ) if r.errors.is_empty() => {
             let config = Config {
                 homeserver,
@@ -184,6 +187,7 @@ pub(crate) fn validate(
                 status,
                 live,
                 http,
+                encryption,
                 channels,
                 endpoints: endpoints.valid,
             };
@@ -495,6 +499,67 @@ fn http(r: &mut Report, raw: RawHttp) -> Option<HttpConfig> {
         homeserver_addresses,
         homeserver_connections: homeserver_connections?,
     })
+}
+
+fn encryption(r: &mut Report, raw: RawEncryption) -> Option<EncryptionConfig> {
+    if raw.store_dir.as_os_str().is_empty() {
+        r.error("encryption.store_dir", "must not be empty");
+    }
+    let passphrase = match raw.passphrase_file {
+        None => None,
+        Some(path) => passphrase(r, &path),
+    };
+    Some(EncryptionConfig {
+        store_dir: raw.store_dir,
+        passphrase,
+    })
+}
+
+/// Reads `encryption.passphrase_file` now, so a missing or empty file stops the
+/// start rather than the first encrypted room. One trailing newline (what an
+/// editor or `echo` leaves) is not part of the passphrase.
+fn passphrase(r: &mut Report, path: &Path) -> Option<Secret> {
+    const KEY: &str = "encryption.passphrase_file";
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            r.error(KEY, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if text.trim().is_empty() {
+        r.error(KEY, format!("{} is empty", path.display()));
+        return None;
+    }
+    if text.chars().count() < 16 {
+        r.warn(
+            KEY,
+            format!(
+                "the passphrase in {} has fewer than 16 characters",
+                path.display()
+            ),
+        );
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                r.warn(
+                    KEY,
+                    format!(
+                        "{} can be read by other users (mode {:o}); chmod 600 it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ),
+                );
+            }
+        }
+    }
+    Some(Secret::new(text))
 }
 
 fn live_limits(r: &mut Report, raw: &RawLive) -> Option<LiveLimits> {
@@ -1224,5 +1289,78 @@ puppet_prefix = "walkie_"
             let errs = errors(&format!("[mqtt.a]\n{extra}\n"));
             assert!(errs.iter().any(|e| e.contains(expect)), "{extra}: {errs:?}");
         }
+    }
+
+    fn encryption(extra: &str) -> Result<super::EncryptionConfig, Vec<String>> {
+        let text =
+            format!("{BASE}[[channel]]\nname = \"x\"\nroom = \"!r\"\n[encryption]\n{extra}\n");
+        Config::from_toml_str(&text, "t.toml", [("", ""); 0])
+            .map(|(config, _)| config.encryption)
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn the_crypto_store_defaults_to_the_state_directory_without_a_passphrase() {
+        let config = encryption("").unwrap();
+        assert_eq!(
+            config.store_dir,
+            std::path::Path::new(super::super::STATE_DIR).join("crypto")
+        );
+        assert!(config.passphrase.is_none());
+        let errs = encryption("store_dir = \"\"").unwrap_err();
+        assert_eq!(errs, ["t.toml: encryption.store_dir: must not be empty"]);
+    }
+
+    #[test]
+    fn the_passphrase_file_is_read_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passphrase");
+        std::fs::write(&file, "correct horse battery staple\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let line = format!("passphrase_file = \"{}\"", file.display());
+        let config = encryption(&line).unwrap();
+        let passphrase = config.passphrase.expect("a passphrase");
+        // The newline an editor leaves is not part of it.
+        assert_eq!(passphrase.expose(), "correct horse battery staple");
+
+        std::fs::write(&file, "\n").unwrap();
+        let errs = encryption(&line).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml: encryption.passphrase_file: ")
+                && errs[0].ends_with("is empty"),
+            "{errs:?}"
+        );
+
+        let missing = format!(
+            "passphrase_file = \"{}\"",
+            dir.path().join("nope").display()
+        );
+        let errs = encryption(&missing).unwrap_err();
+        assert!(
+            errs[0].contains("encryption.passphrase_file: cannot read"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_passphrase_file_others_can_read_is_worth_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passphrase");
+        std::fs::write(&file, "correct horse battery staple").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!(
+            "{BASE}[[channel]]\nname = \"x\"\nroom = \"!r\"\nendpoints = []\n[encryption]\npassphrase_file = \"{}\"\n",
+            file.display()
+        );
+        let (_, warnings) = Config::from_toml_str(&text, "t.toml", [("", ""); 0]).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.key == "encryption.passphrase_file" && w.message.contains("chmod 600")),
+            "{warnings:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod appservice;
 pub mod client;
 pub mod commands;
+pub mod crypto;
 pub mod ids;
 pub mod puppet_id;
 pub mod puppets;

@@ -1,12 +1,18 @@
 //! What the appservice hands to the rest of the bridge, and how one transaction
 //! body becomes those values.
 
-use ruma::events::{AnySyncEphemeralRoomEvent, AnyTimelineEvent, TimelineEventType};
+use std::collections::BTreeMap;
+
+use ruma::api::client::sync::sync_events::DeviceLists;
+use ruma::events::{
+    AnySyncEphemeralRoomEvent, AnyTimelineEvent, AnyToDeviceEvent, TimelineEventType,
+};
 use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use tracing::warn;
 
+use super::device_parts::{DeviceFallbackKeys, DeviceKeyCounts, DeviceParts};
 use crate::matrix::ids::check_len;
 use crate::store::Store;
 
@@ -108,6 +114,21 @@ pub(crate) struct TransactionBody {
     /// when the registration asks for both; only one list may be used.
     #[serde(default, rename = "de.sorunome.msc2409.ephemeral")]
     pub ephemeral_unstable: Option<Vec<Raw<AnySyncEphemeralRoomEvent>>>,
+    // The devices' parts, unread (see `DeviceParts`; serde cannot flatten raw
+    // values, hence the copy of its fields).
+    #[serde(default, rename = "de.sorunome.msc2409.to_device")]
+    to_device: Option<Raw<Vec<Raw<AnyToDeviceEvent>>>>,
+    #[serde(default, rename = "org.matrix.msc3202.device_lists")]
+    device_lists: Option<Raw<DeviceLists>>,
+    #[serde(default, rename = "org.matrix.msc3202.device_one_time_keys_count")]
+    one_time_keys_count: Option<Raw<BTreeMap<String, Raw<DeviceKeyCounts>>>>,
+    #[serde(default, rename = "org.matrix.msc3202.device_one_time_key_counts")]
+    one_time_key_counts: Option<Raw<BTreeMap<String, Raw<DeviceKeyCounts>>>>,
+    #[serde(
+        default,
+        rename = "org.matrix.msc3202.device_unused_fallback_key_types"
+    )]
+    unused_fallback_key_types: Option<Raw<BTreeMap<String, Raw<DeviceFallbackKeys>>>>,
 }
 
 impl TransactionBody {
@@ -116,12 +137,20 @@ impl TransactionBody {
     ) -> (
         Vec<Raw<AnyTimelineEvent>>,
         Vec<Raw<AnySyncEphemeralRoomEvent>>,
+        DeviceParts,
     ) {
         let ephemeral = self
             .ephemeral
             .or(self.ephemeral_unstable)
             .unwrap_or_default();
-        (self.events, ephemeral)
+        let devices = DeviceParts {
+            to_device: self.to_device,
+            device_lists: self.device_lists,
+            one_time_keys_count: self.one_time_keys_count,
+            one_time_key_counts: self.one_time_key_counts,
+            unused_fallback_key_types: self.unused_fallback_key_types,
+        };
+        (self.events, ephemeral, devices)
     }
 }
 

@@ -36,12 +36,13 @@
 //! `403 M_UNKNOWN_TOKEN`. Unknown paths answer `404 M_UNRECOGNIZED`, as the spec
 //! asks so a homeserver can tell an old bridge from a broken one.
 
+mod device_parts;
 mod inbound;
 mod recent;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -60,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::{AppserviceConfig, Secret};
+use crate::matrix::crypto::CryptoDevices;
 use crate::ops::http_listener::{self, ListenerLimits};
 use crate::store::Store;
 
@@ -141,6 +143,7 @@ struct Counters {
     events: AtomicU64,
     bad_events: AtomicU64,
     duplicate_events: AtomicU64,
+    device_parts: device_parts::BadInput,
 }
 
 impl AppserviceStats {
@@ -167,6 +170,12 @@ impl AppserviceStats {
     /// Events skipped because they were dispatched before.
     pub fn duplicate_events(&self) -> u64 {
         self.0.duplicate_events.load(Ordering::Relaxed)
+    }
+
+    /// Malformed pieces of the devices' parts (to-device messages, key counts,
+    /// device lists) dropped.
+    pub fn bad_device_parts(&self) -> u64 {
+        self.0.device_parts.count()
     }
 
     fn count(counter: &AtomicU64, metric: &'static str) {
@@ -196,6 +205,9 @@ struct Shared {
     /// gives up (unrecorded, so the homeserver retries) instead of holding up the
     /// shutdown.
     stop: CancellationToken,
+    /// The devices the transactions' to-device messages and key counts are for;
+    /// unset, those parts are ignored.
+    crypto: OnceLock<CryptoDevices>,
 }
 
 impl AppserviceServer {
@@ -219,12 +231,22 @@ impl AppserviceServer {
                 serial: Arc::new(Mutex::new(RecentEvents::new(RECENT_EVENTS))),
                 stats: AppserviceStats::default(),
                 stop: CancellationToken::new(),
+                crypto: OnceLock::new(),
             }),
         })
     }
 
     pub fn stats(&self) -> AppserviceStats {
         self.shared.stats.clone()
+    }
+
+    /// Routes the transactions' to-device messages, device-list changes and key
+    /// counts (MSC2409, MSC3202) to `devices`. Set once, before serving.
+    pub fn with_crypto(self, devices: CryptoDevices) -> Self {
+        if self.shared.crypto.set(devices).is_err() {
+            warn!("the appservice already has its crypto devices; the second set is ignored");
+        }
+        self
     }
 
     pub fn users(&self) -> &BridgeUsers {
@@ -459,12 +481,24 @@ impl Shared {
                 return matrix_error(StatusCode::BAD_REQUEST, errcode, &e.to_string());
             }
         };
-        let (events, ephemeral) = body.into_parts();
+        let (events, ephemeral, devices) = body.into_parts();
         debug!(
             events = events.len(),
             ephemeral = ephemeral.len(),
             "transaction received"
         );
+
+        // The devices' parts go first: a room key this transaction brings must be
+        // in place before the encrypted event it opens is handled.
+        if let Some(crypto) = self.crypto.get() {
+            if !devices.is_empty() {
+                let updates = devices.read(&self.stats.0.device_parts);
+                if !updates.is_empty() {
+                    let report = crypto.receive(updates).await;
+                    debug!(?report, "device parts handed to the crypto devices");
+                }
+            }
+        }
 
         for (index, raw) in events.into_iter().enumerate() {
             let mut event = match check_timeline(&txn_id, raw, |u| self.users.is_bridge_user(u)) {
