@@ -176,3 +176,26 @@ if [[ $playwright_installed != "$playwright_wanted" ]]; then
   echo "setup: npm ci in tests/browser (playwright-core $playwright_wanted)" >&2
   (cd "$BROWSER_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The second E2EE test client (tests/harness/src/js_trust_client.rs) runs
+# tests/matrix-js/trust_client.mjs: matrix-js-sdk 37.5.0 (the last release whose
+# engines field accepts Node.js 20) with its Rust crypto, @matrix-org/matrix-sdk-crypto-wasm
+# 14.2.1 (pinned too: it is the crypto the trust checks are Element's), from the
+# committed lock file. The wasm ships inside the npm package; nothing is fetched when
+# the tests run.
+MATRIX_JS_TESTS="$ROOT/tests/matrix-js"
+matrix_js_versions() {
+  # "js-sdk crypto-wasm" as the lock file wants them ($1 = lock) or as installed.
+  if [[ $1 == lock ]]; then
+    node -p "const p = require('$MATRIX_JS_TESTS/package-lock.json').packages;
+      p['node_modules/matrix-js-sdk'].version + ' ' + p['node_modules/@matrix-org/matrix-sdk-crypto-wasm'].version"
+  else
+    node -p "const fs = require('fs'), v = (n) => JSON.parse(fs.readFileSync('$MATRIX_JS_TESTS/node_modules/' + n + '/package.json')).version;
+      v('matrix-js-sdk') + ' ' + v('@matrix-org/matrix-sdk-crypto-wasm')" 2>/dev/null || true
+  fi
+}
+matrix_js_wanted=$(matrix_js_versions lock)
+if [[ $(matrix_js_versions installed) != "$matrix_js_wanted" ]]; then
+  echo "setup: npm ci in tests/matrix-js (matrix-js-sdk, crypto-wasm: $matrix_js_wanted)" >&2
+  (cd "$MATRIX_JS_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
+fi
