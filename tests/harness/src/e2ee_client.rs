@@ -373,7 +373,7 @@ impl MessageFilter {
         self
     }
 
-    fn apply(&self, request: &mut Value) {
+    pub(crate) fn apply(&self, request: &mut Value) {
         request["sender"] = json!(self.sender);
         request["room_id"] = json!(self.room_id);
         request["body_contains"] = json!(self.body_contains);

@@ -3,8 +3,8 @@
 //! events (`{"event": ...}`) on its stdout, its stderr in a log file.
 //!
 //! The Python test clients ([`crate::MumbleTestClient`], [`crate::E2eeTestClient`])
-//! sit on this; every method takes `&self`, so a test can run several requests of one
-//! client at once.
+//! and the Node.js one ([`crate::JsTrustClient`]) sit on this; every method takes
+//! `&self`, so a test can run several requests of one client at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

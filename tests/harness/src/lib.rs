@@ -6,13 +6,15 @@
 //! ([`MumbleTestClient`]) that send, record and message on it. Starts a real
 //! mosquitto (see [`MosquittoBuilder`]) with `mosquitto_sub`/`mosquitto_pub` test
 //! clients ([`MqttSubscriber`], [`mqtt_publish`]). Gives tests an end-to-end-encrypting
-//! Matrix client, matrix-nio ([`E2eeTestClient`]). Processes started
-//! here are owned by guards ([`ChildGuard`]) and die with the test. See `README.md`
+//! Matrix client, matrix-nio ([`E2eeTestClient`]), and a second one that reports
+//! Element's trust verdicts, matrix-js-sdk with its Rust crypto ([`JsTrustClient`]).
+//! Processes started here are owned by guards ([`ChildGuard`]) and die with the test. See `README.md`
 //! beside this crate for environment variables and logs.
 
 mod appservice;
 mod client;
 mod e2ee_client;
+mod js_trust_client;
 mod json_lines;
 mod mosquitto;
 mod mumble_client;
@@ -30,6 +32,11 @@ pub use e2ee_client::{
     EncryptedFileRef, MessageFilter, Msc1767Audio, NewRoom, ReceivedAudio, ReceivedMessage,
     Rotation, SenderDevice, SentText, SentVoice, Undecryptable, UserKeys, VoiceContent,
     WithheldNotice, E2EE_CLIENT_TIMEOUT,
+};
+pub use js_trust_client::{
+    matrix_js_dir, node_path, DeviceVerification, JsLogin, JsRoomState, JsSenderDevice,
+    JsTrustClient, JsUndecryptable, Shield, ShieldColour, ShieldReason, TrustReport,
+    UserVerification, JS_TRUST_CLIENT_TIMEOUT,
 };
 pub use mosquitto::{
     mosquitto_path, mosquitto_tool, mqtt_publish, mqtt_publish_with, Mosquitto, MosquittoBuilder,
@@ -108,6 +115,14 @@ pub enum Error {
     /// of its log.
     #[error("E2EE test client {client}: {message}\n{log_tail}")]
     E2eeClient {
+        client: String,
+        message: String,
+        log_tail: String,
+    },
+    /// A js-sdk trust client (Node.js) failed a command or died; carries the tail of
+    /// its log.
+    #[error("js-sdk trust client {client}: {message}\n{log_tail}")]
+    JsTrustClient {
         client: String,
         message: String,
         log_tail: String,
