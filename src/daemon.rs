@@ -32,7 +32,7 @@ use crate::matrix::appservice::RoomEvent;
 use crate::matrix::crypto::{CryptoDevices, DeviceOptions};
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
-use crate::matrix::{Homeserver, Puppets};
+use crate::matrix::{Homeserver, Puppets, RoomSender};
 use crate::ops;
 use crate::ops::channels::{build_endpoints, ChannelDeps, Channels};
 use crate::ops::http_listener::ListenerLimits;
@@ -225,13 +225,18 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         config.homeserver.domain.clone(),
         bot.clone(),
     );
-    let outbox = Outbox::new(store.clone(), homeserver.clone()).with_puppets(puppets.clone());
+    // Every message the bridge posts goes through this: encrypted where the room is.
+    let rooms = RoomSender::new(homeserver.clone(), crypto.clone());
+    let outbox = Outbox::new(store.clone(), homeserver.clone())
+        .with_puppets(puppets.clone())
+        .with_room_sender(rooms.clone());
     let mut channels = Channels::new(
         ChannelDeps {
             homeserver: homeserver.clone(),
             store: store.clone(),
             bot: bot.clone(),
             puppets: puppets.clone(),
+            rooms,
             outbox_wake: outbox.waker(),
             live: live.endpoints(),
         },

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bridge_common::{
     is_voice_message_from, ops_room, setup, setup_with_room, speech_packets, start_daemon,
-    transmit, try_start_daemon, Running, Setup, SERVER, WAIT,
+    transmit, Running, Setup, SERVER, WAIT,
 };
 use walkie_bridge::store::Store;
 use walkie_endpoint::audio::{decode_ogg_opus, encode_ogg_opus, OpusDecoder};
@@ -378,22 +378,4 @@ async fn a_bot_without_power_says_what_it_lacks_in_the_room() {
         "unhelpful notice: {body}"
     );
     running.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_room_is_not_bridged() {
-    let room = ops_room().initial_state(
-        "m.room.encryption",
-        "",
-        serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" }),
-    );
-    let setup = setup_with_room(room).await;
-    let ((shutdown, task), link) = try_start_daemon(&setup.config).await;
-    assert!(link.is_none(), "the encrypted room's channel was bridged");
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("daemon stops")
-        .expect("no panic")
-        .expect("daemon ends cleanly");
 }

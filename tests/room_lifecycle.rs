@@ -202,7 +202,7 @@ async fn a_tombstoned_room_stops_its_channel_with_a_notice_naming_the_new_room()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_that_becomes_encrypted_stops_its_channel_with_a_notice() {
+async fn a_room_that_becomes_encrypted_keeps_its_channel_and_posts_encrypted() {
     let (setup, mut running, _bob) = bridge().await;
     let alice = setup.synapse.client(&setup.alice);
     alice
@@ -214,11 +214,22 @@ async fn a_room_that_becomes_encrypted_stops_its_channel_with_a_notice() {
         )
         .await
         .expect("encryption");
-    // Once encrypted the bot cannot read the room; the notice goes out in the
-    // clear just before, which clients still show.
-    let notice = bot_notice(&setup, |b| b.contains("encrypted")).await;
-    eprintln!("encryption notice: {notice}");
-    channel_stops(&mut running).await;
+    // Issue 15: the channel goes on, and its next voice message is encrypted.
+    let (_, packets) = bridge_common::speech_packets();
+    bridge_common::transmit(&mut running.link, "kilo", &packets).await;
+    let puppet = format!("@walkie_test_kilo:{SERVER}");
+    let event = alice
+        .sync_until(
+            |e| {
+                e.sender() == puppet
+                    && matches!(e.event_type(), "m.room.encrypted" | "m.room.message")
+            },
+            WAIT,
+        )
+        .await
+        .expect("the transmission is archived");
+    assert_eq!(event.event_type(), "m.room.encrypted", "{:?}", event.content());
+    assert_eq!(event.content()["algorithm"], "m.megolm.v1.aes-sha2");
     running.stop().await;
 }
 

@@ -674,6 +674,7 @@ async fn outbox_moves_through_upload_post_and_failure(url: &str) {
         OutboxEntry {
             item: b.clone(),
             mxc_uri: None,
+            mxc_encryption: None,
             attempts: 0,
             next_attempt_at: t0,
             last_error: None,
@@ -739,6 +740,31 @@ async fn outbox_moves_through_upload_post_and_failure(url: &str) {
         txs(&store.due_outbox(t0 + secs(119), 10).await.unwrap()),
         [c.tx, a.tx]
     );
+
+    // An encrypted upload keeps its key with its URI, across a restart; a second
+    // upload changes neither; a discarded one leaves room for a new pair.
+    assert!(store
+        .outbox_uploaded_encrypted(c.tx, "mxc://example.org/enc1", r#"{"k":1}"#)
+        .await
+        .unwrap());
+    assert!(store
+        .outbox_uploaded_encrypted(c.tx, "mxc://example.org/enc2", r#"{"k":2}"#)
+        .await
+        .unwrap());
+    let store = reopen(store, url).await;
+    let c_entry = store.outbox_entry(c.tx).await.unwrap().expect("c");
+    assert_eq!(c_entry.mxc_uri.as_deref(), Some("mxc://example.org/enc1"));
+    assert_eq!(c_entry.mxc_encryption.as_deref(), Some(r#"{"k":1}"#));
+    assert!(store.outbox_upload_discarded(c.tx).await.unwrap());
+    let c_entry = store.outbox_entry(c.tx).await.unwrap().expect("c");
+    assert_eq!((c_entry.mxc_uri, c_entry.mxc_encryption), (None, None));
+    assert!(store
+        .outbox_uploaded_encrypted(c.tx, "mxc://example.org/enc3", r#"{"k":3}"#)
+        .await
+        .unwrap());
+    let c_entry = store.outbox_entry(c.tx).await.unwrap().expect("c");
+    assert_eq!(c_entry.mxc_encryption.as_deref(), Some(r#"{"k":3}"#));
+    assert!(store.outbox_upload_discarded(c.tx).await.unwrap());
 
     // Posted: out of the queue, counted, and deaf to late reports.
     assert!(store.outbox_posted(b.tx, "$event_b").await.unwrap());

@@ -9,8 +9,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use matrix_sdk_crypto::{AttachmentEncryptor, MediaEncryptionInfo};
+
 use super::voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
 use super::OutboxItem;
+use crate::matrix::crypto::EncryptionSettings;
+use crate::matrix::room_sender::{RoomSender, SendError};
 use crate::matrix::{Homeserver, MatrixError, PuppetError, Puppets};
 use crate::store::{OutboxEntry, Store};
 
@@ -91,6 +95,9 @@ pub struct Outbox {
     notify: Arc<Notify>,
     /// Makes sure a sender may post before its first attempt.
     puppets: Option<Puppets>,
+    /// Encrypts for encrypted rooms. Without it (tests of the plain path only)
+    /// every room is taken for a plain one.
+    rooms: Option<RoomSender>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -114,6 +121,9 @@ enum Outcome {
 enum Step {
     Upload,
     Post,
+    /// Encrypting for an encrypted room (the recording is held, never sent
+    /// in plaintext).
+    Encrypt,
 }
 
 impl Outbox {
@@ -128,7 +138,15 @@ impl Outbox {
             settings,
             notify: Arc::new(Notify::new()),
             puppets: None,
+            rooms: None,
         }
+    }
+
+    /// Posts through `rooms`: encrypted, with an encrypted upload, in every room
+    /// that has encryption on at the time of posting.
+    pub fn with_room_sender(mut self, rooms: RoomSender) -> Self {
+        self.rooms = Some(rooms);
+        self
     }
 
     /// Lets the outbox register and join a puppet that is not in the room yet —
@@ -235,27 +253,105 @@ impl Outbox {
                     PuppetError::Matrix(m) => Some(m),
                     _ => None,
                 };
+                let transient = matrix.is_some_and(MatrixError::is_transient);
                 return self
-                    .failed(&entry, &room, &sender, Step::Post, &e.to_string(), matrix)
+                    .failed(
+                        &entry,
+                        &room,
+                        &sender,
+                        Step::Post,
+                        &e.to_string(),
+                        transient,
+                        matrix,
+                    )
                     .await;
             }
         }
         let file_name = voice_message_file_name(&item.channel, item.created_at);
-        let mxc = match &entry.mxc_uri {
-            Some(mxc) => OwnedMxcUri::from(mxc.as_str()),
-            None => match self.upload(&entry, &room, &sender, &file_name).await {
-                Ok(mxc) => mxc,
+        let settings = match self.room_encryption(&entry, &room, &sender).await {
+            Ok(settings) => settings,
+            Err(outcome) => return outcome,
+        };
+        let stored = entry.mxc_uri.as_ref().map(|mxc| {
+            let encryption = entry
+                .mxc_encryption
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<MediaEncryptionInfo>(json).ok());
+            (OwnedMxcUri::from(mxc.as_str()), encryption)
+        });
+        let (mxc, encryption) = match stored {
+            // A plaintext upload for a room that is encrypted now never goes out.
+            Some((_, None)) if settings.is_some() => {
+                if let Err(e) = self.store.outbox_upload_discarded(item.tx).await {
+                    tracing::error!(error = %e, "cannot discard a plaintext upload");
+                    return Outcome::Retry(SystemTime::now() + self.settings.first_retry);
+                }
+                tracing::info!(
+                    "the room turned on encryption after the upload; uploading encrypted"
+                );
+                match self
+                    .upload(&entry, &room, &sender, &file_name, settings.is_some())
+                    .await
+                {
+                    Ok(uploaded) => uploaded,
+                    Err(outcome) => return outcome,
+                }
+            }
+            Some(stored) => stored,
+            None => match self
+                .upload(&entry, &room, &sender, &file_name, settings.is_some())
+                .await
+            {
+                Ok(uploaded) => uploaded,
                 Err(outcome) => return outcome,
             },
         };
-        let content = voice_message_content(&VoiceMessage::of(item, &mxc, &file_name));
+        // The upload took a while: a room that was plain before it is read again,
+        // so nothing goes out in plaintext after an m.room.encryption.
+        let settings = match settings {
+            Some(settings) => Some(settings),
+            None => match self.room_encryption(&entry, &room, &sender).await {
+                Ok(None) => None,
+                Ok(Some(_)) if encryption.is_none() => {
+                    // Next attempt (now) uploads encrypted.
+                    return Outcome::Retry(SystemTime::now());
+                }
+                Ok(Some(settings)) => Some(settings),
+                Err(outcome) => return outcome,
+            },
+        };
+        let mut message = VoiceMessage::of(item, &mxc, &file_name);
+        if let Some(encryption) = &encryption {
+            message = message.encrypted(encryption);
+        }
+        let content = voice_message_content(&message);
         let txn_id = item.tx.to_string();
-        match self
-            .homeserver
-            .send(&room, "m.room.message", &txn_id, &content, &sender)
-            .await
-        {
-            Ok(event_id) => {
+        let sent = match &self.rooms {
+            Some(rooms) => {
+                rooms
+                    .send_with(
+                        &room,
+                        &sender,
+                        settings,
+                        "m.room.message",
+                        &txn_id,
+                        &content,
+                    )
+                    .await
+            }
+            None => self
+                .homeserver
+                .send(&room, "m.room.message", &txn_id, &content, &sender)
+                .await
+                .map(|event_id| crate::matrix::room_sender::Sent {
+                    event_id,
+                    encrypted: false,
+                })
+                .map_err(SendError::from),
+        };
+        match sent {
+            Ok(sent) => {
+                let event_id = sent.event_id;
                 if let Err(e) = self.store.outbox_posted(item.tx, event_id.as_str()).await {
                     // Posted all the same; the retry this causes gets the same
                     // event back from the homeserver's transaction dedupe.
@@ -271,25 +367,102 @@ impl Outbox {
                 metrics::histogram!("walkie_archive_post_delay_seconds")
                     .record(delay.as_secs_f64());
                 tracing::info!(%event_id, room = %room, sender = %sender, duration_ms = item.duration_ms,
-                    "voice message posted");
+                    encrypted = sent.encrypted, "voice message posted");
                 Outcome::Posted
             }
+            Err(e @ SendError::Crypto { .. }) => {
+                self.hold_unencryptable(&entry, &room, &sender, &e).await
+            }
             Err(e) => {
-                self.failed(&entry, &room, &sender, Step::Post, &e.to_string(), Some(&e))
-                    .await
+                self.failed(
+                    &entry,
+                    &room,
+                    &sender,
+                    Step::Post,
+                    &e.to_string(),
+                    e.is_transient(),
+                    e.matrix(),
+                )
+                .await
             }
         }
     }
 
-    /// Uploads the spool file and records its URI, so a crash from here on
-    /// does not upload it again.
+    /// The room's encryption settings now (`None`: plain); a failure to read them
+    /// is a failed attempt (it is not taken for "plain").
+    async fn room_encryption(
+        &self,
+        entry: &OutboxEntry,
+        room: &OwnedRoomId,
+        sender: &OwnedUserId,
+    ) -> Result<Option<EncryptionSettings>, Outcome> {
+        let Some(rooms) = &self.rooms else {
+            return Ok(None);
+        };
+        match rooms.encryption(room, sender).await {
+            Ok(settings) => Ok(settings),
+            Err(e) => Err(self
+                .failed(
+                    entry,
+                    room,
+                    sender,
+                    Step::Post,
+                    &e.to_string(),
+                    e.is_transient(),
+                    e.matrix(),
+                )
+                .await),
+        }
+    }
+
+    /// The room is encrypted and this recording cannot be encrypted (yet): it
+    /// stays in the outbox, and the room is told once, at the first such failure.
+    async fn hold_unencryptable(
+        &self,
+        entry: &OutboxEntry,
+        room: &OwnedRoomId,
+        sender: &OwnedUserId,
+        error: &SendError,
+    ) -> Outcome {
+        if let (Some(rooms), 0) = (&self.rooms, entry.attempts) {
+            let bot = rooms.bot().to_owned();
+            let text = format!(
+                "A transmission could not be encrypted for this room yet ({error}). It is kept \
+                 and will be posted as soon as the bridge can encrypt it; it is never sent \
+                 unencrypted."
+            );
+            let content = serde_json::json!({"msgtype": "m.notice", "body": text});
+            let txn = format!("walkie-held-{}", entry.item.tx);
+            if let Err(e) = rooms
+                .send(room, &bot, "m.room.message", &txn, &content)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot tell the room that a recording is held");
+            }
+        }
+        self.failed(
+            entry,
+            room,
+            sender,
+            Step::Encrypt,
+            &error.to_string(),
+            error.is_transient(),
+            error.matrix(),
+        )
+        .await
+    }
+
+    /// Uploads the spool file — encrypted (AES-CTR with a fresh key, SHA-256 of
+    /// the ciphertext, by matrix-sdk-crypto) when `encrypt` — and records its URI
+    /// and key, so a crash from here on does not upload it again.
     async fn upload(
         &self,
         entry: &OutboxEntry,
         room: &OwnedRoomId,
         sender: &OwnedUserId,
         file_name: &str,
-    ) -> Result<OwnedMxcUri, Outcome> {
+        encrypt: bool,
+    ) -> Result<(OwnedMxcUri, Option<MediaEncryptionInfo>), Outcome> {
         let item = &entry.item;
         let data = match tokio::fs::read(&item.path).await {
             Ok(data) => data,
@@ -304,28 +477,65 @@ impl Outbox {
             Err(e) => {
                 let error = format!("cannot read spool file {}: {e}", item.path.display());
                 return Err(self
-                    .failed(entry, room, sender, Step::Upload, &error, None)
+                    .failed(entry, room, sender, Step::Upload, &error, false, None)
                     .await);
             }
         };
-        match self
+        let (data, mimetype, encryption) = if encrypt {
+            match encrypt_attachment(&data) {
+                Ok((ciphertext, info)) => (ciphertext, ENCRYPTED_MIMETYPE, Some(info)),
+                Err(e) => {
+                    let error = format!("cannot encrypt the recording: {e}");
+                    return Err(self
+                        .failed(entry, room, sender, Step::Encrypt, &error, false, None)
+                        .await);
+                }
+            }
+        } else {
+            (data, item.mimetype.as_str(), None)
+        };
+        let mxc = match self
             .homeserver
-            .upload(data, &item.mimetype, file_name, sender)
+            .upload(data, mimetype, file_name, sender)
             .await
         {
-            Ok(mxc) => {
-                if let Err(e) = self.store.outbox_uploaded(item.tx, mxc.as_str()).await {
-                    tracing::error!(error = %e, %mxc, "upload not recorded; a retry uploads again");
-                }
-                tracing::debug!(%mxc, "voice message uploaded");
-                Ok(mxc)
+            Ok(mxc) => mxc,
+            Err(e) => {
+                return Err(self
+                    .failed(
+                        entry,
+                        room,
+                        sender,
+                        Step::Upload,
+                        &e.to_string(),
+                        e.is_transient(),
+                        Some(&e),
+                    )
+                    .await)
             }
-            Err(e) => Err(self
-                .failed(entry, room, sender, Step::Upload, &e.to_string(), Some(&e))
-                .await),
+        };
+        let recorded = match &encryption {
+            None => self.store.outbox_uploaded(item.tx, mxc.as_str()).await,
+            Some(info) => match serde_json::to_string(info) {
+                Ok(json) => {
+                    self.store
+                        .outbox_uploaded_encrypted(item.tx, mxc.as_str(), &json)
+                        .await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serialise the upload's key");
+                    Ok(false)
+                }
+            },
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, %mxc, "upload not recorded; a retry uploads again");
         }
+        tracing::debug!(%mxc, encrypted = encryption.is_some(), "voice message uploaded");
+        Ok((mxc, encryption))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn failed(
         &self,
         entry: &OutboxEntry,
@@ -333,17 +543,23 @@ impl Outbox {
         sender: &OwnedUserId,
         step: Step,
         error: &str,
+        transient: bool,
         matrix: Option<&MatrixError>,
     ) -> Outcome {
         let item = &entry.item;
         let (what, counter) = match step {
             Step::Upload => ("upload", "walkie_archive_upload_failures_total"),
             Step::Post => ("post", "walkie_archive_post_failures_total"),
+            Step::Encrypt => ("encryption", "walkie_archive_encrypt_failures_total"),
         };
         metrics::counter!(counter, "channel" => item.channel.clone()).increment(1);
-        let transient = matrix.is_some_and(MatrixError::is_transient);
         let failures = entry.attempts.saturating_add(1);
-        let delay = self.settings.backoff(failures, transient);
+        // A held recording is tried again on the fast schedule even when the cause
+        // looks permanent: keys arriving or an operator fixing the crypto store
+        // ends the hold, and a talk should not wait a minute after that.
+        let delay = self
+            .settings
+            .backoff(failures, transient || matches!(step, Step::Encrypt));
         let next = SystemTime::now() + delay;
         let retry_in_ms = delay.as_millis() as u64;
         if transient {
@@ -382,6 +598,13 @@ fn operator_hint(
         status, errcode, ..
     }) = error
     else {
+        if matches!(step, Step::Encrypt) {
+            return format!(
+                "the recording stays in the outbox, unencrypted on the bridge only: check the \
+                 crypto store ([encryption] store_dir) and the homeserver's appservice \
+                 encryption settings (docs/encryption.md); {sender} must be able to have a device"
+            );
+        }
         return match error {
             None => "check that the bridge may read its spool directory".into(),
             Some(_) => "check the homeserver URL and its logs".into(),
@@ -409,6 +632,20 @@ fn operator_hint(
         }
         _ => "see the homeserver's log for why it refused".into(),
     }
+}
+
+/// What an encrypted file is uploaded as: the media repository sees only bytes.
+const ENCRYPTED_MIMETYPE: &str = "application/octet-stream";
+
+/// The recording encrypted as the spec's attachments are (AES-256-CTR, a fresh
+/// key and IV, SHA-256 of the ciphertext): matrix-sdk-crypto's own encryptor.
+fn encrypt_attachment(data: &[u8]) -> std::io::Result<(Vec<u8>, MediaEncryptionInfo)> {
+    use std::io::Read;
+    let mut reader = data;
+    let mut encryptor = AttachmentEncryptor::new(&mut reader);
+    let mut ciphertext = Vec::with_capacity(data.len());
+    encryptor.read_to_end(&mut ciphertext)?;
+    Ok((ciphertext, encryptor.finish()))
 }
 
 fn remove_spool_file(item: &OutboxItem) {

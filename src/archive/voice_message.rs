@@ -2,10 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
+use matrix_sdk_crypto::MediaEncryptionInfo;
 use ruma::events::room::message::{
     AudioInfo, AudioMessageEventContent, MessageType, RoomMessageEventContent, UnstableAmplitude,
     UnstableAudioDetailsContentBlock, UnstableVoiceContentBlock,
 };
+use ruma::events::room::EncryptedFile;
 use ruma::{OwnedMxcUri, UInt};
 use serde_json::{json, Value};
 
@@ -25,6 +27,9 @@ pub struct VoiceMessage<'a> {
     pub size: u64,
     /// Values 0..=1024 (larger ones are clamped).
     pub waveform: &'a [u16],
+    /// Set when the file at `mxc` is encrypted (a room with encryption): its key,
+    /// IV and hashes go into the message in place of a plain `url`.
+    pub encryption: Option<&'a MediaEncryptionInfo>,
 }
 
 impl<'a> VoiceMessage<'a> {
@@ -36,7 +41,14 @@ impl<'a> VoiceMessage<'a> {
             duration: Duration::from_millis(item.duration_ms),
             size: item.size,
             waveform: &item.waveform,
+            encryption: None,
         }
+    }
+
+    /// The same message pointing at an encrypted upload.
+    pub fn encrypted(mut self, encryption: &'a MediaEncryptionInfo) -> Self {
+        self.encryption = Some(encryption);
+        self
     }
 }
 
@@ -75,8 +87,18 @@ pub fn voice_message_content(message: &VoiceMessage<'_>) -> Value {
     info.duration = Some(message.duration);
     info.mimetype = Some(MIMETYPE.to_owned());
     info.size = Some(size);
-    let mut audio =
-        AudioMessageEventContent::plain(BODY.to_owned(), message.mxc.clone()).info(Box::new(info));
+    let file = message.encryption.map(|encryption| {
+        EncryptedFile::new(
+            message.mxc.clone(),
+            encryption.encryption_info.clone(),
+            encryption.hashes.clone(),
+        )
+    });
+    let audio = match &file {
+        Some(file) => AudioMessageEventContent::encrypted(BODY.to_owned(), file.clone()),
+        None => AudioMessageEventContent::plain(BODY.to_owned(), message.mxc.clone()),
+    };
+    let mut audio = audio.info(Box::new(info));
     audio.audio = Some(UnstableAudioDetailsContentBlock::new(
         message.duration,
         message
@@ -98,15 +120,18 @@ pub fn voice_message_content(message: &VoiceMessage<'_>) -> Value {
     };
     if let Some(map) = value.as_object_mut() {
         map.insert("org.matrix.msc1767.text".into(), json!(BODY));
-        map.insert(
-            "org.matrix.msc1767.file".into(),
-            json!({
-                "url": message.mxc,
-                "name": message.file_name,
-                "mimetype": MIMETYPE,
-                "size": size,
-            }),
-        );
+        // Element's encrypted voice messages carry the encrypted file here too,
+        // under `file` in place of `url`.
+        let mut block = json!({
+            "name": message.file_name,
+            "mimetype": MIMETYPE,
+            "size": size,
+        });
+        match &file {
+            Some(file) => block["file"] = serde_json::to_value(file).unwrap_or(Value::Null),
+            None => block["url"] = json!(message.mxc),
+        }
+        map.insert("org.matrix.msc1767.file".into(), block);
     }
     value
 }
@@ -126,6 +151,7 @@ mod tests {
             duration: Duration::from_millis(4321),
             size: 12_345,
             waveform: &waveform,
+            encryption: None,
         });
         assert_eq!(content["msgtype"], "m.audio");
         assert_eq!(content["body"], "Voice message");
@@ -163,6 +189,7 @@ mod tests {
             duration: Duration::from_millis(4321),
             size: 12_345,
             waveform: &waveform,
+            encryption: None,
         });
         assert_eq!(
             serde_json::to_string(&content).unwrap(),
@@ -176,6 +203,42 @@ mod tests {
                 r#""url":"mxc://example.org/abc"}"#
             )
         );
+    }
+
+    /// In an encrypted room the file is referenced by `file` (key, IV, hashes),
+    /// in the content and in MSC1767's file block, and never by a plain `url`.
+    #[test]
+    fn an_encrypted_upload_is_referenced_by_file_only() {
+        use std::io::Read;
+        let mxc = OwnedMxcUri::from("mxc://example.org/enc");
+        let mut plaintext: &[u8] = b"OggS not really";
+        let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut plaintext);
+        let mut ciphertext = Vec::new();
+        encryptor.read_to_end(&mut ciphertext).unwrap();
+        let info = encryptor.finish();
+        let waveform = [0u16, 512];
+        let content = voice_message_content(
+            &VoiceMessage {
+                mxc: &mxc,
+                file_name: "walkie-ops-x.ogg",
+                duration: Duration::from_millis(1000),
+                size: 15,
+                waveform: &waveform,
+                encryption: None,
+            }
+            .encrypted(&info),
+        );
+        assert!(content.get("url").is_none(), "{content}");
+        let file = &content["file"];
+        assert_eq!(file["url"], "mxc://example.org/enc");
+        assert_eq!(file["v"], "v2");
+        assert_eq!(file["key"]["alg"], "A256CTR");
+        assert!(file["iv"].is_string() && file["hashes"]["sha256"].is_string());
+        let block = &content["org.matrix.msc1767.file"];
+        assert_eq!(&block["file"], file);
+        assert!(block.get("url").is_none());
+        assert_eq!(content["info"]["mimetype"], "audio/ogg");
+        assert_eq!(content["msgtype"], "m.audio");
     }
 
     #[test]

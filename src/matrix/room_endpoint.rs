@@ -483,13 +483,10 @@ impl RoomState {
             }
             RoomInbound::Encrypted { event_id, handled } => {
                 if self.remember(&event_id) {
+                    // Nothing to switch here: every message is encrypted or not
+                    // by what the room says at the moment it is sent.
+                    info!(%event_id, "the room turned on encryption; the bridge posts encrypted from now on");
                     handled.done().await;
-                    error!(%event_id, "the room turned on encryption; the channel stops");
-                    self.halt(format!(
-                        "This room is now encrypted: walkie-bridge cannot bridge encrypted rooms \
-                         yet, so channel {} stops here. Use an unencrypted room for this channel.",
-                        self.parts.channel
-                    ));
                 }
             }
             RoomInbound::Tombstone {

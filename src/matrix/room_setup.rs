@@ -1,5 +1,7 @@
 //! Start-up of one bridged room: resolve the configured alias, join as the bot,
-//! refuse encrypted rooms, and check that the bot may do what the bridge needs.
+//! and check that the bot may do what the bridge needs. Encrypted rooms are
+//! bridged like plain ones (issue 15): what the bridge posts there is encrypted
+//! at the time of posting (`room_sender`), so nothing is decided here.
 
 use ruma::events::room::tombstone::RoomTombstoneEventContent;
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
@@ -29,8 +31,6 @@ pub enum RoomSetupError {
         #[source]
         source: MatrixError,
     },
-    #[error("room {room} is encrypted; walkie-bridge cannot bridge encrypted rooms yet. Use an unencrypted room for this channel")]
-    Encrypted { room: String },
     #[error("room {room} was replaced by {replacement} (m.room.tombstone); point the channel's room at {replacement}")]
     Replaced { room: String, replacement: String },
     #[error("room {room}: {reason}")]
@@ -45,7 +45,7 @@ impl RoomSetupError {
         match self {
             Self::Matrix { source, .. } | Self::CannotJoin { source, .. } => source.is_transient(),
             Self::Store(_) => true,
-            Self::Encrypted { .. } | Self::Replaced { .. } | Self::BadRoom { .. } => false,
+            Self::Replaced { .. } | Self::BadRoom { .. } => false,
         }
     }
 }
@@ -109,7 +109,7 @@ pub async fn prepare_room(
         })?;
     let state = homeserver.room_state(&room_id, bot).await.map_err(matrix)?;
     if state_event(&state, "m.room.encryption").is_some() {
-        return Err(RoomSetupError::Encrypted { room: label });
+        tracing::info!(room = %room_id, "the room is encrypted: the bridge posts encrypted there");
     }
     // A replaced room stays stopped across restarts, as it stopped when the
     // tombstone came in.

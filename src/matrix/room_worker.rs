@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 use walkie_endpoint::{EndpointId, Talker, TxId};
 
-use super::client::Homeserver;
+use super::client::{Homeserver, MatrixError};
 use super::puppets::Puppets;
+use super::room_sender::{RoomSender, SendError};
 use super::room_setup::FLOOR_EVENT_TYPE;
 
 /// Attempts for one operation while the homeserver has a hiccup. The floor mirror
@@ -83,6 +84,8 @@ impl RoomOp {
 
 pub struct RoomWorker {
     homeserver: Homeserver,
+    /// Sends the bot's notices and reactions, encrypted in an encrypted room.
+    sender: RoomSender,
     puppets: Puppets,
     room: OwnedRoomId,
     bot: OwnedUserId,
@@ -93,14 +96,15 @@ pub struct RoomWorker {
 
 impl RoomWorker {
     pub fn new(
-        homeserver: Homeserver,
+        sender: RoomSender,
         puppets: Puppets,
         room: OwnedRoomId,
         bot: OwnedUserId,
         max_talk: Duration,
     ) -> Self {
         Self {
-            homeserver,
+            homeserver: sender.homeserver().clone(),
+            sender,
             puppets,
             room,
             bot,
@@ -231,10 +235,11 @@ impl RoomWorker {
         .await;
     }
 
+    /// Message events (not state, not typing) are encrypted in an encrypted room.
     async fn send_as_bot(&self, event_type: &str, content: Value, txn: &str) {
-        let (homeserver, room, bot) = (&self.homeserver, &self.room, &self.bot);
+        let (sender, room, bot) = (&self.sender, &self.room, &self.bot);
         retry(event_type, || {
-            homeserver.send(room, event_type, txn, &content, bot)
+            sender.send(room, bot, event_type, txn, &content)
         })
         .await;
     }
@@ -294,10 +299,11 @@ fn answer_txn(kind: &str, event: &EventId, what: &str) -> String {
 
 /// Runs `call` until it succeeds, fails for good, or runs out of attempts; logs the
 /// outcome. Never returns an error: the room mirror must not stop the channel.
-async fn retry<T, F, Fut>(what: &str, mut call: F)
+async fn retry<T, E, F, Fut>(what: &str, mut call: F)
 where
+    E: Transient + std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, super::client::MatrixError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     for attempt in 1..=ATTEMPTS {
         match call().await {
@@ -314,6 +320,23 @@ where
                 return;
             }
         }
+    }
+}
+
+/// An error worth another attempt soon.
+trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for MatrixError {
+    fn is_transient(&self) -> bool {
+        MatrixError::is_transient(self)
+    }
+}
+
+impl Transient for SendError {
+    fn is_transient(&self) -> bool {
+        SendError::is_transient(self)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::endpoints;
 use crate::hub::{supervise, Backoff, ChannelHub, EndpointFactory, HubObserver, Supervised};
 use crate::live::LiveEndpoints;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
-use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomWorker};
+use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomSender, RoomWorker};
 use crate::store::Store;
 use crate::transmit_policy::RoomPowerLevels;
 
@@ -48,6 +48,8 @@ pub struct ChannelDeps {
     pub store: Store,
     pub bot: OwnedUserId,
     pub puppets: Puppets,
+    /// Sends the bot's messages, encrypted in encrypted rooms.
+    pub rooms: RoomSender,
     pub outbox_wake: OutboxWaker,
     /// Each channel's live-talk endpoint (none when `[live]` is off).
     pub live: LiveEndpoints,
@@ -248,7 +250,7 @@ impl Channels {
         }
         let worker_token = CancellationToken::new();
         let worker = RoomWorker::new(
-            ctx.homeserver.clone(),
+            ctx.rooms.clone(),
             ctx.puppets.clone(),
             prepared.room_id.clone(),
             ctx.bot.clone(),

@@ -28,6 +28,11 @@ pub(crate) const SQLITE: Embedded = &[
         "inbound events",
         include_str!("../../migrations/sqlite/0002_inbound_events.sql"),
     ),
+    (
+        3,
+        "outbox encrypted upload",
+        include_str!("../../migrations/sqlite/0003_outbox_encrypted_upload.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Embedded = &[
@@ -40,6 +45,11 @@ pub(crate) const POSTGRES: Embedded = &[
         2,
         "inbound events",
         include_str!("../../migrations/postgres/0002_inbound_events.sql"),
+    ),
+    (
+        3,
+        "outbox encrypted upload",
+        include_str!("../../migrations/postgres/0003_outbox_encrypted_upload.sql"),
     ),
 ];
 

@@ -44,6 +44,9 @@ pub struct OutboxEntry {
     pub item: OutboxItem,
     /// Set once the file is in the media repository.
     pub mxc_uri: Option<String>,
+    /// When the upload at `mxc_uri` is encrypted: its key, IV and hashes (JSON of
+    /// matrix-sdk-crypto's `MediaEncryptionInfo`), which the voice message carries.
+    pub mxc_encryption: Option<String>,
     /// Failed attempts so far.
     pub attempts: u32,
     pub next_attempt_at: SystemTime,
@@ -70,10 +73,12 @@ type EntryRow = (
     i64,            // attempts
     i64,            // next_attempt_at
     Option<String>, // last_error
+    Option<String>, // mxc_encryption
 );
 
 const ENTRY_COLUMNS: &str = "tx_id, channel, room_id, sender, file_path, duration_ms, \
-     size_bytes, waveform, mimetype, created_at, mxc_uri, attempts, next_attempt_at, last_error";
+     size_bytes, waveform, mimetype, created_at, mxc_uri, attempts, next_attempt_at, last_error, \
+     mxc_encryption";
 
 fn entry(row: EntryRow) -> Result<OutboxEntry, StoreError> {
     let (tx_id, channel, room_id, sender, path, duration, size, waveform, mimetype, created_at) = (
@@ -102,6 +107,7 @@ fn entry(row: EntryRow) -> Result<OutboxEntry, StoreError> {
         attempts: u32::try_from(row.11).unwrap_or(u32::MAX),
         next_attempt_at: from_ms(row.12),
         last_error: row.13,
+        mxc_encryption: row.14,
     })
 }
 
@@ -213,6 +219,48 @@ impl Store {
         .await
         .map(|r| r.rows_affected()))
         .map_err(StoreError::query("recording an upload"))?;
+        Ok(updated == 1)
+    }
+
+    /// Records the encrypted upload of an item for an encrypted room: its URI and
+    /// `encryption` (the key, IV and hashes). Like [`outbox_uploaded`](Self::outbox_uploaded),
+    /// the first upload recorded stays, with its own key.
+    pub async fn outbox_uploaded_encrypted(
+        &self,
+        tx: TxId,
+        mxc_uri: &str,
+        encryption: &str,
+    ) -> Result<bool, StoreError> {
+        // Every SET expression reads the row as it was: the key is stored only
+        // with the URI it belongs to.
+        let updated = on_pool!(self, pool => sqlx::query(
+            "UPDATE outbox SET mxc_encryption = CASE WHEN mxc_uri IS NULL THEN $3 \
+             ELSE mxc_encryption END, mxc_uri = COALESCE(mxc_uri, $2) \
+             WHERE tx_id = $1 AND event_id IS NULL",
+        )
+        .bind(tx_key(tx))
+        .bind(mxc_uri)
+        .bind(encryption)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(StoreError::query("recording an encrypted upload"))?;
+        Ok(updated == 1)
+    }
+
+    /// Forgets the upload of an unposted item, so the next attempt uploads again:
+    /// a plaintext upload for a room that has since turned encryption on must
+    /// not be what its voice message points at.
+    pub async fn outbox_upload_discarded(&self, tx: TxId) -> Result<bool, StoreError> {
+        let updated = on_pool!(self, pool => sqlx::query(
+            "UPDATE outbox SET mxc_uri = NULL, mxc_encryption = NULL \
+             WHERE tx_id = $1 AND event_id IS NULL",
+        )
+        .bind(tx_key(tx))
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(StoreError::query("discarding an upload"))?;
         Ok(updated == 1)
     }
 

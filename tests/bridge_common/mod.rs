@@ -135,6 +135,9 @@ url = "sqlite://{db}"
 [archive]
 spool_dir = "{spool}"
 
+[encryption]
+store_dir = "{crypto}"
+
 [floor]
 idle_release_ms = 1500
 
@@ -145,6 +148,7 @@ endpoints = {endpoints}
 {mumble}"##,
         db = dir.join("walkie.db").display(),
         spool = dir.join("spool").display(),
+        crypto = dir.join("crypto").display(),
     )
 }
 

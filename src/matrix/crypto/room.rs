@@ -2,6 +2,9 @@
 //! The room paths (outbox, inbound voice) call these; they decide who is in the
 //! room and what the room's encryption settings are.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use matrix_sdk_common::deserialized_responses::{UnableToDecryptReason, VerificationState};
 use matrix_sdk_crypto::types::events::room::encrypted::{
     EncryptedEvent, RoomEncryptedEventContent,
@@ -76,19 +79,27 @@ impl CryptoDevices {
     /// Encrypts a room event as `sender`'s own device, for the devices of
     /// `members` only (the room's joined members, as the caller knows them: no
     /// one else gets the room key). Shares a new room key first when needed.
-    pub async fn encrypt_for_room(
-        &self,
-        sender: &UserId,
-        room: &RoomId,
-        members: &[OwnedUserId],
+    ///
+    /// Boxed, and Send checked here: the compiler cannot prove the crypto crate's
+    /// futures Send for every lifetime when they sit deep inside a spawned task
+    /// (rust-lang/rust#102211), but it can at this concrete point.
+    pub fn encrypt_for_room<'a>(
+        &'a self,
+        sender: &'a UserId,
+        room: &'a RoomId,
+        members: &'a [OwnedUserId],
         settings: EncryptionSettings,
-        event_type: &str,
-        content: &Raw<AnyMessageLikeEventContent>,
-    ) -> Result<Raw<RoomEncryptedEventContent>, CryptoError> {
-        let device = self.device(sender).await?;
-        device
-            .encrypt_for_room(room, members, settings, event_type, content)
-            .await
+        event_type: &'a str,
+        content: &'a Raw<AnyMessageLikeEventContent>,
+    ) -> Pin<
+        Box<dyn Future<Output = Result<Raw<RoomEncryptedEventContent>, CryptoError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let device = self.device(sender).await?;
+            device
+                .encrypt_for_room(room, members, settings, event_type, content)
+                .await
+        })
     }
 
     /// Decrypts a room event with the bot's device: the bot is in every bridged
@@ -117,16 +128,18 @@ impl CryptoDevice {
         // One share at a time: two would each make a session and fight over which
         // one the room uses.
         let _share = self.share.lock().await;
-        let users = || members.iter().map(|m| m.as_ref());
+        // A Vec, not a closure making iterators: futures holding such a closure
+        // across an await are not provably Send, and this runs in spawned tasks.
+        let users: Vec<&UserId> = members.iter().map(|m| m.as_ref()).collect();
         self.machine
-            .update_tracked_users(users())
+            .update_tracked_users(users.clone())
             .await
             .map_err(|e| self.store_error(e))?;
         // Sends the key queries for members not known yet (or changed).
         self.flush().await?;
         if let Some((id, claim)) = self
             .machine
-            .get_missing_sessions(users())
+            .get_missing_sessions(users.clone().into_iter())
             .await
             .map_err(|e| self.store_error(e))?
         {
@@ -138,7 +151,7 @@ impl CryptoDevice {
         }
         let shares = self
             .machine
-            .share_room_key(room, users(), settings)
+            .share_room_key(room, users.clone().into_iter(), settings)
             .await
             .map_err(|e| self.olm_error(e))?;
         for share in shares {
