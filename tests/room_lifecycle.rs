@@ -228,7 +228,12 @@ async fn a_room_that_becomes_encrypted_keeps_its_channel_and_posts_encrypted() {
         )
         .await
         .expect("the transmission is archived");
-    assert_eq!(event.event_type(), "m.room.encrypted", "{:?}", event.content());
+    assert_eq!(
+        event.event_type(),
+        "m.room.encrypted",
+        "{:?}",
+        event.content()
+    );
     assert_eq!(event.content()["algorithm"], "m.megolm.v1.aes-sha2");
     running.stop().await;
 }
