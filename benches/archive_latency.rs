@@ -54,32 +54,43 @@ struct Phase {
     cpu: Duration,
 }
 
-/// One transmission on `link` and the wait until its voice message (of
-/// `event_type`) shows in alice's sync; returns the time from release.
-async fn one(
-    link: &mut HubLink,
-    alice: &MatrixClient,
-    room: &str,
-    packets: &[bytes::Bytes],
-    event_type: &str,
-) -> Duration {
-    let puppet = format!("@walkie_test_kilo:{SERVER}");
-    transmit(link, "kilo", packets).await;
-    let released = Instant::now();
-    let event = alice
-        .sync_until(
-            |e| {
-                e.sender() == puppet
-                    && e.room_id == room
-                    && matches!(e.event_type(), "m.room.message" | "m.room.encrypted")
-            },
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("voice message visible");
-    let elapsed = released.elapsed();
-    assert_eq!(event.event_type(), event_type, "{:?}", event.content());
-    elapsed
+/// One channel of the run: its link, its room, and the event type its voice
+/// messages arrive as.
+struct Side {
+    link: HubLink,
+    room: String,
+    event_type: &'static str,
+    phase: Phase,
+}
+
+impl Side {
+    /// One transmission and the wait until its voice message shows in alice's
+    /// sync; with `measured`, its time from release and the process CPU it took
+    /// are added to the phase.
+    async fn one(&mut self, alice: &MatrixClient, packets: &[bytes::Bytes], measured: bool) {
+        let puppet = format!("@walkie_test_kilo:{SERVER}");
+        let cpu = cpu_time();
+        transmit(&mut self.link, "kilo", packets).await;
+        let released = Instant::now();
+        let room = self.room.as_str();
+        let event = alice
+            .sync_until(
+                |e| {
+                    e.sender() == puppet
+                        && e.room_id == room
+                        && matches!(e.event_type(), "m.room.message" | "m.room.encrypted")
+                },
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("voice message visible");
+        let elapsed = released.elapsed();
+        assert_eq!(event.event_type(), self.event_type, "{:?}", event.content());
+        if measured {
+            self.phase.samples.push(elapsed);
+            self.phase.cpu += cpu_time().saturating_sub(cpu);
+        }
+    }
 }
 
 fn report(name: &str, phase: &mut Phase) {
@@ -121,73 +132,38 @@ async fn measure() {
         .with_endpoint("ops", Box::new(plain_endpoint))
         .with_endpoint("sec", Box::new(secure_endpoint));
     let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let mut plain_link = plain_handle.link().await.expect("the plain channel runs");
-    let mut secure_link = secure_handle
+    let plain_link = plain_handle.link().await.expect("the plain channel runs");
+    let secure_link = secure_handle
         .link()
         .await
         .expect("the encrypted channel runs");
 
     let (_, packets) = speech_packets();
     let one_second = &packets[..50];
+    let side = |link, room: &str, event_type| Side {
+        link,
+        room: room.to_owned(),
+        event_type,
+        phase: Phase {
+            samples: Vec::new(),
+            cpu: Duration::ZERO,
+        },
+    };
+    let mut plain = side(plain_link, &setup.room_id, "m.room.message");
+    let mut encrypted = side(secure_link, &secure_room, "m.room.encrypted");
     // The first encrypted one creates the puppet's device: left out, like the
     // puppet's registration in the plain room, by a first round not measured.
-    one(
-        &mut plain_link,
-        &alice,
-        &setup.room_id,
-        one_second,
-        "m.room.message",
-    )
-    .await;
-    one(
-        &mut secure_link,
-        &alice,
-        &secure_room,
-        one_second,
-        "m.room.encrypted",
-    )
-    .await;
-    let mut plain = Phase {
-        samples: Vec::new(),
-        cpu: Duration::ZERO,
-    };
-    let mut encrypted = Phase {
-        samples: Vec::new(),
-        cpu: Duration::ZERO,
-    };
-    for _ in 0..TRANSMISSIONS {
-        let cpu = cpu_time();
-        plain.samples.push(
-            one(
-                &mut plain_link,
-                &alice,
-                &setup.room_id,
-                one_second,
-                "m.room.message",
-            )
-            .await,
-        );
-        let between = cpu_time();
-        plain.cpu += between.saturating_sub(cpu);
-        encrypted.samples.push(
-            one(
-                &mut secure_link,
-                &alice,
-                &secure_room,
-                one_second,
-                "m.room.encrypted",
-            )
-            .await,
-        );
-        encrypted.cpu += cpu_time().saturating_sub(between);
+    for measured in std::iter::once(false).chain([true; TRANSMISSIONS]) {
+        plain.one(&alice, one_second, measured).await;
+        encrypted.one(&alice, one_second, measured).await;
     }
     shutdown.cancel();
     task.await
         .expect("no panic")
         .expect("the daemon stops cleanly");
 
-    report("plain room", &mut plain);
-    report("encrypted room", &mut encrypted);
-    let extra = encrypted.cpu.saturating_sub(plain.cpu) / TRANSMISSIONS as u32;
+    report("plain room", &mut plain.phase);
+    report("encrypted room", &mut encrypted.phase);
+    let extra = encrypted.phase.cpu.saturating_sub(plain.phase.cpu) / TRANSMISSIONS as u32;
     println!("encryption's extra process CPU per archived transmission: {extra:.1?}");
 }
