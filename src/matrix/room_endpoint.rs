@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use matrix_sdk_crypto::{AttachmentDecryptor, MediaEncryptionInfo};
 use ruma::events::room::member::MembershipState;
+use ruma::events::room::message::AudioMessageEventContent;
+use ruma::events::room::{EncryptedFile, MediaSource};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -140,7 +143,8 @@ struct Download {
     event_id: OwnedEventId,
     handled: Handled,
     sender: OwnedUserId,
-    url: String,
+    /// Where the file is: plain (`url`) or encrypted (`file`, decrypted here).
+    source: MediaSource,
     mimetype: Option<String>,
 }
 
@@ -673,10 +677,16 @@ impl RoomState {
                 return;
             }
         }
-        let Some(url) = content.get("url").and_then(Value::as_str) else {
-            let text = "Not transmitted: encrypted or malformed voice messages cannot be played.";
-            self.refuse(event_id, &handled, text.into()).await;
-            return;
+        // `url` (plain) or `file` (an encrypted attachment), as ruma reads them.
+        let audio = match serde_json::from_value::<AudioMessageEventContent>(content.clone()) {
+            Ok(audio) => audio,
+            Err(error) => {
+                debug!(%event_id, %error, "unreadable m.audio content");
+                let text = "Not transmitted: the voice message is malformed (no readable `url` \
+                            or `file`).";
+                self.refuse(event_id, &handled, text.into()).await;
+                return;
+            }
         };
         if let Err(wait) = self.allow_sender(&sender) {
             let limits = self.parts.voice_in;
@@ -695,11 +705,8 @@ impl RoomState {
             event_id,
             handled,
             sender,
-            url: url.to_owned(),
-            mimetype: content
-                .pointer("/info/mimetype")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            mimetype: audio.info.and_then(|info| info.mimetype),
+            source: audio.source,
         };
         if self.downloading < self.parts.voice_in.downloads.max(1) {
             self.start_download(download);
@@ -745,15 +752,27 @@ impl RoomState {
             event_id,
             handled,
             sender,
-            url,
+            source,
             mimetype,
         } = download;
         let homeserver = self.parts.homeserver.clone();
         let limits = self.parts.voice_in;
         let done = self.imported_tx.clone();
+        let channel = self.parts.channel.clone();
         tokio::spawn(async move {
-            let result = match homeserver.download(&url, limits.max_bytes).await {
-                Ok(bytes) => tokio::task::spawn_blocking(move || {
+            let (url, file) = match source {
+                MediaSource::Plain(url) => (url, None),
+                MediaSource::Encrypted(file) => (file.url.clone(), Some(file)),
+            };
+            let result = match homeserver.download(url.as_str(), limits.max_bytes).await {
+                Ok(bytes) => tokio::task::spawn_blocking(move || -> Result<Vec<Bytes>, String> {
+                    let bytes = match file {
+                        Some(file) => decrypt_attachment(&bytes, *file).inspect_err(|_| {
+                            metrics::counter!("walkie_voice_in_bad_attachments_total", "channel" => channel)
+                                .increment(1);
+                        })?,
+                        None => bytes,
+                    };
                     import_voice_message(
                         &bytes,
                         mimetype.as_deref(),
@@ -907,6 +926,23 @@ impl RoomState {
     }
 }
 
+/// Decrypts an encrypted attachment (AES-256-CTR, `file` of an `m.audio`) with
+/// matrix-sdk-crypto's decryptor, which checks the SHA-256 of the ciphertext at
+/// the end: nothing decrypted is returned unless it matches.
+fn decrypt_attachment(ciphertext: &[u8], file: EncryptedFile) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut reader = ciphertext;
+    let mut decryptor = AttachmentDecryptor::new(&mut reader, MediaEncryptionInfo::from(file))
+        .map_err(|e| format!("its encrypted file cannot be decrypted ({e})"))?;
+    let mut plain = Vec::with_capacity(ciphertext.len());
+    // Reading from memory cannot fail: the only error is the hash check.
+    decryptor.read_to_end(&mut plain).map_err(|_| {
+        "its encrypted file does not match its SHA-256 hash (damaged or altered on the way)"
+            .to_owned()
+    })?;
+    Ok(plain)
+}
+
 /// A Matrix user as a talker: named by their user ID, shown by its localpart (the
 /// homeserver knows the display name; the bridge does not look it up per message).
 fn matrix_talker(user: &OwnedUserId) -> Talker {
@@ -922,6 +958,60 @@ fn matrix_talker(user: &OwnedUserId) -> Talker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encrypts `plain` as a client would (the crate's encryptor), as the `file`
+    /// of an `m.audio`.
+    fn encrypted_file(plain: &[u8]) -> (Vec<u8>, EncryptedFile) {
+        use std::io::Read;
+        let mut reader = plain;
+        let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut reader);
+        let mut ciphertext = Vec::new();
+        encryptor.read_to_end(&mut ciphertext).expect("in memory");
+        let info = encryptor.finish();
+        let mut json = serde_json::to_value(&info).expect("info");
+        json["url"] = "mxc://walkie.test/media".into();
+        let file: EncryptedFile = serde_json::from_value(json).expect("an EncryptedFile");
+        (ciphertext, file)
+    }
+
+    #[test]
+    fn an_encrypted_attachment_decrypts_and_a_changed_one_is_refused() {
+        let plain = b"OggS pretend voice message".repeat(100);
+        let (ciphertext, file) = encrypted_file(&plain);
+        assert_ne!(ciphertext, plain);
+        assert_eq!(
+            decrypt_attachment(&ciphertext, file.clone()).expect("decrypts"),
+            plain
+        );
+        let mut altered = ciphertext.clone();
+        altered[10] ^= 1;
+        let error = decrypt_attachment(&altered, file).expect_err("hash mismatch");
+        assert!(error.contains("SHA-256"), "{error}");
+    }
+
+    #[test]
+    fn a_voice_message_names_its_plain_or_encrypted_file() {
+        let (_, file) = encrypted_file(b"x");
+        let mut content = serde_json::json!({
+            "msgtype": "m.audio", "body": "Voice message",
+            "info": {"mimetype": "audio/ogg"},
+            "file": serde_json::to_value(&file).expect("file"),
+        });
+        let audio: AudioMessageEventContent =
+            serde_json::from_value(content.clone()).expect("encrypted m.audio");
+        assert!(matches!(audio.source, MediaSource::Encrypted(_)));
+        assert_eq!(
+            audio.info.and_then(|i| i.mimetype).as_deref(),
+            Some("audio/ogg")
+        );
+        content.as_object_mut().expect("object").remove("file");
+        content["url"] = "mxc://walkie.test/plain".into();
+        let audio: AudioMessageEventContent =
+            serde_json::from_value(content.clone()).expect("plain m.audio");
+        assert!(matches!(audio.source, MediaSource::Plain(_)));
+        content.as_object_mut().expect("object").remove("url");
+        assert!(serde_json::from_value::<AudioMessageEventContent>(content).is_err());
+    }
 
     #[test]
     fn a_sender_gets_the_burst_then_one_per_period() {
