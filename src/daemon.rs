@@ -239,6 +239,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             rooms,
             outbox_wake: outbox.waker(),
             live: live.endpoints(),
+            crypto: crypto.clone(),
         },
         observers_tx,
     );

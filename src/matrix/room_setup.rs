@@ -54,6 +54,8 @@ impl RoomSetupError {
 #[derive(Debug, Clone)]
 pub struct PreparedRoom {
     pub room_id: OwnedRoomId,
+    /// The room has `m.room.encryption`: its members' messages come encrypted.
+    pub encrypted: bool,
     /// Human-readable power-level problems; empty when the bot can do everything.
     pub missing_powers: Vec<String>,
 }
@@ -124,6 +126,7 @@ pub async fn prepare_room(
     }
     let missing_powers = missing_powers(&state, bot);
     Ok(PreparedRoom {
+        encrypted: state_event(&state, "m.room.encryption").is_some(),
         room_id,
         missing_powers,
     })

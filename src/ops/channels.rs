@@ -19,6 +19,7 @@ use crate::config::{self, ArchiveConfig, ChannelConfig, Config, EndpointSpec, Fl
 use crate::endpoints;
 use crate::hub::{supervise, Backoff, ChannelHub, EndpointFactory, HubObserver, Supervised};
 use crate::live::LiveEndpoints;
+use crate::matrix::crypto::CryptoDevices;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomSender, RoomWorker};
 use crate::store::Store;
@@ -53,6 +54,8 @@ pub struct ChannelDeps {
     pub outbox_wake: OutboxWaker,
     /// Each channel's live-talk endpoint (none when `[live]` is off).
     pub live: LiveEndpoints,
+    /// The bot's and the puppets' devices (encrypted rooms).
+    pub crypto: CryptoDevices,
 }
 
 /// Everything a channel runs with. When a reload changes any of it, the channel
@@ -239,6 +242,20 @@ impl Channels {
                     return Ok(false);
                 }
             };
+        if prepared.encrypted {
+            // The bot's device decrypts what members send: it must be on the
+            // homeserver before they share room keys, so it is made ready before
+            // the room is bridged (created the first time, reopened after). A
+            // failure is not fatal: decryption tries again with each event.
+            match ctx.crypto.device(&ctx.bot).await {
+                Ok(device) => {
+                    info!(channel = %channel.name, device = %device.device_id(), "the bot's encryption device is ready")
+                }
+                Err(error) => {
+                    warn!(channel = %channel.name, %error, "the bot's encryption device is not ready; encrypted messages wait")
+                }
+            }
+        }
         power_levels.set_room(prepared.room_id.clone());
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         if !prepared.missing_powers.is_empty() {
