@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::live::Live;
 use crate::matrix::appservice::RoomEvent;
 use crate::matrix::crypto::{CryptoDevices, DeviceOptions};
+use crate::matrix::encrypted_in::{self, EncryptedIn, KeyWaitLimits};
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets, RoomSender};
@@ -274,6 +275,15 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     ));
     let outbox_token = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(outbox_token.clone()));
+    // Encrypted room events: decrypted with the bot's device, or held until their
+    // key comes. Stopped with the channels: what still waits is replayed at the
+    // next start.
+    let decrypt_token = CancellationToken::new();
+    let (encrypted_in, decrypt_task) = EncryptedIn::spawn(
+        crypto.clone(),
+        KeyWaitLimits::default(),
+        decrypt_token.clone(),
+    );
 
     let mut summary = ops::summary(&channels.observers());
     notifier.ready(&summary);
@@ -292,7 +302,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             _ = shutdown.cancelled() => break,
             _ = tick(&mut watchdog) => notifier.watchdog(),
             inbound = dispatch_rx.recv() => match inbound {
-                Some(inbound) => route(inbound, channels.rooms()).await,
+                Some(inbound) => route(inbound, channels.rooms(), &encrypted_in).await,
                 None => break,
             },
             Some(new) = recv(&mut reload) => {
@@ -318,6 +328,8 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     info!("shutting down");
     notifier.stopping();
     phase_tx.send_replace(Phase::Stopping);
+    decrypt_token.cancel();
+    let _ = decrypt_task.await;
     channels.stop_all().await;
     live.stop().await;
     outbox_token.cancel();
@@ -458,7 +470,11 @@ async fn wait_for_homeserver(
     }
 }
 
-async fn route(inbound: Inbound, rooms: &HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>>) {
+async fn route(
+    inbound: Inbound,
+    rooms: &HashMap<OwnedRoomId, mpsc::Sender<RoomInbound>>,
+    encrypted: &EncryptedIn,
+) {
     let Inbound::RoomEvent(event) = inbound else {
         return;
     };
@@ -472,6 +488,12 @@ async fn route(inbound: Inbound, rooms: &HashMap<OwnedRoomId, mpsc::Sender<RoomI
         handled.done_later();
         return;
     };
+    if encrypted_in::is_encrypted(&event) {
+        // Decrypted (or answered) there, then handed to the same room. A stopped
+        // decryptor (shutdown) leaves the event unhandled: replayed at the next start.
+        encrypted.submit(event, room.clone()).await;
+        return;
+    }
     let Some(item) = room_inbound(event) else {
         handled.done_later();
         return;

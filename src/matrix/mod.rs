@@ -5,6 +5,7 @@ pub mod appservice;
 pub mod client;
 pub mod commands;
 pub mod crypto;
+pub mod encrypted_in;
 pub mod ids;
 pub mod puppet_id;
 pub mod puppets;

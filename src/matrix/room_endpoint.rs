@@ -68,6 +68,13 @@ pub enum RoomInbound {
         event_id: OwnedEventId,
         handled: Handled,
     },
+    /// An encrypted event that could not be decrypted (key withheld, never
+    /// received, …): its sender is told `text` in a thread.
+    Undecryptable {
+        event_id: OwnedEventId,
+        text: String,
+        handled: Handled,
+    },
     /// The room was replaced by `replacement` (`m.room.tombstone`).
     Tombstone {
         event_id: OwnedEventId,
@@ -492,6 +499,16 @@ impl RoomState {
                     info!(%event_id, "the room turned on encryption; the bridge posts encrypted from now on");
                     handled.done().await;
                 }
+            }
+            RoomInbound::Undecryptable {
+                event_id,
+                text,
+                handled,
+            } => {
+                if self.remember(&event_id) {
+                    self.tell(RoomOp::reply(text, event_id));
+                }
+                handled.done().await;
             }
             RoomInbound::Tombstone {
                 event_id,
