@@ -21,8 +21,8 @@ Events are pushed on stdout whenever they happen (for logs and waiters):
     {"event": "sync_error", "error": ...}
 
 Commands: login, create_room, invite, join, enable_encryption, wait_room, send_voice,
-send_text, wait_audio, wait_text, query_keys, bootstrap_cross_signing, withheld,
-wait_withheld, undecryptable, stop. They run as asyncio tasks on one event loop beside
+send_text, hold_room_key, release_room_key, send_withheld, wait_audio, wait_text,
+query_keys, bootstrap_cross_signing, withheld, wait_withheld, undecryptable, stop. They run as asyncio tasks on one event loop beside
 a sync loop that also uploads, queries and claims keys and sends queued to-device
 messages, as nio's sync_forever does, but keeps going over transient errors.
 
@@ -62,7 +62,10 @@ from nio import (
     RoomPreset,
     RoomPutStateError,
     RoomSendError,
+    ShareGroupSessionError,
     SyncError,
+    ToDeviceError,
+    ToDeviceMessage,
     ToDeviceEvent,
     UnknownToDeviceEvent,
     UploadError,
@@ -132,6 +135,12 @@ def check(response, error_types, what):
     return response
 
 
+def vodozemac_b64(data):
+    """Unpadded standard base64, as Matrix writes hashes."""
+    import base64
+    return base64.b64encode(data).decode().rstrip("=")
+
+
 class Driver:
     def __init__(self):
         self.client = None
@@ -147,6 +156,9 @@ class Driver:
         self.undecryptable_log = []
         self.withheld_log = []
         self.withheld_seen = 0
+        # (room_id, session_id) -> the session key (index 0) of a Megolm session kept
+        # from some devices by hold_room_key.
+        self.held_keys = {}
         # event_id -> the (deprecated, unauthenticated) device_id an encrypted event
         # claims in its content.
         self.claimed = {}
@@ -493,11 +505,17 @@ class Driver:
             "org.matrix.msc3245.voice": {},
         }
         if encrypt:
+            hashes = dict(keys["hashes"])
+            if req.get("bad_hash"):
+                # A SHA-256 that is not the upload's: what a damaged or altered
+                # file looks like to the receiver.
+                wrong = hashlib.sha256(b"not the uploaded file").digest()
+                hashes["sha256"] = vodozemac_b64(wrong)
             content["file"] = {
                 "url": upload.content_uri,
                 "key": keys["key"],
                 "iv": keys["iv"],
-                "hashes": keys["hashes"],
+                "hashes": hashes,
                 "v": keys["v"],
                 "mimetype": mimetype,
             }
@@ -526,6 +544,92 @@ class Driver:
             "sending text",
         )
         return {"event_id": response.event_id, "encrypted": room.encrypted}
+
+    async def cmd_hold_room_key(self, req):
+        """Starts a new Megolm session in the room and shares it with every member's
+        devices except those of `user_id` (kept out by nio's blacklist, for this share
+        only): what this client sends next is encrypted with a key that user lacks.
+        The session key (at index 0, nothing encrypted with it yet) is kept for
+        release_room_key; send_withheld tells them it is withheld instead."""
+        client = self.require()
+        room = await self.prepare_send(req["room_id"])
+        user_id = req["user_id"]
+        devices = list(client.olm.device_store.active_user_devices(user_id))
+        if not devices:
+            raise CommandError("no known device of %s" % user_id)
+        # A new session: the one in use may have reached them already.
+        client.olm.outbound_group_sessions.pop(room.room_id, None)
+        for device in devices:
+            client.olm.blacklist_device(device)
+        try:
+            check(
+                await client.share_group_session(room.room_id, ignore_unverified_devices=True),
+                ShareGroupSessionError,
+                "sharing a room key without %s" % user_id,
+            )
+        finally:
+            for device in devices:
+                client.olm.unblacklist_device(device)
+        session = client.olm.outbound_group_sessions[room.room_id]
+        if session.message_index != 0:
+            raise CommandError("the new session was used before its key was kept")
+        self.held_keys[(room.room_id, session.id)] = session.session_key
+        return {"session_id": session.id, "devices": sorted(d.id for d in devices)}
+
+    async def send_to_devices(self, user_id, event_type, content_for):
+        client = self.require()
+        devices = list(client.olm.device_store.active_user_devices(user_id))
+        if not devices:
+            raise CommandError("no known device of %s" % user_id)
+        for device in devices:
+            content = content_for(device)
+            check(
+                await client.to_device(ToDeviceMessage(event_type, user_id, device.id, content)),
+                ToDeviceError,
+                "sending %s to %s %s" % (event_type, user_id, device.id),
+            )
+        return sorted(d.id for d in devices)
+
+    async def cmd_release_room_key(self, req):
+        """Sends the key kept by hold_room_key to `user_id`'s devices, Olm-encrypted
+        as an m.room_key: a late share."""
+        client = self.require()
+        room_id, session_id, user_id = req["room_id"], req["session_id"], req["user_id"]
+        key = self.held_keys.get((room_id, session_id))
+        if key is None:
+            raise CommandError("no key held for session %s" % session_id)
+        missing = {
+            user_id: [d.id for d in client.olm.device_store.active_user_devices(user_id)
+                      if client.olm.session_store.get(d.curve25519) is None]
+        }
+        if missing[user_id]:
+            await client.keys_claim(missing)
+        room_key = {"algorithm": MEGOLM, "room_id": room_id, "session_id": session_id, "session_key": key}
+
+        def encrypted(device):
+            olm_session = client.olm.session_store.get(device.curve25519)
+            if olm_session is None:
+                raise CommandError("no Olm session with %s %s" % (user_id, device.id))
+            return client.olm._olm_encrypt(olm_session, device, "m.room_key", room_key)
+
+        devices = await self.send_to_devices(user_id, "m.room.encrypted", encrypted)
+        return {"devices": devices}
+
+    async def cmd_send_withheld(self, req):
+        """Tells `user_id`'s devices (in a plaintext m.room_key.withheld, as clients
+        send it) that the key of `session_id` is withheld from them, with `code`."""
+        client = self.require()
+        content = {
+            "algorithm": MEGOLM,
+            "room_id": req["room_id"],
+            "session_id": req["session_id"],
+            "sender_key": client.olm.account.identity_keys["curve25519"],
+            "from_device": client.device_id,
+            "code": req["code"],
+            "reason": req.get("reason") or "withheld by the test",
+        }
+        devices = await self.send_to_devices(req["user_id"], WITHHELD, lambda device: content)
+        return {"devices": devices}
 
     def take(self, matches):
         for entry in self.messages:

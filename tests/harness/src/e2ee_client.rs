@@ -131,6 +131,15 @@ pub struct SentText {
     pub encrypted: bool,
 }
 
+/// A Megolm session [`E2eeTestClient::hold_room_key`] started without sharing it
+/// with one user's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HeldRoomKey {
+    pub session_id: String,
+    /// The devices of that user kept out.
+    pub devices: Vec<String>,
+}
+
 /// The device that owns the Megolm session an event was decrypted with: found by the
 /// session's curve25519 key, which arrived over an Olm channel (authenticated), not
 /// by the `device_id` the event claims.
@@ -559,6 +568,25 @@ impl E2eeTestClient {
         self.inner.parse(answer, "send_voice")
     }
 
+    /// [`Self::send_voice`] in an encrypted room with a wrong SHA-256 in `file`
+    /// (the upload itself intact): what a damaged or altered attachment looks like.
+    pub async fn send_voice_with_bad_hash(
+        &self,
+        room_id: &str,
+        path: &Path,
+        duration: Duration,
+    ) -> Result<SentVoice> {
+        let answer = self
+            .inner
+            .request(
+                json!({"cmd": "send_voice", "room_id": room_id, "path": path,
+                       "duration_ms": duration.as_millis() as u64, "bad_hash": true}),
+                E2EE_CLIENT_TIMEOUT + ANSWER_SLACK,
+            )
+            .await?;
+        self.inner.parse(answer, "send_voice")
+    }
+
     /// Sends an `m.text` (encrypted in an encrypted room), e.g. a `!wt` command.
     pub async fn send_text(&self, room_id: &str, body: &str) -> Result<SentText> {
         let answer = self
@@ -569,6 +597,58 @@ impl E2eeTestClient {
             )
             .await?;
         self.inner.parse(answer, "send_text")
+    }
+
+    /// Starts a new Megolm session in the (encrypted) room and shares it with every
+    /// member's devices except `user_id`'s: what this client sends next (until the
+    /// session rotates) is encrypted with a key that user lacks. The key is kept
+    /// for [`Self::release_room_key`]; [`Self::send_withheld`] says it is withheld.
+    pub async fn hold_room_key(&self, room_id: &str, user_id: &str) -> Result<HeldRoomKey> {
+        let answer = self
+            .inner
+            .request(
+                json!({"cmd": "hold_room_key", "room_id": room_id, "user_id": user_id}),
+                E2EE_CLIENT_TIMEOUT + ANSWER_SLACK,
+            )
+            .await?;
+        self.inner.parse(answer, "hold_room_key")
+    }
+
+    /// Sends the key held by [`Self::hold_room_key`] to `user_id`'s devices
+    /// (Olm-encrypted `m.room_key`): a late share.
+    pub async fn release_room_key(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<()> {
+        self.inner
+            .request(
+                json!({"cmd": "release_room_key", "room_id": room_id,
+                       "session_id": session_id, "user_id": user_id}),
+                E2EE_CLIENT_TIMEOUT + ANSWER_SLACK,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends `user_id`'s devices a plaintext `m.room_key.withheld` for
+    /// `session_id` with `code` (`m.blacklisted`, `m.unverified`, …).
+    pub async fn send_withheld(
+        &self,
+        room_id: &str,
+        session_id: &str,
+        user_id: &str,
+        code: &str,
+    ) -> Result<()> {
+        self.inner
+            .request(
+                json!({"cmd": "send_withheld", "room_id": room_id, "session_id": session_id,
+                       "user_id": user_id, "code": code}),
+                E2EE_CLIENT_TIMEOUT + ANSWER_SLACK,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Waits for the oldest `m.audio` from others not taken before that matches

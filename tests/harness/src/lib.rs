@@ -29,9 +29,9 @@ pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration
 pub use client::{CreateRoom, MatrixClient, OpenIdToken, Preset, SyncEvent, SyncEventKind, Whoami};
 pub use e2ee_client::{
     AudioInfo, CrossSigningKeys, DeviceKeys, E2eeLogin, E2eeRoomState, E2eeTestClient,
-    EncryptedFileRef, MessageFilter, Msc1767Audio, NewRoom, ReceivedAudio, ReceivedMessage,
-    Rotation, SenderDevice, SentText, SentVoice, Undecryptable, UserKeys, VoiceContent,
-    WithheldNotice, E2EE_CLIENT_TIMEOUT,
+    EncryptedFileRef, HeldRoomKey, MessageFilter, Msc1767Audio, NewRoom, ReceivedAudio,
+    ReceivedMessage, Rotation, SenderDevice, SentText, SentVoice, Undecryptable, UserKeys,
+    VoiceContent, WithheldNotice, E2EE_CLIENT_TIMEOUT,
 };
 pub use js_trust_client::{
     matrix_js_dir, node_path, DeviceVerification, JsLogin, JsRoomState, JsSenderDevice,
