@@ -51,7 +51,6 @@ impl E2ee {
             serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" }),
         );
         let mut setup = setup_with_room(room).await;
-        setup.config.encryption.store_dir = setup.dir.path().join("crypto");
         let status = free_port();
         setup.config.status.listen = Some(SocketAddr::from(([127, 0, 0, 1], status)));
         // The channel starts once the bot's device is on the homeserver, so the
