@@ -242,22 +242,11 @@ impl Channels {
                     return Ok(false);
                 }
             };
-        // The bot's device decrypts what members send: it must be on the
-        // homeserver before they share room keys. For an encrypted room it is made
-        // ready before the room is bridged (created the first time, reopened
-        // after). For a plain room it is made ready in the background, so that a
-        // room turning encryption on finds it already published: clients share a
-        // new room key only with the devices they know of at that moment.
-        if !prepared.encrypted {
-            let (crypto, bot, name) = (ctx.crypto.clone(), ctx.bot.clone(), channel.name.clone());
-            tokio::spawn(async move {
-                if let Err(error) = crypto.device(&bot).await {
-                    warn!(channel = %name, %error, "the bot's encryption device is not ready; \
-                          should this room turn encryption on, its messages wait for it");
-                }
-            });
-        } else {
-            // A failure is not fatal: decryption tries again with each event.
+        if prepared.encrypted {
+            // The bot's device decrypts what members send: it must be on the
+            // homeserver before they share room keys, so it is made ready before
+            // the room is bridged (created the first time, reopened after). A
+            // failure is not fatal: decryption tries again with each event.
             match ctx.crypto.device(&ctx.bot).await {
                 Ok(device) => {
                     info!(channel = %channel.name, device = %device.device_id(), "the bot's encryption device is ready")
