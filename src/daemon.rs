@@ -257,6 +257,9 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             .extend(extra.remove(&channel.name).unwrap_or_default());
         channels.start(&config, channel, built).await?;
     }
+    // Encrypted rooms made the bot's device ready above; plain ones may turn
+    // encryption on later and must find it published.
+    let publish_task = tokio::spawn(crypto.clone().publish(bot.clone(), server_token.clone()));
     // Endpoints of channels that are not bridged are dropped here, so whoever
     // waits for them to start learns that they never will.
     for channel in extra.into_keys() {
@@ -338,6 +341,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     let _ = prune_task.await;
     server_token.cancel();
     let _ = crypto_task.await;
+    let _ = publish_task.await;
     match server_task.await {
         Ok(Err(error)) => warn!(%error, "appservice server stopped with an error"),
         Err(error) => warn!(%error, "appservice server task failed"),

@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bridge_common::{ops_room, setup_with_room, start_daemon, Running, Setup, SERVER, WAIT};
+use bridge_common::{
+    encrypted_ops_room, setup_with_room, start_daemon, Running, Setup, SERVER, WAIT,
+};
 use walkie_bridge::matrix::encrypted_in::set_key_wait_deadline_for_tests;
 use walkie_bridge::store::Store;
 use walkie_endpoint::audio::{encode_ogg_opus, OpusDecoder};
@@ -45,12 +47,7 @@ struct E2ee {
 impl E2ee {
     async fn start() -> E2ee {
         set_key_wait_deadline_for_tests(KEY_WAIT);
-        let room = ops_room().initial_state(
-            "m.room.encryption",
-            "",
-            serde_json::json!({ "algorithm": "m.megolm.v1.aes-sha2" }),
-        );
-        let mut setup = setup_with_room(room).await;
+        let mut setup = setup_with_room(encrypted_ops_room()).await;
         let status = free_port();
         setup.config.status.listen = Some(SocketAddr::from(([127, 0, 0, 1], status)));
         // The channel starts once the bot's device is on the homeserver, so the
@@ -502,4 +499,57 @@ async fn a_voice_message_waiting_for_its_key_survives_a_restart() {
     let store = e2ee.store().await;
     assert!(store.inbound_handled(&sent.event_id).await.expect("lookup"));
     e2ee.stop().await;
+}
+
+/// A plain room that turns encryption on: its members' clients share the first
+/// room key with the devices they know of at that moment, so the bot's device
+/// must already be on the homeserver — published at start-up even though no
+/// bridged room was encrypted then — and the first encrypted command is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_turns_encryption_on_finds_the_bots_device_published() {
+    let setup = bridge_common::setup().await;
+    let running = start_daemon(&setup.config).await;
+    let (alice, login) =
+        E2eeTestClient::login_user(&setup.synapse, &setup.alice, setup.dir.path().join("nio"))
+            .await
+            .unwrap_or_else(|e| panic!("alice's nio client logs in: {e}"));
+    let state = alice
+        .wait_room(
+            &setup.room_id,
+            &[login.user_id.as_str(), bot().as_str()],
+            Some(false),
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("alice's client sees the bot in the plain room: {e}"));
+    assert!(!state.encrypted);
+    // Published in the background: asked of the homeserver until it shows.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys = alice.query_keys(&bot()).await.expect("the bot's keys");
+        if !keys.devices.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bot has no device on the homeserver while no room is encrypted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    alice
+        .enable_encryption(&setup.room_id, walkie_harness::Rotation::default())
+        .await
+        .expect("alice turns encryption on");
+    let sent = alice
+        .send_text(&setup.room_id, "!wt on")
+        .await
+        .expect("!wt on");
+    assert!(sent.encrypted, "the command went encrypted");
+    let answer = alice
+        .wait_text(&MessageFilter::from(bot()).containing("!wt off"), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("the bot decrypts the first encrypted command: {e}"));
+    assert!(answer.encrypted, "the bot answers encrypted: {answer:?}");
+    running.stop().await;
 }

@@ -184,6 +184,9 @@ url = "sqlite://{db}"
 [archive]
 spool_dir = "{spool}"
 
+[encryption]
+store_dir = "{crypto}"
+
 [floor]
 idle_release_ms = 1500
 
@@ -201,6 +204,7 @@ enabled = {live}
         status = env.status,
         db = env.dir.join("walkie.db").display(),
         spool = env.dir.join("spool").display(),
+        crypto = env.dir.join("crypto").display(),
         live = env.live,
     );
     for channel in channels {

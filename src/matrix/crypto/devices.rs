@@ -12,7 +12,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use tokio::sync::{broadcast, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::device::CryptoDevice;
 use super::error::CryptoError;
@@ -375,6 +375,25 @@ impl CryptoDevices {
             .closed
             .fetch_add(closed as u64, Ordering::Relaxed);
         closed
+    }
+
+    /// Makes `user`'s device ready, unless `shutdown` comes first. For the bot at
+    /// start-up: a room that turns encryption on later shares its first room key
+    /// only with the devices its members' clients know of at that moment, so the
+    /// bot's device must be on the homeserver before any room is encrypted. A
+    /// failure is logged; decrypting tries again with each event.
+    pub async fn publish(self, user: OwnedUserId, shutdown: CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            result = self.device(&user) => match result {
+                Ok(device) => {
+                    info!(%user, device = %device.device_id(), "the encryption device is on the homeserver");
+                }
+                Err(error) => {
+                    warn!(%user, %error, "the encryption device is not on the homeserver; a room that turns encryption on waits for it");
+                }
+            }
+        }
     }
 
     /// Closes idle machines every so often until `shutdown`.
