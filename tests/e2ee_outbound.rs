@@ -15,11 +15,11 @@ mod common;
 mod live_common;
 
 use bridge_common::{
-    ops_room, setup, setup_with_room, speech_packets, start_daemon, transmit, Setup, SERVER, WAIT,
+    assert_is_the_speech, assert_is_the_speech_within, encrypted_ops_room, setup, setup_with_room,
+    speech_packets, start_daemon, transmit, Setup, SERVER, WAIT,
 };
-use serde_json::{json, Value};
-use walkie_endpoint::audio::decode_ogg_opus;
-use walkie_harness::{E2eeTestClient, JsTrustClient, MessageFilter, ReceivedAudio};
+use serde_json::Value;
+use walkie_harness::{E2eeTestClient, JsTrustClient, MessageFilter};
 
 /// The puppet of talker `kilo` on the test endpoint `test.radio`.
 fn puppet() -> String {
@@ -28,46 +28,6 @@ fn puppet() -> String {
 
 fn bot() -> String {
     format!("@walkie:{SERVER}")
-}
-
-fn encrypted_ops_room() -> walkie_harness::CreateRoom {
-    ops_room().initial_state(
-        "m.room.encryption",
-        "",
-        json!({ "algorithm": "m.megolm.v1.aes-sha2" }),
-    )
-}
-
-/// The decrypted archive at `audio.path` is what was said: its duration within
-/// 60 ms and its correlation with the speech above 0.85.
-fn assert_is_the_speech(audio: &ReceivedAudio, speech: &[i16]) {
-    assert_is_the_speech_within(audio, speech, 0);
-}
-
-/// [`assert_is_the_speech`] where the recording may start up to `max_shift`
-/// samples (48 kHz) earlier or later than the speech: found coarsely on a
-/// decimated copy first, then exactly around that, so a debug build stays quick.
-fn assert_is_the_speech_within(audio: &ReceivedAudio, speech: &[i16], max_shift: isize) {
-    let ogg = std::fs::read(&audio.path).expect("the decrypted file");
-    let decoded = decode_ogg_opus(&ogg).expect("the decrypted file is Ogg Opus");
-    let spoken_ms = speech.len() as u64 * 1000 / 48_000;
-    assert!(
-        decoded.duration_ms.abs_diff(spoken_ms) <= 60,
-        "decoded {} ms, spoken {spoken_ms} ms",
-        decoded.duration_ms
-    );
-    let decimate = |pcm: &[i16]| pcm.iter().step_by(8).copied().collect::<Vec<i16>>();
-    let (coarse, _) = common::best_lag(
-        &decimate(speech),
-        &decimate(&decoded.pcm),
-        -max_shift / 8..=max_shift / 8,
-    );
-    let centre = coarse * 8;
-    let (_, correlation) = common::best_lag(speech, &decoded.pcm, centre - 400..=centre + 400);
-    assert!(
-        correlation > 0.85,
-        "the decrypted voice message is not what was said: {correlation:.3}"
-    );
 }
 
 /// The room's events as the homeserver stores them (what it can read).
