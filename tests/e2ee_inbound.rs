@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bridge_common::{
-    encrypted_ops_room, setup_with_room, start_daemon, Running, Setup, SERVER, WAIT,
+    alice_nio_in_room, encrypted_ops_room, setup_with_room, start_daemon, Running, Setup, SERVER,
+    WAIT,
 };
 use walkie_bridge::matrix::encrypted_in::set_key_wait_deadline_for_tests;
 use walkie_bridge::store::Store;
@@ -53,20 +54,7 @@ impl E2ee {
         // The channel starts once the bot's device is on the homeserver, so the
         // client below finds it when it first shares a room key.
         let running = start_daemon(&setup.config).await;
-        let (alice, login) =
-            E2eeTestClient::login_user(&setup.synapse, &setup.alice, setup.dir.path().join("nio"))
-                .await
-                .unwrap_or_else(|e| panic!("alice's nio client logs in: {e}"));
-        let state = alice
-            .wait_room(
-                &setup.room_id,
-                &[login.user_id.as_str(), bot().as_str()],
-                Some(true),
-                WAIT,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("alice's client sees the bot in the encrypted room: {e}"));
-        assert!(state.encrypted);
+        let alice = alice_nio_in_room(&setup, true).await;
         E2ee {
             setup,
             running: Some(running),
@@ -509,20 +497,7 @@ async fn a_voice_message_waiting_for_its_key_survives_a_restart() {
 async fn a_room_that_turns_encryption_on_finds_the_bots_device_published() {
     let setup = bridge_common::setup().await;
     let running = start_daemon(&setup.config).await;
-    let (alice, login) =
-        E2eeTestClient::login_user(&setup.synapse, &setup.alice, setup.dir.path().join("nio"))
-            .await
-            .unwrap_or_else(|e| panic!("alice's nio client logs in: {e}"));
-    let state = alice
-        .wait_room(
-            &setup.room_id,
-            &[login.user_id.as_str(), bot().as_str()],
-            Some(false),
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("alice's client sees the bot in the plain room: {e}"));
-    assert!(!state.encrypted);
+    let alice = alice_nio_in_room(&setup, false).await;
     // Published in the background: asked of the homeserver until it shows.
     let deadline = Instant::now() + WAIT;
     loop {

@@ -13,7 +13,8 @@ mod common;
 use std::time::Duration;
 
 use bridge_common::{
-    assert_is_the_speech_within, encrypted_ops_room, setup_with_room, Setup, SERVER, WAIT,
+    alice_nio_in_room, assert_is_the_speech_within, encrypted_ops_room, setup_with_room, Setup,
+    SERVER, WAIT,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,20 +56,7 @@ impl Bridged {
             .wait_for_users(|users| users.iter().any(|u| u == "walkie"), WAIT)
             .await
             .expect("the bridge's bot is in Ops");
-        let (alice, login) =
-            E2eeTestClient::login_user(&setup.synapse, &setup.alice, setup.dir.path().join("nio"))
-                .await
-                .unwrap_or_else(|e| panic!("alice's nio client logs in: {e}"));
-        let state = alice
-            .wait_room(
-                &setup.room_id,
-                &[login.user_id.as_str(), bot().as_str()],
-                Some(true),
-                WAIT,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("alice's client sees the bot in the encrypted room: {e}"));
-        assert!(state.encrypted);
+        let alice = alice_nio_in_room(&setup, true).await;
         Bridged {
             setup,
             _murmur: murmur,

@@ -214,6 +214,30 @@ pub fn assert_is_the_speech_within(
     );
 }
 
+/// Alice's matrix-nio client (it encrypts end to end), logged in and seeing the bot
+/// in the bridged room, which is encrypted or not as `encrypted` says.
+pub async fn alice_nio_in_room(setup: &Setup, encrypted: bool) -> walkie_harness::E2eeTestClient {
+    let (alice, login) = walkie_harness::E2eeTestClient::login_user(
+        &setup.synapse,
+        &setup.alice,
+        setup.dir.path().join("nio"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("alice's nio client logs in: {e}"));
+    let bot = format!("@walkie:{SERVER}");
+    let state = alice
+        .wait_room(
+            &setup.room_id,
+            &[login.user_id.as_str(), bot.as_str()],
+            Some(encrypted),
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("alice's client sees the bot in the room: {e}"));
+    assert_eq!(state.encrypted, encrypted);
+    alice
+}
+
 pub async fn setup() -> Setup {
     setup_with_room(ops_room()).await
 }
