@@ -396,9 +396,20 @@ async fn sigterm_mid_transmission_stops_within_5_s_and_the_recording_is_posted_o
     let duration = message.content()["info"]["duration"]
         .as_u64()
         .expect("duration");
+    // Every frame the matrix endpoint had received before SIGTERM is in the
+    // recording, which plays them minus the Opus pre-skip (6.5 ms at 48 kHz).
+    let frames_before_sigterm = metric(
+        &scrape,
+        "walkie_endpoint_frames_out_total",
+        &[("channel", "ops"), ("endpoint", "matrix.ops")],
+    )
+    .expect("frames out counted");
+    let pre_skip_ms = f64::from(walkie_endpoint::audio::DEFAULT_PRE_SKIP) / 48.0;
+    let least_ms = (frames_before_sigterm * 20.0 - pre_skip_ms).floor();
     assert!(
-        duration >= 1000,
-        "the recording holds {duration} ms of the second or more spoken"
+        duration as f64 >= least_ms,
+        "the recording holds {duration} ms; {frames_before_sigterm} frames \
+         ({least_ms} ms after the pre-skip) had reached the room before SIGTERM"
     );
     until(&mut second, "an empty outbox", || async move {
         (status(port).await["outbox"]["depth"] == json!(0)).then_some(())
