@@ -1,9 +1,17 @@
-//! pcm16 ⇄ internal Opus. One of each per talk: the resampler and the Opus
-//! encoder carry state from frame to frame, so sharing them between talks
-//! would smear one talker into the next.
+//! pcm16 ⇄ internal Opus. One of each per talk: the encoder and the resampler
+//! carry state from frame to frame, so sharing them between talks would smear one
+//! talker into the next.
+//!
+//! Both directions hand a 20 ms frame on as soon as the device's (or the channel's)
+//! 20 ms frame is in, so the bridge adds no frame of its own to the path: the
+//! device's pcm16 is encoded at 16 kHz as it is (no resampler at all), and the
+//! channel's 48 kHz PCM goes through [`LiveResampler`], whose 1.3 ms filter delay
+//! is all the latency it adds. See docs/bench/codec-quality.md for the figures.
 
 use bytes::Bytes;
-use walkie_endpoint::audio::{AudioError, OpusEncoder, Resampler, FRAME_SAMPLES, SAMPLE_RATE};
+use walkie_endpoint::audio::{
+    AudioError, LiveResampler, OpusEncoder, DEFAULT_BITRATE, SAMPLE_RATE,
+};
 
 /// pcm16 sample rate in Hz.
 pub const PCM16_RATE: u32 = 16_000;
@@ -12,95 +20,80 @@ pub const PCM16_FRAME_SAMPLES: usize = (PCM16_RATE / 50) as usize;
 /// Bytes in one 20 ms pcm16 frame (S16LE mono).
 pub const PCM16_FRAME_BYTES: usize = PCM16_FRAME_SAMPLES * 2;
 
-/// A device's pcm16 on its way into the channel as 48 kHz Opus.
+/// A device's pcm16 on its way into the channel as Opus.
 pub struct PcmToOpus {
-    resampler: Resampler,
     encoder: OpusEncoder,
     pending: Vec<i16>,
-    scratch: Vec<i16>,
 }
 
 impl PcmToOpus {
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
-            resampler: Resampler::new(PCM16_RATE, SAMPLE_RATE)?,
-            encoder: OpusEncoder::new()?,
-            pending: Vec::with_capacity(2 * FRAME_SAMPLES),
-            scratch: Vec::with_capacity(PCM16_FRAME_SAMPLES),
+            encoder: OpusEncoder::with_rate(PCM16_RATE, DEFAULT_BITRATE)?,
+            pending: Vec::with_capacity(2 * PCM16_FRAME_SAMPLES),
         })
     }
 
     /// Takes S16LE bytes (an odd trailing byte is ignored); returns the Opus
-    /// packets of every 20 ms that is now complete (the resampler's start-up
-    /// delay means the first call may return none).
+    /// packets of every 20 ms that is now complete: one per 640-byte frame.
     pub fn push(&mut self, s16le: &[u8]) -> Result<Vec<Bytes>, AudioError> {
-        self.scratch.clear();
-        self.scratch.extend(
+        self.pending.extend(
             s16le
                 .chunks_exact(2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
-        let resampled = self.resampler.process(&self.scratch)?;
-        self.pending.extend_from_slice(&resampled);
         self.drain(false)
     }
 
     /// The talk is over: whatever is still buffered, zero-padded to a frame.
     pub fn finish(&mut self) -> Result<Vec<Bytes>, AudioError> {
-        let rest = self.resampler.flush()?;
-        self.pending.extend_from_slice(&rest);
         self.drain(true)
     }
 
     fn drain(&mut self, pad: bool) -> Result<Vec<Bytes>, AudioError> {
         if pad && !self.pending.is_empty() {
-            let padded = self.pending.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES;
+            let padded = self.pending.len().next_multiple_of(PCM16_FRAME_SAMPLES);
             self.pending.resize(padded, 0);
         }
-        let mut packets = Vec::with_capacity(self.pending.len() / FRAME_SAMPLES);
-        let mut used = 0;
-        while self.pending.len() - used >= FRAME_SAMPLES {
-            packets.push(
-                self.encoder
-                    .encode(&self.pending[used..used + FRAME_SAMPLES])?,
-            );
-            used += FRAME_SAMPLES;
+        let mut packets = Vec::with_capacity(self.pending.len() / PCM16_FRAME_SAMPLES);
+        for frame in self.pending.chunks_exact(PCM16_FRAME_SAMPLES) {
+            packets.push(self.encoder.encode(frame)?);
         }
-        self.pending.drain(..used);
+        self.pending.drain(..packets.len() * PCM16_FRAME_SAMPLES);
         Ok(packets)
     }
 }
 
 /// The channel's decoded 48 kHz PCM on its way to devices as 640-byte frames.
 pub struct PcmToPcm16 {
-    resampler: Resampler,
+    resampler: LiveResampler,
     pending: Vec<i16>,
 }
 
 impl PcmToPcm16 {
     pub fn new() -> Result<Self, AudioError> {
         Ok(Self {
-            resampler: Resampler::new(SAMPLE_RATE, PCM16_RATE)?,
+            resampler: LiveResampler::new(SAMPLE_RATE, PCM16_RATE)?,
             pending: Vec::with_capacity(2 * PCM16_FRAME_SAMPLES),
         })
     }
 
-    /// Takes 48 kHz samples; returns every complete 640-byte frame.
+    /// Takes 48 kHz samples; returns every complete 640-byte frame (one per 20 ms
+    /// pushed).
     pub fn push(&mut self, pcm48: &[i16]) -> Result<Vec<Vec<u8>>, AudioError> {
-        let resampled = self.resampler.process(pcm48)?;
-        self.pending.extend_from_slice(&resampled);
+        self.resampler.process_into(pcm48, &mut self.pending)?;
         Ok(self.drain(false))
     }
 
+    /// The talk is over: the filter's tail and any partial frame, zero-padded.
     pub fn finish(&mut self) -> Result<Vec<Vec<u8>>, AudioError> {
-        let rest = self.resampler.flush()?;
-        self.pending.extend_from_slice(&rest);
+        self.resampler.flush_into(&mut self.pending)?;
         Ok(self.drain(true))
     }
 
     fn drain(&mut self, pad: bool) -> Vec<Vec<u8>> {
         if pad && !self.pending.is_empty() {
-            let padded = self.pending.len().div_ceil(PCM16_FRAME_SAMPLES) * PCM16_FRAME_SAMPLES;
+            let padded = self.pending.len().next_multiple_of(PCM16_FRAME_SAMPLES);
             self.pending.resize(padded, 0);
         }
         let frames: Vec<Vec<u8>> = self
@@ -137,7 +130,7 @@ fn tone(rate: u32, ms: u32) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use walkie_endpoint::audio::OpusDecoder;
+    use walkie_endpoint::audio::{OpusDecoder, FRAME_SAMPLES};
 
     fn sine16(samples: usize) -> Vec<u8> {
         tone(PCM16_RATE, 1000)
@@ -156,11 +149,15 @@ mod tests {
         let pcm48 = test_tone_48k(1000);
         let mut frames = Vec::new();
         for chunk in pcm48.chunks(FRAME_SAMPLES) {
-            frames.extend(down.push(chunk).unwrap());
+            let out = down.push(chunk).unwrap();
+            assert_eq!(out.len(), 1, "each 20 ms in gives its frame at once");
+            frames.extend(out);
         }
-        frames.extend(down.finish().unwrap());
+        let tail = down.finish().unwrap();
+        assert_eq!(tail.len(), 1, "the filter's 1.3 ms tail, padded to a frame");
+        frames.extend(tail);
         assert!(frames.iter().all(|f| f.len() == PCM16_FRAME_BYTES));
-        assert_eq!(frames.len(), 50, "one second is 50 frames");
+        assert_eq!(frames.len(), 51, "one second is 50 frames, and the tail");
     }
 
     #[test]
@@ -169,9 +166,11 @@ mod tests {
         let input = sine16(16_000);
         let mut packets = Vec::new();
         for frame in input.chunks(PCM16_FRAME_BYTES) {
-            packets.extend(up.push(frame).unwrap());
+            let out = up.push(frame).unwrap();
+            assert_eq!(out.len(), 1, "each 640-byte frame is encoded at once");
+            packets.extend(out);
         }
-        packets.extend(up.finish().unwrap());
+        assert!(up.finish().unwrap().is_empty(), "nothing held back");
         assert_eq!(packets.len(), 50);
         let mut decoder = OpusDecoder::new().unwrap();
         let pcm: Vec<i16> = packets

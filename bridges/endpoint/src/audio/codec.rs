@@ -56,9 +56,12 @@ pub fn packet_samples(packet: &[u8]) -> Result<usize, AudioError> {
     Ok(samples)
 }
 
-/// Opus encoder for 48 kHz mono speech in 20 ms frames (VOIP application).
+/// Opus encoder for mono speech in 20 ms frames (VOIP application), from 48 kHz PCM
+/// or, with [`OpusEncoder::with_rate`], from any rate libopus takes.
 pub struct OpusEncoder {
     inner: opus::Encoder,
+    /// Samples of input in one 20 ms frame at the encoder's rate.
+    frame_samples: usize,
     lookahead: u16,
     bitrate: i32,
 }
@@ -80,9 +83,23 @@ impl OpusEncoder {
 
     /// An encoder at `bitrate` bit/s (6000..=510000).
     pub fn with_bitrate(bitrate: i32) -> Result<Self, AudioError> {
-        let inner = opus::Encoder::new(SAMPLE_RATE, Channels::Mono, Application::Voip)?;
+        Self::with_rate(SAMPLE_RATE, bitrate)
+    }
+
+    /// An encoder taking PCM at `rate` Hz (8, 12, 16, 24 or 48 kHz) at `bitrate` bit/s.
+    ///
+    /// Opus packets do not depend on the input rate, so a 16 kHz device's audio can
+    /// be encoded as it is: libopus codes it natively (SILK's wideband mode, or
+    /// CELT with the bands above 8 kHz empty) with no resampler, and so with no
+    /// resampler's delay in front of it.
+    pub fn with_rate(rate: u32, bitrate: i32) -> Result<Self, AudioError> {
+        if ![8_000, 12_000, 16_000, 24_000, 48_000].contains(&rate) {
+            return Err(AudioError::UnsupportedRate(rate));
+        }
+        let inner = opus::Encoder::new(rate, Channels::Mono, Application::Voip)?;
         let mut enc = Self {
             inner,
+            frame_samples: (rate / 1000 * FRAME_MS) as usize,
             lookahead: 0,
             bitrate,
         };
@@ -105,22 +122,46 @@ impl OpusEncoder {
         Ok(())
     }
 
+    /// Sets libopus' complexity, 0 (cheapest) to 10 (libopus' default, best).
+    pub fn set_complexity(&mut self, complexity: i32) -> Result<(), AudioError> {
+        if !(0..=10).contains(&complexity) {
+            return Err(AudioError::InvalidArgument(format!(
+                "Opus complexity {complexity} is not in 0..=10"
+            )));
+        }
+        self.inner.set_complexity(complexity)?;
+        Ok(())
+    }
+
+    /// libopus' complexity setting, 0..=10.
+    pub fn complexity(&mut self) -> Result<i32, AudioError> {
+        Ok(self.inner.get_complexity()?)
+    }
+
     /// The target bitrate in bit/s.
     pub fn bitrate(&self) -> i32 {
         self.bitrate
     }
 
-    /// Samples of algorithmic delay: the decoder's output lags the input by
-    /// this much, so it is the Ogg pre-skip for streams from this encoder.
+    /// Samples of algorithmic delay at the encoder's input rate: the decoder's
+    /// output lags the input by this much, so at 48 kHz it is the Ogg pre-skip for
+    /// streams from this encoder.
     pub fn lookahead(&self) -> u16 {
         self.lookahead
     }
 
-    /// Encodes exactly one frame of [`FRAME_SAMPLES`] samples into one packet.
+    /// Samples in one 20 ms frame at the encoder's input rate
+    /// ([`FRAME_SAMPLES`] at 48 kHz).
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// Encodes exactly one 20 ms frame ([`frame_samples`](Self::frame_samples)
+    /// samples) into one packet.
     pub fn encode(&mut self, frame: &[i16]) -> Result<Bytes, AudioError> {
-        if frame.len() != FRAME_SAMPLES {
+        if frame.len() != self.frame_samples {
             return Err(AudioError::FrameSize {
-                expected: FRAME_SAMPLES,
+                expected: self.frame_samples,
                 got: frame.len(),
             });
         }

@@ -9,6 +9,7 @@ mod codec;
 mod error;
 mod import;
 mod level;
+mod live_resample;
 mod ogg_opus;
 mod resample;
 mod vox;
@@ -21,6 +22,7 @@ pub use codec::{
 pub use error::AudioError;
 pub use import::{import_voice_message, sniff_format, ImportLimits, Imported, SourceFormat};
 pub use level::{dbfs, DBFS_FLOOR};
+pub use live_resample::{LiveResampler, LIVE_SINC_LEN};
 pub use ogg_opus::{
     decode_ogg_opus, encode_ogg_opus, read_ogg_opus, DecodedOggOpus, OggOpusAudio, OggOpusOptions,
     OggOpusReader, OggOpusStats, OggOpusWriter, OpusHead, OpusTags, VENDOR,

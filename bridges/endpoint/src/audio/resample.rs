@@ -55,7 +55,7 @@ impl std::fmt::Debug for Resampler {
     }
 }
 
-fn check_rate(rate: u32) -> Result<(), AudioError> {
+pub(super) fn check_rate(rate: u32) -> Result<(), AudioError> {
     if (MIN_RATE..=MAX_RATE).contains(&rate) {
         Ok(())
     } else {
@@ -63,7 +63,7 @@ fn check_rate(rate: u32) -> Result<(), AudioError> {
     }
 }
 
-fn gcd(mut a: u32, mut b: u32) -> u32 {
+pub(super) fn gcd(mut a: u32, mut b: u32) -> u32 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
@@ -81,11 +81,11 @@ fn block_sizes(from: u32, to: u32) -> (usize, usize) {
     (k * unit_in, k * unit_out)
 }
 
-fn to_f32(s: i16) -> f32 {
+pub(super) fn to_f32(s: i16) -> f32 {
     f32::from(s) / 32_768.0
 }
 
-fn to_i16(s: f32) -> i16 {
+pub(super) fn to_i16(s: f32) -> i16 {
     // The anti-aliasing filter can overshoot full scale slightly; clip rather than wrap.
     (s * 32_768.0).round().clamp(-32_768.0, 32_767.0) as i16
 }
