@@ -36,7 +36,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use walkie_endpoint::audio::{
-    LiveResampler, OpusDecoder, OpusEncoder, Resampler, DEFAULT_BITRATE, FRAME_SAMPLES, SAMPLE_RATE,
+    EncoderSettings, LiveResampler, OpusApplication, OpusDecoder, OpusEncoder, Resampler,
+    DEFAULT_BITRATE, FRAME_SAMPLES, SAMPLE_RATE,
 };
 use walkie_mqtt::transcode::{PcmToOpus, PcmToPcm16, PCM16_FRAME_BYTES, PCM16_FRAME_SAMPLES};
 
@@ -105,60 +106,50 @@ fn main() {
         }
     }
 
-    println!();
-    println!("Opus encoder, VOIP, 20 ms frames, 24 kbit/s: CPU µs per frame (encode) and PESQ (decode at 48 kHz, scored at 16 kHz)");
-    println!(
-        "{:>10} {:>10} {:>8} {:>10} {:>8}",
-        "complexity", "16k µs", "16k PESQ", "48k µs", "48k PESQ"
-    );
     let reference = dir.join("reference16.wav");
-    for complexity in 0..=10 {
-        let mut row = Vec::new();
-        for (rate, speech) in [(PCM16_RATE, &speech16), (SAMPLE_RATE, &speech48)] {
-            let (us, score) =
-                encoder_point(rate, speech, complexity, DEFAULT_BITRATE, &dir, &reference);
-            let _ = writeln!(
-                csv,
-                "opus_encoder,{rate}Hz_24kbps,complexity_{complexity}_cpu,{us:.2},us/frame"
-            );
-            let _ = writeln!(
-                csv,
-                "opus_encoder,{rate}Hz_24kbps,complexity_{complexity}_pesq,{score:.3},MOS-LQO"
-            );
-            row.push((us, score));
-        }
-        println!(
-            "{complexity:>10} {:>10.1} {:>8.3} {:>10.1} {:>8.3}",
-            row[0].0, row[0].1, row[1].0, row[1].1
+    let columns: [(u32, OpusApplication, i32); 5] = [
+        (PCM16_RATE, OpusApplication::Voip, 24_000),
+        (PCM16_RATE, OpusApplication::Voip, 32_000),
+        (PCM16_RATE, OpusApplication::LowDelay, 24_000),
+        (PCM16_RATE, OpusApplication::LowDelay, 32_000),
+        (SAMPLE_RATE, OpusApplication::Voip, 24_000),
+    ];
+    println!();
+    println!("Opus encoder, 20 ms frames: CPU µs per frame (encode) / PESQ (decoded at 48 kHz, scored at 16 kHz)");
+    print!("{:>10}", "complexity");
+    for (rate, application, bitrate) in columns {
+        print!(
+            " {:>18}",
+            format!("{}k {application:?} {}k", rate / 1000, bitrate / 1000)
         );
     }
     println!();
-    println!("Opus encoder from 16 kHz by bitrate, complexity 0, 5 and 10");
-    println!(
-        "{:>8} {:>10} {:>10} {:>10}",
-        "kbit/s", "c0 PESQ", "c5 PESQ", "c10 PESQ"
-    );
-    for kbps in [12, 16, 20, 24, 32] {
-        let mut scores = Vec::new();
-        for complexity in [0, 5, 10] {
-            let (_, score) = encoder_point(
-                PCM16_RATE,
-                &speech16,
+    for complexity in 0..=10 {
+        print!("{complexity:>10}");
+        for (rate, application, bitrate) in columns {
+            let settings = EncoderSettings {
+                bitrate,
                 complexity,
-                kbps * 1000,
-                &dir,
-                &reference,
+                application,
+            };
+            let speech = if rate == PCM16_RATE {
+                &speech16
+            } else {
+                &speech48
+            };
+            let (us, score) = encoder_point(rate, speech, settings, &dir, &reference);
+            let variant = format!("{rate}Hz_{application:?}_{}kbps", bitrate / 1000);
+            let _ = writeln!(
+                csv,
+                "opus_encoder,{variant},complexity_{complexity}_cpu,{us:.2},us/frame"
             );
             let _ = writeln!(
                 csv,
-                "opus_encoder,16000Hz_{kbps}kbps,complexity_{complexity}_pesq,{score:.3},MOS-LQO"
+                "opus_encoder,{variant},complexity_{complexity}_pesq,{score:.3},MOS-LQO"
             );
-            scores.push(score);
+            print!(" {:>18}", format!("{us:.1} / {score:.3}"));
         }
-        println!(
-            "{kbps:>8} {:>10.3} {:>10.3} {:>10.3}",
-            scores[0], scores[1], scores[2]
-        );
+        println!();
     }
 
     let csv_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench/codec-quality.csv");
@@ -452,16 +443,11 @@ fn round_trip_cpu(make: &dyn Fn() -> Chain, speech16: &[i16]) -> (f64, f64) {
 fn encoder_point(
     rate: u32,
     speech: &[i16],
-    complexity: i32,
-    bitrate: i32,
+    settings: EncoderSettings,
     dir: &Path,
     reference: &Path,
 ) -> (f64, f64) {
-    let make = || {
-        let mut e = OpusEncoder::with_rate(rate, bitrate).expect("encoder");
-        e.set_complexity(complexity).expect("complexity");
-        e
-    };
+    let make = || OpusEncoder::with_settings(rate, &settings).expect("encoder");
     let frame = (rate / 50) as usize;
     let long: Vec<i16> = speech
         .iter()
@@ -490,7 +476,10 @@ fn encoder_point(
         .collect();
     let at16 =
         walkie_endpoint::audio::resample(&decoded, SAMPLE_RATE, PCM16_RATE).expect("to 16 kHz");
-    let wav = dir.join(format!("opus-{rate}-c{complexity}-{bitrate}.wav"));
+    let wav = dir.join(format!(
+        "opus-{rate}-{:?}-c{}-{}.wav",
+        settings.application, settings.complexity, settings.bitrate
+    ));
     common::write_wav(&wav, &at16, PCM16_RATE);
     (us, pesq(reference, &wav))
 }

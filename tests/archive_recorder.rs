@@ -12,7 +12,9 @@ use archive_common::{
     files_in, meta, open_store, opus_packets, opusinfo_length_ms, record, sqlite_url,
 };
 use walkie_bridge::archive::{recover_spool, spool_path, Recorder};
-use walkie_endpoint::audio::{decode_ogg_opus, read_ogg_opus, DEFAULT_PRE_SKIP, FRAME_SAMPLES};
+use walkie_endpoint::audio::{
+    decode_ogg_opus, read_ogg_opus, OpusDecoder, DEFAULT_PRE_SKIP, FRAME_SAMPLES,
+};
 use walkie_endpoint::AudioFrame;
 
 const ROOM: &str = "!room:walkie.test";
@@ -93,6 +95,47 @@ fn speech_is_recorded_packet_for_packet() {
         packets.len(),
         item.size
     );
+}
+
+/// Decode once per transmission: frames the hub decoded for another endpoint are
+/// not decoded again for the waveform, and the waveform is the same either way.
+#[test]
+fn frames_the_hub_decoded_are_not_decoded_again() {
+    let speech = common::speech(48_000);
+    let packets = opus_packets(&speech);
+    let spool = tempfile::tempdir().expect("temp dir");
+
+    let mut alone = Recorder::start(spool.path(), meta(ROOM, SENDER)).expect("start");
+    let mut beside_pcm = Recorder::start(spool.path(), meta(ROOM, SENDER)).expect("start");
+    let mut hub = OpusDecoder::new().expect("the hub's decoder");
+    for (seq, p) in packets.iter().enumerate() {
+        let seq = seq as u32;
+        alone.push(&AudioFrame::opus(seq, p.clone())).expect("push");
+        let mut frame = AudioFrame::opus(seq, p.clone());
+        // What the hub hands on after a lost frame: concealment in front.
+        let mut pcm = if seq == 40 {
+            hub.decode_lost()
+        } else {
+            Vec::new()
+        };
+        pcm.extend(hub.decode(p).expect("decode"));
+        frame.pcm = Some(pcm.into());
+        beside_pcm.push(&frame).expect("push");
+    }
+    assert_eq!(alone.stats().decoded_here, packets.len() as u64);
+    assert_eq!(beside_pcm.stats().decoded_here, 0, "decoded a second time");
+    let a = alone.finish(Duration::ZERO).expect("finish").expect("item");
+    let b = beside_pcm
+        .finish(Duration::ZERO)
+        .expect("finish")
+        .expect("item");
+    let differ = a
+        .waveform
+        .iter()
+        .zip(&b.waveform)
+        .filter(|(x, y)| x.abs_diff(**y) > 16)
+        .count();
+    assert!(differ <= 2, "{:?}\n{:?}", a.waveform, b.waveform);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! One transmission to one spool file.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,9 @@ pub struct RecordingStats {
     pub invalid: u64,
     /// Packets written but libopus could not decode (silent in the waveform).
     pub undecodable: u64,
+    /// Packets this recorder decoded itself for the waveform: those the hub had
+    /// not decoded already (no other endpoint of the channel wanted PCM).
+    pub decoded_here: u64,
 }
 
 /// Writes one transmission to `<spool_dir>/<tx>.ogg.part`. Plain blocking
@@ -84,7 +88,10 @@ pub struct Recorder {
     spool_dir: PathBuf,
     part: PathBuf,
     writer: Option<OggOpusWriter<File>>,
+    /// Only for frames the hub did not decode; see `waveform_pcm`.
     decoder: Option<OpusDecoder>,
+    /// libopus would not make a decoder: the waveform stays flat.
+    no_decoder: bool,
     waveform: Waveform,
     /// Decoded samples still to drop from the waveform: the pre-skip, which a
     /// player does not play either.
@@ -145,20 +152,13 @@ impl Recorder {
                 });
             }
         };
-        let decoder = match OpusDecoder::new() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // The file is what matters; without a decoder the waveform is flat.
-                tracing::warn!(tx = %meta.tx, error = %e, "no Opus decoder for the waveform");
-                None
-            }
-        };
         tracing::debug!(tx = %meta.tx, channel = %meta.channel, path = %part.display(), "recording");
         Ok(Recorder {
             spool_dir: spool_dir.to_path_buf(),
             part,
             writer: Some(writer),
-            decoder,
+            decoder: None,
+            no_decoder: false,
             waveform: Waveform::new(),
             skip: usize::from(DEFAULT_PRE_SKIP),
             last_seq: None,
@@ -180,9 +180,9 @@ impl Recorder {
         &self.part
     }
 
-    /// Appends one frame's Opus packet. `frame.pcm` is not used: the hub may
-    /// have put concealment in it that the file does not hold, and the
-    /// waveform must match the file. Only I/O errors are errors; lost, late
+    /// Appends one frame's Opus packet. The waveform is made from the packets in
+    /// the file (concealment the hub put in `frame.pcm` is left out), so it
+    /// matches what a player draws. Only I/O errors are errors; lost, late
     /// and invalid packets are counted in [`stats`](Self::stats). After an
     /// error the file is in an unknown state: [`abort`](Self::abort) it.
     pub fn push(&mut self, frame: &AudioFrame) -> Result<(), ArchiveError> {
@@ -213,19 +213,44 @@ impl Recorder {
             .write_packet(&frame.opus)
             .map_err(ArchiveError::audio("writing", &self.part))?;
         self.stats.packets += 1;
-        let pcm = match self.decoder.as_mut().map(|d| d.decode(&frame.opus)) {
-            Some(Ok(pcm)) => pcm,
-            Some(Err(_)) | None => {
-                if self.decoder.is_some() {
-                    self.stats.undecodable += 1;
-                }
-                vec![0; samples]
-            }
-        };
+        let pcm = self.waveform_pcm(frame, samples);
         let skip = self.skip.min(pcm.len());
         self.skip -= skip;
         self.waveform.push_pcm(&pcm[skip..]);
         Ok(())
+    }
+
+    /// The frame's own samples for the waveform. Decoded once per transmission: when
+    /// the hub decoded the frame for another endpoint, its samples are taken from
+    /// there (the tail of `frame.pcm`; concealment the hub put in front is not in
+    /// the file, so it is left out); only a channel with no other PCM consumer pays
+    /// for a decoder here, made at its first frame.
+    fn waveform_pcm<'f>(&mut self, frame: &'f AudioFrame, samples: usize) -> Cow<'f, [i16]> {
+        if let Some(pcm) = frame.pcm.as_deref().filter(|pcm| pcm.len() >= samples) {
+            return Cow::Borrowed(&pcm[pcm.len() - samples..]);
+        }
+        if self.decoder.is_none() && !self.no_decoder {
+            match OpusDecoder::new() {
+                Ok(decoder) => self.decoder = Some(decoder),
+                Err(e) => {
+                    // The file is what matters; without a decoder the waveform is flat.
+                    tracing::warn!(tx = %self.meta.tx, error = %e, "no Opus decoder for the waveform");
+                    self.no_decoder = true;
+                }
+            }
+        }
+        let decoded = self.decoder.as_mut().map(|d| d.decode(&frame.opus));
+        if decoded.is_some() {
+            self.stats.decoded_here += 1;
+        }
+        match decoded {
+            Some(Ok(pcm)) => Cow::Owned(pcm),
+            Some(Err(_)) => {
+                self.stats.undecodable += 1;
+                Cow::Owned(vec![0; samples])
+            }
+            None => Cow::Owned(vec![0; samples]),
+        }
     }
 
     /// Ends the file, syncs it and renames it to `<tx>.ogg`; returns the item to

@@ -56,6 +56,37 @@ pub fn packet_samples(packet: &[u8]) -> Result<usize, AudioError> {
     Ok(samples)
 }
 
+/// libopus' application setting: which coding modes the encoder may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpusApplication {
+    /// `OPUS_APPLICATION_VOIP`: SILK, hybrid or CELT as the signal and bitrate
+    /// suit; 6.5 ms lookahead.
+    #[default]
+    Voip,
+    /// `OPUS_APPLICATION_RESTRICTED_LOWDELAY`: CELT only; 2.5 ms lookahead.
+    LowDelay,
+}
+
+/// How an encoder is set up: see docs/bench/codec-quality.md for what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderSettings {
+    /// Target bitrate in bit/s (6000..=510000).
+    pub bitrate: i32,
+    /// libopus complexity, 0..=10.
+    pub complexity: i32,
+    pub application: OpusApplication,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        Self {
+            bitrate: DEFAULT_BITRATE,
+            complexity: 10,
+            application: OpusApplication::Voip,
+        }
+    }
+}
+
 /// Opus encoder for mono speech in 20 ms frames (VOIP application), from 48 kHz PCM
 /// or, with [`OpusEncoder::with_rate`], from any rate libopus takes.
 pub struct OpusEncoder {
@@ -86,6 +117,15 @@ impl OpusEncoder {
         Self::with_rate(SAMPLE_RATE, bitrate)
     }
 
+    /// An encoder with every setting chosen: input `rate` Hz (8, 12, 16, 24 or
+    /// 48 kHz), bitrate, complexity and libopus application.
+    pub fn with_settings(rate: u32, settings: &EncoderSettings) -> Result<Self, AudioError> {
+        let mut encoder =
+            Self::with_rate_and_application(rate, settings.bitrate, settings.application)?;
+        encoder.set_complexity(settings.complexity)?;
+        Ok(encoder)
+    }
+
     /// An encoder taking PCM at `rate` Hz (8, 12, 16, 24 or 48 kHz) at `bitrate` bit/s.
     ///
     /// Opus packets do not depend on the input rate, so a 16 kHz device's audio can
@@ -93,10 +133,22 @@ impl OpusEncoder {
     /// CELT with the bands above 8 kHz empty) with no resampler, and so with no
     /// resampler's delay in front of it.
     pub fn with_rate(rate: u32, bitrate: i32) -> Result<Self, AudioError> {
+        Self::with_rate_and_application(rate, bitrate, OpusApplication::Voip)
+    }
+
+    fn with_rate_and_application(
+        rate: u32,
+        bitrate: i32,
+        application: OpusApplication,
+    ) -> Result<Self, AudioError> {
         if ![8_000, 12_000, 16_000, 24_000, 48_000].contains(&rate) {
             return Err(AudioError::UnsupportedRate(rate));
         }
-        let inner = opus::Encoder::new(rate, Channels::Mono, Application::Voip)?;
+        let application = match application {
+            OpusApplication::Voip => Application::Voip,
+            OpusApplication::LowDelay => Application::LowDelay,
+        };
+        let inner = opus::Encoder::new(rate, Channels::Mono, application)?;
         let mut enc = Self {
             inner,
             frame_samples: (rate / 1000 * FRAME_MS) as usize,

@@ -16,8 +16,8 @@ mod vox;
 mod waveform;
 
 pub use codec::{
-    frames_of, packet_samples, OpusDecoder, OpusEncoder, DEFAULT_BITRATE, DEFAULT_PRE_SKIP,
-    FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE,
+    frames_of, packet_samples, EncoderSettings, OpusApplication, OpusDecoder, OpusEncoder,
+    DEFAULT_BITRATE, DEFAULT_PRE_SKIP, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE,
 };
 pub use error::AudioError;
 pub use import::{import_voice_message, sniff_format, ImportLimits, Imported, SourceFormat};
