@@ -106,6 +106,7 @@ pub fn build(
                 Payload::Pcm16 => PayloadCodec::Pcm16,
             };
             settings.ha_discovery = mqtt.ha_discovery;
+            settings.encoder = mqtt.encoder;
             settings.max_priority = mqtt.max_priority;
             settings.device_max_priority = mqtt
                 .device_max_priority
@@ -187,6 +188,7 @@ fn build_radio(
         talker: Talker::new(id.name.clone(), format!("{} (Radio)", id.name)),
         pre_roll,
         retry: walkie_radio::endpoint::RETRY_INTERVAL,
+        encoder: radio.encoder,
     };
     let opener = Box::new(move || {
         walkie_radio::open_hardware(&ptt, port.as_deref(), &cos, DEFAULT_DEBOUNCE)

@@ -26,6 +26,7 @@ pub use types::{
 pub use url::Url;
 
 use crate::hub::FloorSettings;
+use walkie_endpoint::audio::EncoderSettings;
 use walkie_endpoint::Priority;
 
 /// The whole, validated configuration.
@@ -294,6 +295,8 @@ pub struct MqttConfig {
     pub max_priority: Priority,
     /// Per-device ceilings that replace `max_priority` for those device ids.
     pub device_max_priority: BTreeMap<String, Priority>,
+    /// How pcm16 devices' audio is encoded (`opus_bitrate_kbps`, `opus_complexity`).
+    pub encoder: EncoderSettings,
 }
 
 /// An MQTT broker address from an `mqtt://` or `mqtts://` URL.
@@ -332,6 +335,8 @@ pub struct RadioConfig {
     /// `transmit_min_power_level` is set.
     pub transmit_allow: Vec<TransmitAllow>,
     pub transmit_min_power_level: Option<i64>,
+    /// How received audio is encoded (`opus_bitrate_kbps`, `opus_complexity`).
+    pub encoder: EncoderSettings,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -290,6 +290,11 @@ pub(crate) struct RawMqtt {
     /// Per device id: its own ceiling, instead of `max_priority`.
     #[serde(default)]
     pub device_max_priority: BTreeMap<String, String>,
+    /// The Opus encoder for pcm16 devices' audio (unused with `payload = "opus"`).
+    #[serde(default)]
+    pub opus_bitrate_kbps: Option<i64>,
+    #[serde(default)]
+    pub opus_complexity: Option<i64>,
 }
 
 fn default_keep_alive_s() -> u64 {
@@ -319,6 +324,9 @@ pub(crate) struct RawRadio {
     pub rx_mute_after_tx_ms: u64,
     pub transmit_allow: Vec<String>,
     pub transmit_min_power_level: Option<i64>,
+    /// The Opus encoder for received audio.
+    pub opus_bitrate_kbps: Option<i64>,
+    pub opus_complexity: Option<i64>,
 }
 
 impl Default for RawRadio {
@@ -344,6 +352,8 @@ impl Default for RawRadio {
             rx_mute_after_tx_ms: 500,
             transmit_allow: Vec::new(),
             transmit_min_power_level: None,
+            opus_bitrate_kbps: None,
+            opus_complexity: None,
         }
     }
 }

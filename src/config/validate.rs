@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
+use walkie_endpoint::audio::EncoderSettings;
 use walkie_endpoint::Priority;
 
 use super::error::{ConfigError, Warning};
@@ -820,7 +821,40 @@ fn mqtt(r: &mut Report, key: &str, raw: RawMqtt, claims: &mut MqttClaims) -> Opt
         prefix: raw.prefix,
         payload: raw.payload,
         ha_discovery: raw.ha_discovery,
+        encoder: encoder_settings(r, key, raw.opus_bitrate_kbps, raw.opus_complexity),
     })
+}
+
+/// `opus_bitrate_kbps` and `opus_complexity` of an endpoint that encodes audio
+/// itself; the defaults were chosen by measurement (docs/bench/codec-quality.md).
+fn encoder_settings(
+    r: &mut Report,
+    key: &str,
+    bitrate_kbps: Option<i64>,
+    complexity: Option<i64>,
+) -> EncoderSettings {
+    let mut settings = EncoderSettings::default();
+    if let Some(kbps) = bitrate_kbps {
+        if (6..=510).contains(&kbps) {
+            settings.bitrate = (kbps * 1000) as i32;
+        } else {
+            r.error(
+                format!("{key}.opus_bitrate_kbps"),
+                format!("{kbps} is not a bitrate Opus can do: 6 to 510 (kbit/s)"),
+            );
+        }
+    }
+    if let Some(c) = complexity {
+        if (0..=10).contains(&c) {
+            settings.complexity = c as i32;
+        } else {
+            r.error(
+                format!("{key}.opus_complexity"),
+                format!("{c} is not an Opus complexity: 0 (cheapest) to 10 (best)"),
+            );
+        }
+    }
+    settings
 }
 
 fn priority(s: &str) -> Result<Priority, String> {
@@ -866,6 +900,7 @@ fn check_callsign(s: &str) -> Result<String, String> {
 }
 
 fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
+    let encoder = encoder_settings(r, key, raw.opus_bitrate_kbps, raw.opus_complexity);
     let serial_users: Vec<String> = [
         raw.ptt
             .uses_serial_line()
@@ -1025,6 +1060,7 @@ fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
         rx_mute_after_tx,
         transmit_allow: transmit_allow.into_iter().collect::<Option<_>>()?,
         transmit_min_power_level: raw.transmit_min_power_level,
+        encoder,
     })
 }
 
@@ -1181,7 +1217,8 @@ fn channels(r: &mut Report, raw: Vec<RawChannel>, endpoints: &Endpoints) -> Vec<
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
+    use super::super::{Config, EndpointSpec};
+    use walkie_endpoint::audio::EncoderSettings;
 
     const BASE: &str = r#"
 [homeserver]
@@ -1234,6 +1271,50 @@ puppet_prefix = "walkie_"
         // The channel without endpoints is legal, but worth a word.
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(warnings[0].key, "channel[0].endpoints");
+    }
+
+    #[test]
+    fn opus_encoder_settings_are_checked_and_default_to_the_measured_choice() {
+        let endpoints = |extra: &str| {
+            format!(
+                "[[channel]]\nname = \"x\"\nroom = \"!r\"\nendpoints = [\"radio.r\", \"mqtt.m\"]\n\
+                 [radio.r]\nptt = \"rigctld\"\nrigctld = \"127.0.0.1:4532\"\n{extra}\n\
+                 [mqtt.m]\nbroker = \"mqtt://127.0.0.1\"\nprefix = \"walkie/m\"\npayload = \"pcm16\"\n{extra}\n"
+            )
+        };
+        let errs = errors(&endpoints("opus_bitrate_kbps = 4\nopus_complexity = 11"));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs
+            .iter()
+            .any(|e| e.contains("radio.r.opus_bitrate_kbps: 4 is not a bitrate")));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains("mqtt.m.opus_complexity: 11 is not an Opus complexity")));
+
+        let text = format!(
+            "{BASE}{}",
+            endpoints("opus_bitrate_kbps = 16\nopus_complexity = 2")
+        );
+        let (config, _) = Config::from_toml_str(&text, "t.toml", [("", ""); 0]).unwrap();
+        let chosen = EncoderSettings {
+            bitrate: 16_000,
+            complexity: 2,
+            ..EncoderSettings::default()
+        };
+        for endpoint in config.endpoints.values() {
+            match endpoint {
+                EndpointSpec::Radio(r) => assert_eq!(r.encoder, chosen),
+                EndpointSpec::Mqtt(m) => assert_eq!(m.encoder, chosen),
+                EndpointSpec::Mumble(_) => unreachable!("no Mumble endpoint configured"),
+            }
+        }
+        let text = format!("{BASE}{}", endpoints(""));
+        let (config, _) = Config::from_toml_str(&text, "t.toml", [("", ""); 0]).unwrap();
+        assert!(config.endpoints.values().all(|e| match e {
+            EndpointSpec::Radio(r) => r.encoder == EncoderSettings::default(),
+            EndpointSpec::Mqtt(m) => m.encoder == EncoderSettings::default(),
+            EndpointSpec::Mumble(_) => false,
+        }));
     }
 
     #[test]

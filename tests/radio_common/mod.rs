@@ -180,6 +180,7 @@ pub fn radio_settings(tx: TxSettings) -> RadioSettings {
         talker: Talker::new("uhf", "uhf (Radio)"),
         pre_roll: Duration::ZERO,
         retry: Duration::from_secs(2),
+        encoder: walkie_endpoint::audio::EncoderSettings::default(),
     }
 }
 

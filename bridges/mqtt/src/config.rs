@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use walkie_endpoint::audio::EncoderSettings;
 use walkie_endpoint::Priority;
 
 use crate::error::MqttError;
@@ -88,6 +89,8 @@ pub struct MqttEndpointConfig {
     /// Ceilings for single device ids, instead of `max_priority`. A device id is
     /// only as trustworthy as the broker's ACL on its `in/{device}/` topics.
     pub device_max_priority: HashMap<String, Priority>,
+    /// How pcm16 devices' audio is encoded to Opus.
+    pub encoder: EncoderSettings,
 }
 
 impl MqttEndpointConfig {
@@ -115,6 +118,7 @@ impl MqttEndpointConfig {
             reconnect_cap: Duration::from_secs(30),
             max_priority: Priority::Normal,
             device_max_priority: HashMap::new(),
+            encoder: EncoderSettings::default(),
         }
     }
 

@@ -12,7 +12,7 @@
 //! next to the hub link. It reconnects by being polled again, after a backoff.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -139,7 +139,7 @@ impl Endpoint for MqttEndpoint {
                 events_tx,
                 self.config.reconnect_cap,
             )));
-            let tone = ToneSource::new(self.config.payload)
+            let tone = ToneSource::shared(self.config.payload)
                 .map_err(|e| EndpointError::Fatal(format!("test tone: {e}")))?;
             let mut bridge = Bridge {
                 id: self.id,
@@ -264,6 +264,23 @@ struct ToneSource {
 }
 
 impl ToneSource {
+    /// One copy per payload format for the whole process: every endpoint plays the
+    /// same tone, and 2 s of it (64 KiB as pcm16) per configured endpoint would be
+    /// most of what an idle endpoint costs.
+    fn shared(codec: PayloadCodec) -> Result<Arc<Self>, walkie_endpoint::audio::AudioError> {
+        static OPUS: OnceLock<Arc<ToneSource>> = OnceLock::new();
+        static PCM16: OnceLock<Arc<ToneSource>> = OnceLock::new();
+        let cell = match codec {
+            PayloadCodec::Opus => &OPUS,
+            PayloadCodec::Pcm16 => &PCM16,
+        };
+        if let Some(tone) = cell.get() {
+            return Ok(Arc::clone(tone));
+        }
+        let tone = Arc::new(Self::new(codec)?);
+        Ok(Arc::clone(cell.get_or_init(|| tone)))
+    }
+
     fn new(codec: PayloadCodec) -> Result<Self, walkie_endpoint::audio::AudioError> {
         let mut encoder = OpusEncoder::new()?;
         let opus = frames_of(&test_tone_48k(TONE_MS))
@@ -305,7 +322,7 @@ struct Bridge {
     outgoing: Option<Outgoing>,
     /// Transmissions cut by a lost connection, to be ended once it is back.
     pending_ends: Vec<TxId>,
-    tone_source: ToneSource,
+    tone_source: Arc<ToneSource>,
     tone: Option<Tone>,
     /// When each device last ended a talk: a stray audio frame right after its
     /// `end` must not start a new talk and hold the floor until the idle timeout.
@@ -598,7 +615,7 @@ impl Bridge {
     ) -> Result<(), HubClosed> {
         let pcm = match self.config.payload {
             PayloadCodec::Opus => None,
-            PayloadCodec::Pcm16 => match PcmToOpus::new() {
+            PayloadCodec::Pcm16 => match PcmToOpus::with_settings(&self.config.encoder) {
                 Ok(pcm) => Some(pcm),
                 Err(error) => {
                     warn!(%device, %error, "cannot set up pcm16 transcoding; talk ignored");

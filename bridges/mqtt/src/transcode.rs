@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use walkie_endpoint::audio::{
-    AudioError, LiveResampler, OpusEncoder, DEFAULT_BITRATE, SAMPLE_RATE,
+    AudioError, EncoderSettings, LiveResampler, OpusEncoder, SAMPLE_RATE,
 };
 
 /// pcm16 sample rate in Hz.
@@ -27,9 +27,14 @@ pub struct PcmToOpus {
 }
 
 impl PcmToOpus {
+    /// With the encoder settings chosen by measurement (`EncoderSettings::default`).
     pub fn new() -> Result<Self, AudioError> {
+        Self::with_settings(&EncoderSettings::default())
+    }
+
+    pub fn with_settings(settings: &EncoderSettings) -> Result<Self, AudioError> {
         Ok(Self {
-            encoder: OpusEncoder::with_rate(PCM16_RATE, DEFAULT_BITRATE)?,
+            encoder: OpusEncoder::with_settings(PCM16_RATE, settings)?,
             pending: Vec::with_capacity(2 * PCM16_FRAME_SAMPLES),
         })
     }

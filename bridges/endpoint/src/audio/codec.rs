@@ -78,10 +78,13 @@ pub struct EncoderSettings {
 }
 
 impl Default for EncoderSettings {
+    /// 32 kbit/s at complexity 6, for the bridge's live encoders (pcm16 devices,
+    /// radios): better speech than libopus' complexity 10 at 24 kbit/s for about
+    /// two thirds of its CPU time (docs/bench/codec-quality.md).
     fn default() -> Self {
         Self {
-            bitrate: DEFAULT_BITRATE,
-            complexity: 10,
+            bitrate: 32_000,
+            complexity: 6,
             application: OpusApplication::Voip,
         }
     }

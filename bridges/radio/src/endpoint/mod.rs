@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use walkie_endpoint::audio::OpusEncoder;
+use walkie_endpoint::audio::{EncoderSettings, OpusEncoder};
 use walkie_endpoint::{
     AudioFrame, Capabilities, Downlink, Endpoint, EndpointError, EndpointFuture, EndpointId,
     FloorEvent, HubClosed, HubLink, Priority, StreamKey, TalkKind, Talker, TransmitPolicy, TxId,
@@ -65,6 +65,8 @@ pub struct RadioSettings {
     /// talk, so the first syllable is not lost to the VOX attack time.
     pub pre_roll: Duration,
     pub retry: Duration,
+    /// How received audio is encoded to Opus.
+    pub encoder: EncoderSettings,
 }
 
 pub struct RadioEndpoint {
@@ -370,7 +372,10 @@ impl Radio {
         }
         let encoder = match self.encoder.as_mut() {
             Some(encoder) => encoder,
-            None => match OpusEncoder::new() {
+            None => match OpusEncoder::with_settings(
+                walkie_endpoint::audio::SAMPLE_RATE,
+                &self.settings.encoder,
+            ) {
                 Ok(encoder) => self.encoder.insert(encoder),
                 Err(error) => {
                     error!(%error, "cannot create an Opus encoder; received audio is lost");
