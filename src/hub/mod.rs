@@ -4,7 +4,7 @@
 
 mod channel;
 pub mod floor;
-mod pcm;
+pub mod pcm;
 pub mod status;
 pub mod supervisor;
 

@@ -28,6 +28,9 @@ pub struct TransmissionDecoder {
     tx: TxId,
     decoder: OpusDecoder,
     next_seq: Option<u32>,
+    /// One frame's PCM is put together here, then copied once into the shared
+    /// `Arc` every consumer reads: one allocation per frame, for all of them.
+    pcm: Vec<i16>,
 }
 
 impl TransmissionDecoder {
@@ -36,6 +39,7 @@ impl TransmissionDecoder {
             tx,
             decoder: OpusDecoder::new()?,
             next_seq: None,
+            pcm: Vec::with_capacity(walkie_endpoint::audio::FRAME_SAMPLES),
         })
     }
 
@@ -60,21 +64,23 @@ impl TransmissionDecoder {
                 ahead
             }
         };
-        let mut pcm = Vec::new();
+        self.pcm.clear();
         for _ in 0..gap.min(MAX_CONCEALED_FRAMES) {
-            pcm.extend(self.decoder.decode_lost());
+            self.pcm
+                .extend_from_slice(self.decoder.decode_lost_to_slice());
             outcome.concealed += 1;
         }
-        match self.decoder.decode(&frame.opus) {
-            Ok(samples) => pcm.extend(samples),
+        match self.decoder.decode_to_slice(&frame.opus) {
+            Ok(samples) => self.pcm.extend_from_slice(samples),
             Err(error) => {
                 tracing::debug!(tx = %self.tx, seq = frame.seq, %error, "undecodable Opus packet concealed");
                 outcome.corrupt = true;
-                pcm.extend(self.decoder.decode_lost());
+                self.pcm
+                    .extend_from_slice(self.decoder.decode_lost_to_slice());
             }
         }
         self.next_seq = Some(frame.seq.wrapping_add(1));
-        frame.pcm = Some(Arc::from(pcm));
+        frame.pcm = Some(Arc::from(&self.pcm[..]));
         outcome
     }
 }

@@ -155,6 +155,8 @@ impl Endpoint for MqttEndpoint {
                 outgoing: None,
                 pending_ends: Vec::new(),
                 tone_source: tone,
+                packet_scratch: Vec::new(),
+                payload_scratch: Vec::new(),
                 tone: None,
                 recently_ended: HashMap::new(),
             };
@@ -323,6 +325,10 @@ struct Bridge {
     /// Transmissions cut by a lost connection, to be ended once it is back.
     pending_ends: Vec<TxId>,
     tone_source: Arc<ToneSource>,
+    /// Kept between frames so that transcoding and publishing do not allocate a
+    /// list per frame.
+    packet_scratch: Vec<Bytes>,
+    payload_scratch: Vec<Vec<u8>>,
     tone: Option<Tone>,
     /// When each device last ended a talk: a stray audio frame right after its
     /// `end` must not start a new talk and hold the floor until the idle timeout.
@@ -713,16 +719,19 @@ impl Bridge {
                 talk.next_seq = talk.next_seq.wrapping_add(1);
                 self.link.audio(talk.stream, frame)?;
             }
-            Some(pcm) => match pcm.push(audio) {
-                Ok(packets) => {
-                    for packet in packets {
-                        self.link
-                            .audio(talk.stream, AudioFrame::opus(talk.next_seq, packet))?;
-                        talk.next_seq = talk.next_seq.wrapping_add(1);
-                    }
+            Some(pcm) => {
+                // Reused from frame to frame: transcoding allocates nothing per frame.
+                let mut packets = std::mem::take(&mut self.packet_scratch);
+                if let Err(error) = pcm.push_into(audio, &mut packets) {
+                    warn!(%device, %error, "pcm16 frame not transcoded");
                 }
-                Err(error) => warn!(%device, %error, "pcm16 frame not transcoded"),
-            },
+                for packet in packets.drain(..) {
+                    self.link
+                        .audio(talk.stream, AudioFrame::opus(talk.next_seq, packet))?;
+                    talk.next_seq = talk.next_seq.wrapping_add(1);
+                }
+                self.packet_scratch = packets;
+            }
         }
         Ok(Ok(()))
     }
@@ -989,7 +998,9 @@ impl Bridge {
         if out.tx != down.tx {
             return;
         }
-        let mut payloads = Vec::new();
+        // Reused from frame to frame; each payload itself is the one allocation a
+        // frame costs here (rumqttc takes the payload by value).
+        let mut payloads = std::mem::take(&mut self.payload_scratch);
         match out.pcm.as_mut() {
             None => {
                 // Opus passes through with the talker's own numbering, so a
@@ -1004,22 +1015,23 @@ impl Bridge {
                 let Some(samples) = down.frame.pcm.as_deref() else {
                     // Late: its slot was already concealed.
                     dropped("late_downlink");
+                    self.payload_scratch = payloads;
                     return;
                 };
-                match pcm.push(samples) {
-                    Ok(frames) => {
-                        for frame in frames {
-                            payloads.push(frame_audio(out.next_seq, &frame));
-                            out.next_seq = out.next_seq.wrapping_add(1);
-                        }
-                    }
-                    Err(error) => debug!(%error, "frame not transcoded to pcm16"),
+                let next_seq = &mut out.next_seq;
+                let framed = pcm.push_each(samples, |frame| {
+                    payloads.push(frame_audio(*next_seq, frame));
+                    *next_seq = next_seq.wrapping_add(1);
+                });
+                if let Err(error) = framed {
+                    debug!(%error, "frame not transcoded to pcm16");
                 }
             }
         }
-        for payload in payloads {
+        for payload in payloads.drain(..) {
             self.publish(self.topics.out_audio(), QoS::AtMostOnce, false, payload);
         }
+        self.payload_scratch = payloads;
     }
 
     fn finish_out(&mut self, reason: &str) {

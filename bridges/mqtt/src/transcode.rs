@@ -42,30 +42,41 @@ impl PcmToOpus {
     /// Takes S16LE bytes (an odd trailing byte is ignored); returns the Opus
     /// packets of every 20 ms that is now complete: one per 640-byte frame.
     pub fn push(&mut self, s16le: &[u8]) -> Result<Vec<Bytes>, AudioError> {
+        let mut packets = Vec::new();
+        self.push_into(s16le, &mut packets)?;
+        Ok(packets)
+    }
+
+    /// As [`push`](Self::push), appending to `packets`: with a reused `packets`
+    /// and the encoder's packet arena, a frame costs no allocation.
+    pub fn push_into(&mut self, s16le: &[u8], packets: &mut Vec<Bytes>) -> Result<(), AudioError> {
         self.pending.extend(
             s16le
                 .chunks_exact(2)
                 .map(|b| i16::from_le_bytes([b[0], b[1]])),
         );
-        self.drain(false)
+        self.drain(false, packets)
     }
 
     /// The talk is over: whatever is still buffered, zero-padded to a frame.
     pub fn finish(&mut self) -> Result<Vec<Bytes>, AudioError> {
-        self.drain(true)
+        let mut packets = Vec::new();
+        self.drain(true, &mut packets)?;
+        Ok(packets)
     }
 
-    fn drain(&mut self, pad: bool) -> Result<Vec<Bytes>, AudioError> {
+    fn drain(&mut self, pad: bool, packets: &mut Vec<Bytes>) -> Result<(), AudioError> {
         if pad && !self.pending.is_empty() {
             let padded = self.pending.len().next_multiple_of(PCM16_FRAME_SAMPLES);
             self.pending.resize(padded, 0);
         }
-        let mut packets = Vec::with_capacity(self.pending.len() / PCM16_FRAME_SAMPLES);
+        let mut used = 0;
         for frame in self.pending.chunks_exact(PCM16_FRAME_SAMPLES) {
             packets.push(self.encoder.encode(frame)?);
+            used += PCM16_FRAME_SAMPLES;
         }
-        self.pending.drain(..packets.len() * PCM16_FRAME_SAMPLES);
-        Ok(packets)
+        self.pending.drain(..used);
+        Ok(())
     }
 }
 
@@ -73,6 +84,8 @@ impl PcmToOpus {
 pub struct PcmToPcm16 {
     resampler: LiveResampler,
     pending: Vec<i16>,
+    /// One frame as S16LE, handed to `push_each`'s callback.
+    bytes: Vec<u8>,
 }
 
 impl PcmToPcm16 {
@@ -80,34 +93,48 @@ impl PcmToPcm16 {
         Ok(Self {
             resampler: LiveResampler::new(SAMPLE_RATE, PCM16_RATE)?,
             pending: Vec::with_capacity(2 * PCM16_FRAME_SAMPLES),
+            bytes: Vec::with_capacity(PCM16_FRAME_BYTES),
         })
     }
 
     /// Takes 48 kHz samples; returns every complete 640-byte frame (one per 20 ms
     /// pushed).
     pub fn push(&mut self, pcm48: &[i16]) -> Result<Vec<Vec<u8>>, AudioError> {
+        let mut frames = Vec::new();
+        self.push_each(pcm48, |frame| frames.push(frame.to_vec()))?;
+        Ok(frames)
+    }
+
+    /// As [`push`](Self::push), handing each complete frame (S16LE, 640 bytes) to
+    /// `each` from a buffer of its own: no allocation per frame.
+    pub fn push_each(&mut self, pcm48: &[i16], each: impl FnMut(&[u8])) -> Result<(), AudioError> {
         self.resampler.process_into(pcm48, &mut self.pending)?;
-        Ok(self.drain(false))
+        self.drain(false, each);
+        Ok(())
     }
 
     /// The talk is over: the filter's tail and any partial frame, zero-padded.
     pub fn finish(&mut self) -> Result<Vec<Vec<u8>>, AudioError> {
         self.resampler.flush_into(&mut self.pending)?;
-        Ok(self.drain(true))
+        let mut frames = Vec::new();
+        self.drain(true, |frame| frames.push(frame.to_vec()));
+        Ok(frames)
     }
 
-    fn drain(&mut self, pad: bool) -> Vec<Vec<u8>> {
+    fn drain(&mut self, pad: bool, mut each: impl FnMut(&[u8])) {
         if pad && !self.pending.is_empty() {
             let padded = self.pending.len().next_multiple_of(PCM16_FRAME_SAMPLES);
             self.pending.resize(padded, 0);
         }
-        let frames: Vec<Vec<u8>> = self
-            .pending
-            .chunks_exact(PCM16_FRAME_SAMPLES)
-            .map(|frame| frame.iter().flat_map(|s| s.to_le_bytes()).collect())
-            .collect();
-        self.pending.drain(..frames.len() * PCM16_FRAME_SAMPLES);
-        frames
+        let mut used = 0;
+        for frame in self.pending.chunks_exact(PCM16_FRAME_SAMPLES) {
+            self.bytes.clear();
+            self.bytes
+                .extend(frame.iter().flat_map(|s| s.to_le_bytes()));
+            each(&self.bytes);
+            used += PCM16_FRAME_SAMPLES;
+        }
+        self.pending.drain(..used);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Opus encoding and decoding in the bridge's internal format: 48 kHz mono, 20 ms frames.
 
 use super::AudioError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use opus::{Application, Bitrate, Channels};
 use std::borrow::Cow;
 
@@ -22,6 +22,8 @@ pub const DEFAULT_PRE_SKIP: u16 = 312;
 const MAX_PACKET_SAMPLES: usize = 5_760;
 /// libopus' recommended output buffer; no packet at any bitrate is larger.
 const MAX_PACKET_BYTES: usize = 4_000;
+/// The encoder's packet arena: room for a few hundred speech packets.
+const ARENA_BYTES: usize = 64 * 1024;
 
 /// Splits PCM into 960-sample frames; the last one is zero-padded.
 ///
@@ -94,6 +96,9 @@ impl Default for EncoderSettings {
 /// or, with [`OpusEncoder::with_rate`], from any rate libopus takes.
 pub struct OpusEncoder {
     inner: opus::Encoder,
+    /// Packets are encoded into this and split off it, so a packet costs an
+    /// allocation only when the arena is used up (one per ~100–400 packets).
+    arena: BytesMut,
     /// Samples of input in one 20 ms frame at the encoder's rate.
     frame_samples: usize,
     lookahead: u16,
@@ -154,6 +159,7 @@ impl OpusEncoder {
         let inner = opus::Encoder::new(rate, Channels::Mono, application)?;
         let mut enc = Self {
             inner,
+            arena: BytesMut::new(),
             frame_samples: (rate / 1000 * FRAME_MS) as usize,
             lookahead: 0,
             bitrate,
@@ -220,10 +226,14 @@ impl OpusEncoder {
                 got: frame.len(),
             });
         }
-        let mut out = vec![0u8; MAX_PACKET_BYTES];
-        let len = self.inner.encode(frame, &mut out)?;
-        out.truncate(len);
-        Ok(Bytes::from(out))
+        if self.arena.capacity() < MAX_PACKET_BYTES {
+            // Reclaims the old block when every packet split off it is gone.
+            self.arena.reserve(ARENA_BYTES);
+        }
+        self.arena.resize(MAX_PACKET_BYTES, 0);
+        let len = self.inner.encode(frame, &mut self.arena)?;
+        self.arena.truncate(len);
+        Ok(self.arena.split().freeze())
     }
 
     /// Forgets all history, as if freshly created (for a new transmission).
@@ -263,9 +273,15 @@ impl OpusDecoder {
     /// zero-length payload from the network is not silently concealed; use
     /// [`decode_lost`](Self::decode_lost) for a known gap.
     pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<i16>, AudioError> {
+        self.decode_to_slice(packet).map(<[i16]>::to_vec)
+    }
+
+    /// As [`decode`](Self::decode), into the decoder's own buffer: no allocation.
+    /// The slice is valid until the next call.
+    pub fn decode_to_slice(&mut self, packet: &[u8]) -> Result<&[i16], AudioError> {
         packet_samples(packet)?;
         let n = self.inner.decode(packet, &mut self.scratch, false)?;
-        Ok(self.scratch[..n.min(self.scratch.len())].to_vec())
+        Ok(&self.scratch[..n.min(self.scratch.len())])
     }
 
     /// Packet-loss concealment for one missing 20 ms frame.
@@ -273,14 +289,20 @@ impl OpusDecoder {
     /// Never fails: if libopus cannot conceal (it can always, barring a bug)
     /// the gap is filled with silence, which is what a listener would get anyway.
     pub fn decode_lost(&mut self) -> Vec<i16> {
+        self.decode_lost_to_slice().to_vec()
+    }
+
+    /// As [`decode_lost`](Self::decode_lost), into the decoder's own buffer.
+    pub fn decode_lost_to_slice(&mut self) -> &[i16] {
         match self
             .inner
             .decode(&[], &mut self.scratch[..FRAME_SAMPLES], false)
         {
-            Ok(n) => self.scratch[..n.min(FRAME_SAMPLES)].to_vec(),
+            Ok(n) => &self.scratch[..n.min(FRAME_SAMPLES)],
             Err(e) => {
                 tracing::warn!(error = %e, "opus packet-loss concealment failed; inserting silence");
-                vec![0; FRAME_SAMPLES]
+                self.scratch[..FRAME_SAMPLES].fill(0);
+                &self.scratch[..FRAME_SAMPLES]
             }
         }
     }
