@@ -97,6 +97,12 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only p1` runs the P1 latency paths alone; `--only idle` measures RSS per
+    // idle channel (2 and 64 channels × 2 MQTT endpoints). Neither writes the CSV.
+    let only = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|s| s.to_ascii_lowercase());
     let plan = if quick {
         Plan {
             transmissions: 20,
@@ -116,13 +122,17 @@ fn main() {
             write_files: true,
         }
     };
+    let plan = Plan {
+        write_files: plan.write_files && only.is_none(),
+        ..plan
+    };
     pin_to(CLIENT_CORE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(plan));
+    runtime.block_on(run(plan, only.as_deref()));
 }
 
 /// Every printed figure, for the CSV and the chart.
@@ -186,14 +196,16 @@ impl Results {
     }
 }
 
-async fn run(plan: Plan) {
+async fn run(plan: Plan, only: Option<&str>) {
     let dir = run_dir("e2e");
     let mut results = Results::default();
     println!("e2e bench: files in {}, load {}", dir.display(), loadavg());
 
-    // Baselines first, while nothing else of the bench runs.
-    let audio = audio(&common::speech(48_000), &common::speech(16_000));
-    baselines(&audio, &dir, &mut results);
+    if only.is_none() {
+        // Baselines first, while nothing else of the bench runs.
+        let audio = audio(&common::speech(48_000), &common::speech(16_000));
+        baselines(&audio, &dir, &mut results);
+    }
 
     let murmur = Murmur::builder()
         .channels(&["Ops", "Pcm"])
@@ -205,7 +217,11 @@ async fn run(plan: Plan) {
     let matrix = Matrix::start(&dir, listen).await;
     let ops_room = matrix.room("ops").await;
     matrix.room("pcm").await;
-    let max_streams = plan.steps.iter().copied().max().unwrap_or(1);
+    let max_streams = match only {
+        Some("idle") => IDLE_CHANNELS,
+        Some(_) => 0,
+        None => plan.steps.iter().copied().max().unwrap_or(1),
+    };
     for i in 0..max_streams {
         matrix.room(&format!("s{i}")).await;
     }
@@ -228,7 +244,13 @@ async fn run(plan: Plan) {
     };
     let text = config_text(&env, &e2e_channels());
 
-    p2_local(&text, &plan, &mut results).await;
+    if only == Some("idle") {
+        idle_memory(&env, &broker, &mut results).await;
+        return;
+    }
+    if only.is_none() {
+        p2_local(&text, &plan, &mut results).await;
+    }
 
     let bridge = Bridge::start(&dir, "e2e", &text, status).await;
     let mut lab = Lab::connect(&murmur, &broker).await;
@@ -245,6 +267,10 @@ async fn run(plan: Plan) {
     p1_mumble_to_mqtt(&mut lab, &plan, &mut results).await;
     p1_mqtt_to_mumble(&mut lab, &plan, &mut results).await;
     p1_live(&mut lab, &matrix, listen, &plan, &mut results).await;
+    if only.is_some() {
+        bridge.stop();
+        return;
+    }
     p3_archive(&mut lab, &matrix, &ops_room, &plan, &mut results).await;
     let (rss, hwm) = bridge.rss_kib();
     results.value("P5", "RSS after P1–P3, e2e config", "KiB", rss as f64);
@@ -907,6 +933,41 @@ async fn p3_archive(
 
 // ---------------------------------------------------------------------------
 // P4 / P5.
+
+/// Channels of the larger idle configuration in `--only idle`.
+const IDLE_CHANNELS: usize = 64;
+
+/// `--only idle`: RSS of the bridge idle with 2 and with [`IDLE_CHANNELS`]
+/// channels (each 2 MQTT endpoints on mosquitto and a Matrix room), and the
+/// difference per channel.
+async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Results) {
+    let mut points = Vec::new();
+    for n in [2, IDLE_CHANNELS] {
+        let channels: Vec<ChannelSpec> = (0..n).map(|i| stream_channel(i, false)).collect();
+        let name = format!("idle-{n}");
+        let bridge = Bridge::start(env.dir, &name, &config_text(env, &channels), env.status).await;
+        // Every endpoint connected and subscribed, then quiet.
+        let streams = Streams::connect(broker.port(), n, &name).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (rss, _) = bridge.rss_kib();
+        results.value(
+            "P5",
+            &format!("RSS idle, {n} channels × 2 MQTT endpoints (opus)"),
+            "KiB",
+            rss as f64,
+        );
+        points.push((n as f64, rss as f64));
+        drop(streams);
+        bridge.stop();
+    }
+    let per_channel = (points[1].1 - points[0].1) / (points[1].0 - points[0].0);
+    results.value(
+        "P5",
+        "RSS per idle channel (2 MQTT endpoints)",
+        "KiB",
+        per_channel,
+    );
+}
 
 struct StepResult {
     pcm16: bool,
