@@ -57,6 +57,8 @@ static GLOBAL: Counting = Counting;
 
 const SECONDS: usize = 60;
 const WARM_UP: usize = 50;
+/// Frames a channel's audio ring holds (`AUDIO_DOWNLINK_FRAMES` in the hub).
+const RING: usize = 250;
 
 /// Allocations per call of `step` over `frames` calls, after [`WARM_UP`] calls.
 fn per_frame(frames: usize, mut step: impl FnMut(usize)) -> f64 {
@@ -95,28 +97,36 @@ fn main() {
 
     let mut up = PcmToOpus::new().expect("pcm16 → Opus");
     let mut packets = Vec::new();
+    // The channel's audio ring keeps the last 250 frames (5 s) alive, and with
+    // them the encoder's arena blocks they were split off.
+    let mut ring = std::collections::VecDeque::with_capacity(RING + 1);
     rows.push((
         "pcm16 device → Opus (PcmToOpus::push_into)",
         per_frame(frames, |i| {
-            packets.clear();
             let at = i * PCM16_FRAME_BYTES;
             up.push_into(&pcm16[at..at + PCM16_FRAME_BYTES], &mut packets)
                 .expect("push");
+            for packet in packets.drain(..) {
+                if ring.len() == RING {
+                    ring.pop_front();
+                }
+                ring.push_back(packet);
+            }
         }),
     ));
 
     let mut decoder = TransmissionDecoder::new(TxId::generate()).expect("decoder");
-    let mut decoded: Vec<AudioFrame> = Vec::with_capacity(8);
+    let mut decoded = std::collections::VecDeque::with_capacity(RING + 1);
     rows.push((
         "hub decode for PCM consumers (TransmissionDecoder)",
         per_frame(frames, |i| {
             let mut frame = AudioFrame::opus(i as u32, opus[i].clone());
             decoder.decode_into(&mut frame);
-            // Consumers hold a frame for a moment, then let go.
-            if decoded.len() == 4 {
-                decoded.remove(0);
+            // The channel's audio ring holds the frame until it is overwritten.
+            if decoded.len() == RING {
+                decoded.pop_front();
             }
-            decoded.push(frame);
+            decoded.push_back(frame);
         }),
     ));
 

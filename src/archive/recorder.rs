@@ -209,9 +209,10 @@ impl Recorder {
             return Ok(());
         };
         slow_spool_pause();
-        writer
-            .write_packet(&frame.opus)
-            .map_err(ArchiveError::audio("writing", &self.part))?;
+        // The error's path is built only on an error: this runs for every frame.
+        if let Err(source) = writer.write_packet(&frame.opus) {
+            return Err(ArchiveError::audio("writing", &self.part)(source));
+        }
         self.stats.packets += 1;
         let pcm = self.waveform_pcm(frame, samples);
         let skip = self.skip.min(pcm.len());

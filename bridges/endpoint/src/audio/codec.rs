@@ -22,8 +22,10 @@ pub const DEFAULT_PRE_SKIP: u16 = 312;
 const MAX_PACKET_SAMPLES: usize = 5_760;
 /// libopus' recommended output buffer; no packet at any bitrate is larger.
 const MAX_PACKET_BYTES: usize = 4_000;
-/// The encoder's packet arena: room for a few hundred speech packets.
-const ARENA_BYTES: usize = 64 * 1024;
+/// The encoder's packet arena. Every packet split off a block keeps the whole block
+/// alive (the channel's audio ring holds 5 s of packets), so blocks are small: ~50
+/// speech packets each, one allocation per ~50 frames, ~40 KiB held per talker.
+const ARENA_BYTES: usize = 8 * 1024;
 
 /// Splits PCM into 960-sample frames; the last one is zero-padded.
 ///
@@ -97,7 +99,7 @@ impl Default for EncoderSettings {
 pub struct OpusEncoder {
     inner: opus::Encoder,
     /// Packets are encoded into this and split off it, so a packet costs an
-    /// allocation only when the arena is used up (one per ~100–400 packets).
+    /// allocation only when the arena is used up (one per ~50 packets).
     arena: BytesMut,
     /// Samples of input in one 20 ms frame at the encoder's rate.
     frame_samples: usize,
