@@ -956,6 +956,23 @@ async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Resu
             "KiB",
             rss as f64,
         );
+        // The binary's own pages (file-backed, shared with every other copy of
+        // it) are much of an idle bridge's RSS; anonymous memory is what it made.
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", bridge.pid()))
+            .unwrap_or_default();
+        for field in ["Pss_Anon", "Pss_File"] {
+            let kib = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            results.value(
+                "P5",
+                &format!("  of which {field}, {n} channels"),
+                "KiB",
+                kib,
+            );
+        }
         points.push((n as f64, rss as f64));
         drop(streams);
         bridge.stop();
