@@ -74,6 +74,10 @@ struct Window {
 struct Row {
     minute: f64,
     rss_kib: u64,
+    /// RssAnon: memory the bridge allocated.
+    anon_kib: u64,
+    /// RssFile: touched pages of its binary and libraries.
+    file_kib: u64,
     hwm_kib: u64,
     cpu_percent: f64,
     /// Bridge CPU time per frame carried: comparable between windows that
@@ -134,9 +138,11 @@ async fn soak(length: Duration, out: &Path) {
     let (idle_rss, _) = bridge.rss_kib();
     println!("RSS idle with 20 channels: {idle_rss} KiB");
     println!(
-        "{:>6} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  load",
+        "{:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  load",
         "min",
         "RSS KiB",
+        "anon KiB",
+        "file KiB",
         "CPU%",
         "CPU us/fr",
         "opus p50",
@@ -204,6 +210,7 @@ async fn soak(length: Duration, out: &Path) {
         }
         if (tick + 1) % WINDOW_TICKS == 0 {
             let (rss, hwm) = bridge.rss_kib();
+            let (anon, file) = bridge.rss_anon_file_kib();
             let (threads, fds) = bridge.threads_and_fds();
             let cpu = bridge.cpu_seconds();
             let cpu_percent = (cpu - cpu_mark.0) / cpu_mark.1.elapsed().as_secs_f64() * 100.0;
@@ -225,6 +232,8 @@ async fn soak(length: Duration, out: &Path) {
             let row = Row {
                 minute: started.elapsed().as_secs_f64() / 60.0,
                 rss_kib: rss,
+                anon_kib: anon,
+                file_kib: file,
                 hwm_kib: hwm,
                 cpu_percent,
                 cpu_us_per_frame,
@@ -243,9 +252,11 @@ async fn soak(length: Duration, out: &Path) {
             };
             spawn_tasks_scrape(bridge.status, tasks.clone());
             println!(
-                "{:>6.1} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  {}",
+                "{:>6.1} {:>9} {:>9} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  {}",
                 row.minute,
                 row.rss_kib,
+                row.anon_kib,
+                row.file_kib,
                 row.cpu_percent,
                 row.cpu_us_per_frame,
                 row.p50[0],
@@ -367,7 +378,8 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         "  steady state (the {} windows at full traffic, {full} frames each, from minute {:.1}): \
          CPU first {:.1} % / last {:.1} %, mean of first 10 {:.1} % / last 10 {:.1} %, \
          slope {:+.4} points/min; CPU per frame first {:.1} / last {:.1} us, slope {:+.4} us/min; \
-         RSS first {} KiB / last {} KiB ({:+.2} %), slope {:+.1} KiB/min",
+         RSS first {} KiB / last {} KiB ({:+.2} %), slope {:+.1} KiB/min; \
+         of which anonymous {} / {} KiB ({:+.2} %), file-backed {} / {} KiB",
         steady.len(),
         base.minute,
         base.cpu_percent,
@@ -381,7 +393,12 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         base.rss_kib,
         last.rss_kib,
         (last.rss_kib as f64 / base.rss_kib.max(1) as f64 - 1.0) * 100.0,
-        slope(&steady_rss)
+        slope(&steady_rss),
+        base.anon_kib,
+        last.anon_kib,
+        (last.anon_kib as f64 / base.anon_kib.max(1) as f64 - 1.0) * 100.0,
+        base.file_kib,
+        last.file_kib,
     );
     println!(
         "  bridge process: tasks first {} / last {}, threads {} / {}, fds {} / {}; \
@@ -457,12 +474,13 @@ fn write_csv(rows: &[Row], dir: &Path) {
     let _ = writeln!(
         file,
         "minute,rss_kib,hwm_kib,cpu_percent,cpu_us_per_frame,opus_p50_ms,opus_p99_ms,opus_max_ms,\
-         pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,tasks,threads,fds,db_kib,spool_files,loadavg"
+         pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,tasks,threads,fds,db_kib,spool_files,loadavg,\
+         anon_kib,file_kib"
     );
     for r in rows {
         let _ = writeln!(
             file,
-            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}",
+            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
             r.minute,
             r.rss_kib,
             r.hwm_kib,
@@ -482,7 +500,9 @@ fn write_csv(rows: &[Row], dir: &Path) {
             r.fds,
             r.db_kib,
             r.spool_files,
-            r.load
+            r.load,
+            r.anon_kib,
+            r.file_kib
         );
     }
     println!("wrote {}", path.display());

@@ -404,6 +404,22 @@ impl Bridge {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// (RssAnon, RssFile) in KiB: what the bridge allocated, and the pages of its
+    /// binary and libraries it has touched (which grow as code first runs).
+    pub fn rss_anon_file_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("RssAnon:"), field("RssFile:"))
+    }
+
     /// CPU seconds (user + system) the bridge used so far, all its threads.
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds_of(&self.pid().to_string())
