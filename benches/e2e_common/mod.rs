@@ -393,33 +393,29 @@ impl Bridge {
 
     /// (VmRSS, VmHWM) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let [rss, hwm] = self.status_kib(["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
     }
 
     /// (RssAnon, RssFile) in KiB: what the bridge allocated, and the pages of its
     /// binary and libraries it has touched (which grow as code first runs).
     pub fn rss_anon_file_kib(&self) -> (u64, u64) {
+        let [anon, file] = self.status_kib(["RssAnon:", "RssFile:"]);
+        (anon, file)
+    }
+
+    /// Fields of /proc/<pid>/status in KiB (0 when absent).
+    fn status_kib<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
+        names.map(|name| {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
-        };
-        (field("RssAnon:"), field("RssFile:"))
+        })
     }
 
     /// CPU seconds (user + system) the bridge used so far, all its threads.
