@@ -977,7 +977,11 @@ async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Resu
         }
         points.push((n as f64, rss as f64));
         drop(streams);
-        bridge.stop();
+        if Bridge::heap_traced() {
+            bridge.kill();
+        } else {
+            bridge.stop();
+        }
     }
     let per_channel = (points[1].1 - points[0].1) / (points[1].0 - points[0].0);
     results.value(

@@ -21,6 +21,9 @@ use walkie_bridge::registration::Registration;
 /// (0.6 % → 2.4 % of samples for `_int_malloc` between minute 2 and 14). jemalloc's
 /// size classes and per-thread caches keep a long-running process flat; it is what
 /// most Rust servers ship for the same reason. docs/bench/soak-*.log has the runs.
+/// The `system-allocator` feature leaves it out, for heap profilers that hook
+/// malloc (scripts/heap-profile.sh).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -30,8 +30,11 @@ use walkie_harness::{
 pub const SERVER: &str = "walkie.test";
 pub const WAIT: Duration = Duration::from_secs(60);
 /// The core the bridge gets to itself; everything else runs on [`CLIENT_CORE`].
+/// `WALKIE_BENCH_BRIDGE_CORE` moves it (a memory-only run beside a soak).
 pub const BRIDGE_CORE: usize = 0;
 pub const CLIENT_CORE: usize = 1;
+/// Debian's heaptrack preload library.
+const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
 
 // ---------------------------------------------------------------------------
 // Numbers.
@@ -328,10 +331,20 @@ impl Bridge {
     pub async fn start(dir: &Path, name: &str, text: &str, status: u16) -> Self {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write config");
+        let core = std::env::var("WALKIE_BENCH_BRIDGE_CORE").unwrap_or(BRIDGE_CORE.to_string());
         let mut command = std::process::Command::new("taskset");
+        command.arg("-c").arg(core);
+        // scripts/heap-profile.sh: heaptrack's malloc hooks in the bridge alone (not
+        // in this process, the servers or taskset, whose exec would end the trace),
+        // its raw trace written to a file.
+        if let Ok(trace_dir) = std::env::var("WALKIE_BENCH_HEAPTRACK_DIR") {
+            let trace = Path::new(&trace_dir).join(format!("{name}.raw"));
+            command
+                .arg("env")
+                .arg(format!("LD_PRELOAD={HEAPTRACK_PRELOAD}"))
+                .arg(format!("DUMP_HEAPTRACK_OUTPUT={}", trace.display()));
+        }
         command
-            .arg("-c")
-            .arg(BRIDGE_CORE.to_string())
             .arg(env!("CARGO_BIN_EXE_walkie-bridge"))
             .arg("run")
             .arg("-c")
@@ -461,6 +474,17 @@ impl Bridge {
 
     pub fn stop(mut self) {
         let _ = self.guard.stop_blocking(Duration::from_secs(20));
+    }
+
+    /// Ends the bridge with SIGKILL: nothing is freed on the way out, so a heap
+    /// trace's "leaked" allocations are exactly what was live at this moment.
+    pub fn kill(mut self) {
+        let _ = self.guard.kill();
+    }
+
+    /// Whether the bridge runs under heaptrack (`WALKIE_BENCH_HEAPTRACK_DIR`).
+    pub fn heap_traced() -> bool {
+        std::env::var_os("WALKIE_BENCH_HEAPTRACK_DIR").is_some()
     }
 }
 

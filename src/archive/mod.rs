@@ -58,6 +58,9 @@ pub enum ArchiveError {
     /// The store could not queue or look up a recording.
     #[error("archive: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The recording code panicked (a bug); the file is salvaged at the next start.
+    #[error("archive: the recording panicked; its file is salvaged at the next start")]
+    Panicked,
 }
 
 impl ArchiveError {

@@ -1,7 +1,13 @@
-//! Recording off the async workers (issue 14.4): each room endpoint hands its
-//! transmissions to a thread of its own, so a slow spool disk delays only the
+//! Recording off the async workers (issue 14.4): room endpoints hand their
+//! transmissions to recording threads, so a slow spool disk delays only the
 //! recording — never the floor mirror, the other endpoints of the channel, or
 //! other channels sharing the runtime's workers.
+//!
+//! The threads are a small pool shared by every channel (one per core, at most
+//! [`MAX_THREADS`]), started at the first recording worker. A thread of its own
+//! per channel cost every idle channel a stack and a few KiB of queues
+//! (docs/bench/heap), and every frame of every channel a thread wake-up.
+//! Each channel's commands go to one thread, so they keep their order.
 //!
 //! Frames wait in a bounded queue ([`FRAME_QUEUE`], 10 s of audio). When it is
 //! full the disk is far behind real time; the frame is not queued: it is
@@ -11,9 +17,11 @@
 //! in its `lost` stat and logged when it finishes). Starting, finishing and
 //! aborting are never dropped: the recording is always finished and queued.
 
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -23,8 +31,25 @@ use super::{ArchiveError, OutboxItem, Recorder, RecordingMeta};
 
 /// Frames waiting for the spool: 10 s of 20 ms frames.
 pub const FRAME_QUEUE: usize = 500;
+/// Recording threads at most, however many cores: writing a frame takes a few
+/// microseconds, so even a few thousand streams keep a thread far from busy.
+pub const MAX_THREADS: usize = 4;
+
+/// One command of one worker, for the pool thread that serves the worker.
+struct Job {
+    worker: u64,
+    command: Command,
+}
 
 enum Command {
+    /// The worker's first command: where its results go.
+    Open {
+        results: mpsc::UnboundedSender<Recorded>,
+        queued: Arc<AtomicUsize>,
+    },
+    /// The worker is dropped: its open recording (if any) is left in the spool,
+    /// salvaged at the next start.
+    Close,
     Start {
         spool_dir: PathBuf,
         meta: RecordingMeta,
@@ -47,7 +72,8 @@ pub enum Recorded {
 
 /// The endpoint's side of its recording thread. Every call returns at once.
 pub struct RecordingWorker {
-    commands: std_mpsc::Sender<Command>,
+    id: u64,
+    commands: std_mpsc::Sender<Job>,
     queued: Arc<AtomicUsize>,
     results: mpsc::UnboundedReceiver<Recorded>,
     channel: String,
@@ -58,24 +84,28 @@ pub struct RecordingWorker {
 }
 
 impl RecordingWorker {
-    /// Starts the thread `recorder <channel>`. It ends when this is dropped,
-    /// once the commands already sent are done.
+    /// A worker for `channel`, on one of the pool's threads (started with the
+    /// first worker). Dropping it closes it once the commands already sent are done.
     pub fn spawn(channel: &str) -> std::io::Result<Self> {
-        let (commands, rx) = std_mpsc::channel();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let commands = pool_thread(id)?;
         let (results_tx, results) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let thread_queued = Arc::clone(&queued);
-        std::thread::Builder::new()
-            .name(format!("recorder {channel}"))
-            .spawn(move || record(rx, thread_queued, results_tx))?;
-        Ok(Self {
+        let mut worker = Self {
+            id,
             commands,
-            queued,
+            queued: Arc::default(),
             results,
             channel: channel.to_owned(),
             current: None,
             dropped: 0,
-        })
+        };
+        let queued = Arc::clone(&worker.queued);
+        worker.send(Command::Open {
+            results: results_tx,
+            queued,
+        });
+        Ok(worker)
     }
 
     /// The transmission being recorded (started and not yet finished or aborted).
@@ -131,64 +161,197 @@ impl RecordingWorker {
     }
 
     fn send(&mut self, command: Command) {
-        if self.commands.send(command).is_err() {
-            // The thread only ends when this side is dropped, or by a panic.
+        let job = Job {
+            worker: self.id,
+            command,
+        };
+        if self.commands.send(job).is_err() {
+            // A pool thread never ends while the process runs; only a panic
+            // outside a command (not caught there) could end it.
             tracing::error!(channel = %self.channel, "the recording thread is gone; nothing is recorded");
         }
     }
 }
 
-/// The thread: one recording at a time, in the order the commands came.
-fn record(
-    commands: std_mpsc::Receiver<Command>,
-    queued: Arc<AtomicUsize>,
+impl Drop for RecordingWorker {
+    fn drop(&mut self) {
+        self.send(Command::Close);
+    }
+}
+
+/// The sender of the pool thread that serves worker `id`, starting the pool if
+/// this is the first worker.
+fn pool_thread(id: u64) -> std::io::Result<std_mpsc::Sender<Job>> {
+    static POOL: Mutex<Vec<std_mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+    let mut threads = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if threads.is_empty() {
+        let wanted = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_THREADS);
+        for i in 0..wanted {
+            let (commands, jobs) = std_mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name(format!("recorder {i}"))
+                .spawn(move || serve(jobs));
+            match spawned {
+                Ok(_) => threads.push(commands),
+                // Fewer threads is fine; none is an error (tried again next time).
+                Err(error) if threads.is_empty() => return Err(error),
+                Err(_) => break,
+            }
+        }
+    }
+    // Round robin by worker: channels started together spread over the threads.
+    let index = (id % threads.len() as u64) as usize;
+    Ok(threads[index].clone())
+}
+
+/// One worker's state on its pool thread.
+struct Slot {
     results: mpsc::UnboundedSender<Recorded>,
-) {
-    let mut recording: Option<Recorder> = None;
-    let report = |r: Recorded| {
-        // The endpoint is gone: nobody left to queue it; recovery will.
-        let _ = results.send(r);
-    };
-    for command in commands {
+    queued: Arc<AtomicUsize>,
+    recording: Option<Recorder>,
+}
+
+/// A pool thread: for each worker, one recording at a time, in the order its
+/// commands came. It runs as long as the process.
+fn serve(jobs: std_mpsc::Receiver<Job>) {
+    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    for Job { worker, command } in jobs {
         match command {
+            Command::Open { results, queued } => {
+                slots.insert(
+                    worker,
+                    Slot {
+                        results,
+                        queued,
+                        recording: None,
+                    },
+                );
+            }
+            Command::Close => {
+                slots.remove(&worker);
+            }
+            command => {
+                let Some(slot) = slots.get_mut(&worker) else {
+                    continue;
+                };
+                // A bug in one recording must not end every channel's recording:
+                // that recording fails (its file salvaged at the next start) and
+                // the thread goes on.
+                let tx = match &command {
+                    Command::Start { meta, .. } => Some(meta.tx),
+                    _ => slot.recording.as_ref().map(|r| r.meta().tx),
+                };
+                if catch_unwind(AssertUnwindSafe(|| slot.handle(command))).is_err() {
+                    tracing::error!(
+                        ?tx,
+                        "a recording panicked; its file is salvaged at the next start"
+                    );
+                    let recording = slot.recording.take();
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(recording)));
+                    if let Some(tx) = tx {
+                        slot.report(Recorded::Failed {
+                            tx,
+                            error: ArchiveError::Panicked,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn report(&self, recorded: Recorded) {
+        // The endpoint is gone: nobody left to queue it; recovery will.
+        let _ = self.results.send(recorded);
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Open { .. } | Command::Close => {}
             Command::Start { spool_dir, meta } => {
-                if let Some(stale) = recording.take() {
+                if let Some(stale) = self.recording.take() {
                     tracing::warn!(tx = %stale.meta().tx, "recording never saw its release; aborting it");
                     stale.abort();
                 }
                 let tx = meta.tx;
                 match Recorder::start(&spool_dir, meta) {
-                    Ok(recorder) => recording = Some(recorder),
-                    Err(error) => report(Recorded::Failed { tx, error }),
+                    Ok(recorder) => self.recording = Some(recorder),
+                    Err(error) => self.report(Recorded::Failed { tx, error }),
                 }
             }
             Command::Frame(frame) => {
-                queued.fetch_sub(1, Ordering::AcqRel);
-                let Some(recorder) = recording.as_mut() else {
-                    continue;
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                let Some(recorder) = self.recording.as_mut() else {
+                    return;
                 };
                 if let Err(error) = recorder.push(&frame) {
-                    if let Some(recorder) = recording.take() {
+                    if let Some(recorder) = self.recording.take() {
                         let tx = recorder.meta().tx;
                         recorder.abort();
-                        report(Recorded::Failed { tx, error });
+                        self.report(Recorded::Failed { tx, error });
                     }
                 }
             }
             Command::Finish { min_archive } => {
-                if let Some(recorder) = recording.take() {
+                if let Some(recorder) = self.recording.take() {
                     let tx = recorder.meta().tx;
                     match recorder.finish(min_archive) {
-                        Ok(item) => report(Recorded::Finished { tx, item }),
-                        Err(error) => report(Recorded::Failed { tx, error }),
+                        Ok(item) => self.report(Recorded::Finished { tx, item }),
+                        Err(error) => self.report(Recorded::Failed { tx, error }),
                     }
                 }
             }
             Command::Abort => {
-                if let Some(recorder) = recording.take() {
+                if let Some(recorder) = self.recording.take() {
                     recorder.abort();
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorder_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("procfs")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("recorder"))
+            .count()
+    }
+
+    #[test]
+    fn many_channels_share_a_few_recording_threads() {
+        let mut workers: Vec<RecordingWorker> = (0..40)
+            .map(|i| RecordingWorker::spawn(&format!("channel{i}")).expect("a pool thread"))
+            .collect();
+        // A round trip through every worker's thread (a start in a spool that
+        // cannot exist fails at once), so each thread serving one has started.
+        for (i, worker) in workers.iter_mut().enumerate() {
+            let meta = RecordingMeta {
+                tx: TxId::generate(),
+                channel: format!("channel{i}"),
+                room_id: "!room:example.org".into(),
+                sender: "@walkie:example.org".into(),
+                talker: "Tester".into(),
+                started_at: std::time::SystemTime::now(),
+            };
+            worker.start(Path::new("/proc/no-spool-here"), meta);
+            assert!(matches!(
+                worker.results.blocking_recv(),
+                Some(Recorded::Failed { .. })
+            ));
+        }
+        let threads = recorder_threads();
+        assert!(
+            (1..=MAX_THREADS).contains(&threads),
+            "{threads} recording threads for {} channels",
+            workers.len()
+        );
     }
 }

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
+use walkie_endpoint::lossy_queue;
 use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, Ordered, Uplink};
 
 /// Uplink messages waiting for the hub. Audio beyond this is dropped at the
@@ -21,8 +22,8 @@ use walkie_endpoint::{Capabilities, DownFrame, EndpointId, FloorEvent, HubLink, 
 const INBOX_CAPACITY: usize = 256;
 /// Frames an endpoint may fall behind before it loses the oldest: five seconds.
 /// Talkers arrive in bursts (a network hiccup, a voice message read from disk) and
-/// the recorder must not lose a word to a moment of scheduling delay; a slot is a
-/// few dozen bytes, so the depth costs nothing until it is used.
+/// the recorder must not lose a word to a moment of scheduling delay; the queue
+/// holds memory only for frames waiting, so the depth costs nothing until used.
 const AUDIO_DOWNLINK_FRAMES: usize = 250;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ pub struct HubStats {
 struct Attached {
     capabilities: Capabilities,
     control: mpsc::UnboundedSender<Ordered<FloorEvent>>,
-    audio: broadcast::Sender<Ordered<DownFrame>>,
+    audio: lossy_queue::Sender<Ordered<DownFrame>>,
     metrics: EndpointMetrics,
 }
 
@@ -268,7 +269,7 @@ impl ChannelHub {
 
     fn connect(&mut self, id: EndpointId, capabilities: Capabilities) -> HubLink {
         let (control, control_rx) = mpsc::unbounded_channel();
-        let (audio, audio_rx) = broadcast::channel(AUDIO_DOWNLINK_FRAMES);
+        let (audio, audio_rx) = lossy_queue::channel(AUDIO_DOWNLINK_FRAMES);
         self.endpoints.insert(
             id.clone(),
             Attached {

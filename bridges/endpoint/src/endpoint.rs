@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
+
+use crate::lossy_queue;
 use tokio_util::sync::CancellationToken;
 
 /// What an endpoint says to its hub. `stream` separates simultaneous talkers on
@@ -119,7 +121,7 @@ pub struct HubLink {
     uplink: mpsc::Sender<(EndpointId, Uplink)>,
     gone: mpsc::UnboundedSender<EndpointId>,
     control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
-    audio: broadcast::Receiver<Ordered<DownFrame>>,
+    audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     /// Taken off a channel but not yet handed out, because the other channel
     /// had something the hub sent earlier.
     next_control: Option<Ordered<FloorEvent>>,
@@ -151,7 +153,7 @@ impl HubLink {
         uplink: mpsc::Sender<(EndpointId, Uplink)>,
         gone: mpsc::UnboundedSender<EndpointId>,
         control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
-        audio: broadcast::Receiver<Ordered<DownFrame>>,
+        audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     ) -> Self {
         let id_label = id.to_string();
         Self {
@@ -292,8 +294,8 @@ impl HubLink {
                 },
                 frame = self.audio.recv() => match frame {
                     Ok(frame) => self.next_audio = Some(frame),
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => self.lagged(skipped),
-                    Err(broadcast::error::RecvError::Closed) => return Err(HubClosed),
+                    Err(lossy_queue::RecvError::Lagged(skipped)) => self.lagged(skipped),
+                    Err(lossy_queue::RecvError::Closed) => return Err(HubClosed),
                 },
             }
         }
@@ -307,7 +309,7 @@ impl HubLink {
         while self.next_audio.is_none() {
             match self.audio.try_recv() {
                 Ok(frame) => self.next_audio = Some(frame),
-                Err(broadcast::error::TryRecvError::Lagged(skipped)) => self.lagged(skipped),
+                Err(lossy_queue::TryRecvError::Lagged(skipped)) => self.lagged(skipped),
                 Err(_) => break,
             }
         }

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod frame;
 pub mod health;
 pub mod ids;
+pub mod lossy_queue;
 pub mod policy;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -51,6 +51,7 @@ const IDLE_CHECK: Duration = Duration::from_millis(100);
 /// pile up more than that (publishing stops while disconnected).
 const REQUEST_CAPACITY: usize = 1024;
 const MAX_PACKET: usize = 64 * 1024;
+const MAX_INFLIGHT: u16 = 32;
 /// How long a clean shutdown waits for `offline` to reach the broker.
 const GOODBYE: Duration = Duration::from_secs(2);
 const TONE_MS: u32 = 2000;
@@ -90,6 +91,10 @@ impl MqttEndpoint {
             // is kept by the broker.
             .set_clean_session(false)
             .set_request_channel_capacity(REQUEST_CAPACITY)
+            // QoS 1 goes out a few times per transmission (start, floor, end), so
+            // 32 unacknowledged is plenty; rumqttc keeps a slot per possible one
+            // for the connection's life (100 by default: 6 KiB per endpoint).
+            .set_inflight(MAX_INFLIGHT)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
                 topics.status(),
