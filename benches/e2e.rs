@@ -98,7 +98,9 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     // `--only p1` runs the P1 latency paths alone; `--only idle` measures RSS per
-    // idle channel (2 and 64 channels × 2 MQTT endpoints). Neither writes the CSV.
+    // idle channel (2 and 64 channels × 2 MQTT endpoints); `--only ceiling` ramps
+    // passthrough streams from the bench's own MQTT server until the bridge's core
+    // drops more than 1 % of frames late. None of them writes the CSV.
     let only = std::env::args()
         .skip_while(|a| a != "--only")
         .nth(1)
@@ -219,6 +221,8 @@ async fn run(plan: Plan, only: Option<&str>) {
     matrix.room("pcm").await;
     let max_streams = match only {
         Some("idle") => IDLE_CHANNELS,
+        // Rooms are made step by step there.
+        Some("ceiling") => 0,
         Some(_) => 0,
         None => plan.steps.iter().copied().max().unwrap_or(1),
     };
@@ -246,6 +250,10 @@ async fn run(plan: Plan, only: Option<&str>) {
 
     if only == Some("idle") {
         idle_memory(&env, &broker, &mut results).await;
+        return;
+    }
+    if only == Some("ceiling") {
+        passthrough_ceiling(&env, &matrix, &plan, &mut results).await;
         return;
     }
     if only.is_none() {
@@ -990,6 +998,188 @@ async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Resu
         "KiB",
         per_channel,
     );
+}
+
+/// Steps of `--only ceiling` (streams), unless `WALKIE_CEILING_STEPS` lists others.
+const CEILING_STEPS: [usize; 10] = [100, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000];
+
+/// `--only ceiling` (issue #16 item 3): how many Opus passthrough streams the
+/// bridge's one core carries. Each step starts a bridge with N channels (two MQTT
+/// endpoints and a Matrix room each) connected to the bench's own MQTT server
+/// ([`LoadBroker`]: no broker relay to saturate first), all N talk for
+/// `step_frames` frames at once, and a frame is late as in P4 (over the
+/// first step's p50 + 20 ms, or never out). Recordings are made (their cost per
+/// frame counts) but not posted: `min_archive_ms = 10000` keeps 5-s talks out
+/// of the room, or each step would end by measuring Synapse posting N voice
+/// messages. `WALKIE_BENCH_PERF_DIR` records a CPU profile of the bridge
+/// (`perf record`, 4 s mid-talk) at every step.
+async fn passthrough_ceiling(
+    env: &ConfigEnv<'_>,
+    matrix: &Matrix,
+    plan: &Plan,
+    results: &mut Results,
+) {
+    let steps: Vec<usize> = std::env::var("WALKIE_CEILING_STEPS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| CEILING_STEPS.to_vec());
+    let load = LoadBroker::start().await;
+    let env = ConfigEnv {
+        mosquitto_port: load.port(),
+        ..*env
+    };
+    let audio = audio(&common::speech(48_000), &common::speech(16_000));
+    let frames = plan.step_frames;
+    let mut rooms = 0;
+    let mut reference = None;
+    let mut last_carried = (0, f64::NAN);
+    let mut points = Vec::new();
+    for &n in &steps {
+        let made = Instant::now();
+        while rooms < n {
+            matrix.room(&format!("s{rooms}")).await;
+            rooms += 1;
+        }
+        println!(
+            "ceiling N={n}: rooms ready in {:.1?}, load {}",
+            made.elapsed(),
+            loadavg()
+        );
+        load.reset();
+        let channels: Vec<ChannelSpec> = (0..n).map(|i| stream_channel(i, false)).collect();
+        let text = config_text(&env, &channels)
+            .replace("[archive]\n", "[archive]\nmin_archive_ms = 10000\n");
+        let name = format!("ceiling-{n}");
+        let bridge = Bridge::start(env.dir, &name, &text, env.status).await;
+        if !load.wait_connected(n, Duration::from_secs(600)).await {
+            println!("ceiling N={n}: not every endpoint connected in 600 s; stopping");
+            bridge.stop();
+            break;
+        }
+        let (idle_rss, _) = bridge.rss_kib();
+        for i in 0..n {
+            load.start_talk(i, frames).await;
+        }
+        if !load.wait_granted(n, WAIT).await {
+            println!("ceiling N={n}: not every floor granted in time");
+        }
+        let cpu_before = bridge.cpu_seconds();
+        let bench_before = cpu_seconds_of("self");
+        let mut profiler = std::env::var("WALKIE_BENCH_PERF_DIR").ok().map(|dir| {
+            start_perf(
+                bridge.pid(),
+                &Path::new(&dir).join(format!("{name}.perf.data")),
+            )
+        });
+        let mut behind = Duration::ZERO;
+        let started = Instant::now();
+        let mut pace = tokio::time::interval(FRAME);
+        for f in 0..frames {
+            behind = behind.max(pace.tick().await.elapsed());
+            for i in 0..n {
+                let payload = &audio.opus[(f + i * 7) % audio.opus.len()];
+                load.frame(i, f as u32, payload).await;
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_percent = (bridge.cpu_seconds() - cpu_before) / wall * 100.0;
+        let bench_percent = (cpu_seconds_of("self") - bench_before) / wall * 100.0;
+        let (rss, _) = bridge.rss_kib();
+        if let Some(profiler) = profiler.as_mut() {
+            let _ = profiler.wait();
+        }
+        for i in 0..n {
+            load.end_talk(i).await;
+        }
+        // The last frames are on their way: a second is 50 frame times.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut latencies = Vec::new();
+        let mut lost = 0;
+        for i in 0..n {
+            let tx = load.harvest(i, frames);
+            latencies.extend(tx.latencies);
+            lost += tx.lost;
+        }
+        let summary = summarize(&latencies);
+        let base = *reference.get_or_insert(summary.p50);
+        let late = latencies.iter().filter(|l| **l > base + 20.0).count() + lost;
+        let late_percent = late as f64 / (n * frames) as f64 * 100.0;
+        let carried = late_percent <= 1.0;
+        let per_frame_us = cpu_percent / 100.0 / (n as f64 * 50.0) * 1e6;
+        println!(
+            "ceiling N={n:<5} p50={:>8.2} p99={:>9.2} max={:>9.2} ms late={late_percent:>6.2}% lost={lost:<6} \
+             bridge CPU={cpu_percent:>5.1}% ({per_frame_us:.1} µs per frame) RSS idle {idle_rss} / talking {rss} KiB {}\n\
+             {:<14}(other core: bench {bench_percent:.0}% CPU, sender at most {behind:.1?} behind its 20 ms ticks) [load {}]",
+            summary.p50,
+            summary.p99,
+            summary.max,
+            if carried { "carried" } else { "NOT carried" },
+            "",
+            loadavg()
+        );
+        results.value(
+            "P4",
+            &format!("ceiling N={n}: late frames"),
+            "%",
+            late_percent,
+        );
+        results.value(
+            "P4",
+            &format!("ceiling N={n}: bridge CPU"),
+            "%",
+            cpu_percent,
+        );
+        results.value(
+            "P4",
+            &format!("ceiling N={n}: bridge CPU per frame"),
+            "µs",
+            per_frame_us,
+        );
+        points.push((n as f64, rss as f64));
+        bridge.stop();
+        if !carried {
+            break;
+        }
+        last_carried = (n, cpu_percent);
+    }
+    results.value(
+        "P4",
+        "passthrough streams one core carries (own MQTT server)",
+        "streams",
+        last_carried.0 as f64,
+    );
+    results.value(
+        "P4",
+        &format!(
+            "passthrough streams per core by CPU (N ÷ bridge CPU at N={})",
+            last_carried.0
+        ),
+        "streams",
+        last_carried.0 as f64 / (last_carried.1 / 100.0),
+    );
+    results.value(
+        "P5",
+        "RSS per active passthrough stream (slope)",
+        "KiB",
+        slope(&points),
+    );
+}
+
+/// `perf record` of process `pid` for 4 s (call graphs by DWARF unwinding: the
+/// release build has no frame pointers), into `out`.
+fn start_perf(pid: u32, out: &Path) -> std::process::Child {
+    std::process::Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string(), "--", "sleep", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf)")
 }
 
 struct StepResult {

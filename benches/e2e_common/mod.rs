@@ -12,6 +12,10 @@
 
 #![allow(dead_code)]
 
+mod load_broker;
+#[allow(unused_imports)] // The soak does not use it.
+pub use load_broker::LoadBroker;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -156,6 +160,7 @@ pub struct ChannelSpec {
 
 /// Addresses a configuration needs; `homeserver` may be a placeholder while only
 /// the registration is wanted (it does not depend on the URL).
+#[derive(Clone, Copy)]
 pub struct ConfigEnv<'a> {
     pub homeserver: &'a str,
     pub listen: u16,
