@@ -1011,7 +1011,8 @@ const CEILING_STEPS: [usize; 10] = [100, 250, 500, 750, 1000, 1500, 2000, 2500, 
 /// first step's p50 + 20 ms, or never out). Recordings are made (their cost per
 /// frame counts) but not posted: `min_archive_ms = 10000` keeps 5-s talks out
 /// of the room, or each step would end by measuring Synapse posting N voice
-/// messages. `WALKIE_BENCH_PERF_DIR` records a CPU profile of the bridge
+/// messages (`WALKIE_CEILING_WAVEFORM` sets `archive.waveform`, "decoded" by
+/// default). `WALKIE_BENCH_PERF_DIR` records a CPU profile of the bridge
 /// (`perf record`, 4 s mid-talk) at every step.
 async fn passthrough_ceiling(
     env: &ConfigEnv<'_>,
@@ -1027,6 +1028,9 @@ async fn passthrough_ceiling(
                 .collect()
         })
         .unwrap_or_else(|| CEILING_STEPS.to_vec());
+    // `WALKIE_CEILING_WAVEFORM=estimated`: recordings' waveforms from packet sizes.
+    let waveform = std::env::var("WALKIE_CEILING_WAVEFORM").unwrap_or("decoded".into());
+    println!("ceiling: archive.waveform = {waveform:?}");
     let load = LoadBroker::start().await;
     let env = ConfigEnv {
         mosquitto_port: load.port(),
@@ -1051,8 +1055,8 @@ async fn passthrough_ceiling(
         );
         load.reset();
         let channels: Vec<ChannelSpec> = (0..n).map(|i| stream_channel(i, false)).collect();
-        let text = config_text(&env, &channels)
-            .replace("[archive]\n", "[archive]\nmin_archive_ms = 10000\n");
+        let archive = format!("[archive]\nmin_archive_ms = 10000\nwaveform = \"{waveform}\"\n");
+        let text = config_text(&env, &channels).replace("[archive]\n", &archive);
         let name = format!("ceiling-{n}");
         let bridge = Bridge::start(env.dir, &name, &text, env.status).await;
         if !load.wait_connected(n, Duration::from_secs(600)).await {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use archive_common::{
     files_in, meta, open_store, opus_packets, opusinfo_length_ms, record, sqlite_url,
 };
-use walkie_bridge::archive::{recover_spool, spool_path, Recorder};
+use walkie_bridge::archive::{recover_spool, spool_path, Recorder, WaveformSource};
 use walkie_endpoint::audio::{
     decode_ogg_opus, read_ogg_opus, OpusDecoder, DEFAULT_PRE_SKIP, FRAME_SAMPLES,
 };
@@ -136,6 +136,73 @@ fn frames_the_hub_decoded_are_not_decoded_again() {
         .filter(|(x, y)| x.abs_diff(**y) > 16)
         .count();
     assert!(differ <= 2, "{:?}\n{:?}", a.waveform, b.waveform);
+}
+
+/// `archive.waveform = "estimated"`: nothing is decoded, the pauses draw low and
+/// the speech high, and the picture follows the decoded one.
+#[test]
+fn an_estimated_waveform_decodes_nothing_and_shows_speech_and_pauses() {
+    let speech = common::speech(48_000);
+    let mut pcm = speech.clone();
+    // 2 s of silence, then the same words 12 dB quieter.
+    pcm.extend(std::iter::repeat_n(0, 96_000));
+    pcm.extend(speech.iter().map(|&s| s / 4));
+    let packets = opus_packets(&pcm);
+    let spool = tempfile::tempdir().expect("temp dir");
+    let mut decoded = Recorder::start(spool.path(), meta(ROOM, SENDER)).expect("start");
+    let mut estimated =
+        Recorder::start_with(spool.path(), meta(ROOM, SENDER), WaveformSource::Estimated)
+            .expect("start");
+    for (seq, p) in packets.iter().enumerate() {
+        decoded
+            .push(&AudioFrame::opus(seq as u32, p.clone()))
+            .expect("push");
+        estimated
+            .push(&AudioFrame::opus(seq as u32, p.clone()))
+            .expect("push");
+    }
+    assert_eq!(estimated.stats().decoded_here, 0, "decoded for an estimate");
+    let a = decoded
+        .finish(Duration::ZERO)
+        .expect("finish")
+        .expect("item");
+    let b = estimated
+        .finish(Duration::ZERO)
+        .expect("finish")
+        .expect("item");
+    println!("decoded:   {:?}\nestimated: {:?}", a.waveform, b.waveform);
+    assert_eq!(a.duration_ms, b.duration_ms);
+    assert_eq!(b.waveform.len(), 100);
+    // The pause: points wholly inside it.
+    let total = pcm.len() as f64;
+    let first = (speech.len() as f64 / total * 100.0).ceil() as usize + 1;
+    let last = ((speech.len() + 96_000) as f64 / total * 100.0).floor() as usize - 1;
+    assert!(
+        b.waveform[first..last].iter().all(|&v| v < 100),
+        "pause {first}..{last}: {:?}",
+        &b.waveform[first..last]
+    );
+    let loud = b.waveform.iter().filter(|&&v| v > 300).count();
+    assert!(loud >= 40, "only {loud} points above 300");
+    // Packet sizes show where the words are, not how loud they are: the quieter
+    // half draws as high as the first, which caps the agreement (0.64 here).
+    let r = pearson(&a.waveform, &b.waveform);
+    println!("correlation with the decoded waveform: {r:.3}");
+    assert!(r > 0.5, "correlation {r:.3}");
+}
+
+fn pearson(a: &[u16], b: &[u16]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    let mean = |x: &[u16]| x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(x) - ma, f64::from(y) - mb);
+        ab += dx * dy;
+        aa += dx * dx;
+        bb += dy * dy;
+    }
+    ab / (aa * bb).sqrt()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use walkie_bridge::config::{
     Config, ConfigErrors, Cos, CosLine, EndpointId, EndpointKind, EndpointSpec, Payload, Ptt,
-    RoomRef, Warning,
+    RoomRef, Warning, WaveformSource,
 };
 use walkie_bridge::hub::FloorSettings;
 
@@ -131,6 +131,7 @@ fn example_deserializes_to_the_structs() {
         }
     );
     assert_eq!(config.archive.min_archive, Duration::from_millis(300));
+    assert_eq!(config.archive.waveform, WaveformSource::Decoded);
     assert_eq!(config.logging.level, "info");
     assert!(config.live.enabled);
     assert_eq!(config.live.homeserver_url, config.homeserver.url);

@@ -35,6 +35,21 @@ pub use worker::{Recorded, RecordingWorker, FRAME_QUEUE};
 
 pub use crate::store::OutboxItem;
 
+/// How a voice message's waveform is made (`archive.waveform`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaveformSource {
+    /// From the audio itself: the RMS of each bucket. Taken from the hub's PCM when
+    /// another endpoint of the channel wanted PCM; otherwise every packet is
+    /// decoded for it, which is most of what a passthrough stream costs
+    /// (docs/bench/ceiling-stages.txt).
+    #[default]
+    Decoded,
+    /// From the sizes of the Opus packets, decoding nothing: speech takes more
+    /// bytes than pauses, so the picture shows where the talker spoke and
+    /// paused, though not how loudly. For bridges carrying many streams per core.
+    Estimated,
+}
+
 /// What can go wrong while recording or recovering the spool, worded for the
 /// person running the bridge.
 #[derive(Debug, thiserror::Error)]

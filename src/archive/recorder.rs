@@ -12,7 +12,7 @@ use walkie_endpoint::audio::{
 use walkie_endpoint::{AudioFrame, TxId};
 
 use super::spool::{self, MIMETYPE};
-use super::{ArchiveError, OutboxItem};
+use super::{ArchiveError, OutboxItem, WaveformSource};
 
 /// Extra time each packet write takes, in nanoseconds: a slow spool disk, for
 /// tests only (see [`set_spool_write_delay_for_tests`]). Zero in production.
@@ -93,6 +93,9 @@ pub struct Recorder {
     /// libopus would not make a decoder: the waveform stays flat.
     no_decoder: bool,
     waveform: Waveform,
+    source: WaveformSource,
+    /// `WaveformSource::Estimated`: each written packet's size and samples.
+    packet_sizes: Vec<(u16, u32)>,
     /// Decoded samples still to drop from the waveform: the pre-skip, which a
     /// player does not play either.
     skip: usize,
@@ -114,7 +117,17 @@ impl std::fmt::Debug for Recorder {
 impl Recorder {
     /// Creates `<spool_dir>/<tx>.ogg.part` (and the spool directory if needed)
     /// and writes the Ogg headers. Fails if a file for this transmission exists.
+    /// The waveform is made from the decoded audio.
     pub fn start(spool_dir: &Path, meta: RecordingMeta) -> Result<Recorder, ArchiveError> {
+        Self::start_with(spool_dir, meta, WaveformSource::Decoded)
+    }
+
+    /// [`start`](Self::start), the waveform made as `source` says.
+    pub fn start_with(
+        spool_dir: &Path,
+        meta: RecordingMeta,
+        source: WaveformSource,
+    ) -> Result<Recorder, ArchiveError> {
         std::fs::create_dir_all(spool_dir)
             .map_err(ArchiveError::io("creating spool directory", spool_dir))?;
         let part = spool::part_path(spool_dir, meta.tx);
@@ -160,6 +173,8 @@ impl Recorder {
             decoder: None,
             no_decoder: false,
             waveform: Waveform::new(),
+            source,
+            packet_sizes: Vec::new(),
             skip: usize::from(DEFAULT_PRE_SKIP),
             last_seq: None,
             stats: RecordingStats::default(),
@@ -214,6 +229,11 @@ impl Recorder {
             return Err(ArchiveError::audio("writing", &self.part)(source));
         }
         self.stats.packets += 1;
+        if self.source == WaveformSource::Estimated {
+            let bytes = u16::try_from(frame.opus.len()).unwrap_or(u16::MAX);
+            self.packet_sizes.push((bytes, samples as u32));
+            return Ok(());
+        }
         let pcm = self.waveform_pcm(frame, samples);
         let skip = self.skip.min(pcm.len());
         self.skip -= skip;
@@ -316,7 +336,10 @@ impl Recorder {
             path,
             duration_ms: ogg.duration_ms,
             size,
-            waveform: self.waveform.finish(),
+            waveform: match self.source {
+                WaveformSource::Decoded => self.waveform.finish(),
+                WaveformSource::Estimated => estimated_waveform(&self.packet_sizes),
+            },
             mimetype: MIMETYPE.into(),
             created_at: self.meta.started_at,
         }))
@@ -345,4 +368,29 @@ impl Drop for Recorder {
                 "recorder dropped unfinished; the file is salvaged at the next start");
         }
     }
+}
+
+/// A waveform from packet sizes alone ([`WaveformSource::Estimated`]). Within one
+/// recording the smallest packets are taken for silence and the largest for the
+/// loudest speech (bytes between map linearly to amplitude), so it does not depend
+/// on the sender's bitrate; a constant-bitrate sender draws flat.
+fn estimated_waveform(packets: &[(u16, u32)]) -> Vec<u16> {
+    let smallest = packets.iter().map(|p| p.0).min().unwrap_or(0);
+    let largest = packets.iter().map(|p| p.0).max().unwrap_or(0);
+    let span = f32::from(largest - smallest);
+    let mut waveform = Waveform::new();
+    let mut skip = u32::from(DEFAULT_PRE_SKIP);
+    for &(bytes, samples) in packets {
+        // Squared: pauses' packets differ from the smallest by a few bytes, and
+        // must still draw near zero.
+        let amplitude = if span > 0.0 {
+            (f32::from(bytes - smallest) / span).powi(2)
+        } else {
+            1.0
+        };
+        let played = samples - skip.min(samples);
+        skip -= samples - played;
+        waveform.push_level(20.0 * amplitude.max(1e-3).log10(), played as usize);
+    }
+    waveform.finish()
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use walkie_endpoint::{AudioFrame, TxId};
 
-use super::{ArchiveError, OutboxItem, Recorder, RecordingMeta};
+use super::{ArchiveError, OutboxItem, Recorder, RecordingMeta, WaveformSource};
 
 /// Frames waiting for the spool: 10 s of 20 ms frames.
 pub const FRAME_QUEUE: usize = 500;
@@ -53,6 +53,7 @@ enum Command {
     Start {
         spool_dir: PathBuf,
         meta: RecordingMeta,
+        waveform: WaveformSource,
     },
     Frame(AudioFrame),
     Finish {
@@ -81,12 +82,13 @@ pub struct RecordingWorker {
     current: Option<TxId>,
     /// Frames of `current` the queue had no room for.
     dropped: u64,
+    waveform: WaveformSource,
 }
 
 impl RecordingWorker {
     /// A worker for `channel`, on one of the pool's threads (started with the
     /// first worker). Dropping it closes it once the commands already sent are done.
-    pub fn spawn(channel: &str) -> std::io::Result<Self> {
+    pub fn spawn(channel: &str, waveform: WaveformSource) -> std::io::Result<Self> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let commands = pool_thread(id)?;
@@ -99,6 +101,7 @@ impl RecordingWorker {
             channel: channel.to_owned(),
             current: None,
             dropped: 0,
+            waveform,
         };
         let queued = Arc::clone(&worker.queued);
         worker.send(Command::Open {
@@ -120,6 +123,7 @@ impl RecordingWorker {
         self.send(Command::Start {
             spool_dir: spool_dir.to_path_buf(),
             meta,
+            waveform: self.waveform,
         });
     }
 
@@ -271,13 +275,17 @@ impl Slot {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Open { .. } | Command::Close => {}
-            Command::Start { spool_dir, meta } => {
+            Command::Start {
+                spool_dir,
+                meta,
+                waveform,
+            } => {
                 if let Some(stale) = self.recording.take() {
                     tracing::warn!(tx = %stale.meta().tx, "recording never saw its release; aborting it");
                     stale.abort();
                 }
                 let tx = meta.tx;
-                match Recorder::start(&spool_dir, meta) {
+                match Recorder::start_with(&spool_dir, meta, waveform) {
                     Ok(recorder) => self.recording = Some(recorder),
                     Err(error) => self.report(Recorded::Failed { tx, error }),
                 }
@@ -328,7 +336,10 @@ mod tests {
     #[test]
     fn many_channels_share_a_few_recording_threads() {
         let mut workers: Vec<RecordingWorker> = (0..40)
-            .map(|i| RecordingWorker::spawn(&format!("channel{i}")).expect("a pool thread"))
+            .map(|i| {
+                RecordingWorker::spawn(&format!("channel{i}"), WaveformSource::Decoded)
+                    .expect("a pool thread")
+            })
             .collect();
         // A round trip through every worker's thread (a start in a spool that
         // cannot exist fails at once), so each thread serving one has started.

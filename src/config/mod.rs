@@ -121,7 +121,11 @@ pub struct ArchiveConfig {
     pub spool_dir: PathBuf,
     /// Shorter transmissions (kerchunks, key clicks) are not archived.
     pub min_archive: Duration,
+    /// How a voice message's waveform is made.
+    pub waveform: WaveformSource,
 }
+
+pub use crate::archive::WaveformSource;
 
 /// Where the devices' crypto state lives (`[encryption]`, issue 15): one
 /// matrix-sdk-sqlite store per bridge user, `<store_dir>/<localpart>/`.

@@ -107,6 +107,7 @@ impl Default for RawFloor {
 pub(crate) struct RawArchive {
     pub spool_dir: PathBuf,
     pub min_archive_ms: u64,
+    pub waveform: String,
 }
 
 impl Default for RawArchive {
@@ -114,6 +115,7 @@ impl Default for RawArchive {
         Self {
             spool_dir: PathBuf::from(STATE_DIR).join("spool"),
             min_archive_ms: 300,
+            waveform: "decoded".into(),
         }
     }
 }

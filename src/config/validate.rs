@@ -11,6 +11,8 @@ use url::Url;
 use walkie_endpoint::audio::EncoderSettings;
 use walkie_endpoint::Priority;
 
+use crate::archive::WaveformSource;
+
 use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawEncryption, RawFloor,
@@ -392,9 +394,20 @@ fn archive(r: &mut Report, raw: RawArchive) -> Option<ArchiveConfig> {
         r.error("archive.spool_dir", "must not be empty");
     }
     let min_archive = r.millis("archive.min_archive_ms", raw.min_archive_ms, 0..=10_000);
+    let waveform = r.check(
+        "archive.waveform",
+        match raw.waveform.as_str() {
+            "decoded" => Ok(WaveformSource::Decoded),
+            "estimated" => Ok(WaveformSource::Estimated),
+            other => Err(format!(
+                "\"{other}\" is not a waveform source: expected \"decoded\" or \"estimated\""
+            )),
+        },
+    );
     Some(ArchiveConfig {
         spool_dir: raw.spool_dir,
         min_archive,
+        waveform: waveform?,
     })
 }
 

@@ -33,7 +33,7 @@ use super::client::Homeserver;
 use super::commands;
 use super::puppets::Puppets;
 use super::room_worker::RoomOp;
-use crate::archive::{OutboxWaker, Recorded, RecordingMeta, RecordingWorker};
+use crate::archive::{OutboxWaker, Recorded, RecordingMeta, RecordingWorker, WaveformSource};
 use crate::live::protocol::ErrorCode;
 use crate::live::LiveEndpoints;
 use crate::store::Store;
@@ -166,6 +166,8 @@ pub struct RoomEndpointParts {
     pub store: Store,
     pub spool_dir: PathBuf,
     pub min_archive: Duration,
+    /// How recordings get their waveform (`archive.waveform`).
+    pub waveform: WaveformSource,
     pub voice_in: VoiceInLimits,
     pub outbox_wake: OutboxWaker,
     pub inbound: mpsc::Receiver<RoomInbound>,
@@ -251,7 +253,7 @@ impl RoomState {
         let mut ticker = tokio::time::interval(Duration::from_millis(u64::from(FRAME_MS)));
         // A late tick must not make a burst: the far side plays in real time.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let recorder = RecordingWorker::spawn(&parts.channel)
+        let recorder = RecordingWorker::spawn(&parts.channel, parts.waveform)
             .map_err(|e| EndpointError::Fatal(format!("cannot start the recording thread: {e}")))?;
         Ok(Self {
             parts,

@@ -288,6 +288,7 @@ impl Channels {
             store: ctx.store.clone(),
             spool_dir: config.archive.spool_dir.clone(),
             min_archive: config.archive.min_archive,
+            waveform: config.archive.waveform,
             voice_in: VoiceInLimits::new(VOICE_IN_MAX_BYTES, config.floor.max_talk),
             outbox_wake: ctx.outbox_wake.clone(),
             inbound: inbound_rx,

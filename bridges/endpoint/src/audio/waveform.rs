@@ -82,6 +82,26 @@ impl Waveform {
         self.samples += self.frame_len as u64;
     }
 
+    /// Adds `samples` of audio known only by its level (e.g. estimated from
+    /// something other than the samples); counts them towards the duration.
+    pub fn push_level(&mut self, level_dbfs: f32, samples: usize) {
+        let rms = dbfs_to_rms(level_dbfs);
+        let mean_square = rms * rms;
+        self.samples += samples as u64;
+        let mut left = samples;
+        while left > 0 {
+            let take = left.min(self.frame_len - self.partial_len);
+            self.partial_sum += mean_square * take as f64;
+            self.partial_len += take;
+            left -= take;
+            if self.partial_len == self.frame_len {
+                self.frames.push(self.partial_sum / self.frame_len as f64);
+                self.partial_sum = 0.0;
+                self.partial_len = 0;
+            }
+        }
+    }
+
     /// Duration of everything pushed, in milliseconds (rounded).
     pub fn duration_ms(&self) -> u64 {
         let rate = u64::from(self.sample_rate);
