@@ -172,6 +172,44 @@ async fn holder_audio_reaches_every_other_endpoint_and_never_its_source() {
     stop(shutdown, task).await;
 }
 
+/// An endpoint with nobody to pass audio to (a live page no browser has open)
+/// says so, and gets floor events but no frames until it wants them again.
+#[tokio::test]
+async fn an_endpoint_that_wants_no_audio_gets_floor_events_only() {
+    let Running {
+        mut links,
+        shutdown,
+        task,
+        ..
+    } = start(settings(), &["test.a", "test.b", "test.c"]);
+    links[2].set_audio_wanted(false);
+    let tx = take_floor(&mut links, 0, 1, "alice").await;
+    for seq in 0..3u32 {
+        links[0]
+            .audio(StreamKey(1), AudioFrame::opus(seq, vec![seq as u8; 3]))
+            .expect("hub running");
+    }
+    // b hears all three, so the hub has handled them by then.
+    for seq in 0..3u32 {
+        assert!(matches!(next(&mut links[1]).await, Downlink::Audio(f) if f.frame.seq == seq));
+    }
+    links[2].set_audio_wanted(true);
+    links[0]
+        .audio(StreamKey(1), AudioFrame::opus(3, vec![3; 3]))
+        .expect("hub running");
+    // c's first frame is the one sent after it wanted audio again.
+    match next(&mut links[2]).await {
+        Downlink::Audio(frame) => assert_eq!((frame.tx, frame.frame.seq), (tx, 3)),
+        other => panic!("expected frame 3, got {other:?}"),
+    }
+    links[0].talk_end(StreamKey(1)).await.expect("hub running");
+    assert!(matches!(
+        next_floor(&mut links[2]).await,
+        FloorEvent::Released { .. }
+    ));
+    stop(shutdown, task).await;
+}
+
 #[tokio::test]
 async fn a_second_talker_queues_its_audio_is_refused_and_it_goes_next() {
     let Running {

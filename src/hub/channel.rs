@@ -401,7 +401,7 @@ impl ChannelHub {
         for (id, attached) in &self.endpoints {
             if id == source {
                 attached.metrics.frames_in.increment(1);
-            } else {
+            } else if attached.audio.is_wanted() {
                 // A send error only means the endpoint has no receiver right now
                 // (it is being torn down); its `gone` notice is on the way.
                 if attached

@@ -227,6 +227,7 @@ impl Actor {
 
     async fn run(&mut self, shutdown: CancellationToken) {
         info!(room = %self.endpoint.room, "live endpoint started");
+        self.link.set_audio_wanted(!self.clients.is_empty());
         loop {
             let step = tokio::select! {
                 biased;
@@ -584,6 +585,8 @@ impl Actor {
         );
         metrics::gauge!("walkie_live_clients", "channel" => self.endpoint.channel.clone())
             .set(self.clients.len() as f64);
+        // Audio is queued here only while someone can hear it.
+        self.link.set_audio_wanted(!self.clients.is_empty());
         let status = Event::OnChannelStatus {
             channel: self.endpoint.channel.clone(),
             status: "online",
@@ -793,6 +796,8 @@ impl Actor {
         let c = self.clients.remove(&client)?;
         metrics::gauge!("walkie_live_clients", "channel" => self.endpoint.channel.clone())
             .set(self.clients.len() as f64);
+        // Audio is queued here only while someone can hear it.
+        self.link.set_audio_wanted(!self.clients.is_empty());
         info!(client, user = %c.identity.user_id, "live client left");
         let own = c.stream?;
         if !matches!(own.state, OwnState::Granted(_)) {

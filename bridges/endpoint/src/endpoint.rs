@@ -186,6 +186,16 @@ impl HubLink {
         self
     }
 
+    /// Whether this endpoint wants the channel's audio now (it does at first). An
+    /// endpoint with nobody to pass audio to (a live page no browser has open)
+    /// says no, and the hub stops queueing frames for it; floor events still come.
+    pub fn set_audio_wanted(&mut self, wanted: bool) {
+        self.audio.set_wanted(wanted);
+        if !wanted {
+            self.next_audio = None;
+        }
+    }
+
     /// The connection state this endpoint reports, for the daemon to read.
     pub fn health(&self) -> Arc<EndpointHealth> {
         Arc::clone(&self.health)

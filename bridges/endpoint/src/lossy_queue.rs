@@ -12,6 +12,7 @@
 //! gives it back once they are taken.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -53,6 +54,7 @@ pub fn channel<T>(depth: usize) -> (Sender<T>, Receiver<T>) {
         }),
         item_or_close: Notify::new(),
         depth: depth.max(1),
+        wanted: AtomicBool::new(true),
     });
     (
         Sender {
@@ -67,6 +69,8 @@ struct Shared<T> {
     /// Woken for every item sent and when the sender goes.
     item_or_close: Notify,
     depth: usize,
+    /// The receiver wants items now; see [`Receiver::set_wanted`].
+    wanted: AtomicBool,
 }
 
 struct State<T> {
@@ -101,6 +105,12 @@ impl<T> std::fmt::Debug for Sender<T> {
 }
 
 impl<T> Sender<T> {
+    /// Whether the receiver wants items now. A sender may skip the work of making
+    /// an item nobody wants; [`send`](Self::send) drops it anyway.
+    pub fn is_wanted(&self) -> bool {
+        self.shared.wanted.load(Ordering::Relaxed)
+    }
+
     /// Queues `item`, dropping the oldest one if `depth` are already waiting.
     /// Never waits.
     pub fn send(&self, item: T) -> Result<(), SendError<T>> {
@@ -108,6 +118,9 @@ impl<T> Sender<T> {
             let mut state = self.shared.lock();
             if state.receiver_gone {
                 return Err(SendError(item));
+            }
+            if !self.is_wanted() {
+                return Ok(());
             }
             if state.items.len() >= self.shared.depth {
                 state.items.pop_front();
@@ -142,6 +155,19 @@ impl<T> std::fmt::Debug for Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Says whether to queue items at all. While not wanted, what is sent is
+    /// dropped at once (not counted as lag) and what waited is dropped now: for
+    /// an endpoint with nobody to pass audio to, such as a live page no browser
+    /// has open.
+    pub fn set_wanted(&mut self, wanted: bool) {
+        let mut state = self.shared.lock();
+        self.shared.wanted.store(wanted, Ordering::Relaxed);
+        if !wanted {
+            state.items = VecDeque::new();
+            state.dropped = 0;
+        }
+    }
+
     /// The oldest waiting item, without waiting.
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut state = self.shared.lock();
@@ -253,6 +279,19 @@ mod tests {
             .expect("task ran");
         assert_eq!(first, Ok(5));
         assert_eq!(second, Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn nothing_is_queued_while_not_wanted() {
+        let (tx, mut rx) = channel(4);
+        tx.send(1).expect("receiver alive");
+        rx.set_wanted(false);
+        assert!(!tx.is_wanted());
+        tx.send(2).expect("receiver alive");
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        rx.set_wanted(true);
+        tx.send(3).expect("receiver alive");
+        assert_eq!(rx.try_recv(), Ok(3));
     }
 
     #[tokio::test]
