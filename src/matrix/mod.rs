@@ -9,6 +9,7 @@ pub mod encrypted_in;
 pub mod ids;
 pub mod puppet_id;
 pub mod puppets;
+mod recent_events;
 pub mod room_endpoint;
 pub mod room_sender;
 pub mod room_setup;

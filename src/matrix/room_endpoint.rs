@@ -6,7 +6,7 @@
 //! one endpoint, the hub never sends it its own transmissions: a voice message
 //! played out to Mumble is not recorded and posted back to the room it came from.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,6 +32,7 @@ use super::appservice::Handled;
 use super::client::Homeserver;
 use super::commands;
 use super::puppets::Puppets;
+use super::recent_events::RecentEvents;
 use super::room_worker::RoomOp;
 use crate::archive::{OutboxWaker, Recorded, RecordingMeta, RecordingWorker, WaveformSource};
 use crate::live::protocol::ErrorCode;
@@ -237,8 +238,7 @@ struct RoomState {
     ticker: Interval,
     imported_tx: mpsc::UnboundedSender<Imported>,
     imported_rx: mpsc::UnboundedReceiver<Imported>,
-    recent: VecDeque<OwnedEventId>,
-    recent_set: HashSet<OwnedEventId>,
+    recent: RecentEvents,
     /// Downloads in flight, and those waiting for a slot.
     downloading: usize,
     waiting: VecDeque<Download>,
@@ -265,9 +265,8 @@ impl RoomState {
             ticker,
             imported_tx,
             imported_rx,
-            recent: VecDeque::new(),
+            recent: RecentEvents::new(RECENT_EVENTS),
             spool_full: false,
-            recent_set: HashSet::new(),
             downloading: 0,
             waiting: VecDeque::new(),
             allowances: HashMap::new(),
@@ -652,16 +651,7 @@ impl RoomState {
 
     /// `false` if the event was seen already.
     fn remember(&mut self, event_id: &OwnedEventId) -> bool {
-        if !self.recent_set.insert(event_id.clone()) {
-            return false;
-        }
-        self.recent.push_back(event_id.clone());
-        if self.recent.len() > RECENT_EVENTS {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_set.remove(&old);
-            }
-        }
-        true
+        self.recent.insert(event_id)
     }
 
     /// Refuses the voice message `event_id` with `text` as a threaded notice; it

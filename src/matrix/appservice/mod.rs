@@ -38,7 +38,6 @@
 
 mod device_parts;
 mod inbound;
-mod recent;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,9 +64,9 @@ use crate::matrix::crypto::CryptoDevices;
 use crate::ops::http_listener::{self, ListenerLimits};
 use crate::store::Store;
 
+use super::recent_events::RecentEvents;
 use inbound::{check_ephemeral, check_timeline, TransactionBody};
 pub use inbound::{EphemeralEvent, Handled, Inbound, RoomEvent};
-use recent::RecentEvents;
 
 /// Largest request body accepted. Synapse sends at most 100 events and 100
 /// ephemeral events per transaction; 64 kB is the largest event it accepts.
@@ -540,7 +539,7 @@ impl Shared {
                             &self.stats.0.duplicate_events,
                             "walkie_appservice_duplicate_events_total",
                         );
-                        recent.insert(event_id);
+                        recent.insert(&event_id);
                         continue;
                     }
                     Err(e) => {
@@ -552,7 +551,7 @@ impl Shared {
             if let Err(response) = self.dispatch(Inbound::RoomEvent(event)).await {
                 return response;
             }
-            recent.insert(event_id);
+            recent.insert(&event_id);
         }
         // Typing notices and receipts carry no id and describe a current state, so
         // a repeat after a retry does no harm and is not filtered.
@@ -619,7 +618,7 @@ impl Shared {
                 }
             };
             event.handled = Handled::stored(self.store.clone(), event.event_id.clone());
-            recent.insert(event.event_id.clone());
+            recent.insert(&event.event_id);
             if self.dispatch(Inbound::RoomEvent(event)).await.is_err() {
                 return;
             }
