@@ -18,10 +18,11 @@
 //! aborting are never dropped: the recording is always finished and queued.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -74,7 +75,7 @@ pub enum Recorded {
 /// The endpoint's side of its recording thread. Every call returns at once.
 pub struct RecordingWorker {
     id: u64,
-    commands: std_mpsc::Sender<Job>,
+    commands: Arc<JobQueue>,
     queued: Arc<AtomicUsize>,
     results: mpsc::UnboundedReceiver<Recorded>,
     channel: String,
@@ -169,11 +170,7 @@ impl RecordingWorker {
             worker: self.id,
             command,
         };
-        if self.commands.send(job).is_err() {
-            // A pool thread never ends while the process runs; only a panic
-            // outside a command (not caught there) could end it.
-            tracing::error!(channel = %self.channel, "the recording thread is gone; nothing is recorded");
-        }
+        self.commands.push(job);
     }
 }
 
@@ -183,22 +180,73 @@ impl Drop for RecordingWorker {
     }
 }
 
-/// The sender of the pool thread that serves worker `id`, starting the pool if
+/// How long a frame may wait for its pool thread while recordings are open.
+const FRAME_BATCH: Duration = Duration::from_millis(20);
+
+/// One pool thread's queue. Frames are queued without waking the thread: while
+/// a recording is open it takes what is queued every [`FRAME_BATCH`]. A wake-up
+/// per frame (a futex wake and a contended lock on both sides) was a third of a
+/// passthrough stream's CPU (docs/bench/ceiling-stages.txt). Every other command
+/// wakes the thread at once, after the frames queued before it.
+#[derive(Default)]
+struct JobQueue {
+    jobs: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+}
+
+impl JobQueue {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        // Pushing and swapping cannot leave the queue half-changed.
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, job: Job) {
+        let urgent = !matches!(job.command, Command::Frame(_));
+        self.lock().push_back(job);
+        if urgent {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Moves what is queued into `batch` (empty), waiting for it: at most
+    /// [`FRAME_BATCH`] while `recording`, otherwise until a command wakes it.
+    fn take(&self, recording: bool, batch: &mut VecDeque<Job>) {
+        let mut jobs = self.lock();
+        if jobs.is_empty() {
+            jobs = if recording {
+                match self.wake.wait_timeout(jobs, FRAME_BATCH) {
+                    Ok((jobs, _)) => jobs,
+                    Err(poisoned) => poisoned.into_inner().0,
+                }
+            } else {
+                self.wake
+                    .wait(jobs)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            };
+        }
+        std::mem::swap(&mut *jobs, batch);
+    }
+}
+
+/// The queue of the pool thread that serves worker `id`, starting the pool if
 /// this is the first worker.
-fn pool_thread(id: u64) -> std::io::Result<std_mpsc::Sender<Job>> {
-    static POOL: Mutex<Vec<std_mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+fn pool_thread(id: u64) -> std::io::Result<Arc<JobQueue>> {
+    static POOL: Mutex<Vec<Arc<JobQueue>>> = Mutex::new(Vec::new());
     let mut threads = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if threads.is_empty() {
         let wanted = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, MAX_THREADS);
         for i in 0..wanted {
-            let (commands, jobs) = std_mpsc::channel();
+            let queue = Arc::new(JobQueue::default());
+            let served = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("recorder {i}"))
-                .spawn(move || serve(jobs));
+                .spawn(move || serve(&served));
             match spawned {
-                Ok(_) => threads.push(commands),
+                Ok(_) => threads.push(queue),
                 // Fewer threads is fine; none is an error (tried again next time).
                 Err(error) if threads.is_empty() => return Err(error),
                 Err(_) => break,
@@ -207,7 +255,7 @@ fn pool_thread(id: u64) -> std::io::Result<std_mpsc::Sender<Job>> {
     }
     // Round robin by worker: channels started together spread over the threads.
     let index = (id % threads.len() as u64) as usize;
-    Ok(threads[index].clone())
+    Ok(Arc::clone(&threads[index]))
 }
 
 /// One worker's state on its pool thread.
@@ -219,47 +267,57 @@ struct Slot {
 
 /// A pool thread: for each worker, one recording at a time, in the order its
 /// commands came. It runs as long as the process.
-fn serve(jobs: std_mpsc::Receiver<Job>) {
+fn serve(queue: &JobQueue) {
     let mut slots: HashMap<u64, Slot> = HashMap::new();
-    for Job { worker, command } in jobs {
-        match command {
-            Command::Open { results, queued } => {
-                slots.insert(
-                    worker,
-                    Slot {
-                        results,
-                        queued,
-                        recording: None,
-                    },
+    let mut batch = VecDeque::new();
+    loop {
+        let recording = slots.values().any(|slot| slot.recording.is_some());
+        queue.take(recording, &mut batch);
+        for Job { worker, command } in batch.drain(..) {
+            serve_one(&mut slots, worker, command);
+        }
+    }
+}
+
+/// One command of one worker.
+fn serve_one(slots: &mut HashMap<u64, Slot>, worker: u64, command: Command) {
+    match command {
+        Command::Open { results, queued } => {
+            slots.insert(
+                worker,
+                Slot {
+                    results,
+                    queued,
+                    recording: None,
+                },
+            );
+        }
+        Command::Close => {
+            slots.remove(&worker);
+        }
+        command => {
+            let Some(slot) = slots.get_mut(&worker) else {
+                return;
+            };
+            // A bug in one recording must not end every channel's recording:
+            // that recording fails (its file salvaged at the next start) and
+            // the thread goes on.
+            let tx = match &command {
+                Command::Start { meta, .. } => Some(meta.tx),
+                _ => slot.recording.as_ref().map(|r| r.meta().tx),
+            };
+            if catch_unwind(AssertUnwindSafe(|| slot.handle(command))).is_err() {
+                tracing::error!(
+                    ?tx,
+                    "a recording panicked; its file is salvaged at the next start"
                 );
-            }
-            Command::Close => {
-                slots.remove(&worker);
-            }
-            command => {
-                let Some(slot) = slots.get_mut(&worker) else {
-                    continue;
-                };
-                // A bug in one recording must not end every channel's recording:
-                // that recording fails (its file salvaged at the next start) and
-                // the thread goes on.
-                let tx = match &command {
-                    Command::Start { meta, .. } => Some(meta.tx),
-                    _ => slot.recording.as_ref().map(|r| r.meta().tx),
-                };
-                if catch_unwind(AssertUnwindSafe(|| slot.handle(command))).is_err() {
-                    tracing::error!(
-                        ?tx,
-                        "a recording panicked; its file is salvaged at the next start"
-                    );
-                    let recording = slot.recording.take();
-                    let _ = catch_unwind(AssertUnwindSafe(move || drop(recording)));
-                    if let Some(tx) = tx {
-                        slot.report(Recorded::Failed {
-                            tx,
-                            error: ArchiveError::Panicked,
-                        });
-                    }
+                let recording = slot.recording.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(recording)));
+                if let Some(tx) = tx {
+                    slot.report(Recorded::Failed {
+                        tx,
+                        error: ArchiveError::Panicked,
+                    });
                 }
             }
         }
