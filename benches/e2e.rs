@@ -1000,6 +1000,10 @@ async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Resu
     );
 }
 
+/// Groups of streams in `--only ceiling` that send at different moments of each
+/// frame (2 ms apart).
+const PHASES: usize = 10;
+
 /// Steps of `--only ceiling` (streams), unless `WALKIE_CEILING_STEPS` lists others.
 const CEILING_STEPS: [usize; 10] = [100, 250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000];
 
@@ -1007,7 +1011,8 @@ const CEILING_STEPS: [usize; 10] = [100, 250, 500, 750, 1000, 1500, 2000, 2500, 
 /// bridge's one core carries. Each step starts a bridge with N channels (two MQTT
 /// endpoints and a Matrix room each) connected to the bench's own MQTT server
 /// ([`LoadBroker`]: no broker relay to saturate first), all N talk for
-/// `step_frames` frames at once, and a frame is late as in P4 (over the
+/// `step_frames` frames at once (their frames spread over each 20 ms in
+/// [`PHASES`] groups), and a frame is late as in P4 (over the
 /// first step's p50 + 20 ms, or never out). Recordings are made (their cost per
 /// frame counts) but not posted: `min_archive_ms = 10000` keeps 5-s talks out
 /// of the room, or each step would end by measuring Synapse posting N voice
@@ -1083,10 +1088,17 @@ async fn passthrough_ceiling(
         let started = Instant::now();
         let mut pace = tokio::time::interval(FRAME);
         for f in 0..frames {
-            behind = behind.max(pace.tick().await.elapsed());
-            for i in 0..n {
-                let payload = &audio.opus[(f + i * 7) % audio.opus.len()];
-                load.frame(i, f as u32, payload).await;
+            let tick = pace.tick().await;
+            behind = behind.max(tick.elapsed());
+            // Independent talkers are not in phase: the streams are spread over
+            // the frame in PHASES groups, so a late frame is the core's, not one
+            // that waited behind every other stream's frame of the same instant.
+            for phase in 0..PHASES {
+                tokio::time::sleep_until(tick + FRAME * phase as u32 / PHASES as u32).await;
+                for i in (phase..n).step_by(PHASES) {
+                    let payload = &audio.opus[(f + i * 7) % audio.opus.len()];
+                    load.frame(i, f as u32, payload).await;
+                }
             }
         }
         let wall = started.elapsed().as_secs_f64();
