@@ -1108,11 +1108,11 @@ async fn passthrough_ceiling(
         if let Some(profiler) = profiler.as_mut() {
             let _ = profiler.wait();
         }
+        // The last frames are on their way: a second is 50 frame times.
+        load.wait_delivered(n, Duration::from_secs(1)).await;
         for i in 0..n {
             load.end_talk(i).await;
         }
-        // The last frames are on their way: a second is 50 frame times.
-        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut latencies = Vec::new();
         let mut lost = 0;
         for i in 0..n {

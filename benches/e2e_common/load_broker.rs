@@ -14,7 +14,7 @@
 //! Latency of a frame = its arrival from `s{i}o` − the moment it was written to
 //! `s{i}i`: the bridge plus two loopback TCP hops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ struct Registry {
     /// Channel index → the bridge connection subscribed to its device topics.
     inputs: HashMap<usize, Writer>,
     /// Channel index → the bridge's output endpoint has subscribed (connected).
-    outputs: HashMap<usize, ()>,
+    outputs: HashSet<usize>,
     tracks: HashMap<usize, Track>,
 }
 
@@ -95,7 +95,7 @@ impl LoadBroker {
     /// Waits until channels `0..n` have both endpoints subscribed; false on timeout.
     pub async fn wait_connected(&self, n: usize, limit: Duration) -> bool {
         self.wait(limit, |r| {
-            (0..n).all(|i| r.inputs.contains_key(&i) && r.outputs.contains_key(&i))
+            (0..n).all(|i| r.inputs.contains_key(&i) && r.outputs.contains(&i))
         })
         .await
     }
@@ -119,6 +119,19 @@ impl LoadBroker {
                 return done(&self.registry.lock().expect("registry"));
             }
         }
+    }
+
+    /// Waits until the last frame of every talk of channels `0..n` came out (or
+    /// `limit` passed: a lost last frame is counted by `harvest`).
+    pub async fn wait_delivered(&self, n: usize, limit: Duration) -> bool {
+        self.wait(limit, |r| {
+            (0..n).all(|i| {
+                r.tracks
+                    .get(&i)
+                    .is_some_and(|t| t.out_at.last().is_some_and(Option::is_some))
+            })
+        })
+        .await
     }
 
     fn input(&self, i: usize) -> Option<Writer> {
@@ -252,7 +265,7 @@ async fn serve(socket: TcpStream, registry: Arc<Mutex<Registry>>, changed: Arc<N
                                 registry.inputs.insert(i, writer.clone());
                             }
                             'o' => {
-                                registry.outputs.insert(i, ());
+                                registry.outputs.insert(i);
                             }
                             _ => {}
                         }
@@ -294,13 +307,18 @@ fn on_publish(publish: &Publish, arrived: Instant, registry: &Mutex<Registry>, c
             let Some(seq) = seq_of(&publish.payload) else {
                 return;
             };
-            let mut registry = registry.lock().expect("registry");
-            if let Some(slot) = registry
-                .tracks
-                .get_mut(&i)
-                .and_then(|t| t.out_at.get_mut(seq as usize))
-            {
-                slot.get_or_insert(arrived);
+            let last = {
+                let mut registry = registry.lock().expect("registry");
+                let Some(track) = registry.tracks.get_mut(&i) else {
+                    return;
+                };
+                if let Some(slot) = track.out_at.get_mut(seq as usize) {
+                    slot.get_or_insert(arrived);
+                }
+                seq as usize + 1 == track.out_at.len()
+            };
+            if last {
+                changed.notify_waiters();
             }
         }
         ('i', "in/dev/floor") if publish.payload.windows(9).any(|w| w == b"\"granted\"") => {
