@@ -1,13 +1,14 @@
 //! The threaded runner in real time (the scenario is time itself, so the
-//! assertions are on recorded timestamps with tolerances), and the panic hook
-//! in-process.
+//! assertions are on recorded timestamps with tolerances). The panic hook has
+//! its own test binary (panic_hook.rs): it unkeys every radio in the process,
+//! so beside these tests it would unkey theirs too.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::{changes, ms, FakeSink};
-use walkie_radio::ptt::{safety, FakeModemLines, Line, PttLines, SerialLinePtt};
+use walkie_radio::ptt::{FakeModemLines, Line, PttLines, SerialLinePtt};
 use walkie_radio::tx::{TxCommand, TxController, TxRunner, TxSettings};
 
 /// Never early is the safety rule and is asserted exactly; late is bounded loosely
@@ -80,35 +81,4 @@ fn dropping_the_runner_mid_transmission_unkeys() {
     drop(runner); // joins: the thread has unkeyed when this returns
     assert!(!lines.levels_now().rts);
     assert_eq!(changes(&lines.events(), Line::Rts).len(), 3);
-}
-
-#[test]
-fn panic_in_a_thread_with_a_leaked_keyed_controller_is_unkeyed_by_the_hook() {
-    safety::install_panic_hook();
-    let lines = FakeModemLines::new();
-    let probe = lines.clone();
-    let after = lines.clone();
-    let t = std::thread::spawn(move || {
-        let ptt = SerialLinePtt::new(lines, PttLines::RtsDtr, false).expect("open");
-        let c = TxController::new(
-            "panicking",
-            TxSettings::default(),
-            Box::new(ptt),
-            Box::new(FakeSink::default()),
-        )
-        .expect("controller");
-        // Leaked, so no Drop can unkey: only the panic hook can.
-        let c: &'static mut TxController = Box::leak(Box::new(c));
-        c.floor_taken_by_other(Instant::now()).expect("key");
-        assert!(probe.levels_now().rts && probe.levels_now().dtr);
-        panic!("injected panic mid-transmission");
-    });
-    assert!(t.join().is_err(), "the thread panicked");
-    let l = lines_after(&after);
-    assert!(!l.0 && !l.1, "unkeyed by the hook: {l:?}");
-}
-
-fn lines_after(p: &FakeModemLines) -> (bool, bool) {
-    let l = p.levels_now();
-    (l.rts, l.dtr)
 }
