@@ -199,3 +199,42 @@ if [[ $(matrix_js_versions installed) != "$matrix_js_wanted" ]]; then
   echo "setup: npm ci in tests/matrix-js (matrix-js-sdk, crypto-wasm: $matrix_js_wanted)" >&2
   (cd "$MATRIX_JS_TESTS" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# Servers only Debian 13 ("trixie") ships: mumble-server 1.5 (the Mumble tests run
+# against it beside Debian 12's murmurd 1.3.4). Their libraries are newer than this
+# machine's, so they live in a minimal trixie root made by debootstrap from the same
+# Debian registry, at .trixie-root (or $WALKIE_TRIXIE_ROOT), and the harness starts
+# them with chroot (tests/harness/src/murmur.rs). Made once (~1 min, ~330 MB), then
+# reused; a package added to TRIXIE_PACKAGES is installed into the existing root.
+TRIXIE_ROOT=${WALKIE_TRIXIE_ROOT:-$ROOT/.trixie-root}
+TRIXIE_PACKAGES=(mumble-server)
+TRIXIE_MIRROR=${WALKIE_TRIXIE_MIRROR:-http://deb.debian.org/debian}
+trixie_sudo=()
+[[ $(id -u) -eq 0 ]] || trixie_sudo=(sudo)
+trixie_has() {
+  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" dpkg-query -W -f='${Status}' "$1" 2>/dev/null \
+    | grep -q "install ok installed"
+}
+if [[ ! -x $TRIXIE_ROOT/usr/bin/dpkg-query ]]; then
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  mkdir -p "$ROOT/target"
+  # debootstrap needs the trixie script; Debian 12's debootstrap has it.
+  echo "setup: making a Debian 13 root at $TRIXIE_ROOT (${TRIXIE_PACKAGES[*]})" >&2
+  "${trixie_sudo[@]}" rm -rf "$TRIXIE_ROOT.partial"
+  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "${TRIXIE_PACKAGES[*]}")" \
+    trixie "$TRIXIE_ROOT.partial" "$TRIXIE_MIRROR" >"$ROOT/target/trixie-debootstrap.log" 2>&1 \
+    || { echo "setup: debootstrap failed; see target/trixie-debootstrap.log" >&2; tail -20 "$ROOT/target/trixie-debootstrap.log" >&2; exit 1; }
+  # Package caches are not needed to run anything.
+  "${trixie_sudo[@]}" rm -rf "$TRIXIE_ROOT.partial"/var/cache/apt/archives/*.deb
+  "${trixie_sudo[@]}" mv "$TRIXIE_ROOT.partial" "$TRIXIE_ROOT"
+fi
+trixie_missing=()
+for package in "${TRIXIE_PACKAGES[@]}"; do
+  trixie_has "$package" || trixie_missing+=("$package")
+done
+if ((${#trixie_missing[@]})); then
+  echo "setup: installing ${trixie_missing[*]} into $TRIXIE_ROOT" >&2
+  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" apt-get update -qq
+  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${trixie_missing[@]}"
+fi

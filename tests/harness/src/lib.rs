@@ -48,8 +48,8 @@ pub use mumble_client::{
     CLIENT_TIMEOUT,
 };
 pub use murmur::{
-    murmurd_path, test_python, Murmur, MurmurBuilder, MURMUR_READY_TIMEOUT, MURMUR_STOP_GRACE,
-    MURMUR_SYSTEM_USER,
+    murmurd_path, test_python, trixie_root, MumbleServer, Murmur, MurmurBuilder,
+    MURMUR_READY_TIMEOUT, MURMUR_STOP_GRACE, MURMUR_SYSTEM_USER,
 };
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
@@ -171,4 +171,40 @@ pub(crate) fn random_string(len: usize) -> String {
         .take(len)
         .map(char::from)
         .collect()
+}
+
+/// One test run against every Mumble server ([`MumbleServer::ALL`]): a module named
+/// after the test with one test per server, `murmur_1_3` and `mumble_1_5`, so both
+/// are seen (and fail) apart.
+///
+/// ```ignore
+/// walkie_harness::on_every_mumble_server! {
+///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///     async fn a_client_joins(server) {
+///         let murmur = Murmur::builder().server(server).start().await.unwrap();
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_every_mumble_server {
+    ($( #[$test:meta] async fn $name:ident($server:ident) $body:block )*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($server: $crate::MumbleServer) $body
+
+                #[$test]
+                async fn murmur_1_3() {
+                    run($crate::MumbleServer::Murmur1_3).await
+                }
+
+                #[$test]
+                async fn mumble_1_5() {
+                    run($crate::MumbleServer::Mumble1_5).await
+                }
+            }
+        )*
+    };
 }

@@ -1,5 +1,7 @@
-//! A real Mumble server (Debian's murmurd 1.3.4) on 127.0.0.1, one per test, in a
-//! temp dir.
+//! A real Mumble server on 127.0.0.1, one per test, in a temp dir: Debian 12's
+//! murmurd 1.3.4, or Debian 13's mumble-server 1.5 (see [`MumbleServer`]), which
+//! runs by `chroot` in the trixie root `scripts/setup.sh` makes (its libraries are
+//! newer than this machine's), with its temp dir inside that root.
 //!
 //! murmurd 1.3 has no config key for channels. The harness creates them in its
 //! SQLite database before the first start: `murmurd -ini FILE -supw PASSWORD` creates
@@ -26,6 +28,61 @@ pub const MURMUR_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const MURMUR_SYSTEM_USER: &str = "mumble-server";
 const TAIL_LINES: usize = 60;
 const HOST: &str = "127.0.0.1";
+
+/// Which Mumble server a test runs against. The protocol differs: 1.5 carries voice
+/// in protobuf messages (MumbleUDP) to clients that announce 1.5, 1.3 in the legacy
+/// binary format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MumbleServer {
+    /// Debian 12's `murmurd` 1.3.4 on this machine.
+    Murmur1_3,
+    /// Debian 13's `mumble-server` 1.5 in the trixie root ([`trixie_root`]).
+    Mumble1_5,
+}
+
+impl MumbleServer {
+    /// Both, oldest first: what every Mumble test runs against.
+    pub const ALL: [MumbleServer; 2] = [MumbleServer::Murmur1_3, MumbleServer::Mumble1_5];
+
+    /// The version the server announces (major, minor).
+    pub fn version(self) -> (u32, u32) {
+        match self {
+            MumbleServer::Murmur1_3 => (1, 3),
+            MumbleServer::Mumble1_5 => (1, 5),
+        }
+    }
+
+    /// "murmurd 1.3" / "mumble-server 1.5", for messages and bench labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            MumbleServer::Murmur1_3 => "murmurd 1.3",
+            MumbleServer::Mumble1_5 => "mumble-server 1.5",
+        }
+    }
+}
+
+/// The Debian 13 root that holds mumble-server 1.5: `$WALKIE_TRIXIE_ROOT`, else
+/// `<workspace root>/.trixie-root` (both made by `scripts/setup.sh`).
+///
+/// # Panics
+/// When it has no mumble-server: tests never skip, they tell how to fix it.
+pub fn trixie_root() -> PathBuf {
+    let root = std::env::var_os("WALKIE_TRIXIE_ROOT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".trixie-root"));
+    assert!(
+        root.join(MUMBLE_1_5_BINARY.trim_start_matches('/'))
+            .is_file(),
+        "no mumble-server 1.5 in the Debian 13 root {} ({MUMBLE_1_5_BINARY}): run \
+         scripts/setup.sh, or point WALKIE_TRIXIE_ROOT at a root that has it",
+        root.display()
+    );
+    root
+}
+
+/// mumble-server's path inside the trixie root.
+const MUMBLE_1_5_BINARY: &str = "/usr/bin/mumble-server";
 
 /// The murmurd binary: `$WALKIE_MURMURD`, else `murmurd` on `PATH`, else
 /// `/usr/sbin/murmurd` (Debian's `mumble-server`; `/usr/sbin` is often not on a
@@ -88,6 +145,7 @@ pub fn test_python() -> PathBuf {
 /// Configures and starts a [`Murmur`].
 #[derive(Debug, Clone)]
 pub struct MurmurBuilder {
+    server: MumbleServer,
     channels: Vec<String>,
     welcome: String,
     superuser_password: Option<String>,
@@ -106,12 +164,19 @@ impl MurmurBuilder {
     /// No channels but Root, a short welcome text, a random SuperUser password.
     pub fn new() -> MurmurBuilder {
         MurmurBuilder {
+            server: MumbleServer::Murmur1_3,
             channels: Vec::new(),
             welcome: "walkie-harness murmurd".to_string(),
             superuser_password: None,
             extra_config: Vec::new(),
             registered: Vec::new(),
         }
+    }
+
+    /// Which server to run (default: murmurd 1.3).
+    pub fn server(mut self, server: MumbleServer) -> MurmurBuilder {
+        self.server = server;
+        self
     }
 
     /// Registers a user on the server before it starts, as an administrator would:
@@ -162,12 +227,20 @@ impl MurmurBuilder {
     /// When murmurd or the test Python is not installed (see [`murmurd_path`],
     /// [`test_python`]).
     pub async fn start(self) -> Result<Murmur> {
-        let murmurd = murmurd_path();
+        let (murmurd, jail) = match self.server {
+            MumbleServer::Murmur1_3 => (murmurd_path(), None),
+            MumbleServer::Mumble1_5 => (PathBuf::from(MUMBLE_1_5_BINARY), Some(trixie_root())),
+        };
         let python = test_python();
         let channels = channel_rows(&self.channels)?;
+        // A chrooted server sees only its root: its files live in the root's /tmp.
+        let temp_parent = match &jail {
+            Some(root) => root.join("tmp"),
+            None => std::env::temp_dir(),
+        };
         let temp = tempfile::Builder::new()
             .prefix("walkie-murmur-")
-            .tempdir()
+            .tempdir_in(&temp_parent)
             .map_err(|e| Error::io("creating murmurd's temp dir", e))?;
         let (temp, dir) =
             if std::env::var_os("WALKIE_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty()) {
@@ -189,12 +262,16 @@ impl MurmurBuilder {
                 .clone()
                 .unwrap_or_else(|| random_string(20)),
             channels: channels.iter().map(|c| c.path.clone()).collect(),
-            run_as: ServiceUser::for_daemon(MURMUR_SYSTEM_USER, "mumble-server").map_err(
-                |message| Error::Murmur {
-                    message,
-                    log_tail: String::new(),
-                },
-            )?,
+            run_as: match &jail {
+                None => ServiceUser::for_daemon(MURMUR_SYSTEM_USER, "mumble-server"),
+                Some(root) => ServiceUser::for_daemon_in(root, MURMUR_SYSTEM_USER, "mumble-server"),
+            }
+            .map_err(|message| Error::Murmur {
+                message,
+                log_tail: String::new(),
+            })?,
+            server: self.server,
+            jail,
             child: None,
             started_in: Duration::ZERO,
         };
@@ -240,6 +317,9 @@ pub struct Murmur {
     channels: Vec<String>,
     /// (uid, gid) murmurd switches to when started as root.
     run_as: Option<ServiceUser>,
+    server: MumbleServer,
+    /// The root a chrooted server runs in (1.5); `None` for the host's murmurd.
+    jail: Option<PathBuf>,
     child: Option<ChildGuard>,
     started_in: Duration,
 }
@@ -248,6 +328,11 @@ impl Murmur {
     /// Shorthand for `MurmurBuilder::new()`.
     pub fn builder() -> MurmurBuilder {
         MurmurBuilder::new()
+    }
+
+    /// Which server this is.
+    pub fn server(&self) -> MumbleServer {
+        self.server
     }
 
     /// Always `127.0.0.1`.
@@ -359,11 +444,11 @@ impl Murmur {
     async fn launch(&mut self) -> Result<(), LaunchError> {
         // The log is appended to on every start: only read what this start writes.
         let log_offset = std::fs::metadata(&self.log_path).map_or(0, |m| m.len());
-        let mut command = Command::new(&self.murmurd);
+        let mut command = self.command();
         command
             .arg("-fg")
             .arg("-ini")
-            .arg(&self.ini_path)
+            .arg(self.seen_by_server(&self.ini_path))
             .current_dir(&self.dir);
         let started = Instant::now();
         let mut child = ChildGuard::spawn("murmurd", command, &self.log_path).map_err(|e| {
@@ -432,9 +517,9 @@ impl Murmur {
     /// `murmurd -ini FILE -supw PASSWORD`: creates the database (schema, server 1)
     /// when missing, sets the password and exits without booting the server.
     async fn set_superuser_password(&self) -> Result<()> {
-        let output = tokio::process::Command::new(&self.murmurd)
+        let output = tokio::process::Command::from(self.command())
             .arg("-ini")
-            .arg(&self.ini_path)
+            .arg(self.seen_by_server(&self.ini_path))
             .arg("-supw")
             .arg(&self.superuser_password)
             .current_dir(&self.dir)
@@ -522,8 +607,59 @@ impl Murmur {
         self.chown(&self.db_path)
     }
 
+    /// The server's command line so far: the binary, inside `chroot` for 1.5.
+    fn command(&self) -> Command {
+        match &self.jail {
+            None => Command::new(&self.murmurd),
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command.arg(root).arg(&self.murmurd);
+                command
+            }
+        }
+    }
+
+    /// The version the server binary reports (`--version`), e.g. "1.3.4" or
+    /// "1.5.735": proof of which server a test really ran against.
+    pub async fn binary_version(&self) -> Result<String> {
+        let output = tokio::process::Command::from(self.command())
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {} --version", self.murmurd.display()), e))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // 1.3: "… /usr/sbin/murmurd -- 1.3.4-4"; 1.5: "Mumble server version 1.5.735".
+        text.lines()
+            .rev()
+            .find_map(|line| {
+                let after = line
+                    .rsplit_once(" -- ")
+                    .map(|(_, v)| v)
+                    .or_else(|| line.strip_prefix("Mumble server version "))?;
+                let version = after.trim().split('-').next()?;
+                version.starts_with("1.").then(|| version.to_string())
+            })
+            .ok_or_else(|| self.error(format!("no version in `--version` output: {text}")))
+    }
+
+    /// `path` (on this machine) as the server sees it: inside its root for 1.5.
+    fn seen_by_server(&self, path: &Path) -> PathBuf {
+        match &self.jail {
+            Some(root) => match path.strip_prefix(root) {
+                Ok(inner) => Path::new("/").join(inner),
+                Err(_) => path.to_path_buf(),
+            },
+            None => path.to_path_buf(),
+        }
+    }
+
     fn write_config(&self, builder: &MurmurBuilder) -> Result<()> {
-        let path = |p: &Path| quote(&p.display().to_string());
+        let path = |p: &Path| quote(&self.seen_by_server(p).display().to_string());
         let mut lines = vec![
             ("database".to_string(), path(&self.db_path)),
             // With -fg murmurd logs to stdout, which the harness appends to this

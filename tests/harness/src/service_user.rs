@@ -37,6 +37,48 @@ impl ServiceUser {
         Ok(Some(Self { uid, gid }))
     }
 
+    /// As [`ServiceUser::for_daemon`], for a daemon that runs chrooted in `root`:
+    /// the user of that root's `/etc/passwd` (its ids differ from this machine's).
+    pub fn for_daemon_in(
+        root: &Path,
+        name: &str,
+        package: &str,
+    ) -> std::result::Result<Option<Self>, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(format!(
+                "{package} runs chrooted in {}, which needs root",
+                root.display()
+            ));
+        }
+        let passwd_path = root.join("etc/passwd");
+        let passwd = std::fs::read_to_string(&passwd_path)
+            .map_err(|e| format!("reading {}: {e}", passwd_path.display()))?;
+        let fields = passwd
+            .lines()
+            .map(|line| line.split(':').collect::<Vec<_>>())
+            .find(|fields| fields.len() >= 4 && fields[0] == name)
+            .ok_or_else(|| {
+                format!(
+                    "no user {name:?} in {}; install {package} into that root (scripts/setup.sh)",
+                    passwd_path.display()
+                )
+            })?;
+        let id = |i: usize| {
+            fields[i].parse::<u32>().map_err(|_| {
+                format!(
+                    "bad id {:?} for {name} in {}",
+                    fields[i],
+                    passwd_path.display()
+                )
+            })
+        };
+        Ok(Some(Self {
+            uid: id(2)?,
+            gid: id(3)?,
+        }))
+    }
+
     /// Gives `path` to this user.
     pub fn chown(&self, path: &Path) -> Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
