@@ -1,4 +1,4 @@
-//! The Mumble endpoint on a real murmurd, with pymumble clients as the Mumble users
+//! The Mumble endpoint on a real Mumble server (murmurd 1.3.4 and mumble-server 1.5), with pymumble clients as the Mumble users
 //! and a channel hub with a test endpoint as "everyone else".
 
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
@@ -15,7 +15,7 @@ use walkie_endpoint::{
     AudioFrame, Capabilities, Downlink, Endpoint, EndpointId, FloorEvent, HubLink, Priority,
     StreamKey, TalkKind, Talker,
 };
-use walkie_harness::{MumbleTestClient, Murmur};
+use walkie_harness::{on_every_mumble_server, MumbleServer, MumbleTestClient, Murmur};
 use walkie_mumble::{
     ConnectConfig, Connection, MumbleEndpoint, MumbleEndpointConfig, TransportMode,
 };
@@ -39,12 +39,13 @@ fn speech_wav(dir: &std::path::Path) -> (PathBuf, Vec<i16>) {
     (path, speech)
 }
 
-async fn start_bridge() -> Bridge {
+async fn start_bridge(server: MumbleServer) -> Bridge {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await
@@ -141,9 +142,21 @@ async fn hear_one(link: &mut HubLink) -> (Talker, u64, Vec<i16>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speech_from_a_mumble_user_reaches_the_channel_intact() {
-    let mut bridge = start_bridge().await;
+on_every_mumble_server!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    speech_from_a_mumble_user_reaches_the_channel_intact,
+    the_channels_audio_reaches_mumble_users_intact,
+    a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor,
+    the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart,
+    a_mumble_transmission_appears_in_the_room_as_a_voice_message,
+    a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart,
+    the_bots_comment_names_the_talker_on_the_other_side,
+    names_from_other_systems_reach_mumble_as_text_not_html,
+    an_mqtt_devices_label_reaches_mumble_as_text_not_html,
+);
+
+async fn speech_from_a_mumble_user_reaches_the_channel_intact(server: MumbleServer) {
+    let mut bridge = start_bridge(server).await;
     let alice = bridge.user("alice").await;
     let (wav, speech) = speech_wav(bridge.dir.path());
     let (sent, heard) = tokio::join!(alice.send_wav(&wav, true), hear_one(&mut bridge.listener));
@@ -172,9 +185,8 @@ async fn speech_from_a_mumble_user_reaches_the_channel_intact() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_channels_audio_reaches_mumble_users_intact() {
-    let mut bridge = start_bridge().await;
+async fn the_channels_audio_reaches_mumble_users_intact(server: MumbleServer) {
+    let mut bridge = start_bridge(server).await;
     let bob = bridge.user("bob").await;
     let speech = common::speech(48_000);
     let mut encoder = OpusEncoder::new().expect("encoder");
@@ -239,9 +251,10 @@ async fn the_channels_audio_reaches_mumble_users_intact() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor() {
-    let mut bridge = start_bridge().await;
+async fn a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor(
+    server: MumbleServer,
+) {
+    let mut bridge = start_bridge(server).await;
     let alice = bridge.user("alice").await;
     let carol = bridge.user("carol").await;
     let (wav, speech) = speech_wav(bridge.dir.path());
@@ -304,9 +317,8 @@ async fn a_second_mumble_talker_is_not_forwarded_and_told_who_holds_the_floor() 
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart() {
-    let mut bridge = start_bridge().await;
+async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart(server: MumbleServer) {
+    let mut bridge = start_bridge(server).await;
     let alice = bridge.user("alice").await;
     let (wav, _) = speech_wav(bridge.dir.path());
     // murmurd dies while alice talks: her talk must end on the hub at once (so the
@@ -362,10 +374,10 @@ async fn the_bridge_is_back_in_its_channel_within_35_s_of_a_murmurd_restart() {
 #[path = "bridge_common/mod.rs"]
 mod bridge_common;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mumble_transmission_appears_in_the_room_as_a_voice_message() {
+async fn a_mumble_transmission_appears_in_the_room_as_a_voice_message(server: MumbleServer) {
     let setup = bridge_common::setup().await;
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await
@@ -428,10 +440,10 @@ async fn a_mumble_transmission_appears_in_the_room_as_a_voice_message() {
 }
 
 /// The real binary, SIGKILLed with a recording in its outbox, started again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart() {
+async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart(server: MumbleServer) {
     let mut setup = bridge_common::setup().await;
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await
@@ -509,9 +521,8 @@ async fn a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart() {
     assert_eq!(posted.len(), 1, "posted {} times", posted.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bots_comment_names_the_talker_on_the_other_side() {
-    let bridge = start_bridge().await;
+async fn the_bots_comment_names_the_talker_on_the_other_side(server: MumbleServer) {
+    let bridge = start_bridge(server).await;
     // A walkie-mumble client as the observer: pymumble does not expose comments.
     let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
     observer.accept_invalid_cert = true;
@@ -565,9 +576,8 @@ const HOSTILE: &str = r#"<b>Mallory</b> <a href="https://evil.example/">click</a
 const HOSTILE_ESCAPED: &str =
     "&lt;b&gt;Mallory&lt;/b&gt; &lt;a href=&quot;https://evil.example/&quot;&gt;click&lt;/a&gt; &amp; co (Matrix)";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn names_from_other_systems_reach_mumble_as_text_not_html() {
-    let mut bridge = start_bridge().await;
+async fn names_from_other_systems_reach_mumble_as_text_not_html(server: MumbleServer) {
+    let mut bridge = start_bridge(server).await;
     let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
     observer.accept_invalid_cert = true;
     let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
@@ -626,12 +636,12 @@ async fn names_from_other_systems_reach_mumble_as_text_not_html() {
     bridge.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html() {
+async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html(server: MumbleServer) {
     use walkie_harness::{mqtt_publish, Mosquitto};
     use walkie_mqtt::{MqttEndpoint, MqttEndpointConfig};
 
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await

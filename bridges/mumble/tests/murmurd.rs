@@ -272,275 +272,279 @@ async fn burst(a: &ConnectionHandle, b_rx: &mut mpsc::Receiver<Event>, n: usize)
     tokio::join!(sender, receiver).1
 }
 
-on_every_mumble_server! {
+on_every_mumble_server!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn voice_over_udp_reaches_the_other_client(server) {
-        let server = Murmurd::start(server).await;
-        let (alice, _alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
-        let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
-        // murmurd 1.3.4 announces 1.3.4: we stay with the legacy format. 1.5
-        // announces 1.5.x: protobuf voice both ways (the server would translate
-        // for a legacy client, so this is the format really on the wire).
-        let announced = alice.server_version().expect("the server announced a version");
-        let kind = server.kind();
-        let want = match kind {
-            MumbleServer::Murmur1_3 => VoiceFormat::Legacy,
-            MumbleServer::Mumble1_5 => VoiceFormat::Protobuf,
-        };
-        assert_eq!(
-            (announced.major, announced.minor),
-            (kind.version().0 as u16, kind.version().1 as u16),
-            "{announced:?}"
+    voice_over_udp_reaches_the_other_client,
+    voice_through_the_tcp_tunnel,
+    users_text_comment_and_disconnect,
+    client_certificate_is_presented,
+    unknown_channel_and_untrusted_certificate_are_refused,
+    falls_back_to_the_tunnel_and_back_to_udp,
+);
+
+async fn voice_over_udp_reaches_the_other_client(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let (alice, _alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
+    let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    // murmurd 1.3.4 announces 1.3.4: we stay with the legacy format. 1.5
+    // announces 1.5.x: protobuf voice both ways (the server would translate
+    // for a legacy client, so this is the format really on the wire).
+    let announced = alice
+        .server_version()
+        .expect("the server announced a version");
+    let kind = server.kind();
+    let want = match kind {
+        MumbleServer::Murmur1_3 => VoiceFormat::Legacy,
+        MumbleServer::Mumble1_5 => VoiceFormat::Protobuf,
+    };
+    assert_eq!(
+        (announced.major, announced.minor),
+        (kind.version().0 as u16, kind.version().1 as u16),
+        "{announced:?}"
+    );
+    assert_eq!(alice.voice_format(), want);
+    assert_eq!(bob.voice_format(), want);
+    // Only after both have heard a UDP pong does the server know where to
+    // send, and do we send, over UDP.
+    wait_for_transport(&alice, Transport::Udp).await;
+    wait_for_transport(&bob, Transport::Udp).await;
+
+    let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
+    check_stream(&alice, &sent, &got, &pcm, Transport::Udp);
+
+    wait_for_tx(&alice, 0, FRAMES as u64).await;
+    let (sa, sb) = (alice.stats(), bob.stats());
+    assert_eq!(sa.voice_tx_udp, FRAMES as u64, "{sa:?}");
+    assert_eq!(sa.voice_tx_tunnel, 0, "{sa:?}");
+    assert_eq!(sb.voice_rx_udp, FRAMES as u64, "{sb:?}");
+    assert_eq!(sb.voice_rx_tunnel, 0, "{sb:?}");
+    assert!(sb.udp_pongs > 0 && sa.udp_pongs > 0);
+    assert_eq!(sa.decrypt_failures + sb.decrypt_failures, 0);
+    assert_eq!(sa.bad_input + sb.bad_input, 0);
+}
+
+async fn voice_through_the_tcp_tunnel(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let (alice, _alice_rx) = connect(&server, "alice", TransportMode::TcpOnly).await;
+    let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::TcpOnly).await;
+    assert_eq!(alice.transport(), Transport::Tunnel);
+
+    let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
+    check_stream(&alice, &sent, &got, &pcm, Transport::Tunnel);
+
+    wait_for_tx(&alice, FRAMES as u64, 0).await;
+    let (sa, sb) = (alice.stats(), bob.stats());
+    assert_eq!(sa.voice_tx_tunnel, FRAMES as u64, "{sa:?}");
+    assert_eq!(sa.voice_tx_udp, 0, "{sa:?}");
+    assert_eq!(sb.voice_rx_tunnel, FRAMES as u64, "{sb:?}");
+    assert_eq!(sb.udp_pongs, 0, "no UDP socket in TcpOnly mode");
+}
+
+async fn users_text_comment_and_disconnect(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    assert!(bob.users_in_channel().is_empty());
+
+    let (alice, mut alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
+    let joined = next_matching(&mut bob_rx, |ev| match ev {
+        Event::UserJoined {
+            session,
+            name,
+            channel_path,
+            ..
+        } => Some((session, name, channel_path)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        joined,
+        (alice.our_session(), "alice".to_owned(), "Root".to_owned())
+    );
+    let names: Vec<String> = bob.users_in_channel().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["alice"]);
+    let names: Vec<String> = alice
+        .users_in_channel()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["bob"]);
+
+    alice
+        .send_text_to_user(bob.our_session(), "the floor is taken by carol")
+        .await
+        .expect("send text");
+    let text = next_matching(&mut bob_rx, |ev| match ev {
+        Event::TextMessage {
+            from_session,
+            from_name,
+            message,
+        } => Some((from_session, from_name, message)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        text,
+        (
+            alice.our_session(),
+            "alice".to_owned(),
+            "the floor is taken by carol".to_owned()
+        )
+    );
+
+    // The server applies bob's messages in order and relays the comment
+    // before the text: once alice has the text, her roster has the comment.
+    bob.set_comment("talker: carol").await.expect("set comment");
+    bob.send_text_to_user(alice.our_session(), "done")
+        .await
+        .expect("text");
+    next_matching(&mut alice_rx, |ev| {
+        matches!(ev, Event::TextMessage { .. }).then_some(())
+    })
+    .await;
+    let bob_seen = alice
+        .users()
+        .into_iter()
+        .find(|u| u.session == bob.our_session())
+        .expect("alice sees bob");
+    assert_eq!(bob_seen.comment.as_deref(), Some("talker: carol"));
+
+    let alice_session = alice.our_session();
+    alice.disconnect().await;
+    let left = next_matching(&mut alice_rx, |ev| match ev {
+        Event::Disconnected { reason } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, DisconnectReason::Requested);
+    let gone = next_matching(&mut bob_rx, |ev| match ev {
+        Event::UserLeft { session, name, .. } => Some((session, name)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone, (alice_session, "alice".to_owned()));
+    assert!(bob.users_in_channel().is_empty());
+}
+
+async fn client_certificate_is_presented(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, der) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("cert.der"),
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl CLI (Debian: apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(alice.voice_format(), want);
-        assert_eq!(bob.voice_format(), want);
-        // Only after both have heard a UDP pong does the server know where to
-        // send, and do we send, over UDP.
-        wait_for_transport(&alice, Transport::Udp).await;
-        wait_for_transport(&bob, Transport::Udp).await;
+    };
+    run(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-newkey".as_ref(),
+        "ec".as_ref(),
+        "-pkeyopt".as_ref(),
+        "ec_paramgen_curve:prime256v1".as_ref(),
+        "-nodes".as_ref(),
+        "-days".as_ref(),
+        "2".as_ref(),
+        "-subj".as_ref(),
+        "/CN=walkie-test".as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
+    run(&[
+        "x509".as_ref(),
+        "-in".as_ref(),
+        cert.as_os_str(),
+        "-outform".as_ref(),
+        "DER".as_ref(),
+        "-out".as_ref(),
+        der.as_os_str(),
+    ]);
+    let expected: String = Sha1::digest(std::fs::read(&der).expect("der"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
-        let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
-        check_stream(&alice, &sent, &got, &pcm, Transport::Udp);
+    let mut c = config(&server, "certified", TransportMode::Auto);
+    c.client_cert = Some((cert, key));
+    let (alice, _rx) = Connection::connect(c)
+        .await
+        .expect("connect with client certificate");
+    let (bob, _bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    let seen = bob
+        .users()
+        .into_iter()
+        .find(|u| u.session == alice.our_session())
+        .expect("bob sees alice");
+    assert_eq!(seen.cert_hash.as_deref(), Some(expected.as_str()));
+}
 
-        wait_for_tx(&alice, 0, FRAMES as u64).await;
-        let (sa, sb) = (alice.stats(), bob.stats());
-        assert_eq!(sa.voice_tx_udp, FRAMES as u64, "{sa:?}");
-        assert_eq!(sa.voice_tx_tunnel, 0, "{sa:?}");
-        assert_eq!(sb.voice_rx_udp, FRAMES as u64, "{sb:?}");
-        assert_eq!(sb.voice_rx_tunnel, 0, "{sb:?}");
-        assert!(sb.udp_pongs > 0 && sa.udp_pongs > 0);
-        assert_eq!(sa.decrypt_failures + sb.decrypt_failures, 0);
-        assert_eq!(sa.bad_input + sb.bad_input, 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn voice_through_the_tcp_tunnel(server) {
-        let server = Murmurd::start(server).await;
-        let (alice, _alice_rx) = connect(&server, "alice", TransportMode::TcpOnly).await;
-        let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::TcpOnly).await;
-        assert_eq!(alice.transport(), Transport::Tunnel);
-
-        let (pcm, sent, got) = talk_and_listen(&alice, &mut bob_rx).await;
-        check_stream(&alice, &sent, &got, &pcm, Transport::Tunnel);
-
-        wait_for_tx(&alice, FRAMES as u64, 0).await;
-        let (sa, sb) = (alice.stats(), bob.stats());
-        assert_eq!(sa.voice_tx_tunnel, FRAMES as u64, "{sa:?}");
-        assert_eq!(sa.voice_tx_udp, 0, "{sa:?}");
-        assert_eq!(sb.voice_rx_tunnel, FRAMES as u64, "{sb:?}");
-        assert_eq!(sb.udp_pongs, 0, "no UDP socket in TcpOnly mode");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn users_text_comment_and_disconnect(server) {
-        let server = Murmurd::start(server).await;
-        let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
-        assert!(bob.users_in_channel().is_empty());
-
-        let (alice, mut alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
-        let joined = next_matching(&mut bob_rx, |ev| match ev {
-            Event::UserJoined {
-                session,
-                name,
-                channel_path,
-                ..
-            } => Some((session, name, channel_path)),
-            _ => None,
-        })
-        .await;
-        assert_eq!(
-            joined,
-            (alice.our_session(), "alice".to_owned(), "Root".to_owned())
-        );
-        let names: Vec<String> = bob.users_in_channel().into_iter().map(|u| u.name).collect();
-        assert_eq!(names, ["alice"]);
-        let names: Vec<String> = alice
-            .users_in_channel()
-            .into_iter()
-            .map(|u| u.name)
-            .collect();
-        assert_eq!(names, ["bob"]);
-
-        alice
-            .send_text_to_user(bob.our_session(), "the floor is taken by carol")
-            .await
-            .expect("send text");
-        let text = next_matching(&mut bob_rx, |ev| match ev {
-            Event::TextMessage {
-                from_session,
-                from_name,
-                message,
-            } => Some((from_session, from_name, message)),
-            _ => None,
-        })
-        .await;
-        assert_eq!(
-            text,
-            (
-                alice.our_session(),
-                "alice".to_owned(),
-                "the floor is taken by carol".to_owned()
-            )
-        );
-
-        // The server applies bob's messages in order and relays the comment
-        // before the text: once alice has the text, her roster has the comment.
-        bob.set_comment("talker: carol").await.expect("set comment");
-        bob.send_text_to_user(alice.our_session(), "done")
-            .await
-            .expect("text");
-        next_matching(&mut alice_rx, |ev| {
-            matches!(ev, Event::TextMessage { .. }).then_some(())
-        })
-        .await;
-        let bob_seen = alice
-            .users()
-            .into_iter()
-            .find(|u| u.session == bob.our_session())
-            .expect("alice sees bob");
-        assert_eq!(bob_seen.comment.as_deref(), Some("talker: carol"));
-
-        let alice_session = alice.our_session();
-        alice.disconnect().await;
-        let left = next_matching(&mut alice_rx, |ev| match ev {
-            Event::Disconnected { reason } => Some(reason),
-            _ => None,
-        })
-        .await;
-        assert_eq!(left, DisconnectReason::Requested);
-        let gone = next_matching(&mut bob_rx, |ev| match ev {
-            Event::UserLeft { session, name, .. } => Some((session, name)),
-            _ => None,
-        })
-        .await;
-        assert_eq!(gone, (alice_session, "alice".to_owned()));
-        assert!(bob.users_in_channel().is_empty());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn client_certificate_is_presented(server) {
-        let server = Murmurd::start(server).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key, der) = (
-            dir.path().join("cert.pem"),
-            dir.path().join("key.pem"),
-            dir.path().join("cert.der"),
-        );
-        let run = |args: &[&std::ffi::OsStr]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("openssl CLI (Debian: apt-get install openssl)");
-            assert!(
-                out.status.success(),
-                "openssl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req".as_ref(),
-            "-x509".as_ref(),
-            "-newkey".as_ref(),
-            "ec".as_ref(),
-            "-pkeyopt".as_ref(),
-            "ec_paramgen_curve:prime256v1".as_ref(),
-            "-nodes".as_ref(),
-            "-days".as_ref(),
-            "2".as_ref(),
-            "-subj".as_ref(),
-            "/CN=walkie-test".as_ref(),
-            "-keyout".as_ref(),
-            key.as_os_str(),
-            "-out".as_ref(),
-            cert.as_os_str(),
-        ]);
-        run(&[
-            "x509".as_ref(),
-            "-in".as_ref(),
-            cert.as_os_str(),
-            "-outform".as_ref(),
-            "DER".as_ref(),
-            "-out".as_ref(),
-            der.as_os_str(),
-        ]);
-        let expected: String = Sha1::digest(std::fs::read(&der).expect("der"))
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-
-        let mut c = config(&server, "certified", TransportMode::Auto);
-        c.client_cert = Some((cert, key));
-        let (alice, _rx) = Connection::connect(c)
-            .await
-            .expect("connect with client certificate");
-        let (bob, _bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
-        let seen = bob
-            .users()
-            .into_iter()
-            .find(|u| u.session == alice.our_session())
-            .expect("bob sees alice");
-        assert_eq!(seen.cert_hash.as_deref(), Some(expected.as_str()));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unknown_channel_and_untrusted_certificate_are_refused(server) {
-        let server = Murmurd::start(server).await;
-        let mut c = config(&server, "lost", TransportMode::Auto);
-        c.channel = "Root/Nowhere".into();
-        match Connection::connect(c).await {
-            Err(MumbleError::NoSuchChannel { wanted, known }) => {
-                assert_eq!(wanted, "Root/Nowhere");
-                assert!(known.contains("Root"), "{known}");
-            }
-            other => panic!("expected NoSuchChannel, got {other:?}"),
+async fn unknown_channel_and_untrusted_certificate_are_refused(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let mut c = config(&server, "lost", TransportMode::Auto);
+    c.channel = "Root/Nowhere".into();
+    match Connection::connect(c).await {
+        Err(MumbleError::NoSuchChannel { wanted, known }) => {
+            assert_eq!(wanted, "Root/Nowhere");
+            assert!(known.contains("Root"), "{known}");
         }
-        // murmurd's self-signed certificate is refused unless explicitly accepted.
-        let mut c = config(&server, "careful", TransportMode::Auto);
-        c.accept_invalid_cert = false;
-        match Connection::connect(c).await {
-            Err(MumbleError::Tls { .. }) => {}
-            other => panic!("expected a TLS error, got {other:?}"),
-        }
+        other => panic!("expected NoSuchChannel, got {other:?}"),
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn falls_back_to_the_tunnel_and_back_to_udp(server) {
-        let server = Murmurd::start(server).await;
-        let front = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = front.local_addr().expect("addr").port();
-        tokio::spawn(tcp_relay(front, server.server()));
-
-        // Alice reaches the server only by TCP: her UDP pings go to a closed port.
-        let mut c = config(&server, "alice", TransportMode::Auto);
-        c.server = format!("127.0.0.1:{port}");
-        let (alice, _alice_rx) = Connection::connect(c).await.expect("alice via relay");
-        let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
-        wait_for_transport(&bob, Transport::Udp).await;
-
-        let via = burst(&alice, &mut bob_rx, 10).await;
-        assert_eq!(via.len(), 10, "all frames arrive");
-        wait_for_tx(&alice, 10, 0).await;
-        assert_eq!(alice.stats().udp_pongs, 0, "{:?}", alice.stats());
-        assert_eq!(alice.transport(), Transport::Tunnel);
-
-        // UDP starts getting through: alice's next pings are answered.
-        let udp_front = tokio::net::UdpSocket::bind(("127.0.0.1", port))
-            .await
-            .expect("bind udp");
-        let relay = tokio::spawn(udp_relay(udp_front, server.server()));
-        wait_for_transport(&alice, Transport::Udp).await;
-        let via = burst(&alice, &mut bob_rx, 10).await;
-        assert_eq!(via.len(), 10);
-        wait_for_tx(&alice, 10, 10).await;
-
-        // And stops again: alice notices within the UDP timeout and tunnels.
-        relay.abort();
-        let _ = relay.await;
-        wait_for_transport(&alice, Transport::Tunnel).await;
-        let via = burst(&alice, &mut bob_rx, 10).await;
-        assert_eq!(via.len(), 10, "frames still arrive after UDP died");
-        wait_for_tx(&alice, 20, 10).await;
+    // murmurd's self-signed certificate is refused unless explicitly accepted.
+    let mut c = config(&server, "careful", TransportMode::Auto);
+    c.accept_invalid_cert = false;
+    match Connection::connect(c).await {
+        Err(MumbleError::Tls { .. }) => {}
+        other => panic!("expected a TLS error, got {other:?}"),
     }
+}
+
+async fn falls_back_to_the_tunnel_and_back_to_udp(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = front.local_addr().expect("addr").port();
+    tokio::spawn(tcp_relay(front, server.server()));
+
+    // Alice reaches the server only by TCP: her UDP pings go to a closed port.
+    let mut c = config(&server, "alice", TransportMode::Auto);
+    c.server = format!("127.0.0.1:{port}");
+    let (alice, _alice_rx) = Connection::connect(c).await.expect("alice via relay");
+    let (bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    wait_for_transport(&bob, Transport::Udp).await;
+
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10, "all frames arrive");
+    wait_for_tx(&alice, 10, 0).await;
+    assert_eq!(alice.stats().udp_pongs, 0, "{:?}", alice.stats());
+    assert_eq!(alice.transport(), Transport::Tunnel);
+
+    // UDP starts getting through: alice's next pings are answered.
+    let udp_front = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .expect("bind udp");
+    let relay = tokio::spawn(udp_relay(udp_front, server.server()));
+    wait_for_transport(&alice, Transport::Udp).await;
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10);
+    wait_for_tx(&alice, 10, 10).await;
+
+    // And stops again: alice notices within the UDP timeout and tunnels.
+    relay.abort();
+    let _ = relay.await;
+    wait_for_transport(&alice, Transport::Tunnel).await;
+    let via = burst(&alice, &mut bob_rx, 10).await;
+    assert_eq!(via.len(), 10, "frames still arrive after UDP died");
+    wait_for_tx(&alice, 20, 10).await;
 }

@@ -173,36 +173,34 @@ pub(crate) fn random_string(len: usize) -> String {
         .collect()
 }
 
-/// One test run against every Mumble server ([`MumbleServer::ALL`]): a module named
-/// after the test with one test per server, `murmur_1_3` and `mumble_1_5`, so both
-/// are seen (and fail) apart.
+/// Tests run against every Mumble server ([`MumbleServer::ALL`]): for each
+/// `async fn NAME(server: MumbleServer)` listed, a module `NAME` with one test per
+/// server, `murmur_1_3` and `mumble_1_5`, so both are seen (and fail) apart. The
+/// functions stay ordinary items, formatted by rustfmt.
 ///
 /// ```ignore
-/// walkie_harness::on_every_mumble_server! {
+/// walkie_harness::on_every_mumble_server!(
 ///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-///     async fn a_client_joins(server) {
-///         let murmur = Murmur::builder().server(server).start().await.unwrap();
-///     }
+///     a_client_joins,
+/// );
+///
+/// async fn a_client_joins(server: MumbleServer) {
+///     let murmur = Murmur::builder().server(server).start().await.unwrap();
 /// }
 /// ```
 #[macro_export]
 macro_rules! on_every_mumble_server {
-    ($( #[$test:meta] async fn $name:ident($server:ident) $body:block )*) => {
+    (#[$test:meta] $($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn run($server: $crate::MumbleServer) $body
-
                 #[$test]
                 async fn murmur_1_3() {
-                    run($crate::MumbleServer::Murmur1_3).await
+                    super::$name($crate::MumbleServer::Murmur1_3).await
                 }
 
                 #[$test]
                 async fn mumble_1_5() {
-                    run($crate::MumbleServer::Mumble1_5).await
+                    super::$name($crate::MumbleServer::Mumble1_5).await
                 }
             }
         )*
