@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bridge_common::{is_voice_message_from, setup, speech_packets, transmit, SERVER, WAIT};
-use walkie_harness::free_port;
+use walkie_harness::{free_port, on_every_mumble_server, MumbleServer};
 
 /// A tmpfs of `size` over `dir`, unmounted when dropped (also on a failed test).
 struct Tmpfs {
@@ -238,15 +238,20 @@ async fn broken_voice_messages_are_refused_with_a_reason_and_the_bridge_goes_on(
     running.stop().await;
 }
 
+on_every_mumble_server!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    murmurd_killed_mid_stream_loses_no_transmission_and_doubles_none,
+);
+
 /// murmurd dies in the middle of the second of three talks and comes back: each
 /// talk is archived once — the cut one as far as it got — and none twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn murmurd_killed_mid_stream_loses_no_transmission_and_doubles_none() {
+async fn murmurd_killed_mid_stream_loses_no_transmission_and_doubles_none(server: MumbleServer) {
     use walkie_endpoint::{Downlink, FloorEvent};
     use walkie_harness::{MumbleTestClient, Murmur};
 
     let setup = setup().await;
     let mut murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await

@@ -20,7 +20,7 @@ use walkie_bridge::hub::{ChannelHub, FloorSettings};
 use walkie_bridge::matrix::Homeserver;
 use walkie_bridge::transmit_policy::{RadioTransmitPolicy, RoomPowerLevels};
 use walkie_endpoint::{Endpoint, EndpointId};
-use walkie_harness::{MumbleTestClient, Murmur};
+use walkie_harness::{on_every_mumble_server, MumbleServer, MumbleTestClient, Murmur};
 use walkie_mumble::{ConnectConfig, MumbleEndpoint, MumbleEndpointConfig, TransportMode};
 use walkie_radio::ptt::{FakeModemLines, Line, PttLines, SerialLinePtt};
 use walkie_radio::rx::{FakeModemStatus, LineSquelch, ModemLine, StatusLine};
@@ -239,9 +239,17 @@ fn one_second_of_speech(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unregistered_mumble_guest_with_an_allowed_name_cannot_key_the_radio() {
+on_every_mumble_server!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_unregistered_mumble_guest_with_an_allowed_name_cannot_key_the_radio,
+    a_listed_certificate_keys_the_radio_for_whoever_holds_it_and_no_one_else,
+);
+
+async fn an_unregistered_mumble_guest_with_an_allowed_name_cannot_key_the_radio(
+    server: MumbleServer,
+) {
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .registered_user(5, "k1abc", PASSWORD)
         .registered_user(6, "k2xyz", PASSWORD)
@@ -284,9 +292,11 @@ async fn an_unregistered_mumble_guest_with_an_allowed_name_cannot_key_the_radio(
     station.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listed_certificate_keys_the_radio_for_whoever_holds_it_and_no_one_else() {
+async fn a_listed_certificate_keys_the_radio_for_whoever_holds_it_and_no_one_else(
+    server: MumbleServer,
+) {
     let murmur = Murmur::builder()
+        .server(server)
         .channels(&["Ops"])
         .start()
         .await
