@@ -117,6 +117,33 @@ impl Bridge {
     }
 }
 
+/// On mumble-server 1.5, that the bridge's bot announced 1.5.0 (so the server
+/// speaks protobuf voice with it) and pymumble 1.2.4 (legacy voice): audio that
+/// crossed between them was translated by the real server, so the bridge's
+/// protobuf voice is what that server parses and sends. murmurd 1.3 knows only
+/// the legacy format.
+fn assert_voice_formats(murmur: &Murmur) {
+    let versions = murmur.client_versions();
+    let bot = versions
+        .iter()
+        .find(|(_, rest)| rest.contains("walkie-bridge"))
+        .unwrap_or_else(|| panic!("the bot's version is not in the log: {versions:?}"));
+    let pymumble = versions
+        .iter()
+        .find(|(_, rest)| rest.contains("PyMumble"))
+        .unwrap_or_else(|| panic!("pymumble's version is not in the log: {versions:?}"));
+    match murmur.server() {
+        MumbleServer::Mumble1_5 => {
+            assert_eq!(bot.0, "1.5.0", "{versions:?}");
+            assert!(pymumble.0.starts_with("1.2."), "{versions:?}");
+        }
+        MumbleServer::Murmur1_3 => {
+            // murmurd 1.3 logs the version too; the bridge announces 1.3.4 to it.
+            assert_eq!(bot.0, "1.3.4", "{versions:?}");
+        }
+    }
+}
+
 /// Everything the listener hears of one transmission: talker, frames, PCM.
 async fn hear_one(link: &mut HubLink) -> (Talker, u64, Vec<i16>) {
     let mut decoder = OpusDecoder::new().expect("decoder");
@@ -182,6 +209,7 @@ async fn speech_from_a_mumble_user_reaches_the_channel_intact(server: MumbleServ
         correlation > 0.85,
         "what arrived is not what alice said: {correlation:.3}"
     );
+    assert_voice_formats(&bridge.murmur);
     bridge.stop().await;
 }
 
@@ -248,6 +276,7 @@ async fn the_channels_audio_reaches_mumble_users_intact(server: MumbleServer) {
         correlation > 0.85,
         "bob heard something else: {correlation:.3}"
     );
+    assert_voice_formats(&bridge.murmur);
     bridge.stop().await;
 }
 

@@ -619,6 +619,22 @@ impl Murmur {
         }
     }
 
+    /// Every client version the server logged ("Client version 1.5.0 (linux :
+    /// walkie-bridge 0.1.0)"), as (version, the rest), oldest first. A 1.5 server
+    /// speaks protobuf voice to a client that announced 1.5.0 or newer and the
+    /// legacy format to older ones, translating between them: which a client gets
+    /// is decided by this announcement.
+    pub fn client_versions(&self) -> Vec<(String, String)> {
+        read_from(&self.log_path, 0)
+            .lines()
+            .filter_map(|line| {
+                let after = line.split_once("Client version ")?.1;
+                let (version, rest) = after.split_once(' ').unwrap_or((after, ""));
+                Some((version.to_string(), rest.trim().to_string()))
+            })
+            .collect()
+    }
+
     /// The version the server binary reports (`--version`), e.g. "1.3.4" or
     /// "1.5.735": proof of which server a test really ran against.
     pub async fn binary_version(&self) -> Result<String> {
