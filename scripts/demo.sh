@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: set up, then run the bridge between a local Synapse and
-# a local murmurd and a local mosquitto.
+# a local Mumble server and a local mosquitto. `scripts/demo.sh --mumble 1.5` runs it
+# against mumble-server 1.5 instead of murmurd 1.3.4.
 #
 # What you see (examples/demo.rs): Synapse, murmurd and mosquitto start on loopback
 # with the bridge between the room #ops, the Mumble channel Ops and the MQTT prefix
@@ -14,4 +15,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --locked --example demo
+exec cargo run --locked --example demo -- "$@"
