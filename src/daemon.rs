@@ -34,6 +34,7 @@ use crate::matrix::encrypted_in::{self, EncryptedIn, KeyWaitLimits};
 use crate::matrix::room_endpoint::RoomInbound;
 use crate::matrix::{AppserviceServer, Inbound};
 use crate::matrix::{Homeserver, Puppets, RoomSender};
+use crate::mumble_identity;
 use crate::ops;
 use crate::ops::channels::{build_endpoints, ChannelDeps, Channels};
 use crate::ops::http_listener::ListenerLimits;
@@ -140,7 +141,11 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     )?;
     let bot: OwnedUserId = UserId::parse(config.appservice.bot_user_id(&config.homeserver.domain))
         .context("appservice.bot_localpart and homeserver.domain make no valid user ID")?;
-    let mut configured = build_endpoints(&config, &config.channels, &homeserver, &bot)?;
+    let identities =
+        mumble_identity::load_or_make(&store, mumble_identity::wanted(&config, &config.channels))
+            .await?;
+    let mut configured =
+        build_endpoints(&config, &config.channels, &homeserver, &bot, &identities)?;
 
     // /health answers from the start, so a monitor sees "waiting for the homeserver"
     // rather than a refused connection.

@@ -14,6 +14,7 @@ use walkie_radio::tx::{TxSettings, STALL_WATCHDOG};
 use walkie_radio::{CosSettings, MorseSettings, RadioEndpoint, RadioSettings};
 
 use crate::config::{self, Cos, CosLine, EndpointSpec, FloorConfig, Payload, RadioConfig};
+use crate::mumble_identity::MumbleIdentities;
 use crate::transmit_policy::{RadioTransmitPolicy, RoomPowerLevels};
 
 /// How long a Mumble login (TLS, authenticate, join) may take.
@@ -44,6 +45,8 @@ pub struct ChannelContext<'a> {
     pub floor: &'a FloorConfig,
     /// The channel room's power levels, for radios' `transmit_min_power_level`.
     pub power_levels: Arc<RoomPowerLevels>,
+    /// The generated certificates of Mumble bots that are given none.
+    pub mumble_identities: &'a MumbleIdentities,
 }
 
 /// Builds the endpoint `id` of kind `spec`; `floor` supplies the timing an endpoint
@@ -68,6 +71,9 @@ pub fn build(
                 (Some(both), None) => Some((both.clone(), both.clone())),
                 _ => None,
             };
+            if connect.client_cert.is_none() {
+                connect.identity = channel.mumble_identities.get(id).cloned();
+            }
             connect.accept_invalid_cert = mumble.accept_invalid_cert;
             connect.transport = TransportMode::Auto;
             connect.timeout = MUMBLE_CONNECT_TIMEOUT;

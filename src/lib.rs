@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod hub;
 pub mod live;
 pub mod matrix;
+pub mod mumble_identity;
 pub mod ops;
 pub mod radio_cli;
 pub mod registration;

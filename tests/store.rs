@@ -49,6 +49,7 @@ suite!(
     opt_ins_cover_devices_and_expire,
     outbox_moves_through_upload_post_and_failure,
     retention_prunes_each_table_past_its_time,
+    a_mumble_identity_is_kept_once_and_survives_reopen,
 );
 
 fn sqlite_url(dir: &Path) -> String {
@@ -164,6 +165,28 @@ async fn newer_schema_is_refused(url: &str) {
         }
         other => panic!("expected TooNew, got {other:?}"),
     }
+}
+
+async fn a_mumble_identity_is_kept_once_and_survives_reopen(url: &str) {
+    let store = open(url).await;
+    assert_eq!(store.mumble_identity("mumble.ops").await.unwrap(), None);
+    store
+        .save_mumble_identity_if_absent("mumble.ops", "cert-1", "key-1")
+        .await
+        .unwrap();
+    // A second start that raced the first keeps the first's.
+    store
+        .save_mumble_identity_if_absent("mumble.ops", "cert-2", "key-2")
+        .await
+        .unwrap();
+    store.close().await;
+    let store = open(url).await;
+    assert_eq!(
+        store.mumble_identity("mumble.ops").await.unwrap(),
+        Some(("cert-1".to_string(), "key-1".to_string()))
+    );
+    assert_eq!(store.mumble_identity("mumble.other").await.unwrap(), None);
+    store.close().await;
 }
 
 async fn handled_txns_survive_reopen_and_prune(url: &str) {

@@ -22,6 +22,7 @@ use crate::live::LiveEndpoints;
 use crate::matrix::crypto::CryptoDevices;
 use crate::matrix::room_endpoint::{RoomEndpoint, RoomEndpointParts, RoomInbound, VoiceInLimits};
 use crate::matrix::{prepare_room, Homeserver, Puppets, RoomOp, RoomSender, RoomWorker};
+use crate::mumble_identity::{self, MumbleIdentities};
 use crate::store::Store;
 use crate::transmit_policy::RoomPowerLevels;
 
@@ -41,6 +42,8 @@ pub enum ChannelError {
         #[source]
         source: crate::hub::AttachError,
     },
+    #[error(transparent)]
+    Identity(#[from] crate::mumble_identity::IdentityError),
 }
 
 /// What the running channels share.
@@ -132,6 +135,7 @@ pub fn build_endpoints<'a>(
     channels: impl IntoIterator<Item = &'a ChannelConfig>,
     homeserver: &Homeserver,
     bot: &UserId,
+    mumble_identities: &MumbleIdentities,
 ) -> Result<HashMap<String, BuiltChannel>, ChannelError> {
     let mut by_channel: HashMap<String, BuiltChannel> = HashMap::new();
     let mut problems = Vec::new();
@@ -140,6 +144,7 @@ pub fn build_endpoints<'a>(
         let context = endpoints::ChannelContext {
             floor: &config.floor,
             power_levels: Arc::clone(&power_levels),
+            mumble_identities,
         };
         let mut members = Vec::new();
         let mut factories = HashMap::new();
@@ -151,7 +156,7 @@ pub fn build_endpoints<'a>(
                 Ok(endpoint) => {
                     factories.insert(
                         endpoint.id().clone(),
-                        rebuild(id, spec, config, &power_levels),
+                        rebuild(id, spec, config, &power_levels, mumble_identities),
                     );
                     members.push(endpoint);
                 }
@@ -180,13 +185,21 @@ fn rebuild(
     spec: &EndpointSpec,
     config: &Config,
     power_levels: &Arc<RoomPowerLevels>,
+    mumble_identities: &MumbleIdentities,
 ) -> EndpointFactory {
     let (id, spec, floor) = (id.clone(), spec.clone(), config.floor.clone());
     let power_levels = Arc::clone(power_levels);
+    // Only this endpoint's own certificate travels with its factory.
+    let identities: MumbleIdentities = mumble_identities
+        .get(&id)
+        .map(|identity| (id.clone(), identity.clone()))
+        .into_iter()
+        .collect();
     Box::new(move || {
         let context = endpoints::ChannelContext {
             floor: &floor,
             power_levels: Arc::clone(&power_levels),
+            mumble_identities: &identities,
         };
         endpoints::build(&id, &spec, &context).map_err(|e| e.to_string())
     })
@@ -455,11 +468,17 @@ impl Channels {
             .filter(|name| new.channel(name).is_none())
             .cloned()
             .collect();
+        let identities = mumble_identity::load_or_make(
+            &self.ctx.store,
+            mumble_identity::wanted(new, to_start.iter().copied()),
+        )
+        .await?;
         let mut built = build_endpoints(
             new,
             to_start.iter().copied(),
             &self.ctx.homeserver,
             &self.ctx.bot,
+            &identities,
         )?;
 
         let mut stopping = report.stopped.clone();

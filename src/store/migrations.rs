@@ -33,6 +33,11 @@ pub(crate) const SQLITE: Embedded = &[
         "outbox encrypted upload",
         include_str!("../../migrations/sqlite/0003_outbox_encrypted_upload.sql"),
     ),
+    (
+        4,
+        "mumble identities",
+        include_str!("../../migrations/sqlite/0004_mumble_identities.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Embedded = &[
@@ -50,6 +55,11 @@ pub(crate) const POSTGRES: Embedded = &[
         3,
         "outbox encrypted upload",
         include_str!("../../migrations/postgres/0003_outbox_encrypted_upload.sql"),
+    ),
+    (
+        4,
+        "mumble identities",
+        include_str!("../../migrations/postgres/0004_mumble_identities.sql"),
     ),
 ];
 

@@ -24,6 +24,7 @@
 mod error;
 mod inbound;
 mod migrations;
+mod mumble_identities;
 mod opt_ins;
 mod outbox;
 mod puppets;

@@ -22,6 +22,7 @@ use tracing::{debug, info, info_span, trace, warn, Instrument};
 
 use crate::crypt::{CryptError, CryptState};
 use crate::error::MumbleError;
+use crate::identity::ClientIdentity;
 use crate::proto::{self, ControlMessage, MessageType, MumbleVersion};
 use crate::state::{ChannelId, ServerState, Session, User, UserChange};
 use crate::tcp::{self, Decoded, Frame, FrameDecoder};
@@ -49,6 +50,9 @@ pub struct ConnectConfig {
     pub password: Option<String>,
     /// PEM certificate (chain) and PEM private key; both may be one file.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// A certificate held in memory (the bridge's generated one), used when
+    /// `client_cert` is not set.
+    pub identity: Option<ClientIdentity>,
     /// Accept any server certificate (murmurd's self-signed one).
     pub accept_invalid_cert: bool,
     /// Name or path of the channel to join: "Ops", "Root/Ops", "Ops/Sub".
@@ -69,6 +73,7 @@ impl ConnectConfig {
             username: username.into(),
             password: None,
             client_cert: None,
+            identity: None,
             accept_invalid_cert: false,
             channel: channel.into(),
             transport: TransportMode::Auto,
@@ -85,6 +90,7 @@ impl fmt::Debug for ConnectConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("client_cert", &self.client_cert)
+            .field("identity", &self.identity)
             .field("accept_invalid_cert", &self.accept_invalid_cert)
             .field("channel", &self.channel)
             .field("transport", &self.transport)
@@ -558,7 +564,11 @@ type Step = io::Result<Option<DisconnectReason>>;
 async fn login(config: &ConnectConfig) -> Result<Actor, MumbleError> {
     let deadline = tokio::time::Instant::now() + config.timeout;
     let (host, port) = parse_server(&config.server)?;
-    let tls = crate::tls::client_config(config.accept_invalid_cert, config.client_cert.as_ref())?;
+    let tls = crate::tls::client_config(
+        config.accept_invalid_cert,
+        config.client_cert.as_ref(),
+        config.identity.as_ref(),
+    )?;
     let server_name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|_| MumbleError::BadAddress(config.server.clone()))?;
 

@@ -13,6 +13,7 @@ mod connection;
 pub mod crypt;
 mod endpoint;
 mod error;
+mod identity;
 pub mod proto;
 pub mod state;
 pub mod tcp;
@@ -28,6 +29,7 @@ pub use connection::{
 };
 pub use endpoint::{MumbleEndpoint, MumbleEndpointConfig};
 pub use error::{DecodeError, MumbleError};
+pub use identity::ClientIdentity;
 pub use proto::MumbleVersion;
 pub use state::{ChannelId, Session, User};
 pub use voice_v2::VoiceFormat;

@@ -15,10 +15,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::MumbleError;
+use crate::identity::ClientIdentity;
 
 pub(crate) fn client_config(
     accept_invalid_cert: bool,
     client_cert: Option<&(PathBuf, PathBuf)>,
+    identity: Option<&ClientIdentity>,
 ) -> Result<Arc<ClientConfig>, MumbleError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -34,9 +36,21 @@ pub(crate) fn client_config(
         };
         builder.with_root_certificates(roots)
     };
-    let config = match client_cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
+    let config = match (client_cert, identity) {
+        (None, None) => builder.with_no_client_auth(),
+        (None, Some(identity)) => {
+            let err = |e: String| MumbleError::TlsConfig(format!("the bot's certificate: {e}"));
+            let certs = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| err(e.to_string()))?
+        }
+        // A configured file wins over a generated identity.
+        (Some((cert, key)), _) => {
             let certs = load_certs(cert)?;
             let key = load_key(key)?;
             builder

@@ -573,6 +573,41 @@ impl Murmur {
         self.chown(&self.db_path)
     }
 
+    /// Registers `name` as user `id` by certificate, as an administrator does by
+    /// right-clicking a connected user and choosing Register: the server then
+    /// admits that name only with the certificate whose SHA-1 is `cert_hash`.
+    /// Written into the database, so the server must be stopped (start it again
+    /// after).
+    pub async fn register_by_certificate(
+        &self,
+        id: u32,
+        name: &str,
+        cert_hash: &str,
+    ) -> Result<()> {
+        if self.child.is_some() {
+            return Err(self.error("register_by_certificate needs the server stopped"));
+        }
+        let rows = serde_json::to_string(&[(id, name, cert_hash)]).expect("rows serialise");
+        let output = tokio::process::Command::new(test_python())
+            .arg("-c")
+            .arg(REGISTER_BY_CERTIFICATE)
+            .arg(&self.db_path)
+            .arg(rows)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io("running the test python", e))?;
+        if !output.status.success() {
+            return Err(self.error(format!(
+                "registering {name} in {} failed ({}): {}",
+                self.db_path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        self.chown(&self.db_path)
+    }
+
     /// Inserts the channels into the database murmurd created (Python's sqlite3: the
     /// harness has no SQLite of its own, the test Python is needed anyway).
     async fn insert_channels(&self, python: &Path, channels: &[ChannelRow]) -> Result<()> {
@@ -778,6 +813,24 @@ with db:
         db.execute(
             "INSERT INTO users (server_id, user_id, name, pw) VALUES (1, ?, ?, ?)",
             (user_id, name, hashlib.sha1(password.encode()).hexdigest()),
+        )
+db.close()
+"#;
+
+/// A registered user with no password and a certificate hash: `user_info` key 3
+/// is the hash (murmur's `ServerDB::User_Hash`), for 1.3 and 1.5 alike.
+const REGISTER_BY_CERTIFICATE: &str = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+with db:
+    for user_id, name, cert_hash in json.loads(sys.argv[2]):
+        db.execute(
+            "INSERT INTO users (server_id, user_id, name) VALUES (1, ?, ?)",
+            (user_id, name),
+        )
+        db.execute(
+            "INSERT INTO user_info (server_id, user_id, key, value) VALUES (1, ?, 3, ?)",
+            (user_id, cert_hash),
         )
 db.close()
 "#;
