@@ -162,6 +162,10 @@ struct EndpointView {
     state: &'static str,
     since_unix_ms: Option<u64>,
     reason: Option<String>,
+    /// What the operator must fix although the endpoint is connected (e.g. a
+    /// Mumble server that does not let the bot speak); absent when nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
     reconnects: u64,
     /// Restarts of the endpoint's task after a panic.
     restarts: u64,
@@ -194,6 +198,7 @@ async fn status(State(shared): State<Shared>) -> Json<Status> {
                         state: e.health.state().as_str(),
                         since_unix_ms: e.health.since().map(unix_ms),
                         reason: e.health.reason(),
+                        warning: e.health.warning(),
                         reconnects: e.health.reconnects(),
                         restarts: e.health.restarts(),
                         uplink_dropped: e.counters.uplink_dropped.load(Relaxed),

@@ -206,6 +206,12 @@ impl HubLink {
         self.health.set(ConnectionState::Connected, None);
     }
 
+    /// Something the operator must fix although the endpoint works (shown on
+    /// the status page until cleared with `None`).
+    pub fn report_warning(&self, warning: Option<String>) {
+        self.health.set_warning(warning);
+    }
+
     /// The endpoint lost (or could not make) its connection and is retrying;
     /// `reason` is for the operator's status page.
     pub fn report_disconnected(&self, reason: impl Into<String>) {

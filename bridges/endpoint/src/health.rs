@@ -63,6 +63,9 @@ pub struct EndpointHealth {
     changed_unix_ms: AtomicU64,
     /// Why the endpoint is disconnected, for the operator.
     reason: Mutex<Option<String>>,
+    /// Something the operator must fix although the endpoint is connected (a
+    /// Mumble server that will not let the bot speak).
+    warning: Mutex<Option<String>>,
     /// Woken by every report, so a watcher awaits a change instead of polling.
     changed: tokio::sync::Notify,
 }
@@ -113,6 +116,23 @@ impl EndpointHealth {
             0 => None,
             ms => Some(UNIX_EPOCH + std::time::Duration::from_millis(ms)),
         }
+    }
+
+    /// Sets (or clears, with `None`) the endpoint's standing warning.
+    pub fn set_warning(&self, warning: Option<String>) {
+        *self
+            .warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = warning;
+        self.changed.notify_waiters();
+    }
+
+    /// The standing warning, if any.
+    pub fn warning(&self) -> Option<String> {
+        self.warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The last disconnect reason while disconnected.

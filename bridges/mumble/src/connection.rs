@@ -193,6 +193,10 @@ pub enum Event {
         from_name: String,
         message: String,
     },
+    /// The server stopped (`Some(why)`) or resumed (`None`) passing our voice
+    /// on: suppressed in a channel where we may not speak, or muted by an
+    /// administrator.
+    VoiceBlocked { reason: Option<String> },
     /// The last event; the connection is gone.
     Disconnected { reason: DisconnectReason },
 }
@@ -541,6 +545,8 @@ struct Actor {
     /// answers our join.
     join_denied: Option<String>,
     joining: bool,
+    /// Why nobody hears us (the server suppresses or mutes us), if so.
+    voice_blocked: Option<String>,
     seq: u64,
     /// Negotiated before Authenticate; see [`VoiceFormat`].
     format: VoiceFormat,
@@ -628,6 +634,7 @@ async fn login(config: &ConnectConfig) -> Result<Actor, MumbleError> {
         roster_tx: watch::Sender::new(Arc::new(Roster::default())),
         events: None,
         join_denied: None,
+        voice_blocked: None,
         joining: false,
         seq: 0,
         format: VoiceFormat::Legacy,
@@ -744,6 +751,8 @@ impl Actor {
                         .user(self.session)
                         .map_or(ChannelId::ROOT, |u| u.channel);
                     self.publish_roster();
+                    // Our state arrived before we knew which session is ours.
+                    self.check_voice_block().await;
                     info!(
                         session,
                         welcome = sync.welcome_text.as_deref().unwrap_or(""),
@@ -822,6 +831,13 @@ impl Actor {
 
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
         self.events = Some(events.clone());
+        // Learnt during log-in, when nobody listened yet.
+        if let Some(reason) = self.voice_blocked.clone() {
+            self.emit(Event::VoiceBlocked {
+                reason: Some(reason),
+            })
+            .await;
+        }
         let start = tokio::time::Instant::now();
         let mut tcp_ping = tokio::time::interval_at(start + TCP_PING_INTERVAL, TCP_PING_INTERVAL);
         tcp_ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -1219,6 +1235,9 @@ impl Actor {
             return;
         };
         let ours = m.session.map(Session) == Some(self.session) && self.session != Session(0);
+        if ours {
+            self.check_voice_block().await;
+        }
         let event = match change {
             UserChange::Joined(user) => Event::UserJoined {
                 session: user.session,
@@ -1244,6 +1263,35 @@ impl Actor {
             self.publish_roster();
         }
         self.emit(event).await;
+    }
+
+    /// Why the server does not pass our voice on, from our own user's state.
+    fn our_voice_block(&self) -> Option<String> {
+        let me = self.state.user(self.session)?;
+        if me.server_muted {
+            Some("an administrator of the Mumble server muted the bot: nobody on Mumble hears the channel".to_string())
+        } else if me.suppressed {
+            Some(format!(
+                "the Mumble server does not let the bot speak in {} (no Speak permission there): nobody on Mumble hears the channel",
+                self.state.channel_path(me.channel)
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Tells (log and event) when our voice became blocked or free again.
+    async fn check_voice_block(&mut self) {
+        let now = self.our_voice_block();
+        if now == self.voice_blocked {
+            return;
+        }
+        match &now {
+            Some(reason) => warn!(%reason, "the bot cannot be heard on Mumble"),
+            None => info!("the bot can be heard on Mumble again"),
+        }
+        self.voice_blocked.clone_from(&now);
+        self.emit(Event::VoiceBlocked { reason: now }).await;
     }
 
     async fn on_crypt_setup(&mut self, m: proto::CryptSetup) -> io::Result<()> {

@@ -158,6 +158,8 @@ impl Bridge {
                 Ok((handle, events)) => {
                     retry = FIRST_RETRY;
                     self.link.report_connected();
+                    // A new connection tells its own (a VoiceBlocked event).
+                    self.link.report_warning(None);
                     metrics::counter!("walkie_mumble_connects_total").increment(1);
                     info!(server = %self.config.connect.server, channel = %self.config.connect.channel, "connected to Mumble");
                     let ended = self.serve(&handle, events, &shutdown).await;
@@ -453,6 +455,8 @@ impl Bridge {
             Event::UserJoined { session, name, .. } => {
                 self.names.insert(session, name);
             }
+            // The operator must see it: the channel's talk reaches nobody there.
+            Event::VoiceBlocked { reason } => self.link.report_warning(reason),
             Event::TextMessage { .. } | Event::Disconnected { .. } => {}
         }
         Ok(())

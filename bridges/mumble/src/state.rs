@@ -42,6 +42,11 @@ pub struct User {
     pub user_id: Option<u32>,
     /// The user's comment; long comments arrive only as a hash and stay `None`.
     pub comment: Option<String>,
+    /// Muted by the server because they may not speak in their channel (no
+    /// Speak permission there): nobody hears them.
+    pub suppressed: bool,
+    /// Muted by an administrator: nobody hears them.
+    pub server_muted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +120,8 @@ impl ServerState {
                     cert_hash: m.hash.clone(),
                     user_id: m.user_id,
                     comment: m.comment.clone(),
+                    suppressed: m.suppress.unwrap_or(false),
+                    server_muted: m.mute.unwrap_or(false),
                 };
                 self.users.insert(session, user.clone());
                 Some(UserChange::Joined(user))
@@ -132,6 +139,12 @@ impl ServerState {
                 }
                 if let Some(comment) = &m.comment {
                     user.comment = Some(comment.clone());
+                }
+                if let Some(suppress) = m.suppress {
+                    user.suppressed = suppress;
+                }
+                if let Some(mute) = m.mute {
+                    user.server_muted = mute;
                 }
                 match m.channel_id.map(ChannelId) {
                     Some(to) if to != user.channel => {

@@ -49,7 +49,7 @@ pub use mumble_client::{
 };
 pub use murmur::{
     murmurd_path, test_python, trixie_root, MumbleServer, Murmur, MurmurBuilder,
-    MURMUR_READY_TIMEOUT, MURMUR_STOP_GRACE, MURMUR_SYSTEM_USER,
+    MURMUR_READY_TIMEOUT, MURMUR_STOP_GRACE, MURMUR_SYSTEM_USER, PERMISSION_SPEAK,
 };
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};

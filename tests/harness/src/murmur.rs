@@ -20,6 +20,10 @@ use crate::process::{log_tail, ChildGuard};
 use crate::service_user::ServiceUser;
 use crate::{random_string, workspace_root, Error, Result};
 
+/// Mumble's Speak permission bit (`ChanACL::Speak`), for
+/// [`MurmurBuilder::deny_everyone`].
+pub const PERMISSION_SPEAK: u32 = 0x8;
+
 /// Bound on the wait for murmurd's port after a start.
 pub const MURMUR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Grace period between SIGTERM and SIGKILL in [`Murmur::stop`].
@@ -152,6 +156,8 @@ pub struct MurmurBuilder {
     extra_config: Vec<(String, String)>,
     /// (user id, name, password) to register before the first start.
     registered: Vec<(u32, String, String)>,
+    /// (channel path, permission bits) revoked from everyone there.
+    denied: Vec<(String, u32)>,
 }
 
 impl Default for MurmurBuilder {
@@ -170,6 +176,7 @@ impl MurmurBuilder {
             superuser_password: None,
             extra_config: Vec::new(),
             registered: Vec::new(),
+            denied: Vec::new(),
         }
     }
 
@@ -189,6 +196,14 @@ impl MurmurBuilder {
         password: impl Into<String>,
     ) -> MurmurBuilder {
         self.registered.push((id, name.into(), password.into()));
+        self
+    }
+
+    /// Revokes `permissions` (e.g. [`PERMISSION_SPEAK`]) from everyone (`@all`)
+    /// in `channel` (a path given to [`MurmurBuilder::channels`]) and its
+    /// subchannels, as an administrator's ACL would.
+    pub fn deny_everyone(mut self, channel: &str, permissions: u32) -> MurmurBuilder {
+        self.denied.push((channel.to_string(), permissions));
         self
     }
 
@@ -281,6 +296,9 @@ impl MurmurBuilder {
         murmur.set_superuser_password().await?;
         murmur.insert_channels(&python, &channels).await?;
         murmur.insert_users(&python, &self.registered).await?;
+        murmur
+            .insert_denials(&python, &channels, &self.denied)
+            .await?;
         // The free port may be taken between finding it and murmurd binding it: try
         // again with a new one when that is why the start failed.
         let mut attempt = 0;
@@ -608,6 +626,46 @@ impl Murmur {
         self.chown(&self.db_path)
     }
 
+    /// Writes the ACL rows of [`MurmurBuilder::deny_everyone`].
+    async fn insert_denials(
+        &self,
+        python: &Path,
+        channels: &[ChannelRow],
+        denied: &[(String, u32)],
+    ) -> Result<()> {
+        if denied.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (path, permissions) in denied {
+            let trimmed = path.trim_matches('/');
+            let trimmed = trimmed.strip_prefix("Root/").unwrap_or(trimmed);
+            let channel = channels
+                .iter()
+                .find(|c| c.path == trimmed)
+                .ok_or_else(|| self.error(format!("deny_everyone: no channel {path:?}")))?;
+            rows.push((channel.id, *permissions));
+        }
+        let output = tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(INSERT_DENIALS)
+            .arg(&self.db_path)
+            .arg(serde_json::to_string(&rows).expect("rows serialise"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
+        if !output.status.success() {
+            return Err(self.error(format!(
+                "writing ACLs into {} failed ({}): {}",
+                self.db_path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        self.chown(&self.db_path)
+    }
+
     /// Inserts the channels into the database murmurd created (Python's sqlite3: the
     /// harness has no SQLite of its own, the test Python is needed anyway).
     async fn insert_channels(&self, python: &Path, channels: &[ChannelRow]) -> Result<()> {
@@ -813,6 +871,22 @@ with db:
         db.execute(
             "INSERT INTO users (server_id, user_id, name, pw) VALUES (1, ?, ?, ?)",
             (user_id, name, hashlib.sha1(password.encode()).hexdigest()),
+        )
+db.close()
+"#;
+
+/// One ACL entry per row: `@all`, here and in subchannels, nothing granted,
+/// the given permissions revoked.
+const INSERT_DENIALS: &str = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+with db:
+    for priority, (channel_id, revoke) in enumerate(json.loads(sys.argv[2])):
+        db.execute(
+            "INSERT INTO acl (server_id, channel_id, priority, user_id, group_name,"
+            " apply_here, apply_sub, grantpriv, revokepriv)"
+            " VALUES (1, ?, ?, NULL, 'all', 1, 1, 0, ?)",
+            (channel_id, priority + 1, revoke),
         )
 db.close()
 "#;
