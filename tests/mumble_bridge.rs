@@ -40,12 +40,15 @@ fn speech_wav(dir: &std::path::Path) -> (PathBuf, Vec<i16>) {
 }
 
 async fn start_bridge(server: MumbleServer) -> Bridge {
+    start_bridge_on(Murmur::builder().server(server)).await
+}
+
+async fn start_bridge_on(murmur: walkie_harness::MurmurBuilder) -> Bridge {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let murmur = Murmur::builder()
-        .server(server)
+    let murmur = murmur
         .channels(&["Ops"])
         .start()
         .await
@@ -179,6 +182,7 @@ on_every_mumble_server!(
     a_sigkilled_bridge_posts_its_recording_exactly_once_after_restart,
     the_bots_comment_names_the_talker_on_the_other_side,
     names_from_other_systems_reach_mumble_as_text_not_html,
+    a_busy_notice_and_comment_fit_the_servers_message_limit,
     an_mqtt_devices_label_reaches_mumble_as_text_not_html,
 );
 
@@ -776,4 +780,73 @@ async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html(server: MumbleSer
             .expect("stops")
             .expect("no panic");
     }
+}
+
+/// A server whose administrator set a short `textmessagelength` refuses longer
+/// messages outright; the bot's notice and comment are cut to fit instead.
+async fn a_busy_notice_and_comment_fit_the_servers_message_limit(server: MumbleServer) {
+    const LIMIT: usize = 60;
+    let mut bridge = start_bridge_on(
+        Murmur::builder()
+            .server(server)
+            .config("textmessagelength", LIMIT.to_string()),
+    )
+    .await;
+    let mut observer = ConnectConfig::new(bridge.murmur.address(), "observer", "Ops");
+    observer.accept_invalid_cert = true;
+    let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
+    let carol = bridge.user("carol").await;
+    let stream = StreamKey(1);
+    let long_name = format!("Kilo {} (Radio)", "Lima ".repeat(30));
+    bridge
+        .listener
+        .talk_start(
+            stream,
+            Talker::new("kilo", long_name.clone()),
+            Priority::Normal,
+            TalkKind::Live,
+        )
+        .await
+        .expect("hub running");
+    loop {
+        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !comment_of_bot().contains("Kilo") {
+        assert!(
+            Instant::now() < deadline,
+            "the comment never named the talker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let comment = comment_of_bot();
+    assert!(comment.encode_utf16().count() <= LIMIT, "{comment:?}");
+    assert!(comment.ends_with('…'), "{comment:?}");
+
+    let (wav, _) = speech_wav(bridge.dir.path());
+    let busy = carol.wait_for_text(|t| t.message.contains("Kilo"), WAIT);
+    let (sent, busy) = tokio::join!(carol.send_wav(&wav, true), busy);
+    sent.expect("carol talks");
+    let busy = busy.expect("carol is told who holds the floor, in a message that fits");
+    println!("carol was told: {}", busy.message);
+    assert!(
+        busy.message.encode_utf16().count() <= LIMIT,
+        "{:?}",
+        busy.message
+    );
+    bridge.listener.talk_end(stream).await.expect("hub running");
+    observer.disconnect().await;
+    bridge.stop().await;
 }

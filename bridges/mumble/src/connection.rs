@@ -547,6 +547,9 @@ struct Actor {
     joining: bool,
     /// Why nobody hears us (the server suppresses or mutes us), if so.
     voice_blocked: Option<String>,
+    /// The server's longest text message and comment (`textmessagelength`, in
+    /// UTF-16 units as Qt counts them); longer ones it refuses outright.
+    message_length: Option<usize>,
     seq: u64,
     /// Negotiated before Authenticate; see [`VoiceFormat`].
     format: VoiceFormat,
@@ -635,6 +638,7 @@ async fn login(config: &ConnectConfig) -> Result<Actor, MumbleError> {
         events: None,
         join_denied: None,
         voice_blocked: None,
+        message_length: None,
         joining: false,
         seq: 0,
         format: VoiceFormat::Legacy,
@@ -891,7 +895,7 @@ impl Actor {
                 self.writer
                     .send(&proto::TextMessage {
                         session: vec![to.0],
-                        message: text,
+                        message: fit_message(text, self.message_length),
                         ..Default::default()
                     })
                     .await?
@@ -900,7 +904,7 @@ impl Actor {
                 self.writer
                     .send(&proto::UserState {
                         session: Some(self.session.0),
-                        comment: Some(text),
+                        comment: Some(fit_message(text, self.message_length)),
                         ..Default::default()
                     })
                     .await?
@@ -1218,6 +1222,8 @@ impl Actor {
             MessageType::ServerConfig => {
                 if let Some(m) = self.decode::<proto::ServerConfig>(kind, payload) {
                     debug!(?m.max_bandwidth, ?m.message_length, ?m.allow_html, "server config");
+                    // 0 means no limit.
+                    self.message_length = m.message_length.filter(|l| *l > 0).map(|l| l as usize);
                 }
             }
             // Answers to our pings; their arrival already counts as liveness.
@@ -1385,5 +1391,55 @@ mod tests {
         let mut c = ConnectConfig::new("h", "u", "Root");
         c.password = Some("hunter2".into());
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
+
+/// `text` cut to the server's `limit` (UTF-16 units, as the server counts),
+/// ending in "…" when cut: a server refuses a longer message outright, and a
+/// shortened notice still tells who holds the floor. Never cuts inside an HTML
+/// entity (`&amp;`), which would show as garbage.
+fn fit_message(text: String, limit: Option<usize>) -> String {
+    let Some(limit) = limit else {
+        return text;
+    };
+    if text.encode_utf16().count() <= limit {
+        return text;
+    }
+    let budget = limit.saturating_sub(1);
+    let mut used = 0;
+    let mut end = 0;
+    for (at, c) in text.char_indices() {
+        if used + c.len_utf16() > budget {
+            break;
+        }
+        used += c.len_utf16();
+        end = at + c.len_utf8();
+    }
+    let mut cut = &text[..end];
+    if let Some(amp) = cut.rfind('&') {
+        if !cut[amp..].contains(';') {
+            cut = &cut[..amp];
+        }
+    }
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::fit_message;
+
+    #[test]
+    fn messages_fit_the_servers_limit_in_utf16_units() {
+        assert_eq!(fit_message("short".into(), Some(10)), "short");
+        assert_eq!(fit_message("exactly10!".into(), Some(10)), "exactly10!");
+        assert_eq!(fit_message("eleven char".into(), Some(10)), "eleven ch…");
+        assert_eq!(fit_message("anything".into(), None), "anything");
+        // An emoji is two UTF-16 units: it goes whole or not at all.
+        assert_eq!(fit_message("ab😀cdefgh".into(), Some(5)), "ab😀…");
+        assert_eq!(fit_message("ab😀cdefgh".into(), Some(4)), "ab…");
+        // No half entity.
+        assert_eq!(fit_message("Tom &amp; Jerry".into(), Some(8)), "Tom …");
+        let cut = fit_message("x".repeat(100), Some(40));
+        assert_eq!(cut.encode_utf16().count(), 40);
     }
 }
