@@ -75,7 +75,7 @@ use walkie_endpoint::testkit::TestEndpoint;
 use walkie_endpoint::{
     Capabilities, Downlink, EndpointId, FloorEvent, Priority, StreamKey, TalkKind, Talker,
 };
-use walkie_harness::{Mosquitto, Murmur};
+use walkie_harness::{Mosquitto, MumbleServer, Murmur};
 use walkie_mqtt::transcode::{PcmToOpus, PcmToPcm16};
 use walkie_mumble::{ConnectConfig, Connection, ConnectionHandle, Event};
 
@@ -272,11 +272,13 @@ async fn run(plan: Plan, only: Option<&str>) {
         idle as f64,
     );
 
-    p1_mumble_to_mqtt(&mut lab, &plan, &mut results).await;
-    p1_mqtt_to_mumble(&mut lab, &plan, &mut results).await;
+    p1_mumble_to_mqtt(&mut lab, &plan, &mut results, "").await;
+    p1_mqtt_to_mumble(&mut lab, &plan, &mut results, "").await;
     p1_live(&mut lab, &matrix, listen, &plan, &mut results).await;
     if only.is_some() {
         bridge.stop();
+        drop(lab);
+        p1_on_mumble_1_5(&env, &broker, &plan, &mut results).await;
         return;
     }
     p3_archive(&mut lab, &matrix, &ops_room, &plan, &mut results).await;
@@ -285,6 +287,7 @@ async fn run(plan: Plan, only: Option<&str>) {
     results.value("P5", "VmHWM after P1–P3, e2e config", "KiB", hwm as f64);
     bridge.stop();
     drop(lab);
+    p1_on_mumble_1_5(&env, &broker, &plan, &mut results).await;
 
     for pcm16 in [false, true] {
         p4_ramp(&env, pcm16, max_streams, &plan, &broker, &mut results).await;
@@ -394,9 +397,11 @@ impl Lab {
                 },
             );
         }
+        // One id per Lab: the broker disconnects a client whose id another takes,
+        // and an earlier Lab's client may still be connected.
         let (mqtt, seen) = mqtt_client(
             broker.port(),
-            "e2e-observer",
+            &format!("e2e-observer-{}", murmur.port()),
             &[
                 "+/status",
                 "+/in/dev/audio",
@@ -540,7 +545,9 @@ async fn p2_local(text: &str, plan: &Plan, results: &mut Results) {
 // ---------------------------------------------------------------------------
 // P1.
 
-async fn p1_mumble_to_mqtt(lab: &mut Lab, plan: &Plan, results: &mut Results) {
+/// `tag` follows each metric's path name: "" on murmurd 1.3.4 (the names the CSV
+/// has always had), [`ON_1_5`] on mumble-server 1.5.
+async fn p1_mumble_to_mqtt(lab: &mut Lab, plan: &Plan, results: &mut Results, tag: &str) {
     for (key, prefix, path) in [("ops", "op", "opus"), ("pcm", "pc", "pcm16")] {
         let out_topic = format!("{prefix}/out/audio");
         let mut mumble_hop = Vec::new();
@@ -577,10 +584,13 @@ async fn p1_mumble_to_mqtt(lab: &mut Lab, plan: &Plan, results: &mut Results) {
                 }
             }
         }
-        let label = format!("Mumble→MQTT {path}");
+        let label = format!("Mumble→MQTT {path}{tag}");
         results.series(
             "P1",
-            &format!("{label}: murmurd hop alice→bob (loopback baseline)"),
+            &format!(
+                "{label}: {} hop alice→bob (loopback baseline)",
+                server_name(tag)
+            ),
             "ms",
             &mumble_hop,
         );
@@ -606,7 +616,7 @@ async fn p1_mumble_to_mqtt(lab: &mut Lab, plan: &Plan, results: &mut Results) {
     }
 }
 
-async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
+async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results, tag: &str) {
     let mut device_grants = Vec::new();
     let mut mqtt_hops_all = Vec::new();
     for (key, prefix, bot, path) in [
@@ -687,7 +697,7 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
                 }
             }
         }
-        let label = format!("MQTT {path}→Mumble");
+        let label = format!("MQTT {path}→Mumble{tag}");
         // The first frame of a talk and the rest, apart: a talk start costs more.
         let per_tx = plan.frames_per_tx.max(1);
         let (mut first, mut rest) = (Vec::new(), Vec::new());
@@ -711,7 +721,10 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
         );
         results.series(
             "P1",
-            &format!("{label}: subscriber → bob (bridge + murmurd hop)"),
+            &format!(
+                "{label}: subscriber → bob (bridge + {} hop)",
+                server_name(tag)
+            ),
             "ms",
             &behind_bridge,
         );
@@ -732,7 +745,7 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
     }
     results.series(
         "P2",
-        "floor access, MQTT device (start published → granted arrives)",
+        &format!("floor access, MQTT device (start published → granted arrives){tag}"),
         "ms",
         &device_grants,
     );
@@ -740,8 +753,14 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
     // Now both hops' baselines are known: the bridge's share of each path.
     let mumble_hop = summarize(
         &[
-            "Mumble→MQTT opus: murmurd hop alice→bob (loopback baseline)",
-            "Mumble→MQTT pcm16: murmurd hop alice→bob (loopback baseline)",
+            format!(
+                "Mumble→MQTT opus{tag}: {} hop alice→bob (loopback baseline)",
+                server_name(tag)
+            ),
+            format!(
+                "Mumble→MQTT pcm16{tag}: {} hop alice→bob (loopback baseline)",
+                server_name(tag)
+            ),
         ]
         .iter()
         .map(|m| results.p50(m))
@@ -749,16 +768,19 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
     )
     .mean;
     let mqtt_hop = summarize(&mqtt_hops_all).p50;
-    results.mumble_hop = mumble_hop;
+    if tag.is_empty() {
+        results.mumble_hop = mumble_hop;
+    }
     println!(
-        "P1 baselines: murmurd hop p50 {mumble_hop:.3} ms, mosquitto hop p50 {mqtt_hop:.3} ms"
+        "P1 baselines{tag}: Mumble server hop p50 {mumble_hop:.3} ms, mosquitto hop p50 {mqtt_hop:.3} ms"
     );
     for (label, other_hop) in [
-        ("Mumble→MQTT opus", mqtt_hop),
-        ("Mumble→MQTT pcm16", mqtt_hop),
-        ("MQTT opus→Mumble", mumble_hop),
-        ("MQTT pcm16→Mumble", mumble_hop),
+        (format!("Mumble→MQTT opus{tag}"), mqtt_hop),
+        (format!("Mumble→MQTT pcm16{tag}"), mqtt_hop),
+        (format!("MQTT opus→Mumble{tag}"), mumble_hop),
+        (format!("MQTT pcm16→Mumble{tag}"), mumble_hop),
     ] {
+        let label = label.as_str();
         let behind = results.behind.get(label).cloned().unwrap_or_default();
         let added: Vec<f64> = behind.iter().map(|b| b - other_hop).collect();
         results.series(
@@ -768,6 +790,48 @@ async fn p1_mqtt_to_mumble(lab: &mut Lab, plan: &Plan, results: &mut Results) {
             &added,
         );
     }
+}
+
+/// What follows the path names of P1 run on mumble-server 1.5.
+const ON_1_5: &str = " [mumble-server 1.5]";
+
+/// The Mumble server of a P1 run, by its tag.
+fn server_name(tag: &str) -> &'static str {
+    if tag == ON_1_5 {
+        "mumble-server"
+    } else {
+        "murmurd"
+    }
+}
+
+/// P1's Mumble paths again, with the same clients and the same bridge config,
+/// on Debian 13's mumble-server 1.5 (protobuf voice) instead of murmurd 1.3.4:
+/// both side by side in one run.
+async fn p1_on_mumble_1_5(
+    env: &ConfigEnv<'_>,
+    broker: &Mosquitto,
+    plan: &Plan,
+    results: &mut Results,
+) {
+    let murmur = Murmur::builder()
+        .server(MumbleServer::Mumble1_5)
+        .channels(&["Ops", "Pcm"])
+        .start()
+        .await
+        .expect("mumble-server 1.5");
+    let address = murmur.address();
+    let env = ConfigEnv {
+        murmur: &address,
+        ..*env
+    };
+    let text = config_text(&env, &e2e_channels());
+    let bridge = Bridge::start(env.dir, "e2e-mumble-1.5", &text, env.status).await;
+    let mut lab = Lab::connect(&murmur, broker).await;
+    lab.wait_bridge_ready().await;
+    println!("P1 on mumble-server 1.5 {}", address);
+    p1_mumble_to_mqtt(&mut lab, plan, results, ON_1_5).await;
+    p1_mqtt_to_mumble(&mut lab, plan, results, ON_1_5).await;
+    bridge.stop();
 }
 
 fn transcode_note(label: &str) -> &'static str {

@@ -280,6 +280,7 @@ on_every_mumble_server!(
     client_certificate_is_presented,
     unknown_channel_and_untrusted_certificate_are_refused,
     falls_back_to_the_tunnel_and_back_to_udp,
+    transmissions_one_after_another_all_arrive,
 );
 
 async fn voice_over_udp_reaches_the_other_client(server: MumbleServer) {
@@ -547,4 +548,34 @@ async fn falls_back_to_the_tunnel_and_back_to_udp(server: MumbleServer) {
     let via = burst(&alice, &mut bob_rx, 10).await;
     assert_eq!(via.len(), 10, "frames still arrive after UDP died");
     wait_for_tx(&alice, 20, 10).await;
+}
+
+/// Short transmissions back to back (each ending with a terminator), as a radio
+/// net has them: every frame of every one arrives, whatever the transport.
+async fn transmissions_one_after_another_all_arrive(server: MumbleServer) {
+    let server = Murmurd::start(server).await;
+    let (alice, _alice_rx) = connect(&server, "alice", TransportMode::Auto).await;
+    let (_bob, mut bob_rx) = connect(&server, "bob", TransportMode::Auto).await;
+    let (_, packets) = speech_packets();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for tx in 0..10 {
+        for (i, p) in packets.iter().skip(tx * 10).take(10).enumerate() {
+            tick.tick().await;
+            alice.send_voice(p, i == 9).await.expect("send voice");
+        }
+        let mut frames = 0;
+        loop {
+            let terminator = next_matching(&mut bob_rx, |ev| match ev {
+                Event::Voice { terminator, .. } => Some(terminator),
+                Event::Disconnected { reason } => panic!("bob disconnected: {reason}"),
+                _ => None,
+            })
+            .await;
+            frames += 1;
+            if terminator {
+                break;
+            }
+        }
+        assert_eq!(frames, 10, "transmission {tx}: {:?}", alice.stats());
+    }
 }
