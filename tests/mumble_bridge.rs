@@ -147,6 +147,27 @@ fn assert_voice_formats(murmur: &Murmur) {
     }
 }
 
+/// Waits until the hub grants the listener's talk.
+async fn wait_granted(listener: &mut HubLink) {
+    loop {
+        match tokio::time::timeout(WAIT, listener.recv()).await {
+            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => return,
+            Ok(Ok(_)) => continue,
+            other => panic!("no grant: {other:?}"),
+        }
+    }
+}
+
+/// The bot's comment as `observer` sees it ("" before it has one).
+fn bot_comment(observer: &walkie_mumble::ConnectionHandle) -> String {
+    observer
+        .users()
+        .into_iter()
+        .find(|u| u.name == "walkie")
+        .and_then(|u| u.comment)
+        .unwrap_or_default()
+}
+
 /// Everything the listener hears of one transmission: talker, frames, PCM.
 async fn hear_one(link: &mut HubLink) -> (Talker, u64, Vec<i16>) {
     let mut decoder = OpusDecoder::new().expect("decoder");
@@ -237,13 +258,7 @@ async fn the_channels_audio_reaches_mumble_users_intact(server: MumbleServer) {
         )
         .await
         .expect("hub running");
-    loop {
-        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
-            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
-            Ok(Ok(_)) => continue,
-            other => panic!("no grant: {other:?}"),
-        }
-    }
+    wait_granted(&mut bridge.listener).await;
     // The radio side speaks in real time, as a radio does.
     let mut pace = tokio::time::interval(Duration::from_millis(20));
     for (seq, packet) in packets.iter().enumerate() {
@@ -626,22 +641,9 @@ async fn names_from_other_systems_reach_mumble_as_text_not_html(server: MumbleSe
         )
         .await
         .expect("hub running");
-    loop {
-        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
-            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
-            Ok(Ok(_)) => continue,
-            other => panic!("no grant: {other:?}"),
-        }
-    }
+    wait_granted(&mut bridge.listener).await;
     // The bot's comment names the talker: as text.
-    let comment_of_bot = || {
-        observer
-            .users()
-            .into_iter()
-            .find(|u| u.name == "walkie")
-            .and_then(|u| u.comment)
-            .unwrap_or_default()
-    };
+    let comment_of_bot = || bot_comment(&observer);
     let deadline = Instant::now() + WAIT;
     while !comment_of_bot().contains("Mallory") {
         assert!(Instant::now() < deadline, "comment never named the talker");
@@ -728,14 +730,7 @@ async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html(server: MumbleSer
     let mut observer = ConnectConfig::new(murmur.address(), "observer", "Ops");
     observer.accept_invalid_cert = true;
     let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
-    let comment_of_bot = || {
-        observer
-            .users()
-            .into_iter()
-            .find(|u| u.name == "walkie")
-            .and_then(|u| u.comment)
-            .unwrap_or_default()
-    };
+    let comment_of_bot = || bot_comment(&observer);
     let deadline = Instant::now() + WAIT;
     while observer.users().iter().all(|u| u.name != "walkie") {
         assert!(Instant::now() < deadline, "the bot never joined");
@@ -808,21 +803,8 @@ async fn a_busy_notice_and_comment_fit_the_servers_message_limit(server: MumbleS
         )
         .await
         .expect("hub running");
-    loop {
-        match tokio::time::timeout(WAIT, bridge.listener.recv()).await {
-            Ok(Ok(Downlink::Floor(FloorEvent::Granted { .. }))) => break,
-            Ok(Ok(_)) => continue,
-            other => panic!("no grant: {other:?}"),
-        }
-    }
-    let comment_of_bot = || {
-        observer
-            .users()
-            .into_iter()
-            .find(|u| u.name == "walkie")
-            .and_then(|u| u.comment)
-            .unwrap_or_default()
-    };
+    wait_granted(&mut bridge.listener).await;
+    let comment_of_bot = || bot_comment(&observer);
     let deadline = Instant::now() + WAIT;
     while !comment_of_bot().contains("Kilo") {
         assert!(

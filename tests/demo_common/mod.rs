@@ -22,6 +22,19 @@ use walkie_harness::{Mosquitto, MumbleEvent, MumbleServer, MumbleTestClient, Mur
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// How much of the bridge's transmission (from the bot, `walkie`) `kilo` heard,
+/// once it ended; `kilo` recorded since `record_start`.
+async fn bridge_heard_ms(kilo: &MumbleTestClient, dir: &std::path::Path) -> anyhow::Result<u64> {
+    kilo.wait_for_event(
+        |e| matches!(e, MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
+        WAIT,
+    )
+    .await?;
+    let recording = kilo.record_stop(dir).await?;
+    let heard = recording.get("walkie").map_or(0, |s| s.samples);
+    Ok(heard as u64 * 1000 / 48_000)
+}
+
 /// Runs the demo against `server`; with `linger`, keeps everything running until
 /// Ctrl-C once the steps are done (a terminal user looks around).
 pub async fn run(server: MumbleServer, linger: bool) -> anyhow::Result<()> {
@@ -113,14 +126,7 @@ pub async fn run(server: MumbleServer, linger: bool) -> anyhow::Result<()> {
     let event_id = alice
         .send_voice_message(&setup.room_id, ogg, speech.len() as u64 / 48)
         .await?;
-    kilo.wait_for_event(
-        |e| matches!(e, MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
-        WAIT,
-    )
-    .await?;
-    let recording = kilo.record_stop(dir.path()).await?;
-    let heard = recording.get("walkie").map_or(0, |s| s.samples);
-    let heard_ms = heard as u64 * 1000 / 48_000;
+    let heard_ms = bridge_heard_ms(&kilo, dir.path()).await?;
     println!("   kilo heard {heard_ms} ms of audio from the bridge on Mumble");
     anyhow::ensure!(
         heard_ms.abs_diff(spoken_ms) <= 200,
@@ -178,14 +184,7 @@ pub async fn run(server: MumbleServer, linger: bool) -> anyhow::Result<()> {
             Vec::new(),
         )
         .await?;
-    kilo.wait_for_event(
-        |e| matches!(e, MumbleEvent::VoiceEnd { user, .. } if user == "walkie"),
-        WAIT,
-    )
-    .await?;
-    let recording = kilo.record_stop(dir.path()).await?;
-    let heard = recording.get("walkie").map_or(0, |s| s.samples);
-    let heard_ms = heard as u64 * 1000 / 48_000;
+    let heard_ms = bridge_heard_ms(&kilo, dir.path()).await?;
     println!("   kilo heard {heard_ms} ms of the intercom on Mumble");
     anyhow::ensure!(
         heard_ms.abs_diff(spoken_ms) <= 200,

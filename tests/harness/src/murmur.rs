@@ -571,24 +571,8 @@ impl Murmur {
             return Ok(());
         }
         let rows = serde_json::to_string(users).expect("rows serialise");
-        let output = tokio::process::Command::new(python)
-            .arg("-c")
-            .arg(INSERT_USERS)
-            .arg(&self.db_path)
-            .arg(rows)
-            .stdin(std::process::Stdio::null())
-            .output()
+        self.run_db_script(python, INSERT_USERS, rows, "registering users in")
             .await
-            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
-        if !output.status.success() {
-            return Err(self.error(format!(
-                "registering users in {} failed ({}): {}",
-                self.db_path.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )));
-        }
-        self.chown(&self.db_path)
     }
 
     /// Registers `name` as user `id` by certificate, as an administrator does by
@@ -606,23 +590,43 @@ impl Murmur {
             return Err(self.error("register_by_certificate needs the server stopped"));
         }
         let rows = serde_json::to_string(&[(id, name, cert_hash)]).expect("rows serialise");
-        let output = tokio::process::Command::new(test_python())
+        self.run_db_script(
+            &test_python(),
+            REGISTER_BY_CERTIFICATE,
+            rows,
+            &format!("registering {name} in"),
+        )
+        .await
+    }
+
+    /// Runs `script` (Python's sqlite3: the harness has no SQLite of its own, the
+    /// test Python is needed anyway) on the server's database with `rows` (JSON)
+    /// as its argument, and gives the database back to the server's user.
+    async fn run_db_script(
+        &self,
+        python: &Path,
+        script: &str,
+        rows: String,
+        what: &str,
+    ) -> Result<()> {
+        let output = tokio::process::Command::new(python)
             .arg("-c")
-            .arg(REGISTER_BY_CERTIFICATE)
+            .arg(script)
             .arg(&self.db_path)
             .arg(rows)
             .stdin(std::process::Stdio::null())
             .output()
             .await
-            .map_err(|e| Error::io("running the test python", e))?;
+            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
         if !output.status.success() {
             return Err(self.error(format!(
-                "registering {name} in {} failed ({}): {}",
+                "{what} {} failed ({}): {}",
                 self.db_path.display(),
                 output.status,
                 String::from_utf8_lossy(&output.stderr)
             )));
         }
+        // Files Python (root) created or rewrote must stay the server's.
         self.chown(&self.db_path)
     }
 
@@ -646,24 +650,13 @@ impl Murmur {
                 .ok_or_else(|| self.error(format!("deny_everyone: no channel {path:?}")))?;
             rows.push((channel.id, *permissions));
         }
-        let output = tokio::process::Command::new(python)
-            .arg("-c")
-            .arg(INSERT_DENIALS)
-            .arg(&self.db_path)
-            .arg(serde_json::to_string(&rows).expect("rows serialise"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
-        if !output.status.success() {
-            return Err(self.error(format!(
-                "writing ACLs into {} failed ({}): {}",
-                self.db_path.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )));
-        }
-        self.chown(&self.db_path)
+        self.run_db_script(
+            python,
+            INSERT_DENIALS,
+            serde_json::to_string(&rows).expect("rows serialise"),
+            "writing ACLs into",
+        )
+        .await
     }
 
     /// Inserts the channels into the database murmurd created (Python's sqlite3: the
@@ -679,25 +672,8 @@ impl Murmur {
                 .collect::<Vec<_>>(),
         )
         .expect("rows serialise");
-        let output = tokio::process::Command::new(python)
-            .arg("-c")
-            .arg(INSERT_CHANNELS)
-            .arg(&self.db_path)
-            .arg(rows)
-            .stdin(std::process::Stdio::null())
-            .output()
+        self.run_db_script(python, INSERT_CHANNELS, rows, "writing channels into")
             .await
-            .map_err(|e| Error::io(format!("running {}", python.display()), e))?;
-        if !output.status.success() {
-            return Err(self.error(format!(
-                "writing channels into {} failed ({}): {}",
-                self.db_path.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )));
-        }
-        // Files Python (root) created or rewrote must stay murmurd's.
-        self.chown(&self.db_path)
     }
 
     /// The server's command line so far: the binary, inside `chroot` for 1.5.
