@@ -86,8 +86,13 @@ async fn a_channel_transmission_keys_the_radio_plays_the_speech_and_unkeys_after
         key_to_audio >= Duration::from_millis(150) && key_to_audio < Duration::from_millis(260),
         "audio began {key_to_audio:?} after key-up"
     );
+    // The hang (200 ms) runs from the release, while the card may still be
+    // playing the last period it was handed (20 ms here): the air is quiet for
+    // at least the hang minus that period. CI once saw 179.4 ms against a bound
+    // of exactly 180 (a period and a little scheduling), so the bound allows a
+    // few ms of scheduling beyond the period.
     assert!(
-        tail >= Duration::from_millis(180) && tail < Duration::from_millis(320),
+        tail >= Duration::from_millis(175) && tail < Duration::from_millis(320),
         "unkeyed {tail:?} after the last audio"
     );
 
