@@ -10,6 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        postgresql (initdb/pg_ctl: the store is tested on PostgreSQL too),
 #        espeak-ng + sox (real speech fixtures),
 #        mumble-server (murmurd 1.3.4, started by tests/harness on free ports),
+#        svxreflector (SvxLink's reflector 19.09, likewise),
 #        mosquitto (2.0.11, started by tests/harness on free ports) and
 #        mosquitto-clients (mosquitto_pub/mosquitto_sub: the MQTT tests' third-party
 #        client), openssl (throwaway CA and certificates for TLS tests),
@@ -25,7 +26,7 @@ PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
-  mumble-server mosquitto mosquitto-clients openssl
+  mumble-server svxreflector mosquitto mosquitto-clients openssl
   libasound2-dev alsa-utils libhamlib-utils
   systemd
   chromium
@@ -77,6 +78,7 @@ quiet_system_service() {
 }
 quiet_system_service mumble-server /run/mumble-server/mumble-server.pid
 quiet_system_service mosquitto /run/mosquitto/mosquitto.pid
+quiet_system_service svxreflector /run/svxreflector.pid
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 
@@ -201,13 +203,13 @@ if [[ $(matrix_js_versions installed) != "$matrix_js_wanted" ]]; then
 fi
 
 # Servers only Debian 13 ("trixie") ships: mumble-server 1.5 (the Mumble tests run
-# against it beside Debian 12's murmurd 1.3.4). Their libraries are newer than this
+# against it beside Debian 12's murmurd 1.3.4) and svxreflector 24.02 (beside 19.09). Their libraries are newer than this
 # machine's, so they live in a minimal trixie root made by debootstrap from the same
 # Debian registry, at .trixie-root (or $WALKIE_TRIXIE_ROOT), and the harness starts
 # them with chroot (tests/harness/src/murmur.rs). Made once (~1 min, ~330 MB), then
 # reused; a package added to TRIXIE_PACKAGES is installed into the existing root.
 TRIXIE_ROOT=${WALKIE_TRIXIE_ROOT:-$ROOT/.trixie-root}
-TRIXIE_PACKAGES=(mumble-server)
+TRIXIE_PACKAGES=(mumble-server svxreflector)
 TRIXIE_MIRROR=${WALKIE_TRIXIE_MIRROR:-http://deb.debian.org/debian}
 trixie_sudo=()
 [[ $(id -u) -eq 0 ]] || trixie_sudo=(sudo)

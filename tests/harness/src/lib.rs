@@ -23,6 +23,7 @@ mod ports;
 mod process;
 mod rigctld;
 mod service_user;
+mod svxreflector;
 mod synapse;
 
 pub use appservice::{AppserviceRegistration, Namespace, Namespaces, Registration};
@@ -54,6 +55,9 @@ pub use murmur::{
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
 pub use rigctld::Rigctld;
+pub use svxreflector::{
+    SvxReflector, SvxReflectorBuilder, SvxReflectorVersion, SVXREFLECTOR_READY_TIMEOUT,
+};
 pub use synapse::{
     default_experimental_features, synapse_python, workspace_root, Synapse, SynapseBuilder,
     TestUser,
@@ -94,6 +98,9 @@ pub enum Error {
     /// murmurd failed to start or stop; carries the tail of its log.
     #[error("{message}\n{log_tail}")]
     Murmur { message: String, log_tail: String },
+    /// svxreflector failed to start or stop; carries the tail of its log.
+    #[error("{message}\n{log_tail}")]
+    SvxReflector { message: String, log_tail: String },
     /// mosquitto failed to start or stop; carries the tail of its log.
     #[error("{message}\n{log_tail}")]
     Mosquitto { message: String, log_tail: String },
