@@ -158,13 +158,16 @@ async fn wait_granted(listener: &mut HubLink) {
     }
 }
 
-/// The bot's comment as `observer` sees it ("" before it has one).
-fn bot_comment(observer: &walkie_mumble::ConnectionHandle) -> String {
-    observer
-        .users()
-        .into_iter()
-        .find(|u| u.name == "walkie")
-        .and_then(|u| u.comment)
+/// The bot's comment as `observer` sees it, once it contains `text`.
+async fn bot_comment_containing(observer: &walkie_mumble::ConnectionHandle, text: &str) -> String {
+    let bot = observer.wait_for_user(|u| {
+        u.name == "walkie" && u.comment.as_deref().is_some_and(|c| c.contains(text))
+    });
+    tokio::time::timeout(WAIT, bot)
+        .await
+        .unwrap_or_else(|_| panic!("the bot's comment never contained {text:?}"))
+        .expect("the observer stays connected")
+        .comment
         .unwrap_or_default()
 }
 
@@ -643,13 +646,7 @@ async fn names_from_other_systems_reach_mumble_as_text_not_html(server: MumbleSe
         .expect("hub running");
     wait_granted(&mut bridge.listener).await;
     // The bot's comment names the talker: as text.
-    let comment_of_bot = || bot_comment(&observer);
-    let deadline = Instant::now() + WAIT;
-    while !comment_of_bot().contains("Mallory") {
-        assert!(Instant::now() < deadline, "comment never named the talker");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let comment = comment_of_bot();
+    let comment = bot_comment_containing(&observer, "Mallory").await;
     assert!(
         comment.contains(HOSTILE_ESCAPED) && !comment.contains("<b>"),
         "the comment carries the name as HTML: {comment:?}"
@@ -730,7 +727,14 @@ async fn an_mqtt_devices_label_reaches_mumble_as_text_not_html(server: MumbleSer
     let mut observer = ConnectConfig::new(murmur.address(), "observer", "Ops");
     observer.accept_invalid_cert = true;
     let (observer, _events) = Connection::connect(observer).await.expect("observer joins");
-    let comment_of_bot = || bot_comment(&observer);
+    let comment_of_bot = || {
+        observer
+            .users()
+            .into_iter()
+            .find(|u| u.name == "walkie")
+            .and_then(|u| u.comment)
+            .unwrap_or_default()
+    };
     let deadline = Instant::now() + WAIT;
     while observer.users().iter().all(|u| u.name != "walkie") {
         assert!(Instant::now() < deadline, "the bot never joined");
@@ -804,16 +808,7 @@ async fn a_busy_notice_and_comment_fit_the_servers_message_limit(server: MumbleS
         .await
         .expect("hub running");
     wait_granted(&mut bridge.listener).await;
-    let comment_of_bot = || bot_comment(&observer);
-    let deadline = Instant::now() + WAIT;
-    while !comment_of_bot().contains("Kilo") {
-        assert!(
-            Instant::now() < deadline,
-            "the comment never named the talker"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let comment = comment_of_bot();
+    let comment = bot_comment_containing(&observer, "Kilo").await;
     assert!(comment.encode_utf16().count() <= LIMIT, "{comment:?}");
     assert!(comment.ends_with('…'), "{comment:?}");
 

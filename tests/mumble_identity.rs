@@ -31,20 +31,11 @@ fn client_config(murmur: &Murmur, name: &str) -> ConnectConfig {
 }
 
 /// The user `name` once the server has told `observer` about them.
-async fn user_named(
-    (observer, events): &mut (ConnectionHandle, mpsc::Receiver<Event>),
-    name: &str,
-) -> User {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(user) = observer.users().into_iter().find(|u| u.name == name) {
-            return user;
-        }
-        tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{name} never appeared"))
-            .expect("the observer stays connected");
-    }
+async fn user_named(observer: &ConnectionHandle, name: &str) -> User {
+    tokio::time::timeout(WAIT, observer.wait_for_user(|u| u.name == name))
+        .await
+        .unwrap_or_else(|_| panic!("{name} never appeared"))
+        .expect("the observer stays connected")
 }
 
 on_every_mumble_server!(
@@ -64,8 +55,8 @@ async fn a_registered_bot_keeps_its_certificate_and_its_name(server: MumbleServe
     let config = setup.config_with_mumble(&murmur.address());
 
     let running = bridge_common::start_daemon(&config).await;
-    let mut watching = observer(&murmur, "observer").await;
-    let bot = user_named(&mut watching, "walkie").await;
+    let watching = observer(&murmur, "observer").await;
+    let bot = user_named(&watching.0, "walkie").await;
     let first = bot
         .cert_hash
         .clone()
@@ -94,8 +85,8 @@ async fn a_registered_bot_keeps_its_certificate_and_its_name(server: MumbleServe
     // The bridge again, on the same database: the same certificate, so the
     // server knows the bot as its registered user 7.
     let running = bridge_common::start_daemon(&config).await;
-    let mut watching = observer(&murmur, "observer").await;
-    let bot = user_named(&mut watching, "walkie").await;
+    let watching = observer(&murmur, "observer").await;
+    let bot = user_named(&watching.0, "walkie").await;
     assert_eq!(bot.cert_hash.as_deref(), Some(first.as_str()));
     assert_eq!(
         bot.user_id,

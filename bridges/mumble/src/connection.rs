@@ -341,6 +341,18 @@ impl ConnectionHandle {
         self.roster.borrow().users.clone()
     }
 
+    /// Waits until some user on the server satisfies `wanted` (names and comments
+    /// change without an [`Event`]; the roster does change), and returns that user;
+    /// `None` when the connection ended first.
+    pub async fn wait_for_user(&self, wanted: impl Fn(&User) -> bool) -> Option<User> {
+        let mut roster = self.roster.clone();
+        let found = roster
+            .wait_for(|r| r.users.iter().any(&wanted))
+            .await
+            .ok()?;
+        found.users.iter().find(|u| wanted(u)).cloned()
+    }
+
     /// One user on the server now, by session.
     pub fn user(&self, session: Session) -> Option<User> {
         self.roster
