@@ -90,8 +90,8 @@ struct Row {
     lost: usize,
     late: usize,
     load: String,
-    /// Async tasks alive in the bridge (its /metrics, scraped during the window).
-    tasks: f64,
+    /// What the bridge's /metrics said during the window.
+    scraped: Scraped,
     threads: u64,
     fds: u64,
     /// The bridge's SQLite database with its WAL, and the files in its spool.
@@ -138,7 +138,7 @@ async fn soak(length: Duration, out: &Path) {
     let (idle_rss, _) = bridge.rss_kib();
     println!("RSS idle with 20 channels: {idle_rss} KiB");
     println!(
-        "{:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  load",
+        "{:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6}  load",
         "min",
         "RSS KiB",
         "anon KiB",
@@ -156,7 +156,11 @@ async fn soak(length: Duration, out: &Path) {
         "thr",
         "fds",
         "db KiB",
-        "spool"
+        "spool",
+        "heapKiB",
+        "jeRes",
+        "libcKiB",
+        "lcFree"
     );
 
     let total_ticks = (length.as_secs_f64() / 0.02) as u64;
@@ -170,8 +174,8 @@ async fn soak(length: Duration, out: &Path) {
     let mut reference: Option<[f64; 2]> = None;
     let mut sender_behind_max = Duration::ZERO;
     // Scraped off the pacing loop, so a slow /metrics never delays a frame.
-    let tasks = Arc::new(Mutex::new(f64::NAN));
-    spawn_tasks_scrape(bridge.status, tasks.clone());
+    let scraped = Arc::new(Mutex::new(Scraped::default()));
+    spawn_scrape(bridge.status, scraped.clone());
     // A channel whose first cycle begins mid-talk stays quiet until its start.
     let mut talking = [false; CHANNELS];
     for tick in 0..total_ticks {
@@ -244,15 +248,15 @@ async fn soak(length: Duration, out: &Path) {
                 lost: window.lost,
                 late,
                 load: loadavg(),
-                tasks: *tasks.lock().expect("tasks lock"),
+                scraped: *scraped.lock().expect("scrape lock"),
                 threads,
                 fds,
                 db_kib: files_kib(&dir, "walkie.db"),
                 spool_files: count_files(&dir.join("spool")),
             };
-            spawn_tasks_scrape(bridge.status, tasks.clone());
+            spawn_scrape(bridge.status, scraped.clone());
             println!(
-                "{:>6.1} {:>9} {:>9} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5}  {}",
+                "{:>6.1} {:>9} {:>9} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6}  {}",
                 row.minute,
                 row.rss_kib,
                 row.anon_kib,
@@ -266,11 +270,15 @@ async fn soak(length: Duration, out: &Path) {
                 row.sent,
                 row.lost,
                 row.late,
-                row.tasks,
+                row.scraped.tasks,
                 row.threads,
                 row.fds,
                 row.db_kib,
                 row.spool_files,
+                row.scraped.rust_allocated_kib,
+                row.scraped.rust_resident_kib,
+                row.scraped.libc_in_use_kib,
+                row.scraped.libc_free_kib,
                 row.load
             );
             rows.push(row);
@@ -403,8 +411,8 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
     println!(
         "  bridge process: tasks first {} / last {}, threads {} / {}, fds {} / {}; \
          database {} / {} KiB, spool files {} / {}",
-        base.tasks,
-        last.tasks,
+        base.scraped.tasks,
+        last.scraped.tasks,
         base.threads,
         last.threads,
         base.fds,
@@ -414,23 +422,68 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         base.spool_files,
         last.spool_files
     );
+    println!(
+        "  heaps (/metrics): Rust allocated first {} / last {} KiB, jemalloc resident {} / {} KiB; \
+         C heap in use {} / {} KiB, free but held {} / {} KiB",
+        base.scraped.rust_allocated_kib,
+        last.scraped.rust_allocated_kib,
+        base.scraped.rust_resident_kib,
+        last.scraped.rust_resident_kib,
+        base.scraped.libc_in_use_kib,
+        last.scraped.libc_in_use_kib,
+        base.scraped.libc_free_kib,
+        last.scraped.libc_free_kib
+    );
 }
 
-/// Reads `walkie_runtime_alive_tasks` from the bridge's /metrics into `into`.
-fn spawn_tasks_scrape(status: u16, into: Arc<Mutex<f64>>) {
+/// What one scrape of the bridge's /metrics said: its live tasks, and its two
+/// heaps (`walkie_heap_bytes`), which tell a leak (allocated grows) from an
+/// allocator keeping freed memory (resident or free grows, allocated flat).
+#[derive(Clone, Copy, Debug)]
+struct Scraped {
+    tasks: f64,
+    rust_allocated_kib: u64,
+    rust_resident_kib: u64,
+    /// The C heap: SQLite and the codecs.
+    libc_in_use_kib: u64,
+    libc_free_kib: u64,
+}
+
+impl Default for Scraped {
+    fn default() -> Self {
+        Self {
+            tasks: f64::NAN,
+            rust_allocated_kib: 0,
+            rust_resident_kib: 0,
+            libc_in_use_kib: 0,
+            libc_free_kib: 0,
+        }
+    }
+}
+
+/// Scrapes the bridge's /metrics into `into`, off the pacing loop.
+fn spawn_scrape(status: u16, into: Arc<Mutex<Scraped>>) {
     tokio::spawn(async move {
         let url = format!("http://127.0.0.1:{status}/metrics");
         let Ok(answer) = reqwest::get(&url).await else {
             return;
         };
         let text = answer.text().await.unwrap_or_default();
-        let value = text.lines().find_map(|l| {
-            l.strip_prefix("walkie_runtime_alive_tasks ")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if let Some(value) = value {
-            *into.lock().expect("tasks lock") = value;
-        }
+        let value = |name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        };
+        let kib = |name: &str| value(name).map_or(0, |bytes| (bytes / 1024.0) as u64);
+        let scraped = Scraped {
+            tasks: value("walkie_runtime_alive_tasks ").unwrap_or(f64::NAN),
+            rust_allocated_kib: kib(r#"walkie_heap_bytes{heap="rust",state="allocated"} "#),
+            rust_resident_kib: kib(r#"walkie_heap_bytes{heap="rust",state="resident"} "#),
+            libc_in_use_kib: kib(r#"walkie_heap_bytes{heap="libc",state="in_use"} "#),
+            libc_free_kib: kib(r#"walkie_heap_bytes{heap="libc",state="free"} "#),
+        };
+        *into.lock().expect("scrape lock") = scraped;
     });
 }
 
@@ -475,12 +528,12 @@ fn write_csv(rows: &[Row], dir: &Path) {
         file,
         "minute,rss_kib,hwm_kib,cpu_percent,cpu_us_per_frame,opus_p50_ms,opus_p99_ms,opus_max_ms,\
          pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,tasks,threads,fds,db_kib,spool_files,loadavg,\
-         anon_kib,file_kib"
+         anon_kib,file_kib,rust_allocated_kib,rust_resident_kib,libc_in_use_kib,libc_free_kib"
     );
     for r in rows {
         let _ = writeln!(
             file,
-            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.minute,
             r.rss_kib,
             r.hwm_kib,
@@ -495,14 +548,18 @@ fn write_csv(rows: &[Row], dir: &Path) {
             r.sent,
             r.lost,
             r.late,
-            r.tasks,
+            r.scraped.tasks,
             r.threads,
             r.fds,
             r.db_kib,
             r.spool_files,
             r.load,
             r.anon_kib,
-            r.file_kib
+            r.file_kib,
+            r.scraped.rust_allocated_kib,
+            r.scraped.rust_resident_kib,
+            r.scraped.libc_in_use_kib,
+            r.scraped.libc_free_kib
         );
     }
     println!("wrote {}", path.display());

@@ -11,6 +11,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 #        espeak-ng + sox (real speech fixtures),
 #        mumble-server (murmurd 1.3.4, started by tests/harness on free ports),
 #        svxreflector (SvxLink's reflector 19.09, likewise),
+#        svxlink-server (svxlink 19.09, a real node on those reflectors, no sound card),
 #        mosquitto (2.0.11, started by tests/harness on free ports) and
 #        mosquitto-clients (mosquitto_pub/mosquitto_sub: the MQTT tests' third-party
 #        client), openssl (throwaway CA and certificates for TLS tests),
@@ -26,7 +27,7 @@ PACKAGES=(
   build-essential pkg-config cmake libopus-dev
   opus-tools espeak-ng sox
   postgresql
-  mumble-server svxreflector mosquitto mosquitto-clients openssl
+  mumble-server svxreflector svxlink-server mosquitto mosquitto-clients openssl
   libasound2-dev alsa-utils libhamlib-utils
   systemd
   chromium
@@ -79,6 +80,7 @@ quiet_system_service() {
 quiet_system_service mumble-server /run/mumble-server/mumble-server.pid
 quiet_system_service mosquitto /run/mosquitto/mosquitto.pid
 quiet_system_service svxreflector /run/svxreflector.pid
+quiet_system_service svxlink /run/svxlink.pid
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 

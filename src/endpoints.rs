@@ -12,6 +12,7 @@ use walkie_radio::audio::CpalSoundCard;
 use walkie_radio::rx::{ModemLine, StatusLine, DEFAULT_DEBOUNCE};
 use walkie_radio::tx::{TxSettings, STALL_WATCHDOG};
 use walkie_radio::{CosSettings, MorseSettings, RadioEndpoint, RadioSettings};
+use walkie_svxreflector::{SvxReflectorEndpoint, SvxReflectorEndpointConfig};
 
 use crate::config::{self, Cos, CosLine, EndpointSpec, FloorConfig, Payload, RadioConfig};
 use crate::mumble_identity::MumbleIdentities;
@@ -23,6 +24,9 @@ const MUMBLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const MUMBLE_BUSY_NOTICE: Duration = Duration::from_secs(10);
 /// Longest pause between reconnection attempts (issue #4: back within 35 s).
 const RECONNECT_CAP: Duration = Duration::from_secs(30);
+/// After a reflector refused the login or speaks another protocol or codec: a
+/// config or sysop matter, so no hammering; the status page says what to fix.
+const SVX_REFUSED_RETRY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -129,6 +133,33 @@ pub fn build(
             Ok(Box::new(endpoint))
         }
         EndpointSpec::Radio(radio) => build_radio(id, hub_id, radio, channel),
+        EndpointSpec::SvxReflector(svx) => {
+            // The node transmits under the operator's callsign: who may be heard
+            // on the network is decided as for a radio.
+            let policy = Arc::new(RadioTransmitPolicy::new(
+                hub_id.to_string(),
+                svx.transmit_allow.clone(),
+                svx.transmit_min_power_level,
+                Arc::clone(&channel.power_levels),
+            ));
+            let connect = walkie_svxreflector::ConnectConfig {
+                host: svx.server.host.clone(),
+                port: svx.server.port,
+                callsign: svx.callsign.clone(),
+                auth_key: svx.auth_key.expose().to_owned(),
+                talkgroup: svx.talkgroup,
+            };
+            Ok(Box::new(SvxReflectorEndpoint::new(
+                hub_id,
+                SvxReflectorEndpointConfig {
+                    connect,
+                    idle_release: floor.idle_release,
+                    reconnect_cap: RECONNECT_CAP,
+                    refused_retry: SVX_REFUSED_RETRY,
+                },
+                policy,
+            )))
+        }
     }
 }
 

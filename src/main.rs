@@ -27,6 +27,18 @@ use walkie_bridge::registration::Registration;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own counters for /metrics (`walkie_heap_bytes{heap="rust"}`). They
+/// are cached until the epoch advances, so each read advances it first.
+#[cfg(not(feature = "system-allocator"))]
+fn jemalloc_stats() -> Option<walkie_bridge::ops::metrics::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(walkie_bridge::ops::metrics::HeapStats {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
@@ -78,6 +90,8 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(not(feature = "system-allocator"))]
+    walkie_bridge::ops::metrics::set_rust_heap_probe(jemalloc_stats);
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::CheckConfig { file, config } => {

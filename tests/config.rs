@@ -90,7 +90,7 @@ fn example_passes_check_config() {
     let path = example();
     let (code, stdout, stderr) = run(&mut cli(&["check-config", path.to_str().unwrap()]));
     assert_eq!(code, 0, "stderr: {stderr}");
-    assert_eq!(stdout.trim(), "ok: 1 channels, 3 endpoints");
+    assert_eq!(stdout.trim(), "ok: 2 channels, 4 endpoints");
     assert!(
         !stderr.contains("warning"),
         "the example should have no warnings: {stderr}"
@@ -168,13 +168,23 @@ fn example_deserializes_to_the_structs() {
         }
     );
 
-    let [channel] = config.channels.as_slice() else {
-        panic!("one channel expected: {:?}", config.channels);
+    let [channel, net] = config.channels.as_slice() else {
+        panic!("two channels expected: {:?}", config.channels);
     };
     assert_eq!(channel.name, "ops");
     assert_eq!(channel.room, RoomRef::Alias("#ops:example.org".into()));
     let ids: Vec<String> = channel.endpoints.iter().map(ToString::to_string).collect();
     assert_eq!(ids, ["mumble.ops", "mqtt.lobby", "radio.uhf"]);
+    assert_eq!(net.name, "net");
+    let Some(EndpointSpec::SvxReflector(svx)) =
+        config.endpoint(&"svxreflector.net".parse().unwrap())
+    else {
+        panic!("svxreflector.net missing");
+    };
+    assert_eq!(svx.server.to_string(), "reflector.example.org:5300");
+    assert_eq!((svx.callsign.as_str(), svx.talkgroup), ("N0CALL", Some(91)));
+    assert_eq!(svx.auth_key.expose(), "change me");
+    assert_eq!(svx.transmit_allow.len(), 2);
 
     let Some(EndpointSpec::Mumble(m)) =
         config.endpoint(&EndpointId::new(EndpointKind::Mumble, "ops"))

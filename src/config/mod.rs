@@ -254,6 +254,7 @@ pub enum EndpointSpec {
     Mumble(MumbleConfig),
     Mqtt(MqttConfig),
     Radio(RadioConfig),
+    SvxReflector(SvxReflectorConfig),
 }
 
 impl EndpointSpec {
@@ -262,8 +263,27 @@ impl EndpointSpec {
             Self::Mumble(_) => EndpointKind::Mumble,
             Self::Mqtt(_) => EndpointKind::Mqtt,
             Self::Radio(_) => EndpointKind::Radio,
+            Self::SvxReflector(_) => EndpointKind::SvxReflector,
         }
     }
+}
+
+/// `[svxreflector.NAME]`: the bridge as a node on a SvxLink reflector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SvxReflectorConfig {
+    /// The reflector's `host:port` (its TCP and UDP port; SvxReflector's default
+    /// is 5300).
+    pub server: HostPort,
+    /// The node's callsign: the bridge operator's, as the reflector's sysop
+    /// entered it in `[USERS]`.
+    pub callsign: String,
+    pub auth_key: Secret,
+    /// The talkgroup the channel carries (protocol 2, SvxReflector 1.x from
+    /// SvxLink 24.02 on). Unset: the bridge is a protocol-1 node (see the crate).
+    pub talkgroup: Option<u32>,
+    /// Who the node may transmit to the network (as for a radio).
+    pub transmit_allow: Vec<TransmitAllow>,
+    pub transmit_min_power_level: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

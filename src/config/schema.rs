@@ -42,6 +42,22 @@ pub(crate) struct RawConfig {
     pub mqtt: BTreeMap<String, RawMqtt>,
     #[serde(default)]
     pub radio: BTreeMap<String, RawRadio>,
+    #[serde(default)]
+    pub svxreflector: BTreeMap<String, RawSvxReflector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSvxReflector {
+    pub server: String,
+    pub callsign: String,
+    pub auth_key: Secret,
+    #[serde(default)]
+    pub talkgroup: Option<u32>,
+    #[serde(default)]
+    pub transmit_allow: Vec<String>,
+    #[serde(default)]
+    pub transmit_min_power_level: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,10 +55,11 @@ pub enum EndpointKind {
     Mumble,
     Mqtt,
     Radio,
+    SvxReflector,
 }
 
 impl EndpointKind {
-    pub const ALL: [EndpointKind; 3] = [Self::Mumble, Self::Mqtt, Self::Radio];
+    pub const ALL: [EndpointKind; 4] = [Self::Mumble, Self::Mqtt, Self::Radio, Self::SvxReflector];
 
     /// The config table this kind lives in, and the prefix of its addresses.
     pub fn as_str(self) -> &'static str {
@@ -66,6 +67,7 @@ impl EndpointKind {
             Self::Mumble => "mumble",
             Self::Mqtt => "mqtt",
             Self::Radio => "radio",
+            Self::SvxReflector => "svxreflector",
         }
     }
 }
@@ -111,7 +113,7 @@ impl FromStr for EndpointId {
             .into_iter()
             .find(|k| k.as_str() == kind)
             .ok_or_else(|| {
-                format!("{s:?}: unknown endpoint kind {kind:?}, expected mumble, mqtt or radio")
+                format!("{s:?}: unknown endpoint kind {kind:?}, expected mumble, mqtt, radio or svxreflector")
             })?;
         check_endpoint_name(name).map_err(|reason| format!("{s:?}: {reason}"))?;
         Ok(Self::new(kind, name))

@@ -17,6 +17,7 @@ use super::error::{ConfigError, Warning};
 use super::schema::{
     RawAppservice, RawArchive, RawChannel, RawConfig, RawDatabase, RawEncryption, RawFloor,
     RawHomeserver, RawHttp, RawLive, RawLogging, RawMqtt, RawMumble, RawRadio, RawStatus,
+    RawSvxReflector,
 };
 use super::types::{
     check_endpoint_name, check_server_name, Cos, HostPort, Ptt, RoomRef, Secret, TransmitAllow,
@@ -25,7 +26,7 @@ use super::{
     AppserviceConfig, ArchiveConfig, Broker, ChannelConfig, Config, DatabaseConfig,
     EncryptionConfig, EndpointId, EndpointKind, EndpointSpec, FloorConfig, HomeserverConfig,
     HttpConfig, LiveConfig, LiveLimits, LoggingConfig, MqttConfig, MumbleConfig, RadioConfig,
-    Resource, StatusConfig, VoxConfig,
+    Resource, StatusConfig, SvxReflectorConfig, VoxConfig,
 };
 
 /// Endpoint tables as found: `declared` includes those that failed validation, so a
@@ -160,6 +161,16 @@ pub(crate) fn validate(
                 }
                 Some(EndpointSpec::Radio(radio))
             },
+        );
+    }
+
+    for (name, raw) in raw.svxreflector {
+        endpoint(
+            &mut r,
+            &mut endpoints,
+            EndpointKind::SvxReflector,
+            name,
+            |r, key| svxreflector(r, key, raw).map(EndpointSpec::SvxReflector),
         );
     }
 
@@ -639,6 +650,78 @@ fn endpoint(
     }
 }
 
+/// The reflector refuses a login frame over 64 bytes, which leaves 38 for the
+/// callsign (docs/protocols/svxreflector.md §1.2).
+const SVX_CALLSIGN_MAX: usize = 38;
+
+fn svxreflector(r: &mut Report, key: &str, raw: RawSvxReflector) -> Option<SvxReflectorConfig> {
+    let server = r.check(
+        format!("{key}.server"),
+        raw.server
+            .parse::<HostPort>()
+            .map_err(|e| format!("{e}; expected host:port, e.g. \"reflector.example.org:5300\"")),
+    );
+    r.non_empty(&format!("{key}.callsign"), &raw.callsign);
+    if raw.callsign.len() > SVX_CALLSIGN_MAX {
+        r.error(
+            format!("{key}.callsign"),
+            format!("is longer than the reflector's limit of {SVX_CALLSIGN_MAX} bytes"),
+        );
+    }
+    if raw.auth_key.is_empty() {
+        r.error(
+            format!("{key}.auth_key"),
+            "is empty: the key the reflector's sysop gave for this callsign",
+        );
+    }
+    if raw.talkgroup == Some(0) {
+        r.error(
+            format!("{key}.talkgroup"),
+            "0 is no talkgroup on a reflector (nothing is heard there); remove the key for a \
+             reflector without talkgroups",
+        );
+    }
+    let (transmit_allow, transmit_min_power_level) =
+        transmit_permissions(r, key, &raw.transmit_allow, raw.transmit_min_power_level);
+    Some(SvxReflectorConfig {
+        server: server?,
+        callsign: raw.callsign,
+        auth_key: raw.auth_key,
+        talkgroup: raw.talkgroup,
+        transmit_allow: transmit_allow?,
+        transmit_min_power_level,
+    })
+}
+
+/// `transmit_allow` and `transmit_min_power_level`, as a radio and a reflector
+/// node have them. `None` allow list: an entry was reported.
+fn transmit_permissions(
+    r: &mut Report,
+    key: &str,
+    allow: &[String],
+    min_power_level: Option<i64>,
+) -> (Option<Vec<TransmitAllow>>, Option<i64>) {
+    let transmit_allow: Vec<Option<TransmitAllow>> = allow
+        .iter()
+        .enumerate()
+        .map(|(i, g)| r.check(format!("{key}.transmit_allow[{i}]"), g.parse()))
+        .collect();
+    // Matrix power levels are JSON integers within ±(2^53 - 1).
+    const MAX_POWER: i64 = (1 << 53) - 1;
+    if let Some(level) = min_power_level {
+        if !(-MAX_POWER..=MAX_POWER).contains(&level) {
+            r.error(
+                format!("{key}.transmit_min_power_level"),
+                format!("{level} is outside the range Matrix power levels can take"),
+            );
+        }
+    }
+    (
+        transmit_allow.into_iter().collect::<Option<_>>(),
+        min_power_level,
+    )
+}
+
 fn mumble(r: &mut Report, key: &str, raw: RawMumble) -> Option<MumbleConfig> {
     let server = r.check(
         format!("{key}.server"),
@@ -1033,22 +1116,8 @@ fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
         raw.rx_mute_after_tx_ms,
         0..=10_000,
     );
-    let transmit_allow: Vec<Option<TransmitAllow>> = raw
-        .transmit_allow
-        .iter()
-        .enumerate()
-        .map(|(i, g)| r.check(format!("{key}.transmit_allow[{i}]"), g.parse()))
-        .collect();
-    // Matrix power levels are JSON integers within ±(2^53 - 1).
-    const MAX_POWER: i64 = (1 << 53) - 1;
-    if let Some(level) = raw.transmit_min_power_level {
-        if !(-MAX_POWER..=MAX_POWER).contains(&level) {
-            r.error(
-                format!("{key}.transmit_min_power_level"),
-                format!("{level} is outside the range Matrix power levels can take"),
-            );
-        }
-    }
+    let (transmit_allow, transmit_min_power_level) =
+        transmit_permissions(r, key, &raw.transmit_allow, raw.transmit_min_power_level);
 
     Some(RadioConfig {
         port: raw.port,
@@ -1071,8 +1140,8 @@ fn radio(r: &mut Report, key: &str, raw: RawRadio) -> Option<RadioConfig> {
         id_wpm: raw.id_wpm,
         id_tone_hz: raw.id_tone_hz,
         rx_mute_after_tx,
-        transmit_allow: transmit_allow.into_iter().collect::<Option<_>>()?,
-        transmit_min_power_level: raw.transmit_min_power_level,
+        transmit_allow: transmit_allow?,
+        transmit_min_power_level,
         encoder,
     })
 }
@@ -1318,7 +1387,9 @@ puppet_prefix = "walkie_"
             match endpoint {
                 EndpointSpec::Radio(r) => assert_eq!(r.encoder, chosen),
                 EndpointSpec::Mqtt(m) => assert_eq!(m.encoder, chosen),
-                EndpointSpec::Mumble(_) => unreachable!("no Mumble endpoint configured"),
+                EndpointSpec::Mumble(_) | EndpointSpec::SvxReflector(_) => {
+                    unreachable!("only radios and MQTT endpoints configured")
+                }
             }
         }
         let text = format!("{BASE}{}", endpoints(""));
@@ -1326,7 +1397,7 @@ puppet_prefix = "walkie_"
         assert!(config.endpoints.values().all(|e| match e {
             EndpointSpec::Radio(r) => r.encoder == EncoderSettings::default(),
             EndpointSpec::Mqtt(m) => m.encoder == EncoderSettings::default(),
-            EndpointSpec::Mumble(_) => false,
+            EndpointSpec::Mumble(_) | EndpointSpec::SvxReflector(_) => false,
         }));
     }
 

@@ -95,6 +95,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 pub fn render(handle: &PrometheusHandle, channels: &[HubObserver]) -> String {
     collect(channels);
     collect_runtime();
+    collect_heap();
     handle.run_upkeep();
     handle.render()
 }
@@ -108,6 +109,48 @@ fn collect_runtime() {
         metrics::gauge!("walkie_runtime_alive_tasks").set(metrics.num_alive_tasks() as f64);
         metrics::gauge!("walkie_runtime_global_queue_depth")
             .set(metrics.global_queue_depth() as f64);
+    }
+}
+
+/// What the allocator behind Rust's heap says about itself. The binary picks the
+/// allocator (src/main.rs), so it is the binary that installs the probe.
+#[derive(Clone, Copy, Debug)]
+pub struct HeapStats {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes of physical memory the allocator holds (live, free-but-dirty and its
+    /// own metadata): what it adds to RSS.
+    pub resident: u64,
+}
+
+static RUST_HEAP_PROBE: OnceLock<fn() -> Option<HeapStats>> = OnceLock::new();
+
+/// Installs the probe `/metrics` reads the Rust heap through (first call wins).
+pub fn set_rust_heap_probe(probe: fn() -> Option<HeapStats>) {
+    let _ = RUST_HEAP_PROBE.set(probe);
+}
+
+/// `walkie_heap_bytes`: the Rust heap (allocated, resident) and the C heap that
+/// SQLite and the codecs allocate from (in use, free but held). RSS alone cannot
+/// tell a leak (allocated grows) from an allocator holding on to freed memory
+/// (resident or free grows, allocated flat); the soak benchmark records both.
+fn collect_heap() {
+    if let Some(stats) = RUST_HEAP_PROBE.get().and_then(|probe| probe()) {
+        metrics::gauge!("walkie_heap_bytes", "heap" => "rust", "state" => "allocated")
+            .set(stats.allocated as f64);
+        metrics::gauge!("walkie_heap_bytes", "heap" => "rust", "state" => "resident")
+            .set(stats.resident as f64);
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and only reads glibc's own
+        // counters under its arena locks; it returns the struct by value.
+        let info = unsafe { libc::mallinfo2() };
+        let in_use = info.uordblks.saturating_add(info.hblkhd);
+        metrics::gauge!("walkie_heap_bytes", "heap" => "libc", "state" => "in_use")
+            .set(in_use as f64);
+        metrics::gauge!("walkie_heap_bytes", "heap" => "libc", "state" => "free")
+            .set(info.fordblks as f64);
     }
 }
 

@@ -23,6 +23,7 @@ mod ports;
 mod process;
 mod rigctld;
 mod service_user;
+mod svxlink;
 mod svxreflector;
 mod synapse;
 
@@ -55,6 +56,10 @@ pub use murmur::{
 pub use ports::{free_port, free_tcp_udp_port};
 pub use process::{log_tail, ChildGuard};
 pub use rigctld::Rigctld;
+pub use svxlink::{
+    Capture, PttState, SvxLinkNode, SvxLinkNodeBuilder, Talked, SVXLINK_READY_TIMEOUT,
+    SVXLINK_SAMPLE_RATE,
+};
 pub use svxreflector::{
     SvxReflector, SvxReflectorBuilder, SvxReflectorVersion, SVXREFLECTOR_READY_TIMEOUT,
 };

@@ -177,6 +177,40 @@ impl SvxReflector {
         self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
+    /// Waits until the reflector's log has a line containing `needle` (a node
+    /// selected its talkgroup: "SM0ABC: Select TG #91"). The reflector tells
+    /// nobody else, so its log is read every 20 ms until `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_since(0, needle, timeout).await
+    }
+
+    /// Where the log ends now, for [`Self::wait_for_log_since`]: the log is
+    /// appended to across restarts.
+    pub fn log_mark(&self) -> usize {
+        std::fs::read(&self.log_path).map_or(0, |log| log.len())
+    }
+
+    /// [`Self::wait_for_log`], counting only what was logged after `mark`.
+    pub async fn wait_for_log_since(
+        &self,
+        mark: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read(&self.log_path).unwrap_or_default();
+            let since = log.get(mark..).unwrap_or_default();
+            if String::from_utf8_lossy(since).contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.error(format!("no {needle:?} in the log within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGTERM, wait (SIGKILL after 10 s).
     pub async fn stop(&mut self) -> Result<()> {
         if let Some(child) = self.child.as_mut() {
