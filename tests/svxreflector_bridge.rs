@@ -602,3 +602,74 @@ async fn a_reflector_restart_mid_talk_loses_nothing_after_the_cut() {
     println!("the network's talk ended on the channel {ended_after:?} after the reflector died");
     lab.stop().await;
 }
+
+/// The collision made certain: a local talker holds the channel's floor but has
+/// sent nothing yet (a button pressed, no audio) when a node takes the
+/// talkgroup. The network's talker wins on every side: the local floor is
+/// revoked and the local talker told, the node's talk is the channel's, and the
+/// network hears the node only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_wins_the_talkgroup_takes_the_channel_floor() {
+    let mut lab = lab(SvxReflectorVersion::V19_09).await;
+    lab.listener.start_capture();
+    let key = StreamKey(9);
+    let alice = Talker::new("alice", "alice (Test)");
+    lab.local
+        .talk_start(key, alice, Priority::Normal, TalkKind::Live)
+        .await
+        .expect("hub running");
+    let granted = next_floor(&mut lab.local).await;
+    assert!(matches!(granted, FloorEvent::Granted { .. }), "{granted:?}");
+    let speech = common::radio_speech(16_000);
+    let node = &lab.node;
+    let talking = async { node.talk(&speech).await.expect("the node talks") };
+    let local = &mut lab.local;
+    let watching = async {
+        let mut events = Vec::new();
+        let (tx, talker) = loop {
+            match next_floor(local).await {
+                FloorEvent::Taken { tx, talker, .. } => break (tx, talker),
+                event => events.push(event),
+            }
+        };
+        let (heard, _) = hear(local, tx).await;
+        (events, talker, heard)
+    };
+    let (_, (events, talker, heard)) = tokio::join!(talking, watching);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            FloorEvent::Released {
+                reason: ReleaseReason::Revoked,
+                ..
+            }
+        )),
+        "alice's floor was not revoked: {events:?}"
+    );
+    let told = events.iter().find_map(|e| match e {
+        FloorEvent::Declined { stream, reason, .. } if *stream == key => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        told.as_deref(),
+        Some("SM0NOD is talking on the network"),
+        "{events:?}"
+    );
+    assert_eq!(talker.display_name, format!("{NODE} (SvxReflector)"));
+    assert_is(&heard, &speech, "the node's talk on the channel");
+    lab.local.talk_end(key).await.expect("hub running");
+    lab.listener
+        .wait_for_ptt(
+            "the listener hears the node",
+            |p| p.keyed >= 1 && !p.on,
+            WAIT,
+        )
+        .await
+        .expect("listener keyed");
+    assert_is(
+        &lab.listener.captured().samples,
+        &speech,
+        "what the network heard",
+    );
+    lab.stop().await;
+}

@@ -104,12 +104,9 @@ async fn a_node_talk_is_archived_and_a_voice_message_is_heard_at_the_node() {
     let reflector = reflector().await;
     let node = svxlink(&reflector).await;
     let status_port = free_port();
-    let text = config(
-        &setup,
-        &reflector,
-        &format!("auth_key = \"{KEY}\""),
-        status_port,
-    );
+    // Only alice may be heard on the network (the operator's licence).
+    let keys = format!("auth_key = \"{KEY}\"\ntransmit_allow = [\"@alice:{SERVER}\"]");
+    let text = config(&setup, &reflector, &keys, status_port);
     let running = bridge_common::start_daemon(&bridge_common::load(&text)).await;
     status_until(status_port, |e| e["state"] == "connected").await;
     reflector
@@ -134,12 +131,37 @@ async fn a_node_talk_is_archived_and_a_voice_message_is_heard_at_the_node() {
     let display = alice.displayname(&puppet).await.expect("profile");
     assert_eq!(display.as_deref(), Some("SM0NOD (SvxReflector)"));
 
-    // Matrix talks: the node's transmitter plays it.
-    bridge_common::opt_in(&alice, &setup.room_id).await;
+    // Matrix talks: bob is not in transmit_allow and is told so in a reply;
+    // alice's message is played by the node's transmitter, and only hers.
     node.start_capture();
     let keyed_before = node.ptt().keyed;
     let message = common::radio_speech(48_000);
     let ogg = encode_ogg_opus(&message, 24_000).expect("Ogg Opus");
+    let bob = setup.member("bob").await;
+    let bob = setup.synapse.client(&bob);
+    bridge_common::opt_in(&bob, &setup.room_id).await;
+    let bobs = bob
+        .send_voice_message(&setup.room_id, ogg.clone(), 1000)
+        .await
+        .expect("bob's voice message");
+    let bot = format!("@walkie:{SERVER}");
+    let reply = bob
+        .sync_until(
+            |e| {
+                e.sender() == bot
+                    && e.content()["m.relates_to"]["m.in_reply_to"]["event_id"] == bobs.as_str()
+            },
+            WAIT,
+        )
+        .await
+        .expect("bob is told");
+    let told = reply.body().unwrap_or_default().to_owned();
+    println!("bob is told: {told}");
+    assert!(
+        told.starts_with("Not transmitted on svxreflector.net"),
+        "{told}"
+    );
+    bridge_common::opt_in(&alice, &setup.room_id).await;
     alice
         .send_voice_message(&setup.room_id, ogg, message.len() as u64 * 1000 / 48_000)
         .await
@@ -156,6 +178,11 @@ async fn a_node_talk_is_archived_and_a_voice_message_is_heard_at_the_node() {
         &node.captured().samples,
         &sent,
         "the voice message at the node",
+    );
+    assert_eq!(
+        node.ptt().keyed,
+        keyed_before + 1,
+        "bob's message was transmitted"
     );
     running.stop().await;
 }

@@ -190,3 +190,22 @@ async fn a_reflector_that_dies_ends_the_session() {
         other => panic!("expected the end of the session, got {other:?}"),
     }
 }
+
+/// A reflector that carries another codec than Opus is refused with what to
+/// ask the sysop for, and counts as a matter for the operator (no fast retries).
+#[tokio::test]
+async fn a_reflector_without_opus_is_refused_with_the_reason() {
+    let reflector = SvxReflector::builder(SvxReflectorVersion::V19_09)
+        .node("SM0AAA", KEY)
+        .global("CODECS", "GSM")
+        .start()
+        .await
+        .expect("reflector starts");
+    let refused = Connection::connect(&config(&reflector, "SM0AAA", None))
+        .await
+        .err();
+    assert_eq!(refused, Some(ConnectError::Codec("GSM".into())));
+    let refused = refused.expect("refused");
+    assert!(refused.needs_operator());
+    assert!(refused.to_string().contains("CODECS=OPUS"), "{refused}");
+}
