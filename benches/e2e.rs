@@ -75,7 +75,7 @@ use walkie_endpoint::testkit::TestEndpoint;
 use walkie_endpoint::{
     Capabilities, Downlink, EndpointId, FloorEvent, Priority, StreamKey, TalkKind, Talker,
 };
-use walkie_harness::{Mosquitto, MumbleServer, Murmur};
+use walkie_harness::{Mosquitto, MumbleServer, Murmur, SvxReflector, SvxReflectorVersion};
 use walkie_mqtt::transcode::{PcmToOpus, PcmToPcm16};
 use walkie_mumble::{ConnectConfig, Connection, ConnectionHandle, Event};
 
@@ -279,6 +279,7 @@ async fn run(plan: Plan, only: Option<&str>) {
         bridge.stop();
         drop(lab);
         p1_on_mumble_1_5(&env, &broker, &plan, &mut results).await;
+        p1_svxreflector_to_mumble(&env, &matrix, &plan, &mut results).await;
         return;
     }
     p3_archive(&mut lab, &matrix, &ops_room, &plan, &mut results).await;
@@ -288,6 +289,7 @@ async fn run(plan: Plan, only: Option<&str>) {
     bridge.stop();
     drop(lab);
     p1_on_mumble_1_5(&env, &broker, &plan, &mut results).await;
+    p1_svxreflector_to_mumble(&env, &matrix, &plan, &mut results).await;
 
     for pcm16 in [false, true] {
         p4_ramp(&env, pcm16, max_streams, &plan, &broker, &mut results).await;
@@ -832,6 +834,183 @@ async fn p1_on_mumble_1_5(
     p1_mumble_to_mqtt(&mut lab, plan, results, ON_1_5).await;
     p1_mqtt_to_mumble(&mut lab, plan, results, ON_1_5).await;
     bridge.stop();
+}
+
+/// P1 SvxReflector → Mumble: a node of our own (walkie-svxreflector's session,
+/// as the bench's other clients are the workspace's own) talks on a 19.09
+/// reflector; a second node there is the bridge-less receiver, so the
+/// reflector's relay cancels out per frame; bob hears the bridge's bot on
+/// murmurd, whose hop is the Mumble loopback baseline measured above.
+async fn p1_svxreflector_to_mumble(
+    env: &ConfigEnv<'_>,
+    matrix: &Matrix,
+    plan: &Plan,
+    results: &mut Results,
+) {
+    const KEY: &str = "bench key";
+    let reflector = SvxReflector::builder(SvxReflectorVersion::V19_09)
+        .node("SM0BRG", KEY)
+        .node("SM0SND", KEY)
+        .node("SM0OBS", KEY)
+        .start()
+        .await
+        .expect("svxreflector");
+    let murmur = Murmur::builder()
+        .channels(&["Svx"])
+        .start()
+        .await
+        .expect("murmurd");
+    matrix.room("svx").await;
+    let address = murmur.address();
+    let env = ConfigEnv {
+        murmur: &address,
+        ..*env
+    };
+    let channels = [ChannelSpec {
+        name: "svx".into(),
+        endpoints: vec![
+            EndpointSpec::SvxReflector {
+                name: "net".into(),
+                server: reflector.address(),
+                callsign: "SM0BRG".into(),
+                auth_key: KEY.into(),
+            },
+            EndpointSpec::Mumble {
+                name: "svx".into(),
+                channel: "Svx".into(),
+                username: "walkie".into(),
+            },
+        ],
+    }];
+    let text = config_text(&env, &channels);
+    let bridge = Bridge::start(env.dir, "e2e-svxreflector", &text, env.status).await;
+    let node = |callsign: &str| walkie_svxreflector::ConnectConfig {
+        host: reflector.host().to_owned(),
+        port: reflector.port(),
+        callsign: callsign.to_owned(),
+        auth_key: KEY.to_owned(),
+        talkgroup: None,
+    };
+    let (sender, _sender_events) = walkie_svxreflector::Connection::connect(&node("SM0SND"))
+        .await
+        .expect("sender node");
+    let (_observer, mut observer_events) =
+        walkie_svxreflector::Connection::connect(&node("SM0OBS"))
+            .await
+            .expect("observer node");
+    let (_bob, mut bob_events) = Connection::connect(mumble_client(&murmur, "bobsvx", "Svx"))
+        .await
+        .expect("bob connects");
+    // Stamped as they arrive, read after each talk.
+    let (observed_tx, mut observed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = observer_events.recv().await {
+            if let walkie_svxreflector::Event::Audio(_) = event {
+                let _ = observed_tx.send(Instant::now());
+            }
+        }
+    });
+    let (heard_tx, mut heard) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = bob_events.recv().await {
+            if let Event::Voice {
+                name, seq, opus, ..
+            } = event
+            {
+                if name == "walkie" && !opus.is_empty() {
+                    let _ = heard_tx.send((seq, Instant::now()));
+                }
+            }
+        }
+    });
+    reflector
+        .wait_for_log("SM0BRG: Login OK", WAIT)
+        .await
+        .expect("the bridge's node logs in");
+    let deadline = Instant::now() + WAIT;
+    while !_bob.users_in_channel().iter().any(|u| u.name == "walkie") {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge's bot never joined Svx"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let packets = audio(&common::speech(48_000), &common::speech(16_000)).opus;
+    let (mut behind_bridge, mut reflector_hop, mut first, mut rest) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lost = 0;
+    for tx in 0..plan.transmissions {
+        while observed.try_recv().is_ok() {}
+        while heard.try_recv().is_ok() {}
+        let mut sent = Vec::with_capacity(plan.frames_per_tx);
+        let mut pace = tokio::time::interval(FRAME);
+        for f in 0..plan.frames_per_tx {
+            pace.tick().await;
+            sent.push(Instant::now());
+            let packet = &packets[(tx * plan.frames_per_tx + f) % packets.len()];
+            sender.send_audio(bytes::Bytes::copy_from_slice(packet));
+        }
+        pace.tick().await;
+        sender.flush().await;
+        // The talk's last frames and its end cross both servers well within this.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut at_observer = Vec::new();
+        while let Ok(at) = observed.try_recv() {
+            at_observer.push(at);
+        }
+        // Mumble counts 10 ms units, 2 per 20 ms packet.
+        let mut at_bob: HashMap<usize, Instant> = HashMap::new();
+        let mut first_seq = None;
+        while let Ok((seq, at)) = heard.try_recv() {
+            let first = *first_seq.get_or_insert(seq);
+            at_bob
+                .entry((seq.saturating_sub(first) / 2) as usize)
+                .or_insert(at);
+        }
+        for (i, sent_at) in sent.iter().enumerate() {
+            match (at_observer.get(i), at_bob.get(&i)) {
+                (Some(obs), Some(bob)) => {
+                    reflector_hop.push(diff_ms(*obs, *sent_at));
+                    let behind = diff_ms(*bob, *obs);
+                    behind_bridge.push(behind);
+                    if i == 0 {
+                        first.push(behind);
+                    } else {
+                        rest.push(behind);
+                    }
+                }
+                _ => lost += 1,
+            }
+        }
+    }
+    bridge.stop();
+    let label = "SvxReflector→Mumble";
+    let (f, r) = (summarize(&first), summarize(&rest));
+    println!(
+        "    {label}: first frame of a talk p50 {:.3} p99 {:.3} ms; later frames p50 {:.3} p99 {:.3} ms",
+        f.p50, f.p99, r.p50, r.p99
+    );
+    results.series(
+        "P1",
+        &format!("{label}: svxreflector hop node→node (loopback baseline)"),
+        "ms",
+        &reflector_hop,
+    );
+    results.series(
+        "P1",
+        &format!("{label}: observer node → bob (bridge + murmurd hop)"),
+        "ms",
+        &behind_bridge,
+    );
+    results.value(
+        "P1",
+        &format!("{label}: frames lost"),
+        "frames",
+        lost as f64,
+    );
+    let mumble_hop = results.mumble_hop;
+    let added: Vec<f64> = behind_bridge.iter().map(|b| b - mumble_hop).collect();
+    results.series("P1", &format!("ADDED {label} (passthrough)"), "ms", &added);
 }
 
 fn transcode_note(label: &str) -> &'static str {

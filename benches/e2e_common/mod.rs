@@ -141,6 +141,13 @@ pub enum EndpointSpec {
         prefix: String,
         pcm16: bool,
     },
+    /// A node on a reflector (protocol 1: no talkgroup).
+    SvxReflector {
+        name: String,
+        server: String,
+        callsign: String,
+        auth_key: String,
+    },
 }
 
 impl EndpointSpec {
@@ -148,6 +155,7 @@ impl EndpointSpec {
         match self {
             Self::Mumble { name, .. } => format!("mumble.{name}"),
             Self::Mqtt { name, .. } => format!("mqtt.{name}"),
+            Self::SvxReflector { name, .. } => format!("svxreflector.{name}"),
         }
     }
 }
@@ -255,6 +263,18 @@ max_presses_per_minute = 100000
                      payload = \"{}\"\n",
                     env.mosquitto_port,
                     if *pcm16 { "pcm16" } else { "opus" }
+                );
+            }
+            EndpointSpec::SvxReflector {
+                name,
+                server,
+                callsign,
+                auth_key,
+            } => {
+                let _ = write!(
+                    text,
+                    "\n[svxreflector.{name}]\nserver = \"{server}\"\ncallsign = \"{callsign}\"\n\
+                     auth_key = \"{auth_key}\"\n"
                 );
             }
         }
