@@ -97,7 +97,8 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only p1` runs the P1 latency paths alone; `--only idle` measures RSS per
+    // `--only p1` runs the P1 latency paths alone (`--only svx` the SvxReflector
+    // one alone); `--only idle` measures RSS per
     // idle channel (2 and 64 channels × 2 MQTT endpoints); `--only ceiling` ramps
     // passthrough streams from the bench's own MQTT server until the bridge's core
     // drops more than 1 % of frames late. None of them writes the CSV.
@@ -250,6 +251,10 @@ async fn run(plan: Plan, only: Option<&str>) {
 
     if only == Some("idle") {
         idle_memory(&env, &broker, &mut results).await;
+        return;
+    }
+    if only == Some("svx") {
+        p1_svxreflector_to_mumble(&env, &matrix, &plan, &mut results).await;
         return;
     }
     if only == Some("ceiling") {
@@ -839,8 +844,9 @@ async fn p1_on_mumble_1_5(
 /// P1 SvxReflector → Mumble: a node of our own (walkie-svxreflector's session,
 /// as the bench's other clients are the workspace's own) talks on a 19.09
 /// reflector; a second node there is the bridge-less receiver, so the
-/// reflector's relay cancels out per frame; bob hears the bridge's bot on
-/// murmurd, whose hop is the Mumble loopback baseline measured above.
+/// reflector's relay cancels out per frame; bob hears the bridge's bot on a
+/// murmurd of this path's own, whose hop (alice → bob there, measured here too)
+/// is subtracted. Self-contained: `--only svx` runs it alone.
 async fn p1_svxreflector_to_mumble(
     env: &ConfigEnv<'_>,
     matrix: &Matrix,
@@ -891,9 +897,11 @@ async fn p1_svxreflector_to_mumble(
         auth_key: KEY.to_owned(),
         talkgroup: None,
     };
-    let (sender, _sender_events) = walkie_svxreflector::Connection::connect(&node("SM0SND"))
+    let (sender, mut sender_events) = walkie_svxreflector::Connection::connect(&node("SM0SND"))
         .await
         .expect("sender node");
+    // Its own talker news, unread, would fill its queue.
+    tokio::spawn(async move { while sender_events.recv().await.is_some() {} });
     let (_observer, mut observer_events) =
         walkie_svxreflector::Connection::connect(&node("SM0OBS"))
             .await
@@ -901,6 +909,11 @@ async fn p1_svxreflector_to_mumble(
     let (_bob, mut bob_events) = Connection::connect(mumble_client(&murmur, "bobsvx", "Svx"))
         .await
         .expect("bob connects");
+    let (alice, mut alice_events) = Connection::connect(mumble_client(&murmur, "alicesvx", "Svx"))
+        .await
+        .expect("alice connects");
+    // She hears the bot meanwhile; unread, that would stall her connection.
+    tokio::spawn(async move { while alice_events.recv().await.is_some() {} });
     // Stamped as they arrive, read after each talk.
     let (observed_tx, mut observed) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -917,8 +930,8 @@ async fn p1_svxreflector_to_mumble(
                 name, seq, opus, ..
             } = event
             {
-                if name == "walkie" && !opus.is_empty() {
-                    let _ = heard_tx.send((seq, Instant::now()));
+                if !opus.is_empty() {
+                    let _ = heard_tx.send((name, seq, Instant::now()));
                 }
             }
         }
@@ -961,7 +974,10 @@ async fn p1_svxreflector_to_mumble(
         // Mumble counts 10 ms units, 2 per 20 ms packet.
         let mut at_bob: HashMap<usize, Instant> = HashMap::new();
         let mut first_seq = None;
-        while let Ok((seq, at)) = heard.try_recv() {
+        while let Ok((name, seq, at)) = heard.try_recv() {
+            if name != "walkie" {
+                continue;
+            }
             let first = *first_seq.get_or_insert(seq);
             at_bob
                 .entry((seq.saturating_sub(first) / 2) as usize)
@@ -980,6 +996,36 @@ async fn p1_svxreflector_to_mumble(
                     }
                 }
                 _ => lost += 1,
+            }
+        }
+    }
+    // The Mumble hop of this server: alice → bob, the same packets and pace.
+    let mut mumble_hop = Vec::new();
+    for tx in 0..plan.transmissions {
+        while heard.try_recv().is_ok() {}
+        let mut sent = Vec::with_capacity(plan.frames_per_tx);
+        let mut pace = tokio::time::interval(FRAME);
+        for f in 0..plan.frames_per_tx {
+            pace.tick().await;
+            sent.push(Instant::now());
+            let packet = &packets[(tx * plan.frames_per_tx + f) % packets.len()];
+            let last = f + 1 == plan.frames_per_tx;
+            alice.send_voice(packet, last).await.expect("alice talks");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut first_seq = None;
+        let mut at_bob: HashMap<usize, Instant> = HashMap::new();
+        while let Ok((name, seq, at)) = heard.try_recv() {
+            if name == "alicesvx" {
+                let first = *first_seq.get_or_insert(seq);
+                at_bob
+                    .entry((seq.saturating_sub(first) / 2) as usize)
+                    .or_insert(at);
+            }
+        }
+        for (i, sent_at) in sent.iter().enumerate() {
+            if let Some(bob) = at_bob.get(&i) {
+                mumble_hop.push(diff_ms(*bob, *sent_at));
             }
         }
     }
@@ -1008,7 +1054,13 @@ async fn p1_svxreflector_to_mumble(
         "frames",
         lost as f64,
     );
-    let mumble_hop = results.mumble_hop;
+    results.series(
+        "P1",
+        &format!("{label}: murmurd hop alice→bob (loopback baseline)"),
+        "ms",
+        &mumble_hop,
+    );
+    let mumble_hop = summarize(&mumble_hop).p50;
     let added: Vec<f64> = behind_bridge.iter().map(|b| b - mumble_hop).collect();
     results.series("P1", &format!("ADDED {label} (passthrough)"), "ms", &added);
 }

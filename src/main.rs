@@ -27,6 +27,21 @@ use walkie_bridge::registration::Registration;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// One jemalloc thread that returns freed pages to the system on time. Without
+/// it jemalloc purges only on the allocation path of the arena that freed them:
+/// an arena whose thread went quiet kept its dirty pages, and the soak's RSS
+/// crept up (+0.36 MiB of jemalloc "resident" in 17 minutes) while the bytes
+/// allocated stayed flat (`walkie_heap_bytes`). Failing to start it costs only
+/// that, so it is logged and the bridge goes on.
+#[cfg(not(feature = "system-allocator"))]
+fn purge_in_the_background() {
+    use tikv_jemalloc_ctl::{background_thread, max_background_threads};
+    let started = max_background_threads::write(1).and_then(|()| background_thread::write(true));
+    if let Err(error) = started {
+        eprintln!("jemalloc background purging not started: {error}");
+    }
+}
+
 /// jemalloc's own counters for /metrics (`walkie_heap_bytes{heap="rust"}`). They
 /// are cached until the epoch advances, so each read advances it first.
 #[cfg(not(feature = "system-allocator"))]
@@ -91,7 +106,10 @@ struct ConfigArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(not(feature = "system-allocator"))]
-    walkie_bridge::ops::metrics::set_rust_heap_probe(jemalloc_stats);
+    {
+        walkie_bridge::ops::metrics::set_rust_heap_probe(jemalloc_stats);
+        purge_in_the_background();
+    }
     match cli.command {
         Command::Run(arg) => run(&arg.config),
         Command::CheckConfig { file, config } => {

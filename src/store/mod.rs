@@ -181,8 +181,14 @@ impl Store {
             // statement cache from scratch: the 2-hour soak saw RSS step up
             // ~400 KiB at minutes 30 and 60 and never come back down. Recycling
             // guards against a server's per-session leaks; SQLite has none.
+            // All of them are opened at start: sqlx opens one lazily when the
+            // others are busy, each with a worker thread of its own (and its
+            // own page cache and glibc arena), so RSS stepped up whenever
+            // traffic first peaked — in the soak at minute 9 of one run and
+            // minute 112 of another. Opened up front, they are in the baseline.
             SqlitePoolOptions::new()
                 .max_connections(SQLITE_MAX_CONNECTIONS)
+                .min_connections(SQLITE_MAX_CONNECTIONS)
                 .idle_timeout(None)
                 .max_lifetime(None)
         };

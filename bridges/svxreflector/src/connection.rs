@@ -88,7 +88,8 @@ impl ConnectError {
     }
 }
 
-/// What the session hears.
+/// What the session hears. The receiver must be read: audio that finds the
+/// queue full is dropped, and talker news waits for room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// `callsign` has the talkgroup (our own callsign: our audio is on the air).
@@ -446,8 +447,14 @@ impl Session {
                 received = self.udp.recv(&mut datagram) => {
                     let len = received.map_err(|e| ConnectError::Lost(format!("UDP: {e}")))?;
                     if let Some(event) = self.on_udp(&mut clocks, &datagram[..len]) {
-                        if events.send(event).await.is_err() {
-                            return Ok(());
+                        // Never waits on a slow reader: a late frame is worth
+                        // nothing, and waiting would starve the heartbeats.
+                        match events.try_send(event) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics::counter!("walkie_svxreflector_events_dropped_total").increment(1);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                         }
                     }
                 }
