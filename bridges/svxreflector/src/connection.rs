@@ -35,6 +35,8 @@ const UDP_SILENCE_LIMIT: Duration = Duration::from_secs(60);
 /// Commands queued for the session task: a talk's frames, at 50 a second.
 const COMMAND_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 256;
+/// Places in the event queue audio never takes: talker news always finds room.
+const CONTROL_ROOM: usize = 32;
 
 /// Where and who: a `[svxreflector.NAME]` section in this crate's words.
 #[derive(Debug, Clone)]
@@ -89,7 +91,8 @@ impl ConnectError {
 }
 
 /// What the session hears. The receiver must be read: audio that finds the
-/// queue full is dropped, and talker news waits for room.
+/// queue (nearly) full is dropped; a reader that lets the room kept for talker
+/// news fill up too ends the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// `callsign` has the talkgroup (our own callsign: our audio is on the air).
@@ -439,8 +442,14 @@ impl Session {
                     };
                     clocks.tcp_heard = Instant::now();
                     if let Some(event) = self.on_tcp(msg)? {
-                        if events.send(event).await.is_err() {
-                            return Ok(());
+                        // Room is kept for these (see below); a reader that let
+                        // even that fill up is not coming back.
+                        match events.try_send(event) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                return Err(ConnectError::Lost("nobody reads the session's events".into()));
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                         }
                     }
                 }
@@ -448,13 +457,13 @@ impl Session {
                     let len = received.map_err(|e| ConnectError::Lost(format!("UDP: {e}")))?;
                     if let Some(event) = self.on_udp(&mut clocks, &datagram[..len]) {
                         // Never waits on a slow reader: a late frame is worth
-                        // nothing, and waiting would starve the heartbeats.
-                        match events.try_send(event) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                metrics::counter!("walkie_svxreflector_events_dropped_total").increment(1);
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                        // nothing, and waiting would starve the sending and the
+                        // heartbeats. Audio leaves room for the talker news.
+                        if events.is_closed() {
+                            return Ok(());
+                        }
+                        if events.capacity() <= CONTROL_ROOM || events.try_send(event).is_err() {
+                            metrics::counter!("walkie_svxreflector_events_dropped_total").increment(1);
                         }
                     }
                 }

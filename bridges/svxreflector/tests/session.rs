@@ -209,3 +209,38 @@ async fn a_reflector_without_opus_is_refused_with_the_reason() {
     assert!(refused.needs_operator());
     assert!(refused.to_string().contains("CODECS=OPUS"), "{refused}");
 }
+
+/// A session whose events nobody reads for a while (a stalled endpoint) goes on
+/// serving: the audio it hears meanwhile is dropped, and what it sends still
+/// reaches the network. (Waiting for room in its event queue would stop its
+/// sending and its heartbeats, and the reflector would drop it.)
+#[tokio::test]
+async fn an_unread_session_keeps_sending() {
+    let reflector = reflector(SvxReflectorVersion::V19_09, &["SM0AAA", "SM0BBB", "SM0CCC"]).await;
+    let (deaf, _unread) = node(&reflector, "SM0AAA", None).await;
+    let (talker, mut talker_events) = node(&reflector, "SM0BBB", None).await;
+    let (_listener, mut heard) = node(&reflector, "SM0CCC", None).await;
+    // More packets than the deaf node's event queue holds.
+    for packet in packets(200).iter().chain(packets(200).iter()) {
+        assert!(talker.send_audio(packet.clone()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    talker.flush().await;
+    loop {
+        if let Event::TalkerStop { .. } = next(&mut heard).await {
+            break;
+        }
+    }
+    while talker_events.try_recv().is_ok() {}
+    for packet in packets(5) {
+        assert!(deaf.send_audio(packet));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deaf.flush().await;
+    loop {
+        match next(&mut heard).await {
+            Event::TalkerStart { callsign } if callsign == "SM0AAA" => break,
+            _ => {}
+        }
+    }
+}
