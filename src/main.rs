@@ -54,11 +54,19 @@ fn jemalloc_stats() -> Option<walkie_bridge::ops::metrics::HeapStats> {
     })
 }
 
+/// `--version`: the release and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WALKIE_COMMIT"),
+    ")"
+);
+
 const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "walkie-bridge", version, about)]
+#[command(name = "walkie-bridge", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

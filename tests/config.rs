@@ -633,3 +633,30 @@ fn run_with_a_bad_config_exits_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("appservice.listen"), "{stderr}");
 }
+
+/// `--version` says the release and the commit the binary was built from, so an
+/// operator's bug report names the exact code.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let (code, stdout, _) = run(&mut cli(&["--version"]));
+    assert_eq!(code, 0);
+    let line = stdout.trim();
+    let expected_start = format!("walkie-bridge {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&expected_start), "{line}");
+    let commit = line[expected_start.len()..]
+        .strip_suffix(')')
+        .unwrap_or_else(|| panic!("{line}"));
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        // Built in this checkout: this commit, dirty or not.
+        Some(head) => assert_eq!(commit.trim_end_matches("-dirty"), head, "{line}"),
+        // No git here (a source tarball): the build could not know.
+        None => assert_eq!(commit, "unknown", "{line}"),
+    }
+}
