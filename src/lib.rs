@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod endpoints;
 pub mod hub;
 pub mod live;

@@ -63,6 +63,44 @@ const VERSION: &str = concat!(
 );
 
 const EXIT_FAILURE: u8 = 1;
+
+/// `walkie-bridge doctor`: the config first (nothing else can be checked
+/// without it), then `walkie_bridge::doctor`'s checks, printed as they end.
+fn doctor(file: &Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok((config, _warnings)) => {
+            println!(
+                "✓ config {}: {} channels, {} endpoints",
+                file.display(),
+                config.channels.len(),
+                config.endpoints.len()
+            );
+            config
+        }
+        Err(errors) => {
+            println!("✗ config {}: {errors}\n    → fix the keys named above (walkie-bridge check-config shows the same)", file.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let checks = runtime.block_on(walkie_bridge::doctor::run(&config, |check| {
+        println!("{}", check.line());
+    }));
+    if checks.iter().all(|c| c.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
@@ -102,6 +140,10 @@ enum Command {
     },
     /// List serial ports (with /dev/serial/by-id names) and sound cards.
     Devices,
+    /// Check a setup: the config, the homeserver, the as_token, the homeserver's
+    /// way back to the bridge, each room, each reflector login. One line per
+    /// check, ✓ or ✗ with what to do; exit 0 when all pass, 1 otherwise.
+    Doctor(ConfigArg),
 }
 
 #[derive(Args)]
@@ -130,6 +172,7 @@ fn main() -> ExitCode {
             ..
         } => unkey(&config.config, &radio),
         Command::Unkey { config, .. } => unkey_all(&config.config),
+        Command::Doctor(arg) => doctor(&arg.config),
         Command::Devices => {
             print!("{}", walkie_radio::devices::devices());
             ExitCode::SUCCESS

@@ -1,0 +1,456 @@
+//! `walkie-bridge doctor`: checks a setup in the order it depends on itself and
+//! prints one line per check, ✓ or ✗ and, for ✗, what to do. Read-only: it
+//! joins no room and sends nothing anyone sees (a reflector login is a login).
+//!
+//! Done so far (issue 19, item 2): the homeserver, the `as_token`, the
+//! homeserver's registration and its way back to the bridge (appservice ping),
+//! each channel's room and the bot's powers there, each SvxReflector login.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EndpointSpec, RoomRef, Secret};
+use crate::matrix::client::Homeserver;
+use crate::matrix::room_setup::missing_powers;
+
+/// How long one network check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One check's outcome: what was found, or what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pass(String),
+    Fail { found: String, fix: String },
+}
+
+/// One printed line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+impl Check {
+    fn pass(name: impl Into<String>, found: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            outcome: Outcome::Pass(found.into()),
+        }
+    }
+
+    fn fail(name: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            outcome: Outcome::Fail {
+                found: found.into(),
+                fix: fix.into(),
+            },
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        matches!(self.outcome, Outcome::Pass(_))
+    }
+
+    /// `✓ name: found` or `✗ name: found\n    → fix`.
+    pub fn line(&self) -> String {
+        match &self.outcome {
+            Outcome::Pass(found) => format!("✓ {}: {found}", self.name),
+            Outcome::Fail { found, fix } => format!("✗ {}: {found}\n    → {fix}", self.name),
+        }
+    }
+}
+
+/// Runs every check after the config's, calling `report` with each as it ends.
+/// Later checks that need an earlier one (rooms need the `as_token`) are
+/// skipped when it failed: their failure would only repeat it.
+pub async fn run(config: &Config, mut report: impl FnMut(&Check)) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut add = |check: Check, checks: &mut Vec<Check>| {
+        report(&check);
+        checks.push(check);
+    };
+    let homeserver = match Homeserver::new(
+        config.homeserver.url.clone(),
+        config.appservice.as_token.clone(),
+    ) {
+        Ok(homeserver) => homeserver,
+        Err(error) => {
+            add(
+                Check::fail("homeserver", error.to_string(), "check homeserver.url"),
+                &mut checks,
+            );
+            return checks;
+        }
+    };
+    let reachable = homeserver_check(config).await;
+    let reached = reachable.passed();
+    add(reachable, &mut checks);
+    if !reached {
+        return checks;
+    }
+    let token = token_check(config, &homeserver).await;
+    let accepted = token.passed();
+    add(token, &mut checks);
+    if accepted {
+        add(ping_check(config, &homeserver).await, &mut checks);
+        for channel in &config.channels {
+            add(
+                room_check(config, &homeserver, &channel.room).await,
+                &mut checks,
+            );
+        }
+    }
+    // A reflector refuses a second login of a callsign that is logged in: with
+    // the bridge running, its own /status says how its node is doing.
+    let running = tokio::net::TcpListener::bind(config.appservice.listen)
+        .await
+        .is_err();
+    for (id, spec) in &config.endpoints {
+        if let EndpointSpec::SvxReflector(svx) = spec {
+            let id = id.to_string();
+            let check = if running {
+                status_check(config, &id, &svx.server.to_string()).await
+            } else {
+                svxreflector_check(&id, svx).await
+            };
+            add(check, &mut checks);
+        }
+    }
+    checks
+}
+
+/// How the running bridge's endpoint `id` is doing, from its `/status`.
+async fn status_check(config: &Config, id: &str, server: &str) -> Check {
+    let name = format!("{id} {server}");
+    let Some(listen) = config.status.listen else {
+        return Check::fail(
+            name,
+            "not checked: the bridge is running (its node is logged in, and a second login \
+             would be refused) and status.listen is off",
+            "stop the bridge and run doctor again, or set status.listen",
+        );
+    };
+    let answer = reqwest::Client::new()
+        .get(format!("http://{listen}/status"))
+        .timeout(CHECK_TIMEOUT)
+        .send()
+        .await;
+    let status: Option<serde_json::Value> = match answer {
+        Ok(answer) => answer.json().await.ok(),
+        Err(_) => None,
+    };
+    let endpoint = status.as_ref().and_then(|status| {
+        status["channels"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["endpoints"].as_array())
+            .flatten()
+            .find(|e| e["id"] == id)
+            .cloned()
+    });
+    match endpoint {
+        Some(e) if e["state"] == "connected" => {
+            let warning = e["warning"]
+                .as_str()
+                .map(|w| format!(" (warning: {w})"))
+                .unwrap_or_default();
+            Check::pass(
+                name,
+                format!("the running bridge's node is logged in{warning}"),
+            )
+        }
+        Some(e) => Check::fail(
+            name,
+            format!(
+                "the running bridge's node is {}: {}",
+                e["state"].as_str().unwrap_or("?"),
+                e["reason"].as_str().unwrap_or("no reason given")
+            ),
+            "check server, callsign and auth_key with the reflector's sysop",
+        ),
+        None => Check::fail(
+            name,
+            format!("the running bridge's /status on {listen} does not show it"),
+            "is the running bridge the one this config describes?",
+        ),
+    }
+}
+
+/// The homeserver answers `/_matrix/client/versions`; its software and version
+/// when it says (`/_matrix/federation/v1/version`, often not on the client port).
+async fn homeserver_check(config: &Config) -> Check {
+    let name = format!("homeserver {}", config.homeserver.url);
+    let http = reqwest::Client::builder()
+        .timeout(CHECK_TIMEOUT)
+        .build()
+        .unwrap_or_default();
+    let url = |path: &str| config.homeserver.url.join(path);
+    let Ok(versions_url) = url("_matrix/client/versions") else {
+        return Check::fail(name, "not a base URL", "check homeserver.url");
+    };
+    let answer = match http.get(versions_url).send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            return Check::fail(
+                name,
+                format!("unreachable: {error}"),
+                "check homeserver.url and that the homeserver runs and listens there",
+            )
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Versions {
+        versions: Vec<String>,
+    }
+    let versions = match answer.json::<Versions>().await {
+        Ok(versions) => versions.versions,
+        Err(error) => {
+            return Check::fail(
+                name,
+                format!("answers, but not as a Matrix homeserver: {error}"),
+                "homeserver.url must be the client-server API's base URL",
+            )
+        }
+    };
+    let mut found = format!(
+        "reachable, Matrix {}",
+        versions.last().map_or("(no version)", String::as_str)
+    );
+    #[derive(serde::Deserialize)]
+    struct Server {
+        server: ServerVersion,
+    }
+    #[derive(serde::Deserialize)]
+    struct ServerVersion {
+        name: String,
+        version: String,
+    }
+    if let Ok(server_url) = url("_matrix/federation/v1/version") {
+        if let Ok(answer) = http.get(server_url).send().await {
+            if let Ok(server) = answer.json::<Server>().await {
+                let _ = write!(found, ", {} {}", server.server.name, server.server.version);
+            }
+        }
+    }
+    Check::pass(name, found)
+}
+
+/// The homeserver takes the `as_token` and says the bot is who it is.
+async fn token_check(config: &Config, homeserver: &Homeserver) -> Check {
+    let bot = format!(
+        "@{}:{}",
+        config.appservice.bot_localpart, config.homeserver.domain
+    );
+    match tokio::time::timeout(CHECK_TIMEOUT, homeserver.whoami(None)).await {
+        Ok(Ok(user)) if user == bot => Check::pass("as_token", format!("accepted: the bot is {user}")),
+        Ok(Ok(user)) => Check::fail(
+            "as_token",
+            format!("accepted, but the homeserver says it is {user}, not {bot}"),
+            "appservice.bot_localpart and homeserver.domain must match the registration the homeserver loaded",
+        ),
+        Ok(Err(error)) => Check::fail(
+            "as_token",
+            format!("refused: {error}"),
+            "the homeserver does not have this registration: run `walkie-bridge generate-registration`, \
+             add the file to the homeserver's app_service_config_files and restart it",
+        ),
+        Err(_) => Check::fail("as_token", "no answer in time", "check the homeserver's load and logs"),
+    }
+}
+
+/// The homeserver calls the bridge back with the right `hs_token` (appservice
+/// ping). When the bridge is not running, a stand-in listens on
+/// `appservice.listen` for the ping alone.
+async fn ping_check(config: &Config, homeserver: &Homeserver) -> Check {
+    let name = format!("appservice {}", config.appservice.url);
+    let stop = CancellationToken::new();
+    let stand_in = stand_in(
+        config.appservice.listen,
+        config.appservice.hs_token.clone(),
+        stop.clone(),
+    )
+    .await;
+    let pinged = tokio::time::timeout(CHECK_TIMEOUT, homeserver.ping(&config.appservice.id)).await;
+    stop.cancel();
+    let answered_by = if stand_in {
+        "doctor's stand-in listener"
+    } else {
+        "the running bridge"
+    };
+    match pinged {
+        Ok(Ok(took)) => Check::pass(
+            name,
+            format!(
+                "the homeserver reached {answered_by} with the right hs_token in {} ms",
+                took.as_millis()
+            ),
+        ),
+        Ok(Err(error)) => {
+            let text = error.to_string();
+            let fix = match error.errcode() {
+                Some("M_CONNECTION_FAILED") | Some("M_CONNECTION_TIMEOUT") => format!(
+                    "the homeserver cannot connect to {}: set appservice.url (the registration's url) to an \
+                     address the homeserver can reach, and appservice.listen to where the bridge listens",
+                    config.appservice.url
+                ),
+                Some("M_BAD_STATUS") => "the bridge refused the homeserver's hs_token: the registration the \
+                     homeserver loaded has another hs_token; regenerate it with `walkie-bridge \
+                     generate-registration`"
+                    .to_owned(),
+                _ => "the homeserver does not know this appservice id, or is older than Matrix v1.7: \
+                      check appservice.id against the registration's id"
+                    .to_owned(),
+            };
+            Check::fail(name, text, fix)
+        }
+        Err(_) => Check::fail(name, "no answer in time", "check the homeserver's logs"),
+    }
+}
+
+/// Listens on `listen` and answers the appservice ping (checking the
+/// `hs_token`) until `stop`; `false` when something (the bridge) already
+/// listens there.
+async fn stand_in(listen: SocketAddr, hs_token: Secret, stop: CancellationToken) -> bool {
+    let Ok(listener) = tokio::net::TcpListener::bind(listen).await else {
+        return false;
+    };
+    let router = Router::new().route(
+        "/_matrix/app/v1/ping",
+        post(move |headers: HeaderMap| {
+            let expected = format!("Bearer {}", hs_token.expose());
+            async move {
+                let given = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                if given == Some(expected.as_str()) {
+                    (StatusCode::OK, "{}")
+                } else {
+                    (StatusCode::FORBIDDEN, r#"{"errcode":"M_FORBIDDEN"}"#)
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    true
+}
+
+/// The room resolves, the bot is in it, and its power levels let the bot send
+/// the floor state and invite the puppets.
+async fn room_check(config: &Config, homeserver: &Homeserver, room: &RoomRef) -> Check {
+    let name = format!("room {room}");
+    let bot_id = format!(
+        "@{}:{}",
+        config.appservice.bot_localpart, config.homeserver.domain
+    );
+    let Ok(bot) = ruma::UserId::parse(&bot_id) else {
+        return Check::fail(
+            name,
+            format!("{bot_id} is not a user id"),
+            "check appservice.bot_localpart",
+        );
+    };
+    let room_id = match room {
+        RoomRef::Id(id) => match ruma::RoomId::parse(id) {
+            Ok(id) => id,
+            Err(error) => return Check::fail(name, error.to_string(), "check the channel's room"),
+        },
+        RoomRef::Alias(alias) => {
+            let Ok(parsed) = ruma::RoomAliasId::parse(alias) else {
+                return Check::fail(name, "not a room alias", "check the channel's room");
+            };
+            match homeserver.resolve_alias(&parsed).await {
+                Ok(id) => id,
+                Err(error) => {
+                    return Check::fail(
+                        name,
+                        format!("does not resolve: {error}"),
+                        "create the room with this alias, or point the channel at an existing one",
+                    )
+                }
+            }
+        }
+    };
+    match homeserver.room_state(&room_id, &bot).await {
+        Ok(state) => {
+            let missing = missing_powers(&state, &bot);
+            if missing.is_empty() {
+                Check::pass(
+                    name,
+                    format!("{room_id}: {bot} is in it and may do what it needs"),
+                )
+            } else {
+                Check::fail(
+                    name,
+                    format!("{room_id}: {}", missing.join("; ")),
+                    "raise the bot's power level in the room's settings",
+                )
+            }
+        }
+        Err(error) => Check::fail(
+            name,
+            format!("{room_id}: the bot cannot read it ({error})"),
+            format!("invite {bot} to the room (the bridge joins it when it starts)"),
+        ),
+    }
+}
+
+/// The node logs in to the reflector with its callsign and key.
+async fn svxreflector_check(id: &str, svx: &crate::config::SvxReflectorConfig) -> Check {
+    let config = walkie_svxreflector::ConnectConfig {
+        host: svx.server.host.clone(),
+        port: svx.server.port,
+        callsign: svx.callsign.clone(),
+        auth_key: svx.auth_key.expose().to_owned(),
+        talkgroup: svx.talkgroup,
+    };
+    let name = format!("{id} {}", svx.server);
+    match tokio::time::timeout(
+        CHECK_TIMEOUT,
+        walkie_svxreflector::Connection::connect(&config),
+    )
+    .await
+    {
+        Ok(Ok((handle, _events))) => {
+            let info = handle.info();
+            let talkgroups = match (info.protocol, svx.talkgroup) {
+                (2, Some(tg)) => format!(", talkgroup {tg}"),
+                (_, Some(tg)) => format!(" (no talkgroups there: talkgroup {tg} is ignored)"),
+                _ => String::new(),
+            };
+            handle.disconnect();
+            Check::pass(
+                name,
+                format!(
+                    "logged in as {} with protocol {}{talkgroups}, {} nodes on the reflector",
+                    svx.callsign,
+                    info.protocol,
+                    info.nodes.len()
+                ),
+            )
+        }
+        Ok(Err(error)) => {
+            let fix = if error.needs_operator() {
+                "ask the reflector's sysop for the node's callsign and key (and CODECS=OPUS)"
+            } else {
+                "check server (host:port), and that TCP and UDP to that port get through"
+            };
+            Check::fail(name, error.to_string(), fix)
+        }
+        Err(_) => Check::fail(
+            name,
+            "no answer in time",
+            "check server (host:port) and the network",
+        ),
+    }
+}

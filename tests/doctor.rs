@@ -1,0 +1,176 @@
+//! `walkie-bridge doctor` (the real binary) against a real Synapse and a real
+//! SvxReflector: a good setup passes every check, with the bridge running and
+//! without it (then doctor's own stand-in answers the homeserver's ping); each
+//! broken piece is one ✗ line that says what to do, and exit 1.
+
+mod bridge_common;
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use bridge_common::{Setup, SERVER};
+use walkie_harness::{SvxReflector, SvxReflectorVersion};
+
+const KEY: &str = "a shared key";
+
+/// The test configuration with `[svxreflector.net]` on the channel; `edit`
+/// breaks what a test wants broken.
+fn write_config(
+    setup: &Setup,
+    reflector: &SvxReflector,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
+    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
+        .replace("endpoints = []", r#"endpoints = ["svxreflector.net"]"#)
+        + &*format!(
+            "\n[svxreflector.net]\nserver = \"{}\"\ncallsign = \"SM0BRG\"\nauth_key = \"{KEY}\"\n\
+             \n[status]\nlisten = \"127.0.0.1:{}\"\n",
+            reflector.address(),
+            walkie_harness::free_port()
+        );
+    let path = setup.dir.path().join("doctor.toml");
+    std::fs::write(&path, edit(text)).expect("config written");
+    path
+}
+
+/// Exit code and the printed lines.
+fn doctor(config: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"))
+        .args(["doctor", "-c"])
+        .arg(config)
+        .env_remove("WALKIE_CONFIG")
+        .output()
+        .expect("walkie-bridge doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn line<'a>(output: &'a str, start: &str) -> &'a str {
+    output
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{output}"))
+}
+
+async fn reflector() -> SvxReflector {
+    SvxReflector::builder(SvxReflectorVersion::V19_09)
+        .node("SM0BRG", KEY)
+        .start()
+        .await
+        .expect("reflector starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_setup_passes_with_and_without_the_bridge_running() {
+    let setup = bridge_common::setup().await;
+    let reflector = reflector().await;
+    let config = write_config(&setup, &reflector, |t| t);
+    // The bridge joins its room when it starts; doctor then finds it there.
+    let running = bridge_common::start_daemon(&bridge_common::load(
+        &std::fs::read_to_string(&config).expect("config"),
+    ))
+    .await;
+    reflector
+        .wait_for_log("SM0BRG: Login OK", bridge_common::WAIT)
+        .await
+        .expect("the bridge's node logs in");
+    let (code, out) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || doctor(&config)
+    })
+    .await
+    .expect("doctor");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "✓ appservice").contains("the running bridge"),
+        "{out}"
+    );
+    // Its node is logged in, and a second login would be refused: /status says.
+    assert!(
+        line(&out, "✓ svxreflector.net").contains("the running bridge's node is logged in"),
+        "{out}"
+    );
+    running.stop().await;
+
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
+        .await
+        .expect("doctor");
+    assert_eq!(code, 0, "{out}");
+    for start in [
+        "✓ config",
+        "✓ homeserver",
+        "✓ as_token",
+        "✓ appservice",
+        "✓ room #ops",
+        "✓ svxreflector.net",
+    ] {
+        line(&out, start);
+    }
+    assert!(line(&out, "✓ appservice").contains("stand-in"), "{out}");
+    assert!(
+        line(&out, "✓ as_token").contains(&format!("@walkie:{SERVER}")),
+        "{out}"
+    );
+    assert!(!out.contains('✗'), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_broken_piece_is_one_cross_with_what_to_do() {
+    let setup = bridge_common::setup().await;
+    let reflector = reflector().await;
+    let run = |edit: Box<dyn Fn(String) -> String + Send>| {
+        let config = write_config(&setup, &reflector, edit);
+        tokio::task::spawn_blocking(move || doctor(&config))
+    };
+
+    // The bot has never joined the room (the bridge never ran).
+    let (code, out) = run(Box::new(|t| t)).await.expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "✗ room #ops").contains("cannot read"), "{out}");
+    assert!(out.contains(&format!("→ invite @walkie:{SERVER}")), "{out}");
+    assert_eq!(out.matches('✗').count(), 1, "{out}");
+
+    // A config whose tokens are not the registration's.
+    let (code, out) = run(Box::new(|t| {
+        t.replace("as-token-for-the-matrix-bridge-test", "another-as-token")
+    }))
+    .await
+    .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "✗ as_token").contains("refused"), "{out}");
+    assert!(out.contains("generate-registration"), "{out}");
+    let (code, out) = run(Box::new(|t| {
+        t.replace("hs-token-for-the-matrix-bridge-test", "another-hs-token")
+    }))
+    .await
+    .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    line(&out, "✓ as_token");
+    assert!(line(&out, "✗ appservice").contains("M_BAD_STATUS"), "{out}");
+    assert!(out.contains("another hs_token"), "{out}");
+
+    // The reflector does not know this key.
+    let (code, out) = run(Box::new(|t| {
+        t.replace(&format!("auth_key = \"{KEY}\""), "auth_key = \"wrong\"")
+    }))
+    .await
+    .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "✗ svxreflector.net").contains("Access denied"),
+        "{out}"
+    );
+    assert!(out.contains("ask the reflector's sysop"), "{out}");
+
+    // No homeserver there: nothing after it can be checked.
+    let (code, out) = run(Box::new(|t| {
+        t.replace(&setup.synapse.url(), "http://127.0.0.1:9")
+    }))
+    .await
+    .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "✗ homeserver").contains("unreachable"), "{out}");
+    assert!(!out.contains("as_token"), "{out}");
+}
