@@ -4,7 +4,8 @@
 //!
 //! Done so far (issue 19, item 2): the homeserver, the `as_token`, the
 //! homeserver's registration and its way back to the bridge (appservice ping),
-//! each channel's room and the bot's powers there, each SvxReflector login.
+//! each channel's room and the bot's powers there, each MQTT broker's login,
+//! each SvxReflector login. Mumble servers and radios are still to come.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -113,17 +114,47 @@ pub async fn run(config: &Config, mut report: impl FnMut(&Check)) -> Vec<Check> 
         .await
         .is_err();
     for (id, spec) in &config.endpoints {
-        if let EndpointSpec::SvxReflector(svx) = spec {
-            let id = id.to_string();
-            let check = if running {
-                status_check(config, &id, &svx.server.to_string()).await
-            } else {
-                svxreflector_check(&id, svx).await
-            };
-            add(check, &mut checks);
-        }
+        let check = match spec {
+            EndpointSpec::SvxReflector(svx) if running => {
+                status_check(config, &id.to_string(), &svx.server.to_string()).await
+            }
+            EndpointSpec::SvxReflector(svx) => svxreflector_check(&id.to_string(), svx).await,
+            EndpointSpec::Mqtt(mqtt) => mqtt_check(config, id, mqtt).await,
+            // Mumble servers and radios are still to come (issue 19).
+            EndpointSpec::Mumble(_) | EndpointSpec::Radio(_) => continue,
+        };
+        add(check, &mut checks);
     }
     checks
+}
+
+/// The broker takes the endpoint's login (under a client id of doctor's own,
+/// so a running bridge's session is left alone).
+async fn mqtt_check(
+    config: &Config,
+    id: &crate::config::EndpointId,
+    mqtt: &crate::config::MqttConfig,
+) -> Check {
+    let name = format!("{id} {}:{}", mqtt.broker.host, mqtt.broker.port);
+    let endpoint = match crate::endpoints::mqtt_endpoint(id, mqtt, &config.floor) {
+        Ok(endpoint) => endpoint,
+        Err(error) => return Check::fail(name, error.to_string(), "check ca_file"),
+    };
+    match endpoint.check_login(CHECK_TIMEOUT).await {
+        Ok(()) => Check::pass(
+            name,
+            match &mqtt.username {
+                Some(user) => format!("the broker accepts the login as {user}"),
+                None => "the broker accepts an anonymous login".to_owned(),
+            },
+        ),
+        Err(error) => Check::fail(
+            name,
+            error,
+            "check broker, username and password (and ca_file for mqtts://) against the broker's \
+             configuration",
+        ),
+    }
 }
 
 /// How the running bridge's endpoint `id` is doing, from its `/status`.

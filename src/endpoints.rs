@@ -92,46 +92,7 @@ pub fn build(
                 },
             )))
         }
-        EndpointSpec::Mqtt(mqtt) => {
-            let client_id = mqtt
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("walkie-bridge-{}", id.name));
-            let mut settings = MqttEndpointConfig::new(
-                mqtt.broker.host.clone(),
-                mqtt.broker.port,
-                mqtt.prefix.clone(),
-                client_id,
-            );
-            settings.tls = mqtt.broker.tls;
-            settings.ca_file = mqtt.ca_file.clone();
-            settings.username = mqtt.username.clone();
-            settings.password = mqtt
-                .password
-                .as_ref()
-                .map(|p| walkie_mqtt::Secret::new(p.expose()));
-            settings.keep_alive = mqtt.keep_alive;
-            settings.payload = match mqtt.payload {
-                Payload::Opus => PayloadCodec::Opus,
-                Payload::Pcm16 => PayloadCodec::Pcm16,
-            };
-            settings.ha_discovery = mqtt.ha_discovery;
-            settings.encoder = mqtt.encoder;
-            settings.max_priority = mqtt.max_priority;
-            settings.device_max_priority = mqtt
-                .device_max_priority
-                .iter()
-                .map(|(device, p)| (device.clone(), *p))
-                .collect();
-            settings.idle_release = floor.idle_release;
-            settings.reconnect_cap = RECONNECT_CAP;
-            let endpoint =
-                MqttEndpoint::new(hub_id, settings).map_err(|source| BuildError::Mqtt {
-                    id: id.clone(),
-                    source,
-                })?;
-            Ok(Box::new(endpoint))
-        }
+        EndpointSpec::Mqtt(mqtt) => Ok(Box::new(mqtt_endpoint(id, mqtt, floor)?)),
         EndpointSpec::Radio(radio) => build_radio(id, hub_id, radio, channel),
         EndpointSpec::SvxReflector(svx) => {
             // The node transmits under the operator's callsign: who may be heard
@@ -243,4 +204,50 @@ fn build_radio(
     Ok(Box::new(RadioEndpoint::new(
         hub_id, settings, opener, card, policy,
     )))
+}
+
+/// The MQTT endpoint of `[mqtt.NAME]` (also what `doctor` logs in with).
+pub fn mqtt_endpoint(
+    id: &config::EndpointId,
+    mqtt: &config::MqttConfig,
+    floor: &FloorConfig,
+) -> Result<MqttEndpoint, BuildError> {
+    let hub_id = EndpointId::new(id.to_string());
+    let client_id = mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("walkie-bridge-{}", id.name));
+    let mut settings = MqttEndpointConfig::new(
+        mqtt.broker.host.clone(),
+        mqtt.broker.port,
+        mqtt.prefix.clone(),
+        client_id,
+    );
+    settings.tls = mqtt.broker.tls;
+    settings.ca_file = mqtt.ca_file.clone();
+    settings.username = mqtt.username.clone();
+    settings.password = mqtt
+        .password
+        .as_ref()
+        .map(|p| walkie_mqtt::Secret::new(p.expose()));
+    settings.keep_alive = mqtt.keep_alive;
+    settings.payload = match mqtt.payload {
+        Payload::Opus => PayloadCodec::Opus,
+        Payload::Pcm16 => PayloadCodec::Pcm16,
+    };
+    settings.ha_discovery = mqtt.ha_discovery;
+    settings.encoder = mqtt.encoder;
+    settings.max_priority = mqtt.max_priority;
+    settings.device_max_priority = mqtt
+        .device_max_priority
+        .iter()
+        .map(|(device, p)| (device.clone(), *p))
+        .collect();
+    settings.idle_release = floor.idle_release;
+    settings.reconnect_cap = RECONNECT_CAP;
+    let endpoint = MqttEndpoint::new(hub_id, settings).map_err(|source| BuildError::Mqtt {
+        id: id.clone(),
+        source,
+    })?;
+    Ok(endpoint)
 }

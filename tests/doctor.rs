@@ -10,24 +10,38 @@ mod common;
 use std::path::Path;
 
 use bridge_common::{Setup, SERVER};
-use walkie_harness::{SvxReflector, SvxReflectorVersion};
+use walkie_harness::{Mosquitto, SvxReflector, SvxReflectorVersion};
 
 const KEY: &str = "a shared key";
+const BROKER_USER: &str = "bridge";
+const BROKER_PASSWORD: &str = "broker password";
+
+async fn broker() -> Mosquitto {
+    Mosquitto::builder()
+        .credentials(BROKER_USER, BROKER_PASSWORD)
+        .start()
+        .await
+        .expect("mosquitto starts")
+}
 
 /// The test configuration with `[svxreflector.net]` on the channel; `edit`
 /// breaks what a test wants broken.
 fn write_config(
     setup: &Setup,
     reflector: &SvxReflector,
+    broker: &Mosquitto,
     edit: impl Fn(String) -> String,
 ) -> std::path::PathBuf {
     let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
-        .replace("endpoints = []", r#"endpoints = ["svxreflector.net"]"#)
+        .replace("endpoints = []", r#"endpoints = ["svxreflector.net", "mqtt.lobby"]"#)
         + &*format!(
             "\n[svxreflector.net]\nserver = \"{}\"\ncallsign = \"SM0BRG\"\nauth_key = \"{KEY}\"\n\
-             \n[status]\nlisten = \"127.0.0.1:{}\"\n",
+             \n[status]\nlisten = \"127.0.0.1:{}\"\n\
+             \n[mqtt.lobby]\nbroker = \"{}\"\nprefix = \"walkie/lobby\"\nusername = \"{BROKER_USER}\"\n\
+             password = \"{BROKER_PASSWORD}\"\n",
             reflector.address(),
-            walkie_harness::free_port()
+            walkie_harness::free_port(),
+            broker.url()
         );
     let path = setup.dir.path().join("doctor.toml");
     std::fs::write(&path, edit(text)).expect("config written");
@@ -66,7 +80,8 @@ async fn reflector() -> SvxReflector {
 async fn a_good_setup_passes_with_and_without_the_bridge_running() {
     let setup = bridge_common::setup().await;
     let reflector = reflector().await;
-    let config = write_config(&setup, &reflector, |t| t);
+    let broker = broker().await;
+    let config = write_config(&setup, &reflector, &broker, |t| t);
     // The bridge joins its room when it starts; doctor then finds it there.
     let running = bridge_common::start_daemon(&bridge_common::load(
         &std::fs::read_to_string(&config).expect("config"),
@@ -105,6 +120,7 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
         "✓ appservice",
         "✓ room #ops",
         "✓ svxreflector.net",
+        "✓ mqtt.lobby",
     ] {
         line(&out, start);
     }
@@ -120,8 +136,9 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
 async fn each_broken_piece_is_one_cross_with_what_to_do() {
     let setup = bridge_common::setup().await;
     let reflector = reflector().await;
+    let broker = broker().await;
     let run = |edit: Box<dyn Fn(String) -> String + Send>| {
-        let config = write_config(&setup, &reflector, edit);
+        let config = write_config(&setup, &reflector, &broker, edit);
         tokio::task::spawn_blocking(move || doctor(&config))
     };
 
@@ -163,6 +180,16 @@ async fn each_broken_piece_is_one_cross_with_what_to_do() {
         "{out}"
     );
     assert!(out.contains("ask the reflector's sysop"), "{out}");
+
+    // The broker does not take this password.
+    let (code, out) = run(Box::new(|t| t.replace(BROKER_PASSWORD, "not the password")))
+        .await
+        .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "✗ mqtt.lobby").contains("refused the login"),
+        "{out}"
+    );
 
     // No homeserver there: nothing after it can be checked.
     let (code, out) = run(Box::new(|t| {

@@ -82,6 +82,44 @@ impl MqttEndpoint {
         Ok(Self { id, config, tls })
     }
 
+    /// Logs in once as this endpoint would — same broker, credentials and TLS —
+    /// and disconnects: `Ok` with nothing to say, or the broker's refusal or the
+    /// connection error in words. Under the client id `{client_id}-doctor`, with a
+    /// clean session and no will, so a running bridge's own session (same id: the
+    /// broker would drop it) and its retained `offline` are left alone.
+    pub async fn check_login(&self, timeout: Duration) -> Result<(), String> {
+        let c = &self.config;
+        let mut options =
+            MqttOptions::new(format!("{}-doctor", c.client_id), c.host.clone(), c.port);
+        options.set_keep_alive(c.keep_alive).set_clean_session(true);
+        if let Some(user) = &c.username {
+            let password = c.password.as_ref().map_or("", |p| p.expose());
+            options.set_credentials(user.clone(), password.to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(tls),
+            )));
+        }
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
+        let answer = tokio::time::timeout(timeout, async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        return Err(format!("the broker refused the login: {code:?}"))
+                    }
+                    Err(error) => return Err(error.to_string()),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        let _ = client.try_disconnect();
+        answer
+    }
+
     fn options(&self, topics: &Topics) -> MqttOptions {
         let c = &self.config;
         let mut options = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
