@@ -4,8 +4,9 @@
 //!
 //! Done so far (issue 19, item 2): the homeserver, the `as_token`, the
 //! homeserver's registration and its way back to the bridge (appservice ping),
-//! each channel's room and the bot's powers there, each MQTT broker's login,
-//! each SvxReflector login. Mumble servers and radios are still to come.
+//! each channel's room and the bot's powers there, each Mumble server (login,
+//! channel, may speak), each MQTT broker's login, each SvxReflector login.
+//! Radios are still to come.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -120,12 +121,110 @@ pub async fn run(config: &Config, mut report: impl FnMut(&Check)) -> Vec<Check> 
             }
             EndpointSpec::SvxReflector(svx) => svxreflector_check(&id.to_string(), svx).await,
             EndpointSpec::Mqtt(mqtt) => mqtt_check(config, id, mqtt).await,
-            // Mumble servers and radios are still to come (issue 19).
-            EndpointSpec::Mumble(_) | EndpointSpec::Radio(_) => continue,
+            // The server would refuse the bot's name twice.
+            EndpointSpec::Mumble(mumble) if running => {
+                status_check(config, &id.to_string(), &mumble.server.to_string()).await
+            }
+            EndpointSpec::Mumble(mumble) => mumble_check(config, id, mumble).await,
+            // Radios are still to come (issue 19).
+            EndpointSpec::Radio(_) => continue,
         };
         add(check, &mut checks);
     }
     checks
+}
+
+/// The bot logs in to the Mumble server as the bridge would (its configured or
+/// kept certificate), finds its channel, and may speak there.
+async fn mumble_check(
+    config: &Config,
+    id: &crate::config::EndpointId,
+    mumble: &crate::config::MumbleConfig,
+) -> Check {
+    let name = format!("{id} {}", mumble.server);
+    let mut connect = walkie_mumble::ConnectConfig::new(
+        mumble.server.to_string(),
+        mumble.username.clone(),
+        mumble.channel.clone(),
+    );
+    connect.password = mumble.password.as_ref().map(|p| p.expose().to_owned());
+    connect.client_cert = match (&mumble.client_cert, &mumble.client_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (Some(both), None) => Some((both.clone(), both.clone())),
+        _ => None,
+    };
+    if connect.client_cert.is_none() {
+        connect.identity = kept_identity(config, id).await;
+    }
+    connect.accept_invalid_cert = mumble.accept_invalid_cert;
+    connect.timeout = CHECK_TIMEOUT;
+    let certificate = match (&connect.client_cert, &connect.identity) {
+        (Some(_), _) => "its configured certificate".to_owned(),
+        (None, Some(identity)) => format!(
+            "its kept certificate {}",
+            identity.cert_hash().unwrap_or_default()
+        ),
+        (None, None) => "no certificate yet (the bridge makes one on its first start)".to_owned(),
+    };
+    match walkie_mumble::Connection::connect(connect).await {
+        Ok((handle, _events)) => {
+            let me = handle.user(handle.our_session());
+            let registered = me
+                .as_ref()
+                .and_then(|u| u.user_id)
+                .map_or("not registered".to_owned(), |id| {
+                    format!("registered user {id}")
+                });
+            let blocked = me.as_ref().is_some_and(|u| u.suppressed || u.server_muted);
+            let version = handle
+                .server_version()
+                .map(|v| format!("{}.{}.{}", v.major, v.minor, v.patch))
+                .unwrap_or_else(|| "?".into());
+            handle.disconnect().await;
+            if blocked {
+                Check::fail(
+                    name,
+                    format!("logged in to {}, but the bot may not speak there", mumble.channel),
+                    "give the bot (or everyone) the Speak permission in that channel's ACL, or unmute it",
+                )
+            } else {
+                Check::pass(
+                    name,
+                    format!(
+                        "logged in as {} ({registered}, {certificate}) to Mumble {version}, in {}, may speak",
+                        mumble.username, mumble.channel
+                    ),
+                )
+            }
+        }
+        Err(error) => Check::fail(
+            name,
+            error.to_string(),
+            "check server, channel, username and password (a name registered by certificate \
+             needs the bot's certificate: client_cert, or the one the bridge keeps)",
+        ),
+    }
+}
+
+/// The certificate the bridge made for this Mumble bot and keeps in its
+/// database, read without creating anything: none when there is no database yet.
+async fn kept_identity(
+    config: &Config,
+    id: &crate::config::EndpointId,
+) -> Option<walkie_mumble::ClientIdentity> {
+    let url = &config.database.url;
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).exists() {
+            return None;
+        }
+    }
+    let store = crate::store::Store::connect(url).await.ok()?;
+    let (cert_pem, key_pem) = store.mumble_identity(&id.to_string()).await.ok()??;
+    Some(walkie_mumble::ClientIdentity { cert_pem, key_pem })
 }
 
 /// The broker takes the endpoint's login (under a client id of doctor's own,
@@ -157,7 +256,9 @@ async fn mqtt_check(
     }
 }
 
-/// How the running bridge's endpoint `id` is doing, from its `/status`.
+/// How the running bridge's endpoint `id` is doing, from its `/status`: a
+/// reflector or a Mumble server would refuse a second login of the same node
+/// or bot while the bridge is logged in.
 async fn status_check(config: &Config, id: &str, server: &str) -> Check {
     let name = format!("{id} {server}");
     let Some(listen) = config.status.listen else {
@@ -192,19 +293,16 @@ async fn status_check(config: &Config, id: &str, server: &str) -> Check {
                 .as_str()
                 .map(|w| format!(" (warning: {w})"))
                 .unwrap_or_default();
-            Check::pass(
-                name,
-                format!("the running bridge's node is logged in{warning}"),
-            )
+            Check::pass(name, format!("the running bridge is connected{warning}"))
         }
         Some(e) => Check::fail(
             name,
             format!(
-                "the running bridge's node is {}: {}",
+                "the running bridge's endpoint is {}: {}",
                 e["state"].as_str().unwrap_or("?"),
                 e["reason"].as_str().unwrap_or("no reason given")
             ),
-            "check server, callsign and auth_key with the reflector's sysop",
+            "the reason says what to fix; stop the bridge and run doctor again for a full check",
         ),
         None => Check::fail(
             name,

@@ -10,30 +10,53 @@ mod common;
 use std::path::Path;
 
 use bridge_common::{Setup, SERVER};
-use walkie_harness::{Mosquitto, SvxReflector, SvxReflectorVersion};
+use walkie_harness::{Mosquitto, Murmur, SvxReflector, SvxReflectorVersion, PERMISSION_SPEAK};
 
 const KEY: &str = "a shared key";
 const BROKER_USER: &str = "bridge";
 const BROKER_PASSWORD: &str = "broker password";
 
-async fn broker() -> Mosquitto {
-    Mosquitto::builder()
-        .credentials(BROKER_USER, BROKER_PASSWORD)
-        .start()
-        .await
-        .expect("mosquitto starts")
+/// The servers of a setup besides Synapse.
+struct Servers {
+    reflector: SvxReflector,
+    broker: Mosquitto,
+    murmur: Murmur,
+}
+
+async fn servers() -> Servers {
+    Servers {
+        reflector: reflector().await,
+        broker: Mosquitto::builder()
+            .credentials(BROKER_USER, BROKER_PASSWORD)
+            .start()
+            .await
+            .expect("mosquitto starts"),
+        murmur: Murmur::builder()
+            .channels(&["Ops"])
+            .start()
+            .await
+            .expect("murmurd starts"),
+    }
 }
 
 /// The test configuration with `[svxreflector.net]` on the channel; `edit`
 /// breaks what a test wants broken.
 fn write_config(
     setup: &Setup,
-    reflector: &SvxReflector,
-    broker: &Mosquitto,
+    servers: &Servers,
     edit: impl Fn(String) -> String,
 ) -> std::path::PathBuf {
-    let text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path())
-        .replace("endpoints = []", r#"endpoints = ["svxreflector.net", "mqtt.lobby"]"#)
+    let (reflector, broker) = (&servers.reflector, &servers.broker);
+    let text = bridge_common::config_text_with(
+        &setup.synapse.url(),
+        setup.listen,
+        setup.dir.path(),
+        &servers.murmur.address(),
+    )
+    .replace(
+        r#"endpoints = ["mumble.ops"]"#,
+        r#"endpoints = ["mumble.ops", "svxreflector.net", "mqtt.lobby"]"#,
+    )
         + &*format!(
             "\n[svxreflector.net]\nserver = \"{}\"\ncallsign = \"SM0BRG\"\nauth_key = \"{KEY}\"\n\
              \n[status]\nlisten = \"127.0.0.1:{}\"\n\
@@ -46,6 +69,13 @@ fn write_config(
     let path = setup.dir.path().join("doctor.toml");
     std::fs::write(&path, edit(text)).expect("config written");
     path
+}
+
+/// The /status port written into `config`.
+fn status_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).expect("config");
+    let config = bridge_common::load(&text);
+    config.status.listen.expect("status listens").port()
 }
 
 /// Exit code and the printed lines.
@@ -79,9 +109,9 @@ async fn reflector() -> SvxReflector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_setup_passes_with_and_without_the_bridge_running() {
     let setup = bridge_common::setup().await;
-    let reflector = reflector().await;
-    let broker = broker().await;
-    let config = write_config(&setup, &reflector, &broker, |t| t);
+    let servers = servers().await;
+    let reflector = &servers.reflector;
+    let config = write_config(&setup, &servers, |t| t);
     // The bridge joins its room when it starts; doctor then finds it there.
     let running = bridge_common::start_daemon(&bridge_common::load(
         &std::fs::read_to_string(&config).expect("config"),
@@ -91,6 +121,31 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
         .wait_for_log("SM0BRG: Login OK", bridge_common::WAIT)
         .await
         .expect("the bridge's node logs in");
+    // And its Mumble bot is in Ops (/status has no push: asked every 100 ms).
+    let status = status_port(&config);
+    let deadline = std::time::Instant::now() + bridge_common::WAIT;
+    loop {
+        let answer = reqwest::get(format!("http://127.0.0.1:{status}/status")).await;
+        let text = match answer {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let mumble_connected = status["channels"][0]["endpoints"]
+            .as_array()
+            .is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["id"] == "mumble.ops" && e["state"] == "connected")
+            });
+        if mumble_connected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bot never connected: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (code, out) = tokio::task::spawn_blocking({
         let config = config.clone();
         move || doctor(&config)
@@ -104,7 +159,7 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
     );
     // Its node is logged in, and a second login would be refused: /status says.
     assert!(
-        line(&out, "✓ svxreflector.net").contains("the running bridge's node is logged in"),
+        line(&out, "✓ svxreflector.net").contains("the running bridge is connected"),
         "{out}"
     );
     running.stop().await;
@@ -121,6 +176,7 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
         "✓ room #ops",
         "✓ svxreflector.net",
         "✓ mqtt.lobby",
+        "✓ mumble.ops",
     ] {
         line(&out, start);
     }
@@ -135,10 +191,9 @@ async fn a_good_setup_passes_with_and_without_the_bridge_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_broken_piece_is_one_cross_with_what_to_do() {
     let setup = bridge_common::setup().await;
-    let reflector = reflector().await;
-    let broker = broker().await;
+    let servers = servers().await;
     let run = |edit: Box<dyn Fn(String) -> String + Send>| {
-        let config = write_config(&setup, &reflector, &broker, edit);
+        let config = write_config(&setup, &servers, edit);
         tokio::task::spawn_blocking(move || doctor(&config))
     };
 
@@ -191,6 +246,15 @@ async fn each_broken_piece_is_one_cross_with_what_to_do() {
         "{out}"
     );
 
+    // No such Mumble channel.
+    let (code, out) = run(Box::new(|t| {
+        t.replace("channel = \"Ops\"", "channel = \"Nowhere\"")
+    }))
+    .await
+    .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "✗ mumble.ops").contains("Nowhere"), "{out}");
+
     // No homeserver there: nothing after it can be checked.
     let (code, out) = run(Box::new(|t| {
         t.replace(&setup.synapse.url(), "http://127.0.0.1:9")
@@ -200,4 +264,28 @@ async fn each_broken_piece_is_one_cross_with_what_to_do() {
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "✗ homeserver").contains("unreachable"), "{out}");
     assert!(!out.contains("as_token"), "{out}");
+}
+
+/// A Mumble channel where the bot may not speak: logged in, and told it is
+/// not heard there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mumble_channel_where_the_bot_may_not_speak_is_a_cross() {
+    let setup = bridge_common::setup().await;
+    let mut servers = servers().await;
+    servers.murmur = Murmur::builder()
+        .channels(&["Ops"])
+        .deny_everyone("Ops", PERMISSION_SPEAK)
+        .start()
+        .await
+        .expect("murmurd starts");
+    let config = write_config(&setup, &servers, |t| t);
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
+        .await
+        .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "✗ mumble.ops").contains("may not speak"),
+        "{out}"
+    );
+    assert!(out.contains("Speak permission"), "{out}");
 }
