@@ -5,8 +5,9 @@
 //! Done so far (issue 19, item 2): the homeserver, the `as_token`, the
 //! homeserver's registration and its way back to the bridge (appservice ping),
 //! each channel's room and the bot's powers there, each Mumble server (login,
-//! channel, may speak), each MQTT broker's login, each SvxReflector login.
-//! Radios are still to come.
+//! channel, may speak), each MQTT broker's login, each SvxReflector login,
+//! each radio's PTT (unkeyed and read back). Not yet: the sound card at its
+//! rate, the service user's groups.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -126,8 +127,15 @@ pub async fn run(config: &Config, mut report: impl FnMut(&Check)) -> Vec<Check> 
                 status_check(config, &id.to_string(), &mumble.server.to_string()).await
             }
             EndpointSpec::Mumble(mumble) => mumble_check(config, id, mumble).await,
-            // Radios are still to come (issue 19).
-            EndpointSpec::Radio(_) => continue,
+            // Never touch a radio the running bridge may be transmitting on.
+            EndpointSpec::Radio(radio) if running => {
+                let what = radio
+                    .port
+                    .as_ref()
+                    .map_or_else(|| format!("{:?}", radio.ptt), |p| p.display().to_string());
+                status_check(config, &id.to_string(), &what).await
+            }
+            EndpointSpec::Radio(radio) => radio_check(&id.to_string(), radio).await,
         };
         add(check, &mut checks);
     }
@@ -203,6 +211,41 @@ async fn mumble_check(
             "check server, channel, username and password (a name registered by certificate \
              needs the bot's certificate: client_cert, or the one the bridge keeps)",
         ),
+    }
+}
+
+/// The radio's PTT opens and reads back unkeyed (what `walkie-bridge unkey`
+/// does: it drives the line unkeyed, which is where it must be anyway).
+async fn radio_check(id: &str, radio: &crate::config::RadioConfig) -> Check {
+    let ptt = match crate::radio_cli::ptt_config(radio) {
+        Ok(ptt) => ptt,
+        Err(error) => return Check::fail(id, error.to_string(), "check ptt, port and rigctld"),
+    };
+    let name = match (&radio.port, &radio.rigctld) {
+        (_, Some(rigctld)) if radio.ptt == crate::config::Ptt::Rigctld => {
+            format!("{id} rigctld {rigctld}")
+        }
+        (Some(port), _) => format!("{id} {}", port.display()),
+        _ => id.to_owned(),
+    };
+    let unkeyed = tokio::task::spawn_blocking(move || walkie_radio::ptt::force_unkey(&ptt)).await;
+    match unkeyed {
+        Ok(Ok(report)) => match report.read_back_keyed {
+            Some(false) => Check::pass(name, format!("PTT ({}) opens and reads unkeyed", report.ptt)),
+            None => Check::pass(name, format!("PTT ({}): nothing to read back", report.ptt)),
+            Some(true) => Check::fail(
+                name,
+                format!("PTT ({}) still reads KEYED after unkeying", report.ptt),
+                "check ptt_invert and the interface's wiring; switch the radio off until fixed",
+            ),
+        },
+        Ok(Err(error)) => Check::fail(
+            name,
+            error.to_string(),
+            "check that the port exists (walkie-bridge devices) and that the service user may open \
+             it (group dialout), or that rigctld runs at that address",
+        ),
+        Err(error) => Check::fail(name, format!("the check failed: {error}"), "run it again"),
     }
 }
 

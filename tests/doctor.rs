@@ -289,3 +289,37 @@ async fn a_mumble_channel_where_the_bot_may_not_speak_is_a_cross() {
     );
     assert!(out.contains("Speak permission"), "{out}");
 }
+
+/// A radio keyed through rigctld: doctor opens its PTT and reads it unkeyed,
+/// even from keyed (what `unkey` does); with nobody at the address, a cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_radio_on_rigctld_reads_unkeyed_and_a_dead_rigctld_is_a_cross() {
+    let setup = bridge_common::setup().await;
+    let servers = servers().await;
+    let rig = walkie_harness::Rigctld::start();
+    rig.rigctl(&["T", "1"]);
+    assert!(rig.ptt_keyed(), "the rig starts keyed");
+    let radio = |address: String| {
+        move |text: String| {
+            text + &*format!(
+                "\n[radio.uhf]\nptt = \"rigctld\"\nrigctld = \"{address}\"\ncos = \"vox\"\n"
+            )
+        }
+    };
+    let config = write_config(&setup, &servers, radio(rig.address()));
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
+        .await
+        .expect("doctor");
+    assert!(line(&out, "✓ radio.uhf").contains("reads unkeyed"), "{out}");
+    assert!(!rig.ptt_keyed(), "doctor left the rig keyed");
+    // The bot has never joined the room here: that is the one other cross.
+    assert_eq!((code, out.matches('✗').count()), (1, 1), "{out}");
+
+    let nobody = format!("127.0.0.1:{}", walkie_harness::free_port());
+    let config = write_config(&setup, &servers, radio(nobody));
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
+        .await
+        .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(line(&out, "✗ radio.uhf").contains("rigctld"), "{out}");
+}
