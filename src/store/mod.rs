@@ -132,6 +132,23 @@ impl Store {
         }
     }
 
+    /// Opens the pool of a database file, all its connections at once.
+    ///
+    /// A single connection creates the file and switches it to WAL first. Several
+    /// connections opening a brand-new file together race to change its journal
+    /// mode, and the loser gets "database is locked" at once: SQLite does not
+    /// call the busy handler there (seen in CI, 1 start in ~15). The journal mode
+    /// is kept in the file, so the pool's connections then find it set.
+    async fn open_sqlite_file_pool(
+        pool_options: SqlitePoolOptions,
+        options: SqliteConnectOptions,
+    ) -> Result<SqlitePool, sqlx::Error> {
+        let first = options.connect().await?;
+        let pool = pool_options.connect_with(options).await;
+        first.close().await?;
+        pool
+    }
+
     async fn connect_sqlite(url: &str, shown: String) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|cause| StoreError::InvalidUrl {
@@ -192,7 +209,12 @@ impl Store {
                 .idle_timeout(None)
                 .max_lifetime(None)
         };
-        let pool = match pool_options.connect_with(options).await {
+        let opened = if memory {
+            pool_options.connect_with(options).await
+        } else {
+            Self::open_sqlite_file_pool(pool_options, options).await
+        };
+        let pool = match opened {
             Ok(pool) => pool,
             Err(e) => {
                 // SQLite only says "unable to open database file"; the OS says why.
