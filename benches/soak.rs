@@ -21,6 +21,7 @@
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 mod e2e_common;
+mod smaps;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -173,6 +174,7 @@ async fn soak(length: Duration, out: &Path) {
     // "Late" against the first window's p50 of each group + one frame (20 ms).
     let mut reference: Option<[f64; 2]> = None;
     let mut sender_behind_max = Duration::ZERO;
+    let mut snapshots: Vec<smaps::Snapshot> = Vec::new();
     // Scraped off the pacing loop, so a slow /metrics never delays a frame.
     let scraped = Arc::new(Mutex::new(Scraped::default()));
     spawn_scrape(bridge.status, scraped.clone());
@@ -282,6 +284,11 @@ async fn soak(length: Duration, out: &Path) {
                 row.load
             );
             rows.push(row);
+            // Where the anonymous memory is, mapping by mapping: at the first
+            // full window, every 30 minutes and at the end (diffed in the report).
+            if rows.len() == 2 || rows.len() % 60 == 0 || tick + WINDOW_TICKS >= total_ticks {
+                snapshots.push(smaps::Snapshot::take(bridge.pid(), started.elapsed()));
+            }
             for g in 0..2 {
                 all.latencies[g].append(&mut window.latencies[g]);
             }
@@ -298,6 +305,7 @@ async fn soak(length: Duration, out: &Path) {
     let forwarded = bridge.metric("walkie_frames_forwarded_total").await;
     let dropped = bridge.metric("walkie_endpoint_frames_dropped_total").await;
     report(&rows, &all, idle_rss, posted, drained);
+    smaps::report(&snapshots, out);
     println!(
         "bridge counters: frames forwarded {forwarded}, endpoint frames dropped {dropped}; \
          bench sender at most {sender_behind_max:.1?} behind its 20 ms schedule"
