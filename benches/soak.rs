@@ -286,7 +286,10 @@ async fn soak(length: Duration, out: &Path) {
             rows.push(row);
             // Where the anonymous memory is, mapping by mapping: at the first
             // full window, every 30 minutes and at the end (diffed in the report).
-            if rows.len() == 2 || rows.len() % 60 == 0 || tick + WINDOW_TICKS >= total_ticks {
+            if rows.len() == 2
+                || rows.len().is_multiple_of(60)
+                || tick + WINDOW_TICKS >= total_ticks
+            {
                 snapshots.push(smaps::Snapshot::take(bridge.pid(), started.elapsed()));
             }
             for g in 0..2 {
