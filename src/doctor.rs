@@ -150,21 +150,12 @@ async fn mumble_check(
     mumble: &crate::config::MumbleConfig,
 ) -> Check {
     let name = format!("{id} {}", mumble.server);
-    let mut connect = walkie_mumble::ConnectConfig::new(
-        mumble.server.to_string(),
-        mumble.username.clone(),
-        mumble.channel.clone(),
-    );
-    connect.password = mumble.password.as_ref().map(|p| p.expose().to_owned());
-    connect.client_cert = match (&mumble.client_cert, &mumble.client_key) {
-        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-        (Some(both), None) => Some((both.clone(), both.clone())),
-        _ => None,
+    let identity = if mumble.client_cert.is_none() {
+        kept_identity(config, id).await
+    } else {
+        None
     };
-    if connect.client_cert.is_none() {
-        connect.identity = kept_identity(config, id).await;
-    }
-    connect.accept_invalid_cert = mumble.accept_invalid_cert;
+    let mut connect = crate::endpoints::mumble_connect_config(mumble, identity);
     connect.timeout = CHECK_TIMEOUT;
     let certificate = match (&connect.client_cert, &connect.identity) {
         (Some(_), _) => "its configured certificate".to_owned(),
@@ -579,13 +570,7 @@ async fn room_check(config: &Config, homeserver: &Homeserver, room: &RoomRef) ->
 
 /// The node logs in to the reflector with its callsign and key.
 async fn svxreflector_check(id: &str, svx: &crate::config::SvxReflectorConfig) -> Check {
-    let config = walkie_svxreflector::ConnectConfig {
-        host: svx.server.host.clone(),
-        port: svx.server.port,
-        callsign: svx.callsign.clone(),
-        auth_key: svx.auth_key.expose().to_owned(),
-        talkgroup: svx.talkgroup,
-    };
+    let config = crate::endpoints::svxreflector_connect_config(svx);
     let name = format!("{id} {}", svx.server);
     match tokio::time::timeout(
         CHECK_TIMEOUT,

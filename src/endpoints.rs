@@ -53,6 +53,44 @@ pub struct ChannelContext<'a> {
     pub mumble_identities: &'a MumbleIdentities,
 }
 
+/// The login of a Mumble bot as its section configures it. `identity` (the
+/// certificate the bridge generated and kept) is used only when the section
+/// names no certificate of its own.
+pub fn mumble_connect_config(
+    mumble: &config::MumbleConfig,
+    identity: Option<walkie_mumble::ClientIdentity>,
+) -> ConnectConfig {
+    let mut connect = ConnectConfig::new(
+        mumble.server.to_string(),
+        mumble.username.clone(),
+        mumble.channel.clone(),
+    );
+    connect.password = mumble.password.as_ref().map(|p| p.expose().to_owned());
+    connect.client_cert = match (&mumble.client_cert, &mumble.client_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (Some(both), None) => Some((both.clone(), both.clone())),
+        _ => None,
+    };
+    if connect.client_cert.is_none() {
+        connect.identity = identity;
+    }
+    connect.accept_invalid_cert = mumble.accept_invalid_cert;
+    connect
+}
+
+/// The login of a reflector node as its section configures it.
+pub fn svxreflector_connect_config(
+    svx: &config::SvxReflectorConfig,
+) -> walkie_svxreflector::ConnectConfig {
+    walkie_svxreflector::ConnectConfig {
+        host: svx.server.host.clone(),
+        port: svx.server.port,
+        callsign: svx.callsign.clone(),
+        auth_key: svx.auth_key.expose().to_owned(),
+        talkgroup: svx.talkgroup,
+    }
+}
+
 /// Builds the endpoint `id` of kind `spec`; `floor` supplies the timing an endpoint
 /// shares with the arbiter (a talk that goes silent ends after `idle_release`).
 pub fn build(
@@ -64,21 +102,8 @@ pub fn build(
     let hub_id = EndpointId::new(id.to_string());
     match spec {
         EndpointSpec::Mumble(mumble) => {
-            let mut connect = ConnectConfig::new(
-                mumble.server.to_string(),
-                mumble.username.clone(),
-                mumble.channel.clone(),
-            );
-            connect.password = mumble.password.as_ref().map(|p| p.expose().to_owned());
-            connect.client_cert = match (&mumble.client_cert, &mumble.client_key) {
-                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-                (Some(both), None) => Some((both.clone(), both.clone())),
-                _ => None,
-            };
-            if connect.client_cert.is_none() {
-                connect.identity = channel.mumble_identities.get(id).cloned();
-            }
-            connect.accept_invalid_cert = mumble.accept_invalid_cert;
+            let mut connect =
+                mumble_connect_config(mumble, channel.mumble_identities.get(id).cloned());
             connect.transport = TransportMode::Auto;
             connect.timeout = MUMBLE_CONNECT_TIMEOUT;
             Ok(Box::new(MumbleEndpoint::new(
@@ -103,13 +128,7 @@ pub fn build(
                 svx.transmit_min_power_level,
                 Arc::clone(&channel.power_levels),
             ));
-            let connect = walkie_svxreflector::ConnectConfig {
-                host: svx.server.host.clone(),
-                port: svx.server.port,
-                callsign: svx.callsign.clone(),
-                auth_key: svx.auth_key.expose().to_owned(),
-                talkgroup: svx.talkgroup,
-            };
+            let connect = svxreflector_connect_config(svx);
             Ok(Box::new(SvxReflectorEndpoint::new(
                 hub_id,
                 SvxReflectorEndpointConfig {

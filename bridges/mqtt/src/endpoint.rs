@@ -92,15 +92,7 @@ impl MqttEndpoint {
         let mut options =
             MqttOptions::new(format!("{}-doctor", c.client_id), c.host.clone(), c.port);
         options.set_keep_alive(c.keep_alive).set_clean_session(true);
-        if let Some(user) = &c.username {
-            let password = c.password.as_ref().map_or("", |p| p.expose());
-            options.set_credentials(user.clone(), password.to_owned());
-        }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::clone(tls),
-            )));
-        }
+        self.login(&mut options);
         let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
         let answer = tokio::time::timeout(timeout, async {
             loop {
@@ -118,6 +110,20 @@ impl MqttEndpoint {
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
         let _ = client.try_disconnect();
         answer
+    }
+
+    /// The credentials and TLS of the configured login, on `options`.
+    fn login(&self, options: &mut MqttOptions) {
+        let c = &self.config;
+        if let Some(user) = &c.username {
+            let password = c.password.as_ref().map_or("", |p| p.expose());
+            options.set_credentials(user.clone(), password.to_owned());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(tls),
+            )));
+        }
     }
 
     fn options(&self, topics: &Topics) -> MqttOptions {
@@ -140,15 +146,7 @@ impl MqttEndpoint {
                 QoS::AtLeastOnce,
                 true,
             ));
-        if let Some(user) = &c.username {
-            let password = c.password.as_ref().map_or("", |p| p.expose());
-            options.set_credentials(user.clone(), password.to_owned());
-        }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::clone(tls),
-            )));
-        }
+        self.login(&mut options);
         options
     }
 }
