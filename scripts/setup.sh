@@ -242,3 +242,27 @@ if ((${#trixie_missing[@]})); then
   "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${trixie_missing[@]}"
 fi
+
+# The Debian package (tests/debian_package.rs): cargo-deb builds it, and it is
+# installed into a scratch copy of a minimal Debian 12 root — this machine's
+# release, so the library versions `$auto` puts in Depends are there — with what
+# its maintainer scripts and checks call (systemd-sysusers, systemd-tmpfiles,
+# deb-systemd-helper, systemd-analyze, man). Made once (~1 min, ~250 MB).
+CARGO_DEB_VERSION=3.8.0
+if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
+  echo "setup: cargo install cargo-deb $CARGO_DEB_VERSION" >&2
+  CARGO_TARGET_DIR="$ROOT/target/cargo-deb-build" \
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+  rm -rf "$ROOT/target/cargo-deb-build"
+fi
+PACKAGE_ROOT=${WALKIE_PACKAGE_ROOT:-$ROOT/.package-root}
+PACKAGE_ROOT_PACKAGES=systemd,man-db,libopus0,libasound2
+if [[ ! -x $PACKAGE_ROOT/usr/bin/dpkg-query ]]; then
+  echo "setup: making a Debian 12 root at $PACKAGE_ROOT (the package's tests)" >&2
+  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"
+  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$PACKAGE_ROOT_PACKAGES" \
+    bookworm "$PACKAGE_ROOT.partial" "$TRIXIE_MIRROR" >"$ROOT/target/package-root-debootstrap.log" 2>&1 \
+    || { echo "setup: debootstrap failed; see target/package-root-debootstrap.log" >&2; tail -20 "$ROOT/target/package-root-debootstrap.log" >&2; exit 1; }
+  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"/var/cache/apt/archives/*.deb
+  "${trixie_sudo[@]}" mv "$PACKAGE_ROOT.partial" "$PACKAGE_ROOT"
+fi

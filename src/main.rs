@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use walkie_bridge::config::{Config, ConfigErrors, Warning, DEFAULT_PATH};
@@ -103,6 +103,18 @@ fn doctor(file: &Path) -> ExitCode {
 }
 const EXIT_CONFIG: u8 = 2;
 
+/// The man page: the command's and each subcommand's help, as roff.
+fn manpage() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("walkie-bridge manpage: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "walkie-bridge", version = VERSION, about)]
 struct Cli {
@@ -144,6 +156,15 @@ enum Command {
     /// way back to the bridge, each room, each reflector login. One line per
     /// check, ✓ or ✗ with what to do; exit 0 when all pass, 1 otherwise.
     Doctor(ConfigArg),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `walkie-bridge completions bash > /etc/bash_completion.d/walkie-bridge`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as the Debian package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Args)]
@@ -173,6 +194,16 @@ fn main() -> ExitCode {
         } => unkey(&config.config, &radio),
         Command::Unkey { config, .. } => unkey_all(&config.config),
         Command::Doctor(arg) => doctor(&arg.config),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "walkie-bridge",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => manpage(),
         Command::Devices => {
             print!("{}", walkie_radio::devices::devices());
             ExitCode::SUCCESS
