@@ -42,6 +42,43 @@ fn purge_in_the_background() {
     }
 }
 
+/// How often the C heap's free pages go back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const C_HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The C heap (glibc malloc: SQLite's page caches and statements, libopus's
+/// coders) kept small and flat. Two knobs, both found by the 2-hour soak's memory
+/// map (issue 14 item 9):
+/// - glibc gives each thread that mallocs an arena of its own, up to 8 per core;
+///   the soak's bridge had nine, each holding its own free chunks and top, and
+///   the pages held free grew by a third over two hours. Two arenas are plenty for
+///   the handful of threads that call into C (the SQLite workers, the recorder),
+///   which take a lock for microseconds at this rate.
+/// - glibc returns memory to the system only from the top of an arena, and only
+///   on free; pages free in the middle stay resident until `malloc_trim`. A trim
+///   every 30 s costs well under a millisecond on heaps this size.
+///
+/// A thread of its own (not a tokio task): the allocator is the process's.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_the_c_heap_small() {
+    // SAFETY: mallopt only sets a glibc tunable; called before the runtime's
+    // threads exist, as glibc wants for M_ARENA_MAX.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
+        eprintln!("glibc refused M_ARENA_MAX=2; the C heap keeps its default arenas");
+    }
+    let spawned = std::thread::Builder::new()
+        .name("c-heap-trim".into())
+        .stack_size(64 * 1024)
+        .spawn(|| loop {
+            std::thread::sleep(C_HEAP_TRIM_INTERVAL);
+            // SAFETY: malloc_trim takes the arenas' own locks; 0 keeps no pad.
+            unsafe { libc::malloc_trim(0) };
+        });
+    if let Err(error) = spawned {
+        eprintln!("no C heap trim thread ({error}): free C heap pages stay resident");
+    }
+}
+
 /// jemalloc's own counters for /metrics (`walkie_heap_bytes{heap="rust"}`). They
 /// are cached until the epoch advances, so each read advances it first.
 #[cfg(not(feature = "system-allocator"))]
@@ -182,7 +219,11 @@ fn main() -> ExitCode {
         purge_in_the_background();
     }
     match cli.command {
-        Command::Run(arg) => run(&arg.config),
+        Command::Run(arg) => {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            keep_the_c_heap_small();
+            run(&arg.config)
+        }
         Command::CheckConfig { file, config } => {
             check_config(file.as_deref().unwrap_or(&config.config))
         }
