@@ -256,13 +256,26 @@ if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
   rm -rf "$ROOT/target/cargo-deb-build"
 fi
 PACKAGE_ROOT=${WALKIE_PACKAGE_ROOT:-$ROOT/.package-root}
-PACKAGE_ROOT_PACKAGES=systemd,man-db,libopus0,libasound2
+# procps: /bin/kill, the unit's ExecReload (the package depends on it).
+PACKAGE_ROOT_PACKAGES=(systemd man-db procps libopus0 libasound2)
 if [[ ! -x $PACKAGE_ROOT/usr/bin/dpkg-query ]]; then
   echo "setup: making a Debian 12 root at $PACKAGE_ROOT (the package's tests)" >&2
   "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"
-  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$PACKAGE_ROOT_PACKAGES" \
+  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGE_ROOT_PACKAGES[*]}")" \
     bookworm "$PACKAGE_ROOT.partial" "$TRIXIE_MIRROR" >"$ROOT/target/package-root-debootstrap.log" 2>&1 \
     || { echo "setup: debootstrap failed; see target/package-root-debootstrap.log" >&2; tail -20 "$ROOT/target/package-root-debootstrap.log" >&2; exit 1; }
   "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"/var/cache/apt/archives/*.deb
   "${trixie_sudo[@]}" mv "$PACKAGE_ROOT.partial" "$PACKAGE_ROOT"
+fi
+package_root_missing=()
+for package in "${PACKAGE_ROOT_PACKAGES[@]}"; do
+  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
+    | grep -q "install ok installed" || package_root_missing+=("$package")
+done
+if ((${#package_root_missing[@]})); then
+  echo "setup: installing ${package_root_missing[*]} into $PACKAGE_ROOT" >&2
+  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" apt-get update -qq
+  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${package_root_missing[@]}"
+  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT"/var/cache/apt/archives/*.deb "$PACKAGE_ROOT"/var/lib/apt/lists/*
 fi

@@ -4,7 +4,7 @@
 //! release this machine builds for, so `$auto`'s library versions hold), made by
 //! debootstrap in scripts/setup.sh at `.package-root` (or `$WALKIE_PACKAGE_ROOT`).
 //! The maintainer scripts run there for real: systemd-sysusers, systemd-tmpfiles,
-//! deb-systemd-helper. No systemd runs in a chroot, so whether an upgrade
+//! deb-systemd-helper (chroot, in a mount namespace with its own /proc). No systemd runs in a chroot, so whether an upgrade
 //! restarts a running bridge is read from the installed postinst.
 
 use std::path::{Path, PathBuf};
@@ -87,10 +87,14 @@ impl Root {
         self.path.join(path.trim_start_matches('/'))
     }
 
+    /// Runs `args` inside the root, with a /proc of its own (systemd-tmpfiles
+    /// and systemd-analyze want one) in a mount namespace that ends with it.
     fn chroot(&self, what: &str, args: &[&str]) -> Output {
         run(
             what,
-            Command::new("chroot")
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(r#"mount -t proc proc "$0/proc" && exec chroot "$0" "$@""#)
                 .arg(&self.path)
                 .args(args)
                 .env_clear()
