@@ -143,22 +143,15 @@ pub fn build(
     }
 }
 
-fn build_radio(
-    id: &config::EndpointId,
-    hub_id: EndpointId,
-    radio: &RadioConfig,
-    channel: &ChannelContext<'_>,
-) -> Result<Box<dyn Endpoint>, BuildError> {
-    let ptt = crate::radio_cli::ptt_config(radio).map_err(|source| BuildError::Ptt {
-        id: id.clone(),
-        source,
-    })?;
+/// A radio's receive detector, and how much audio before the detector opened
+/// a transmission starts with (VOX opens `attack` after the voice began).
+pub fn radio_cos_settings(radio: &RadioConfig) -> (CosSettings, Duration) {
     let vox = VoxConfig {
         threshold_dbfs: radio.vox.threshold_dbfs as f32,
         attack_ms: radio.vox.attack.as_millis() as u32,
         hang_ms: radio.vox.hang.as_millis() as u32,
     };
-    let (cos, pre_roll) = match radio.cos {
+    match radio.cos {
         Cos::Vox => (
             CosSettings::Vox(vox),
             // The VOX opens `attack` after the voice began: send that much again.
@@ -185,17 +178,35 @@ fn build_radio(
             }),
             DEFAULT_DEBOUNCE,
         ),
-    };
+    }
+}
+
+/// A radio's transmit timing as its section configures it.
+pub fn radio_tx_settings(radio: &RadioConfig) -> TxSettings {
+    TxSettings {
+        tx_delay: radio.tx_delay,
+        ptt_hang: radio.ptt_hang,
+        tx_timeout: radio.tx_timeout,
+        stall: STALL_WATCHDOG,
+        id_interval: radio.callsign.as_ref().map(|_| radio.id_interval),
+    }
+}
+
+fn build_radio(
+    id: &config::EndpointId,
+    hub_id: EndpointId,
+    radio: &RadioConfig,
+    channel: &ChannelContext<'_>,
+) -> Result<Box<dyn Endpoint>, BuildError> {
+    let ptt = crate::radio_cli::ptt_config(radio).map_err(|source| BuildError::Ptt {
+        id: id.clone(),
+        source,
+    })?;
+    let (cos, pre_roll) = radio_cos_settings(radio);
     let port = radio.port.as_ref().map(|p| p.display().to_string());
     let settings = RadioSettings {
         name: id.name.clone(),
-        tx: TxSettings {
-            tx_delay: radio.tx_delay,
-            ptt_hang: radio.ptt_hang,
-            tx_timeout: radio.tx_timeout,
-            stall: STALL_WATCHDOG,
-            id_interval: radio.callsign.as_ref().map(|_| radio.id_interval),
-        },
+        tx: radio_tx_settings(radio),
         rx_mute_after_tx: radio.rx_mute_after_tx,
         morse: radio.callsign.as_ref().map(|callsign| MorseSettings {
             callsign: callsign.clone(),

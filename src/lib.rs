@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod endpoints;
 pub mod hub;
+pub mod levels;
 pub mod live;
 pub mod matrix;
 pub mod mumble_identity;

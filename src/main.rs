@@ -140,6 +140,54 @@ fn doctor(file: &Path) -> ExitCode {
 }
 const EXIT_CONFIG: u8 = 2;
 
+/// `walkie-bridge levels`: exit 0 when the meter or tone ran its course, 1 on
+/// an error (the radio is unkeyed then), 2 on a bad config.
+fn levels(path: &Path, request: walkie_bridge::levels::LevelsRequest) -> ExitCode {
+    use std::io::IsTerminal as _;
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout();
+    let live = out.is_terminal();
+    let result = match request.tone {
+        Some(tone) => walkie_bridge::levels::transmit_tone(&config, &request, tone, &mut out),
+        None => walkie_bridge::levels::receive_meter(&config, &request, &mut out, live),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(walkie_bridge::levels::LevelsError::NoSuchRadio(name)) => {
+            eprintln!("error: no [radio.{name}] is configured");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn parse_tone_hz(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(hz) if (50.0..=5_000.0).contains(&hz) => Ok(hz),
+        _ => Err("a frequency from 50 to 5000 Hz".into()),
+    }
+}
+
+fn parse_tone_level(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(level) if (-60.0..=-3.0).contains(&level) => Ok(level),
+        _ => Err("an RMS level from -60 to -3 dBFS (-3 is a full-scale sine)".into()),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 3_600.0 => Ok(s),
+        _ => Err("seconds, more than 0 and at most 3600".into()),
+    }
+}
+
 /// The man page: the command's and each subcommand's help, as roff.
 fn manpage() -> ExitCode {
     let mut out = std::io::stdout().lock();
@@ -193,6 +241,25 @@ enum Command {
     /// way back to the bridge, each room, each reflector login. One line per
     /// check, ✓ or ✗ with what to do; exit 0 when all pass, 1 otherwise.
     Doctor(ConfigArg),
+    /// Set a radio's audio levels: the receive level live (RMS and peak dBFS,
+    /// the VOX threshold, the COS state), or with --tone a test tone keyed
+    /// through the radio (tx_timeout_s applies; Ctrl-C stops and unkeys).
+    Levels {
+        /// The NAME of `[radio.NAME]`.
+        #[arg(long, value_name = "NAME")]
+        radio: String,
+        /// Transmit a sine of this frequency instead of metering.
+        #[arg(long, value_name = "HZ", requires = "level", value_parser = parse_tone_hz)]
+        tone: Option<f64>,
+        /// The tone's RMS level in dBFS (a full-scale sine is -3.0).
+        #[arg(long, value_name = "DBFS", requires = "tone", allow_negative_numbers = true, value_parser = parse_tone_level)]
+        level: Option<f64>,
+        /// Stop after this many seconds (default: until Ctrl-C, or tx_timeout_s).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        seconds: Option<f64>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
     /// powershell), e.g. `walkie-bridge completions bash > /etc/bash_completion.d/walkie-bridge`.
     Completions {
@@ -245,6 +312,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Manpage => manpage(),
+        Command::Levels {
+            radio,
+            tone,
+            level,
+            seconds,
+            config,
+        } => levels(
+            &config.config,
+            walkie_bridge::levels::LevelsRequest {
+                radio,
+                tone: tone.zip(level).map(|(hz, level_dbfs)| walkie_bridge::levels::Tone {
+                    hz,
+                    level_dbfs,
+                }),
+                seconds,
+            },
+        ),
         Command::Devices => {
             print!("{}", walkie_radio::devices::devices());
             ExitCode::SUCCESS
