@@ -135,7 +135,14 @@ pub async fn run(config: &Config, mut report: impl FnMut(&Check)) -> Vec<Check> 
                     .map_or_else(|| format!("{:?}", radio.ptt), |p| p.display().to_string());
                 status_check(config, &id.to_string(), &what).await
             }
-            EndpointSpec::Radio(radio) => radio_check(&id.to_string(), radio).await,
+            EndpointSpec::Radio(radio) => {
+                let id = id.to_string();
+                if let Some(port) = &radio.port {
+                    add(port_access_check(&id, port), &mut checks);
+                }
+                add(sound_card_check(&id, radio).await, &mut checks);
+                radio_check(&id, radio).await
+            }
         };
         add(check, &mut checks);
     }
@@ -235,6 +242,148 @@ async fn radio_check(id: &str, radio: &crate::config::RadioConfig) -> Check {
             error.to_string(),
             "check that the port exists (walkie-bridge devices) and that the service user may open \
              it (group dialout), or that rigctld runs at that address",
+        ),
+        Err(error) => Check::fail(name, format!("the check failed: {error}"), "run it again"),
+    }
+}
+
+/// The user the packaged service runs as (systemd/walkie-bridge.service).
+const SERVICE_USER: &str = "walkie-bridge";
+
+/// The serial port exists and the service's user may open it for writing (PTT
+/// lines are set through a write open). Judged from the port's owner, group and
+/// mode against the `walkie-bridge` user's groups — the unit adds `dialout` and
+/// `audio`, so those count too — or, where that user does not exist (run from
+/// source), against whoever runs the doctor.
+fn port_access_check(id: &str, port: &std::path::Path) -> Check {
+    use std::os::unix::fs::MetadataExt as _;
+    let name = format!("{id} {}", port.display());
+    let meta = match std::fs::metadata(port) {
+        Ok(meta) => meta,
+        Err(error) => {
+            return Check::fail(
+                name,
+                format!("{error}"),
+                "plug the interface in; `walkie-bridge devices` lists the ports, \
+                 /dev/serial/by-id names survive replugging",
+            )
+        }
+    };
+    let Some((who, uid, groups)) = service_user().or_else(current_user) else {
+        return Check::pass(name, "exists (no user to check its access for)");
+    };
+    let mode = meta.mode();
+    let writable = uid == 0
+        || (meta.uid() == uid && mode & 0o200 != 0)
+        || (groups.contains(&meta.gid()) && mode & 0o020 != 0)
+        || mode & 0o002 != 0;
+    if writable {
+        Check::pass(name, format!("{who} may open it"))
+    } else {
+        Check::fail(
+            name,
+            format!(
+                "{who} may not open it (owner {}, group {}, mode {:o})",
+                meta.uid(),
+                meta.gid(),
+                mode & 0o777
+            ),
+            format!("add {who} to the port's group (usually dialout): usermod -aG dialout {who}"),
+        )
+    }
+}
+
+/// The service user's name, uid and groups (with the unit's supplementary
+/// `dialout` and `audio`), if that user exists here.
+fn service_user() -> Option<(String, u32, Vec<u32>)> {
+    let user = nix_user(SERVICE_USER)?;
+    let mut groups = user_groups(SERVICE_USER, user.1);
+    groups.extend(["dialout", "audio"].iter().filter_map(|g| group_id(g)));
+    Some((SERVICE_USER.to_owned(), user.0, groups))
+}
+
+fn current_user() -> Option<(String, u32, Vec<u32>)> {
+    // SAFETY: getuid/getgid/getgroups only read the process's credentials.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut groups = vec![gid];
+    let mut list = vec![0 as libc::gid_t; 256];
+    // SAFETY: `list` has room for 256 ids, as passed.
+    let n = unsafe { libc::getgroups(256, list.as_mut_ptr()) };
+    if n > 0 {
+        groups.extend(&list[..n as usize]);
+    }
+    Some(("this user".to_owned(), uid, groups))
+}
+
+/// (uid, primary gid) of `name`.
+fn nix_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; it is
+    // read at once, before any other passwd call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return None;
+    }
+    // SAFETY: not null, so it points at a valid passwd record.
+    let entry = unsafe { &*entry };
+    Some((entry.pw_uid, entry.pw_gid))
+}
+
+fn user_groups(name: &str, primary: u32) -> Vec<u32> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return vec![primary];
+    };
+    let mut count: libc::c_int = 256;
+    let mut list = vec![0 as libc::gid_t; 256];
+    // SAFETY: `list` holds `count` ids; getgrouplist writes at most that many.
+    let n = unsafe { libc::getgrouplist(cname.as_ptr(), primary, list.as_mut_ptr(), &mut count) };
+    if n < 0 {
+        return vec![primary];
+    }
+    list.truncate(count.max(0) as usize);
+    list
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: as getpwnam above.
+    let entry = unsafe { libc::getgrnam(cname.as_ptr()) };
+    if entry.is_null() {
+        return None;
+    }
+    // SAFETY: not null, so it points at a valid group record.
+    Some(unsafe { (*entry).gr_gid })
+}
+
+/// The radio's sound card opens for capture and playback, and at what rate.
+async fn sound_card_check(id: &str, radio: &crate::config::RadioConfig) -> Check {
+    use walkie_radio::audio::SoundCard as _;
+    let name = if radio.audio_in == radio.audio_out {
+        format!("{id} sound card {}", radio.audio_in)
+    } else {
+        format!("{id} sound cards {} / {}", radio.audio_in, radio.audio_out)
+    };
+    let card =
+        walkie_radio::audio::CpalSoundCard::new(radio.audio_in.clone(), radio.audio_out.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let capture = card.open_capture()?;
+        let playback = card.open_playback()?;
+        Ok::<_, walkie_radio::audio::SoundCardError>((capture.format, playback.format()))
+    })
+    .await;
+    match opened {
+        Ok(Ok((capture, playback))) => Check::pass(
+            name,
+            format!(
+                "capture at {} Hz ({} ch), playback at {} Hz ({} ch)",
+                capture.rate, capture.channels, playback.rate, playback.channels
+            ),
+        ),
+        Ok(Err(error)) => Check::fail(
+            name,
+            error.to_string(),
+            "check the names with `walkie-bridge devices`, that nothing else holds the card, \
+             and that the service user is in the audio group",
         ),
         Err(error) => Check::fail(name, format!("the check failed: {error}"), "run it again"),
     }

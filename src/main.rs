@@ -238,7 +238,8 @@ enum Command {
     /// List serial ports (with /dev/serial/by-id names) and sound cards.
     Devices,
     /// Check a setup: the config, the homeserver, the as_token, the homeserver's
-    /// way back to the bridge, each room, each reflector login. One line per
+    /// way back to the bridge, each room, Mumble server, MQTT broker, reflector
+    /// login and radio (port, sound card, PTT). One line per
     /// check, ✓ or ✗ with what to do; exit 0 when all pass, 1 otherwise.
     Doctor(ConfigArg),
     /// Set a radio's audio levels: the receive level live (RMS and peak dBFS,
@@ -322,10 +323,9 @@ fn main() -> ExitCode {
             &config.config,
             walkie_bridge::levels::LevelsRequest {
                 radio,
-                tone: tone.zip(level).map(|(hz, level_dbfs)| walkie_bridge::levels::Tone {
-                    hz,
-                    level_dbfs,
-                }),
+                tone: tone
+                    .zip(level)
+                    .map(|(hz, level_dbfs)| walkie_bridge::levels::Tone { hz, level_dbfs }),
                 seconds,
             },
         ),

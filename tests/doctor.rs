@@ -80,12 +80,20 @@ fn status_port(config: &Path) -> u16 {
 
 /// Exit code and the printed lines.
 fn doctor(config: &Path) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"))
+    doctor_at_home(config, None)
+}
+
+/// `HOME` decides where alsa-lib finds the test's `.asoundrc` (its sound cards).
+fn doctor_at_home(config: &Path, home: Option<&Path>) -> (i32, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walkie-bridge"));
+    command
         .args(["doctor", "-c"])
         .arg(config)
-        .env_remove("WALKIE_CONFIG")
-        .output()
-        .expect("walkie-bridge doctor");
+        .env_remove("WALKIE_CONFIG");
+    if let Some(home) = home {
+        command.env("HOME", home);
+    }
+    let out = command.output().expect("walkie-bridge doctor");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), stdout)
@@ -291,7 +299,9 @@ async fn a_mumble_channel_where_the_bot_may_not_speak_is_a_cross() {
 }
 
 /// A radio keyed through rigctld: doctor opens its PTT and reads it unkeyed,
-/// even from keyed (what `unkey` does); with nobody at the address, a cross.
+/// even from keyed (what `unkey` does), and opens its sound card (ALSA's null
+/// PCM behind a named hint); with nobody at the address, a cross, and a card
+/// that does not exist is one too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_radio_on_rigctld_reads_unkeyed_and_a_dead_rigctld_is_a_cross() {
     let setup = bridge_common::setup().await;
@@ -299,27 +309,65 @@ async fn a_radio_on_rigctld_reads_unkeyed_and_a_dead_rigctld_is_a_cross() {
     let rig = walkie_harness::Rigctld::start();
     rig.rigctl(&["T", "1"]);
     assert!(rig.ptt_keyed(), "the rig starts keyed");
-    let radio = |address: String| {
+    let home = setup.dir.path().to_path_buf();
+    std::fs::write(
+        home.join(".asoundrc"),
+        "pcm.doctor_card {\n    type null\n    hint { show on description \"walkie test: a card\" }\n}\n",
+    )
+    .expect("asoundrc");
+    let radio = |address: String, card: &'static str| {
         move |text: String| {
             text + &*format!(
-                "\n[radio.uhf]\nptt = \"rigctld\"\nrigctld = \"{address}\"\ncos = \"vox\"\n"
+                "\n[radio.uhf]\nptt = \"rigctld\"\nrigctld = \"{address}\"\ncos = \"vox\"\n\
+                 audio_in = \"{card}\"\naudio_out = \"{card}\"\n"
             )
         }
     };
-    let config = write_config(&setup, &servers, radio(rig.address()));
-    let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
+    let config = write_config(&setup, &servers, radio(rig.address(), "doctor_card"));
+    let at = home.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || doctor_at_home(&config, Some(&at)))
         .await
         .expect("doctor");
-    assert!(line(&out, "✓ radio.uhf").contains("reads unkeyed"), "{out}");
+    assert!(
+        line(&out, "✓ radio.uhf rigctld").contains("reads unkeyed"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "✓ radio.uhf sound card doctor_card").contains("capture at"),
+        "{out}"
+    );
     assert!(!rig.ptt_keyed(), "doctor left the rig keyed");
     // The bot has never joined the room here: that is the one other cross.
     assert_eq!((code, out.matches('✗').count()), (1, 1), "{out}");
 
     let nobody = format!("127.0.0.1:{}", walkie_harness::free_port());
-    let config = write_config(&setup, &servers, radio(nobody));
+    let config = write_config(&setup, &servers, radio(nobody, "no_such_card"));
+    let (code, out) = tokio::task::spawn_blocking(move || doctor_at_home(&config, Some(&home)))
+        .await
+        .expect("doctor");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "✗ radio.uhf rigctld").contains("rigctld"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "✗ radio.uhf sound card no_such_card").contains("no_such_card"),
+        "{out}"
+    );
+}
+
+/// A serial PTT on a port that is not there: the port's own line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_serial_port_is_a_cross_of_its_own() {
+    let setup = bridge_common::setup().await;
+    let servers = servers().await;
+    let config = write_config(&setup, &servers, |text| {
+        text + "\n[radio.uhf]\nptt = \"rts\"\nport = \"/dev/ttyWALKIE-not-plugged-in\"\ncos = \"vox\"\n"
+    });
     let (code, out) = tokio::task::spawn_blocking(move || doctor(&config))
         .await
         .expect("doctor");
     assert_eq!(code, 1, "{out}");
-    assert!(line(&out, "✗ radio.uhf").contains("rigctld"), "{out}");
+    let port = line(&out, "✗ radio.uhf /dev/ttyWALKIE-not-plugged-in");
+    assert!(port.contains("No such file"), "{out}");
 }
