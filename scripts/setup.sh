@@ -259,6 +259,8 @@ PACKAGE_ROOT=${WALKIE_PACKAGE_ROOT:-$ROOT/.package-root}
 # procps: /bin/kill, the unit's ExecReload (the package depends on it).
 PACKAGE_ROOT_PACKAGES=(systemd man-db procps libopus0 libasound2)
 if [[ ! -x $PACKAGE_ROOT/usr/bin/dpkg-query ]]; then
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  mkdir -p "$ROOT/target"
   echo "setup: making a Debian 12 root at $PACKAGE_ROOT (the package's tests)" >&2
   "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"
   "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGE_ROOT_PACKAGES[*]}")" \

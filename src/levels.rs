@@ -135,9 +135,8 @@ pub fn receive_meter(
     let mut measured = Duration::ZERO;
     let limit = request.seconds.map(Duration::from_secs_f64);
     loop {
-        let next = clock.block_on(async {
-            tokio::time::timeout(CAPTURE_SILENCE, capture.events.recv()).await
-        });
+        let next = clock
+            .block_on(async { tokio::time::timeout(CAPTURE_SILENCE, capture.events.recv()).await });
         let frame = match next {
             Ok(Some(CaptureEvent::Frame(frame))) => frame,
             Ok(Some(CaptureEvent::Disconnected(why))) => return Err(failed(why)),
@@ -156,7 +155,10 @@ pub fn receive_meter(
             continue;
         }
         measured += READING;
-        let open = hardware.squelch.poll(now).map_err(|e| failed(e.to_string()))?;
+        let open = hardware
+            .squelch
+            .poll(now)
+            .map_err(|e| failed(e.to_string()))?;
         let level = dbfs(&reading);
         let peak_level = peak.push(peak_dbfs(&reading), measured);
         let line = meter_line(level, peak_level, threshold, open);
@@ -181,7 +183,10 @@ fn describe_cos(radio: &RadioConfig) -> String {
         crate::config::Cos::Vox => "VOX".to_owned(),
         crate::config::Cos::Rigctld => "from rigctld".to_owned(),
         crate::config::Cos::Line { line, active_low } => {
-            format!("{line:?} line{}", if active_low { ", active low" } else { "" })
+            format!(
+                "{line:?} line{}",
+                if active_low { ", active low" } else { "" }
+            )
         }
     }
 }
@@ -259,7 +264,8 @@ pub fn transmit_tone(
     // Before anything can key: a panic or SIGINT/SIGTERM unkeys every PTT
     // registered with the safety net (the transmit controller registers its own).
     safety::install_panic_hook();
-    safety::install_signal_unkey(safety::AfterSignal::Reraise).map_err(|e| failed(e.to_string()))?;
+    safety::install_signal_unkey(safety::AfterSignal::Reraise)
+        .map_err(|e| failed(e.to_string()))?;
 
     let ptt = crate::radio_cli::ptt_config(radio).map_err(|e| failed(e.to_string()))?;
     let driver = walkie_radio::ptt::open_ptt(&ptt).map_err(|e| failed(e.to_string()))?;
@@ -413,6 +419,10 @@ mod tests {
             .map(|i| (amplitude * (i as f64 * std::f64::consts::TAU / 48.0).sin()) as i16)
             .collect();
         assert!((dbfs(&sine) + 20.0).abs() < 0.05, "{}", dbfs(&sine));
-        assert!((peak_dbfs(&sine) + 16.99).abs() < 0.05, "{}", peak_dbfs(&sine));
+        assert!(
+            (peak_dbfs(&sine) + 16.99).abs() < 0.05,
+            "{}",
+            peak_dbfs(&sine)
+        );
     }
 }

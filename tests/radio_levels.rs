@@ -169,7 +169,10 @@ fn bursts(samples: &[i16]) -> Vec<(usize, f64, f64)> {
             if burst.len() > 100 {
                 let energy: f64 = burst.iter().map(|s| f64::from(*s).powi(2)).sum();
                 let rms = (energy / burst.len() as f64).sqrt();
-                let crossings = burst.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+                let crossings = burst
+                    .windows(2)
+                    .filter(|w| (w[0] < 0) != (w[1] < 0))
+                    .count();
                 out.push((
                     burst.len(),
                     20.0 * (rms / 32_768.0).log10(),
@@ -265,7 +268,10 @@ fn the_tone_keys_for_its_length_at_its_level_and_unkeys() {
     let long: Vec<_> = bursts.iter().filter(|b| b.0 > 400).collect();
     assert!(!long.is_empty(), "no burst long enough to measure");
     for (len, level, crossings) in long {
-        assert!((level + 20.0).abs() < 0.5, "a burst of {len} at {level:.2} dBFS");
+        assert!(
+            (level + 20.0).abs() < 0.5,
+            "a burst of {len} at {level:.2} dBFS"
+        );
         // Two zero crossings per cycle; the channels' identical samples interleave.
         let hz = crossings * f64::from(rate * channels) / 2.0;
         assert!((hz - 1_000.0).abs() < 30.0, "a burst at {hz:.0} Hz");
@@ -295,7 +301,10 @@ fn sigterm_mid_tone_unkeys_the_radio() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("levels --tone runs");
-    assert!(wait_keyed(&rig, &mut child), "the tone never keyed the radio");
+    assert!(
+        wait_keyed(&rig, &mut child),
+        "the tone never keyed the radio"
+    );
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("levels ends");
