@@ -28,6 +28,8 @@ pub enum PttError {
     UnkeyFailed { attempts: u32, last: Box<PttError> },
     #[error("PTT driver {0} is busy (held by another thread past the deadline)")]
     Busy(String),
+    #[error("PTT {0} not keyed: the process is ending (a panic on its main thread, or a signal)")]
+    ProcessEnding(String),
     #[error("invalid PTT setting {value:?}: {reason}")]
     Config { value: String, reason: &'static str },
     #[error("cannot set up the signal handler: {0}")]

@@ -76,7 +76,12 @@ impl SharedPtt {
     }
 
     pub fn set_keyed(&self, keyed: bool) -> Result<(), PttError> {
-        self.lock(LOCK_WAIT)?.set_keyed(keyed)
+        let mut ptt = self.lock(LOCK_WAIT)?;
+        // Under the lock: the safety net forbids before it takes this lock.
+        if keyed && safety::keying_forbidden() {
+            return Err(PttError::ProcessEnding(self.name.to_string()));
+        }
+        ptt.set_keyed(keyed)
     }
 
     pub fn is_keyed(&self) -> Result<bool, PttError> {

@@ -24,6 +24,27 @@ pub fn unkey_generation() -> u64 {
     UNKEY_GENERATION.load(Ordering::Acquire)
 }
 
+/// Set once the process is ending (its main thread panicked, or a signal is
+/// about to end it): from then on no PTT keys again. Without it, a transmit
+/// controller that still had audio in flight when the safety net unkeyed would
+/// key once more for that audio (as it should while the process lives on, see
+/// `Input::UnkeyedElsewhere`) and the process would end with the radio keyed:
+/// seen as a flaky `ptt_process` test, the last line change an RTS key 5 µs
+/// after the hook's unkey. Checked under each PTT's own lock, and set before
+/// the safety net takes those locks, so a key either happens before the unkey
+/// or not at all.
+static PROCESS_ENDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether keying is over for this process ([`PROCESS_ENDING`]).
+pub fn keying_forbidden() -> bool {
+    PROCESS_ENDING.load(Ordering::Acquire)
+}
+
+/// Forbids keying from now on, for a process that is ending.
+pub fn forbid_keying() {
+    PROCESS_ENDING.store(true, Ordering::Release);
+}
+
 /// Keeps a PTT in the registry; dropping it takes it out.
 pub struct Registration(u64);
 
@@ -95,6 +116,11 @@ pub fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // A panic on the main thread ends the process (a panic in a tokio
+            // task or another thread may be caught, and the bridge lives on).
+            if std::thread::current().name() == Some("main") {
+                forbid_keying();
+            }
             for u in unkey_all_within(Duration::from_millis(200)) {
                 if u.result.is_ok() {
                     eprintln!("walkie-radio: panic: unkeyed {}", u.name);
@@ -160,6 +186,9 @@ pub fn install_signal_unkey(after: AfterSignal) -> Result<(), PttError> {
             let n = unsafe { libc::read(rd, (&mut b as *mut u8).cast(), 1) };
             if n == 1 {
                 let sig = libc::c_int::from(b);
+                if after == AfterSignal::Reraise {
+                    forbid_keying();
+                }
                 let results = unkey_all();
                 tracing::warn!(
                     signal = sig,
