@@ -209,39 +209,42 @@ fi
 # machine's, so they live in a minimal trixie root made by debootstrap from the same
 # Debian registry, at .trixie-root (or $WALKIE_TRIXIE_ROOT), and the harness starts
 # them with chroot (tests/harness/src/murmur.rs). Made once (~1 min, ~330 MB), then
-# reused; a package added to TRIXIE_PACKAGES is installed into the existing root.
-TRIXIE_ROOT=${WALKIE_TRIXIE_ROOT:-$ROOT/.trixie-root}
-TRIXIE_PACKAGES=(mumble-server svxreflector)
-TRIXIE_MIRROR=${WALKIE_TRIXIE_MIRROR:-http://deb.debian.org/debian}
-trixie_sudo=()
-[[ $(id -u) -eq 0 ]] || trixie_sudo=(sudo)
-trixie_has() {
-  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" dpkg-query -W -f='${Status}' "$1" 2>/dev/null \
-    | grep -q "install ok installed"
+# reused; a package added to the list below is installed into the existing root.
+DEBIAN_MIRROR=${WALKIE_TRIXIE_MIRROR:-http://deb.debian.org/debian}
+root_sudo=()
+[[ $(id -u) -eq 0 ]] || root_sudo=(sudo)
+# debian_root ROOT RELEASE PACKAGE...: a minimal Debian root with PACKAGEs, made
+# once by debootstrap (Debian 12's knows trixie too); a PACKAGE added later is
+# installed into the existing root. Package caches go: nothing runs from them.
+debian_root() {
+  local root=$1 release=$2
+  shift 2
+  local log="$ROOT/target/$release-debootstrap.log"
+  if [[ ! -x $root/usr/bin/dpkg-query ]]; then
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    mkdir -p "$ROOT/target"
+    echo "setup: making a Debian $release root at $root ($*)" >&2
+    "${root_sudo[@]}" rm -rf "$root.partial"
+    "${root_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" \
+      "$release" "$root.partial" "$DEBIAN_MIRROR" >"$log" 2>&1 \
+      || { echo "setup: debootstrap failed; see $log" >&2; tail -20 "$log" >&2; exit 1; }
+    "${root_sudo[@]}" rm -rf "$root.partial"/var/cache/apt/archives/*.deb
+    "${root_sudo[@]}" mv "$root.partial" "$root"
+  fi
+  local missing=() package
+  for package in "$@"; do
+    "${root_sudo[@]}" chroot "$root" dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
+      | grep -q "install ok installed" || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]} into $root" >&2
+    "${root_sudo[@]}" chroot "$root" apt-get update -qq
+    "${root_sudo[@]}" chroot "$root" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    "${root_sudo[@]}" rm -rf "$root"/var/cache/apt/archives/*.deb
+  fi
 }
-if [[ ! -x $TRIXIE_ROOT/usr/bin/dpkg-query ]]; then
-  command -v debootstrap >/dev/null || apt_install debootstrap
-  mkdir -p "$ROOT/target"
-  # debootstrap needs the trixie script; Debian 12's debootstrap has it.
-  echo "setup: making a Debian 13 root at $TRIXIE_ROOT (${TRIXIE_PACKAGES[*]})" >&2
-  "${trixie_sudo[@]}" rm -rf "$TRIXIE_ROOT.partial"
-  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "${TRIXIE_PACKAGES[*]}")" \
-    trixie "$TRIXIE_ROOT.partial" "$TRIXIE_MIRROR" >"$ROOT/target/trixie-debootstrap.log" 2>&1 \
-    || { echo "setup: debootstrap failed; see target/trixie-debootstrap.log" >&2; tail -20 "$ROOT/target/trixie-debootstrap.log" >&2; exit 1; }
-  # Package caches are not needed to run anything.
-  "${trixie_sudo[@]}" rm -rf "$TRIXIE_ROOT.partial"/var/cache/apt/archives/*.deb
-  "${trixie_sudo[@]}" mv "$TRIXIE_ROOT.partial" "$TRIXIE_ROOT"
-fi
-trixie_missing=()
-for package in "${TRIXIE_PACKAGES[@]}"; do
-  trixie_has "$package" || trixie_missing+=("$package")
-done
-if ((${#trixie_missing[@]})); then
-  echo "setup: installing ${trixie_missing[*]} into $TRIXIE_ROOT" >&2
-  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" apt-get update -qq
-  "${trixie_sudo[@]}" chroot "$TRIXIE_ROOT" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${trixie_missing[@]}"
-fi
+debian_root "${WALKIE_TRIXIE_ROOT:-$ROOT/.trixie-root}" trixie mumble-server svxreflector
 
 # The Debian package (tests/debian_package.rs): cargo-deb builds it, and it is
 # installed into a scratch copy of a minimal Debian 12 root — this machine's
@@ -255,29 +258,6 @@ if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
     cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
   rm -rf "$ROOT/target/cargo-deb-build"
 fi
-PACKAGE_ROOT=${WALKIE_PACKAGE_ROOT:-$ROOT/.package-root}
 # procps: /bin/kill, the unit's ExecReload (the package depends on it).
-PACKAGE_ROOT_PACKAGES=(systemd man-db procps libopus0 libasound2)
-if [[ ! -x $PACKAGE_ROOT/usr/bin/dpkg-query ]]; then
-  command -v debootstrap >/dev/null || apt_install debootstrap
-  mkdir -p "$ROOT/target"
-  echo "setup: making a Debian 12 root at $PACKAGE_ROOT (the package's tests)" >&2
-  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"
-  "${trixie_sudo[@]}" debootstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGE_ROOT_PACKAGES[*]}")" \
-    bookworm "$PACKAGE_ROOT.partial" "$TRIXIE_MIRROR" >"$ROOT/target/package-root-debootstrap.log" 2>&1 \
-    || { echo "setup: debootstrap failed; see target/package-root-debootstrap.log" >&2; tail -20 "$ROOT/target/package-root-debootstrap.log" >&2; exit 1; }
-  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT.partial"/var/cache/apt/archives/*.deb
-  "${trixie_sudo[@]}" mv "$PACKAGE_ROOT.partial" "$PACKAGE_ROOT"
-fi
-package_root_missing=()
-for package in "${PACKAGE_ROOT_PACKAGES[@]}"; do
-  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
-    | grep -q "install ok installed" || package_root_missing+=("$package")
-done
-if ((${#package_root_missing[@]})); then
-  echo "setup: installing ${package_root_missing[*]} into $PACKAGE_ROOT" >&2
-  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" apt-get update -qq
-  "${trixie_sudo[@]}" chroot "$PACKAGE_ROOT" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${package_root_missing[@]}"
-  "${trixie_sudo[@]}" rm -rf "$PACKAGE_ROOT"/var/cache/apt/archives/*.deb "$PACKAGE_ROOT"/var/lib/apt/lists/*
-fi
+debian_root "${WALKIE_PACKAGE_ROOT:-$ROOT/.package-root}" bookworm \
+  systemd man-db procps libopus0 libasound2
