@@ -144,76 +144,21 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
     let identities =
         mumble_identity::load_or_make(&store, mumble_identity::wanted(&config, &config.channels))
             .await?;
-    let mut configured =
-        build_endpoints(&config, &config.channels, &homeserver, &bot, &identities)?;
+    let configured = build_endpoints(&config, &config.channels, &homeserver, &bot, &identities)?;
 
     // /health answers from the start, so a monitor sees "waiting for the homeserver"
     // rather than a refused connection.
     let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
     let (observers_tx, observers_rx) = watch::channel(Arc::new(Vec::new()));
-    let status_token = CancellationToken::new();
-    let status_task = match config.status.listen {
-        Some(addr) => {
-            match StatusServer::bind(addr, metrics_handle, observers_rx, phase_rx, store.clone())
-                .await
-            {
-                Ok(server) => Some(tokio::spawn(server.serve(status_token.clone()))),
-                Err(error) => {
-                    // Metrics are worth an alarm, not an outage: the bridge still bridges.
-                    error!(%error, "status, health and metrics are not served");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-
-    // The server first: the homeserver may push transactions as soon as we join rooms.
-    let listener = tokio::net::TcpListener::bind(config.appservice.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (appservice.listen)",
-                config.appservice.listen
-            )
-        })?;
-    info!(listen = %config.appservice.listen, "appservice API listening");
-    let (dispatch_tx, mut dispatch_rx) = mpsc::channel::<Inbound>(DISPATCH_QUEUE);
-    let server = AppserviceServer::new(
-        &config.appservice,
-        &config.homeserver.domain,
-        store.clone(),
-        dispatch_tx,
-    )?;
-    // The devices of the bot and the puppets (issue 15). None is opened here: a
-    // device opens when a transaction brings it something or a room needs it.
-    let crypto = CryptoDevices::new(
-        homeserver.clone(),
-        server.users().clone(),
-        DeviceOptions::new(
-            config.encryption.store_dir.clone(),
-            config.encryption.passphrase.clone(),
-        ),
-    );
-    let server = server.with_crypto(crypto.clone());
-    let server_token = CancellationToken::new();
-    let crypto_task = tokio::spawn(crypto.clone().run_idle_closer(server_token.clone()));
-    let live = Live::new(&config, homeserver.clone(), store.clone(), bot.clone())?;
-    let limits = ListenerLimits::new(&config.http)
-        .with_homeserver_url(&config.homeserver.url)
-        .await;
-    let server_task =
-        tokio::spawn(server.serve_with(listener, live.router(), limits, server_token.clone()));
+    let status = StatusTask::start(&config, metrics_handle, observers_rx, phase_rx, &store).await;
+    let (front, live, mut dispatch_rx) =
+        FrontDoor::open(&config, &homeserver, &store, &bot).await?;
 
     phase_tx.send_replace(Phase::WaitingForHomeserver);
     if !wait_for_homeserver(&homeserver, &bot, &shutdown, &notifier).await {
         live.stop().await;
-        server_token.cancel();
-        let _ = server_task.await;
-        status_token.cancel();
-        if let Some(task) = status_task {
-            let _ = task.await;
-        }
+        front.stop(None).await;
+        status.stop().await;
         return Ok(());
     }
     phase_tx.send_replace(Phase::Starting);
@@ -224,6 +169,191 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
 
+    let (mut channels, outbox) = start_channels(
+        &config,
+        &front,
+        &live,
+        &store,
+        &homeserver,
+        &bot,
+        configured,
+        extra_endpoints,
+        observers_tx,
+    )
+    .await?;
+    // Encrypted rooms made the bot's device ready above; plain ones may turn
+    // encryption on later and must find it published.
+    let publish_task = tokio::spawn(
+        front
+            .crypto
+            .clone()
+            .publish(bot.clone(), front.token.clone()),
+    );
+    let mut background = Background::start(&store, retention, outbox, &front.crypto);
+
+    let summary = ops::summary(&channels.observers());
+    notifier.ready(&summary);
+    phase_tx.send_replace(Phase::Running);
+    info!(channels = channels.len(), %summary, "walkie-bridge ready");
+
+    let mut routing = Routing {
+        channels: &mut channels,
+        config: &config,
+        notifier: &notifier,
+        phase: &phase_tx,
+        encrypted_in: &background.encrypted_in,
+    };
+    routing
+        .until_shutdown(&shutdown, &mut dispatch_rx, &mut reload, summary)
+        .await;
+
+    info!("shutting down");
+    notifier.stopping();
+    phase_tx.send_replace(Phase::Stopping);
+    background.stop_decrypting().await;
+    channels.stop_all().await;
+    live.stop().await;
+    background.stop().await;
+    front.stop(Some(publish_task)).await;
+    status.stop().await;
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// The /status, /health and /metrics server, when `status.listen` is set.
+struct StatusTask {
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StatusTask {
+    async fn start(
+        config: &Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        observers: watch::Receiver<Arc<Vec<crate::hub::HubObserver>>>,
+        phase: watch::Receiver<Phase>,
+        store: &Store,
+    ) -> StatusTask {
+        let token = CancellationToken::new();
+        let task = match config.status.listen {
+            Some(addr) => {
+                match StatusServer::bind(addr, metrics, observers, phase, store.clone()).await {
+                    Ok(server) => Some(tokio::spawn(server.serve(token.clone()))),
+                    Err(error) => {
+                        // Metrics are worth an alarm, not an outage: the bridge still bridges.
+                        error!(%error, "status, health and metrics are not served");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        StatusTask { token, task }
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// What the homeserver and browsers talk to: the appservice listener (with the
+/// live page's routes, whose sessions [`Live`] keeps), the devices of the bot
+/// and the puppets behind it.
+struct FrontDoor {
+    token: CancellationToken,
+    server_task: tokio::task::JoinHandle<Result<(), crate::matrix::AppserviceError>>,
+    crypto: CryptoDevices,
+    crypto_task: tokio::task::JoinHandle<()>,
+}
+
+impl FrontDoor {
+    async fn open(
+        config: &Config,
+        homeserver: &Homeserver,
+        store: &Store,
+        bot: &OwnedUserId,
+    ) -> anyhow::Result<(FrontDoor, Live, mpsc::Receiver<Inbound>)> {
+        // The server first: the homeserver may push transactions as soon as we join rooms.
+        let listener = tokio::net::TcpListener::bind(config.appservice.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (appservice.listen)",
+                    config.appservice.listen
+                )
+            })?;
+        info!(listen = %config.appservice.listen, "appservice API listening");
+        let (dispatch_tx, dispatch_rx) = mpsc::channel::<Inbound>(DISPATCH_QUEUE);
+        let server = AppserviceServer::new(
+            &config.appservice,
+            &config.homeserver.domain,
+            store.clone(),
+            dispatch_tx,
+        )?;
+        // The devices of the bot and the puppets (issue 15). None is opened here: a
+        // device opens when a transaction brings it something or a room needs it.
+        let crypto = CryptoDevices::new(
+            homeserver.clone(),
+            server.users().clone(),
+            DeviceOptions::new(
+                config.encryption.store_dir.clone(),
+                config.encryption.passphrase.clone(),
+            ),
+        );
+        let server = server.with_crypto(crypto.clone());
+        let token = CancellationToken::new();
+        let crypto_task = tokio::spawn(crypto.clone().run_idle_closer(token.clone()));
+        let live = Live::new(config, homeserver.clone(), store.clone(), bot.clone())?;
+        let limits = ListenerLimits::new(&config.http)
+            .with_homeserver_url(&config.homeserver.url)
+            .await;
+        let server_task =
+            tokio::spawn(server.serve_with(listener, live.router(), limits, token.clone()));
+        let front = FrontDoor {
+            token,
+            server_task,
+            crypto,
+            crypto_task,
+        };
+        Ok((front, live, dispatch_rx))
+    }
+
+    /// Last in the shutdown: the homeserver's retries do not pile up while the
+    /// rest winds down. The live sessions are stopped before, with the channels.
+    async fn stop(self, publish_task: Option<tokio::task::JoinHandle<()>>) {
+        self.token.cancel();
+        let _ = self.crypto_task.await;
+        if let Some(task) = publish_task {
+            let _ = task.await;
+        }
+        match self.server_task.await {
+            Ok(Err(error)) => warn!(%error, "appservice server stopped with an error"),
+            Err(error) => warn!(%error, "appservice server task failed"),
+            Ok(Ok(())) => {}
+        }
+        // After the server: no transaction hands the devices anything any more.
+        self.crypto.shutdown().await;
+    }
+}
+
+/// The channels, each with its configured endpoints and any a test added, and
+/// the outbox their recordings go to.
+#[allow(clippy::too_many_arguments)]
+async fn start_channels(
+    config: &Config,
+    front: &FrontDoor,
+    live: &Live,
+    store: &Store,
+    homeserver: &Homeserver,
+    bot: &OwnedUserId,
+    mut configured: HashMap<String, crate::ops::channels::BuiltChannel>,
+    extra_endpoints: Vec<(String, Box<dyn Endpoint>)>,
+    observers: watch::Sender<Arc<Vec<crate::hub::HubObserver>>>,
+) -> anyhow::Result<(Channels, Outbox)> {
     let puppets = Puppets::new(
         homeserver.clone(),
         store.clone(),
@@ -232,7 +362,7 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         bot.clone(),
     );
     // Every message the bridge posts goes through this: encrypted where the room is.
-    let rooms = RoomSender::new(homeserver.clone(), crypto.clone());
+    let rooms = RoomSender::new(homeserver.clone(), front.crypto.clone());
     let outbox = Outbox::new(store.clone(), homeserver.clone())
         .with_puppets(puppets.clone())
         .with_room_sender(rooms.clone());
@@ -241,13 +371,13 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
             homeserver: homeserver.clone(),
             store: store.clone(),
             bot: bot.clone(),
-            puppets: puppets.clone(),
+            puppets,
             rooms,
             outbox_wake: outbox.waker(),
             live: live.endpoints(),
-            crypto: crypto.clone(),
+            crypto: front.crypto.clone(),
         },
-        observers_tx,
+        observers,
     );
     let mut extra: HashMap<String, Vec<Box<dyn Endpoint>>> = HashMap::new();
     for (channel, endpoint) in extra_endpoints {
@@ -260,107 +390,131 @@ async fn run_daemon(daemon: Daemon, shutdown: CancellationToken) -> anyhow::Resu
         built
             .endpoints
             .extend(extra.remove(&channel.name).unwrap_or_default());
-        channels.start(&config, channel, built).await?;
+        channels.start(config, channel, built).await?;
     }
-    // Encrypted rooms made the bot's device ready above; plain ones may turn
-    // encryption on later and must find it published.
-    let publish_task = tokio::spawn(crypto.clone().publish(bot.clone(), server_token.clone()));
     // Endpoints of channels that are not bridged are dropped here, so whoever
     // waits for them to start learns that they never will.
     for channel in extra.into_keys() {
         warn!(%channel, "an extra endpoint names a channel that is not bridged");
     }
+    Ok((channels, outbox))
+}
 
-    // Only after recovery (above), which tells posted recordings from unposted
-    // ones by their outbox rows. (A homeserver whose database was reset reuses
-    // transaction numbers the bridge still remembers: see the README's
-    // troubleshooting.)
-    let prune_token = CancellationToken::new();
-    let prune_task = tokio::spawn(prune_periodically(
-        store.clone(),
-        retention,
-        prune_token.clone(),
-    ));
-    let outbox_token = CancellationToken::new();
-    let outbox_task = tokio::spawn(outbox.run(outbox_token.clone()));
-    // Encrypted room events: decrypted with the bot's device, or held until their
-    // key comes. Stopped with the channels: what still waits is replayed at the
-    // next start.
-    let decrypt_token = CancellationToken::new();
-    let (encrypted_in, decrypt_task) = EncryptedIn::spawn(
-        crypto.clone(),
-        KeyWaitLimits::default(),
-        decrypt_token.clone(),
-    );
+/// The tasks behind the channels: database pruning, the archive outbox, and the
+/// decryption of encrypted room events.
+struct Background {
+    prune_token: CancellationToken,
+    prune_task: tokio::task::JoinHandle<()>,
+    outbox_token: CancellationToken,
+    outbox_task: tokio::task::JoinHandle<()>,
+    decrypt_token: CancellationToken,
+    decrypt_task: Option<tokio::task::JoinHandle<()>>,
+    encrypted_in: EncryptedIn,
+}
 
-    let mut summary = ops::summary(&channels.observers());
-    notifier.ready(&summary);
-    phase_tx.send_replace(Phase::Running);
-    info!(channels = channels.len(), %summary, "walkie-bridge ready");
+impl Background {
+    fn start(store: &Store, retention: Retention, outbox: Outbox, crypto: &CryptoDevices) -> Self {
+        // Only after recovery (before the channels), which tells posted recordings
+        // from unposted ones by their outbox rows. (A homeserver whose database was
+        // reset reuses transaction numbers the bridge still remembers: see the
+        // README's troubleshooting.)
+        let prune_token = CancellationToken::new();
+        let prune_task = tokio::spawn(prune_periodically(
+            store.clone(),
+            retention,
+            prune_token.clone(),
+        ));
+        let outbox_token = CancellationToken::new();
+        let outbox_task = tokio::spawn(outbox.run(outbox_token.clone()));
+        // Encrypted room events: decrypted with the bot's device, or held until
+        // their key comes. Stopped before the channels: what still waits is
+        // replayed at the next start.
+        let decrypt_token = CancellationToken::new();
+        let (encrypted_in, decrypt_task) = EncryptedIn::spawn(
+            crypto.clone(),
+            KeyWaitLimits::default(),
+            decrypt_token.clone(),
+        );
+        Background {
+            prune_token,
+            prune_task,
+            outbox_token,
+            outbox_task,
+            decrypt_token,
+            decrypt_task: Some(decrypt_task),
+            encrypted_in,
+        }
+    }
 
-    // Watchdog pings come from this loop, so a router stuck on a full room inbox
-    // stops them too. Without a watchdog the timer just never fires.
-    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
-    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    let mut current = config.clone();
-    // Route the homeserver's events to their rooms until shutdown.
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tick(&mut watchdog) => notifier.watchdog(),
-            inbound = dispatch_rx.recv() => match inbound {
-                Some(inbound) => route(inbound, channels.rooms(), &encrypted_in).await,
-                None => break,
-            },
-            Some(new) = recv(&mut reload) => {
-                notifier.reloading();
-                phase_tx.send_replace(Phase::Reloading);
-                let reloading = apply_reload(&mut channels, &config, &current, &new);
-                feeding_watchdog(reloading, &mut watchdog, &notifier).await;
-                current = new;
-                phase_tx.send_replace(Phase::Running);
-                summary = ops::summary(&channels.observers());
-                notifier.ready(&summary);
-            }
-            _ = status_tick.tick() => {
-                let now = ops::summary(&channels.observers());
-                if now != summary {
-                    notifier.status(&now);
-                    summary = now;
+    /// First in the shutdown, before the channels stop.
+    async fn stop_decrypting(&mut self) {
+        self.decrypt_token.cancel();
+        if let Some(task) = self.decrypt_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// After the channels: the outbox finishes the request in flight.
+    async fn stop(self) {
+        self.outbox_token.cancel();
+        let _ = self.outbox_task.await;
+        self.prune_token.cancel();
+        let _ = self.prune_task.await;
+    }
+}
+
+/// The main loop: the homeserver's events to their rooms, reloads, the
+/// watchdog and the systemd status line, until shutdown.
+struct Routing<'a> {
+    channels: &'a mut Channels,
+    config: &'a Config,
+    notifier: &'a Notifier,
+    phase: &'a watch::Sender<Phase>,
+    encrypted_in: &'a EncryptedIn,
+}
+
+impl Routing<'_> {
+    async fn until_shutdown(
+        &mut self,
+        shutdown: &CancellationToken,
+        dispatch: &mut mpsc::Receiver<Inbound>,
+        reload: &mut Option<mpsc::Receiver<Config>>,
+        mut summary: String,
+    ) {
+        // Watchdog pings come from this loop, so a router stuck on a full room
+        // inbox stops them too. Without a watchdog the timer just never fires.
+        let mut watchdog = self.notifier.watchdog_interval().map(tokio::time::interval);
+        let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+        let mut current = self.config.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick(&mut watchdog) => self.notifier.watchdog(),
+                inbound = dispatch.recv() => match inbound {
+                    Some(inbound) => route(inbound, self.channels.rooms(), self.encrypted_in).await,
+                    None => break,
+                },
+                Some(new) = recv(reload) => {
+                    self.notifier.reloading();
+                    self.phase.send_replace(Phase::Reloading);
+                    let reloading = apply_reload(self.channels, self.config, &current, &new);
+                    feeding_watchdog(reloading, &mut watchdog, self.notifier).await;
+                    current = new;
+                    self.phase.send_replace(Phase::Running);
+                    summary = ops::summary(&self.channels.observers());
+                    self.notifier.ready(&summary);
+                }
+                _ = status_tick.tick() => {
+                    let now = ops::summary(&self.channels.observers());
+                    if now != summary {
+                        self.notifier.status(&now);
+                        summary = now;
+                    }
                 }
             }
         }
     }
-
-    info!("shutting down");
-    notifier.stopping();
-    phase_tx.send_replace(Phase::Stopping);
-    decrypt_token.cancel();
-    let _ = decrypt_task.await;
-    channels.stop_all().await;
-    live.stop().await;
-    outbox_token.cancel();
-    let _ = outbox_task.await;
-    prune_token.cancel();
-    let _ = prune_task.await;
-    server_token.cancel();
-    let _ = crypto_task.await;
-    let _ = publish_task.await;
-    match server_task.await {
-        Ok(Err(error)) => warn!(%error, "appservice server stopped with an error"),
-        Err(error) => warn!(%error, "appservice server task failed"),
-        Ok(Ok(())) => {}
-    }
-    // After the server: no transaction hands the devices anything any more.
-    crypto.shutdown().await;
-    status_token.cancel();
-    if let Some(task) = status_task {
-        let _ = task.await;
-    }
-    store.close().await;
-    info!("stopped");
-    Ok(())
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
