@@ -205,6 +205,7 @@ where
 {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let card = name.to_owned();
     let thread = std::thread::Builder::new()
         .name(format!("radio-{direction}"))
         .spawn(move || match build() {
@@ -216,11 +217,16 @@ where
                     drop(stream);
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
+                    let _ = ready_tx.send(Err(SoundCardError::Device {
+                        name: card,
+                        direction,
+                        message: e.to_string(),
+                    }));
                 }
             },
+            // Already names the card and the direction: passed on as it is.
             Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(e));
             }
         })
         .map_err(|e| SoundCardError::Device {
@@ -234,11 +240,7 @@ where
     };
     match ready_rx.recv() {
         Ok(Ok(format)) => Ok((guard, format)),
-        Ok(Err(message)) => Err(SoundCardError::Device {
-            name: name.to_owned(),
-            direction,
-            message,
-        }),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(SoundCardError::Device {
             name: name.to_owned(),
             direction,
