@@ -352,7 +352,9 @@ pub struct Bridge {
 
 impl Bridge {
     /// Runs `walkie-bridge run -c <dir>/<name>.toml` on [`BRIDGE_CORE`] and waits
-    /// for `/health` to answer 200.
+    /// for `/health` to answer 200. `WALKIE_BENCH_BRIDGE_BIN` runs another build of
+    /// the bridge instead of this bench's own (to compare build profiles on the
+    /// same bench, e.g. one built with LTO).
     pub async fn start(dir: &Path, name: &str, text: &str, status: u16) -> Self {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write config");
@@ -370,7 +372,10 @@ impl Bridge {
                 .arg(format!("DUMP_HEAPTRACK_OUTPUT={}", trace.display()));
         }
         command
-            .arg(env!("CARGO_BIN_EXE_walkie-bridge"))
+            .arg(
+                std::env::var_os("WALKIE_BENCH_BRIDGE_BIN")
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_walkie-bridge").into()),
+            )
             .arg("run")
             .arg("-c")
             .arg(&path);
