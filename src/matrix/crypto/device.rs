@@ -62,7 +62,18 @@ pub struct CryptoDevice {
     ready: OnceCell<()>,
     /// Requests this device sent to the homeserver since it was opened.
     requests: AtomicU64,
+    /// Transactions whose changes were handed to the machine since it was opened.
+    changes_handed: AtomicU64,
+    /// The key counts last handed to the machine (see [`Self::receive`]).
+    last_key_counts: std::sync::Mutex<Option<KeyCounts>>,
 }
+
+/// One-time key counts and unused fallback key algorithms, as a transaction
+/// reports them for a device.
+type KeyCounts = (
+    BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    Option<Vec<OneTimeKeyAlgorithm>>,
+);
 
 impl CryptoDevice {
     /// Opens `user`'s store and machine (a new account on first use). Local only:
@@ -85,6 +96,8 @@ impl CryptoDevice {
             flush_queued: AtomicBool::new(false),
             ready: OnceCell::new(),
             requests: AtomicU64::new(0),
+            changes_handed: AtomicU64::new(0),
+            last_key_counts: std::sync::Mutex::new(None),
         });
         if opened.created {
             info!(user = %device.user, device = %device.device_id,
@@ -146,6 +159,12 @@ impl CryptoDevice {
     /// Requests sent to the homeserver since the device was opened.
     pub fn requests_sent(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Transactions whose changes the machine was given (and wrote to its
+    /// store) since the device was opened.
+    pub fn changes_handed(&self) -> u64 {
+        self.changes_handed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn store_error(&self, source: CryptoStoreError) -> CryptoError {
@@ -348,6 +367,30 @@ impl CryptoDevice {
         unused_fallback_keys: Option<&[OneTimeKeyAlgorithm]>,
     ) -> Result<Vec<RoomKeyInfo>, CryptoError> {
         let messages = to_device.len();
+        // Synapse repeats every bridge device's key counts in every transaction.
+        // Handing the machine the same counts again changes nothing, but it still
+        // writes a store transaction on tokio's blocking pool: at two voice messages
+        // a second that was most of the bridge's blocking work, and each rare
+        // overlap of two such writes left the pool one thread (and its allocator
+        // cache) bigger for good (issue 14, the soak's RSS steps).
+        let key_counts: KeyCounts = (
+            one_time_keys.clone(),
+            unused_fallback_keys.map(<[OneTimeKeyAlgorithm]>::to_vec),
+        );
+        let lists_changed = !device_lists.changed.is_empty() || !device_lists.left.is_empty();
+        let unchanged = messages == 0
+            && !lists_changed
+            && self
+                .last_key_counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                == Some(&key_counts);
+        if unchanged {
+            metrics::counter!("walkie_crypto_sync_changes_total", "result" => "unchanged")
+                .increment(1);
+            return Ok(Vec::new());
+        }
         let changes = EncryptionSyncChanges {
             to_device_events: to_device,
             changed_devices: device_lists,
@@ -365,6 +408,12 @@ impl CryptoDevice {
             .receive_sync_changes(changes, &settings)
             .await
             .map_err(|e| self.olm_error(e))?;
+        self.changes_handed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("walkie_crypto_sync_changes_total", "result" => "handed").increment(1);
+        *self
+            .last_key_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(key_counts);
         for event in &events {
             let event_type = event
                 .to_raw()
