@@ -11,6 +11,7 @@
 //! comes from the hub.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -36,6 +37,29 @@ use super::LiveSettings;
 
 pub(crate) type ClientId = u64;
 
+/// Stream ids, unique over the bridge's live endpoints: the bridge's own streams
+/// (who talks) and the clients' presses draw from one counter, so a connection
+/// logged on to several channels never sees one id twice.
+#[derive(Debug)]
+pub(crate) struct StreamIds(AtomicU32);
+
+impl StreamIds {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU32::new(1))
+    }
+
+    pub(crate) fn next(&self) -> u32 {
+        loop {
+            let id = self.0.fetch_add(1, Ordering::Relaxed);
+            // Zero stays unused so a client can treat it as "no stream" (after
+            // four billion streams the counter wraps through it).
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+}
+
 /// What a session tells its channel.
 #[derive(Debug)]
 pub(crate) enum ToChannel {
@@ -44,9 +68,12 @@ pub(crate) enum ToChannel {
         out: mpsc::Sender<Message>,
         reply: oneshot::Sender<Result<Welcome, Refusal>>,
     },
+    /// A press; the session chose `stream_id` (unique over the bridge, so a
+    /// connection logged on to several channels tells their streams apart).
     Start {
         client: ClientId,
         start: StartStream,
+        stream_id: u32,
     },
     Stop {
         client: ClientId,
@@ -75,8 +102,12 @@ pub(crate) enum ToChannel {
 pub(crate) struct Welcome {
     pub client: ClientId,
     pub identity: Identity,
-    /// Cancelled when the channel drops the client (it fell too far behind).
+    /// Cancelled when the channel drops the client because it fell too far
+    /// behind: the whole connection is too slow.
     pub kicked: CancellationToken,
+    /// Cancelled when the channel ends this logon because the user may no longer
+    /// be here (left the room, opted out); the client was told why.
+    pub ended: CancellationToken,
 }
 
 pub struct LiveEndpoint {
@@ -86,6 +117,7 @@ pub struct LiveEndpoint {
     auth: Arc<Authenticator>,
     settings: LiveSettings,
     inbox: mpsc::Receiver<ToChannel>,
+    stream_ids: Arc<StreamIds>,
 }
 
 impl LiveEndpoint {
@@ -96,6 +128,7 @@ impl LiveEndpoint {
         auth: Arc<Authenticator>,
         settings: LiveSettings,
         inbox: mpsc::Receiver<ToChannel>,
+        stream_ids: Arc<StreamIds>,
     ) -> Self {
         Self {
             id,
@@ -104,6 +137,7 @@ impl LiveEndpoint {
             auth,
             settings,
             inbox,
+            stream_ids,
         }
     }
 }
@@ -141,6 +175,7 @@ struct Client {
     identity: Identity,
     out: mpsc::Sender<Message>,
     kicked: CancellationToken,
+    ended: CancellationToken,
     stream: Option<Own>,
     /// The last stream id this client sent frames for that it does not own;
     /// reported once, not fifty times a second.
@@ -178,7 +213,6 @@ struct Actor {
     /// Stream ids of live clients' own streams.
     streams: HashMap<u32, ClientId>,
     next_client: ClientId,
-    next_stream: u32,
     hearing: Option<Hearing>,
     logons: JoinSet<LogonDone>,
     checks: JoinSet<CheckDone>,
@@ -216,7 +250,6 @@ impl Actor {
             clients: HashMap::new(),
             streams: HashMap::new(),
             next_client: 1,
-            next_stream: 1,
             hearing: None,
             logons: JoinSet::new(),
             checks: JoinSet::new(),
@@ -338,7 +371,8 @@ impl Actor {
                 let Some((client, own)) = self.take_own(stream) else {
                     return Ok(());
                 };
-                let mut update = FloorUpdate::new(FloorState::Denied)
+                let mut update = self
+                    .floor(FloorState::Denied)
                     .stream(own.id)
                     .reason(deny_reason(reason));
                 update.holder = holder.as_ref().map(person);
@@ -356,7 +390,7 @@ impl Actor {
                 {
                     own.state = OwnState::Queued;
                 }
-                let mut update = FloorUpdate::new(FloorState::Queued);
+                let mut update = self.floor(FloorState::Queued);
                 update.stream_id = u32::try_from(stream.0).ok();
                 update.position = Some(position);
                 self.send_event(client, &update.event());
@@ -372,7 +406,7 @@ impl Actor {
             }
             FloorEvent::Released { tx, reason } => self.released(tx, reason),
             FloorEvent::Idle => {
-                let idle: Utf8Bytes = Event::floor(FloorState::Idle).to_json().into();
+                let idle: Utf8Bytes = self.floor(FloorState::Idle).event().to_json().into();
                 self.broadcast(&idle, None);
             }
             FloorEvent::Declined {
@@ -384,7 +418,7 @@ impl Actor {
                 let Some(client) = self.owner(stream) else {
                     return Ok(());
                 };
-                let mut update = FloorUpdate::new(FloorState::Declined).tx(tx).reason(reason);
+                let mut update = self.floor(FloorState::Declined).tx(tx).reason(reason);
                 update.stream_id = u32::try_from(stream.0).ok();
                 update.by = Some(by.to_string());
                 self.send_event(client, &update.event());
@@ -411,6 +445,7 @@ impl Actor {
         let talker = talker_of(&c.identity);
         info!(client, stream = stream_id, %tx, user = %c.identity.user_id, "live talk granted");
         let granted = FloorUpdate::new(FloorState::Granted)
+            .channel(&self.endpoint.channel)
             .stream(stream_id)
             .tx(tx);
         self.send_event(client, &granted.event());
@@ -428,6 +463,7 @@ impl Actor {
         };
         let stop: Utf8Bytes = Event::OnStreamStop {
             stream_id: hearing.stream_id,
+            channel: self.endpoint.channel.clone(),
             reason: reason.to_string(),
         }
         .to_json()
@@ -448,7 +484,8 @@ impl Actor {
             ReleaseReason::TalkerDone | ReleaseReason::IdleTimeout => FloorState::Released,
             _ => FloorState::Revoked,
         };
-        let update = FloorUpdate::new(state)
+        let update = self
+            .floor(state)
             .stream(hearing.stream_id)
             .tx(tx)
             .reason(reason.to_string());
@@ -472,7 +509,7 @@ impl Actor {
         talker: &Talker,
         source: &EndpointId,
     ) -> Hearing {
-        let mut taken = FloorUpdate::new(FloorState::Taken).tx(tx);
+        let mut taken = self.floor(FloorState::Taken).tx(tx);
         taken.talker = Some(person(talker));
         taken.source = Some(source.to_string());
         let start = Event::OnStreamStart {
@@ -502,7 +539,11 @@ impl Actor {
     async fn on_message(&mut self, message: ToChannel) -> Result<(), HubClosed> {
         match message {
             ToChannel::Logon { logon, out, reply } => self.logon(logon, out, reply),
-            ToChannel::Start { client, start } => self.start(client, start),
+            ToChannel::Start {
+                client,
+                start,
+                stream_id,
+            } => self.start(client, start, stream_id),
             ToChannel::Stop { client, stop } => self.stop(client, stop).await?,
             ToChannel::Audio {
                 client,
@@ -561,10 +602,12 @@ impl Actor {
         let client = self.next_client;
         self.next_client += 1;
         let kicked = CancellationToken::new();
+        let ended = CancellationToken::new();
         let welcome = Welcome {
             client,
             identity: identity.clone(),
             kicked: kicked.clone(),
+            ended: ended.clone(),
         };
         // The session writes the logon's answer when it gets this, before anything
         // queued below, so the client hears "success" before the channel status.
@@ -579,6 +622,7 @@ impl Actor {
                 identity,
                 out: done.out,
                 kicked,
+                ended,
                 stream: None,
                 reported_stream: None,
             },
@@ -590,8 +634,9 @@ impl Actor {
         let status = Event::OnChannelStatus {
             channel: self.endpoint.channel.clone(),
             status: "online",
-            room_id: self.endpoint.room.to_string(),
-            users_online: self.clients.len(),
+            room_id: Some(self.endpoint.room.to_string()),
+            users_online: Some(self.clients.len()),
+            reason: None,
         };
         self.send_event(client, &status);
         match self
@@ -603,25 +648,28 @@ impl Actor {
                 self.send_text(client, taken);
                 self.send_text(client, start);
             }
-            None => self.send_event(client, &Event::floor(FloorState::Idle)),
+            None => {
+                let idle = self.floor(FloorState::Idle).event();
+                self.send_event(client, &idle);
+            }
         }
     }
 
-    fn start(&mut self, client: ClientId, start: StartStream) {
+    fn start(&mut self, client: ClientId, start: StartStream, stream_id: u32) {
         let Some(c) = self.clients.get(&client) else {
             return;
         };
         if let Some(why) = start.unsupported() {
             self.send_event(
                 client,
-                &Event::error(Some(start.seq), ErrorCode::UnsupportedCodec, why),
+                &self.error(Some(start.seq), ErrorCode::UnsupportedCodec, why),
             );
             return;
         }
         if let Some(own) = c.stream {
             self.send_event(
                 client,
-                &Event::error(
+                &self.error(
                     Some(start.seq),
                     ErrorCode::StreamActive,
                     format!("stream {} is still active; stop it first", own.id),
@@ -631,7 +679,6 @@ impl Actor {
         }
         let user = c.identity.user_id.clone();
         let device = c.identity.device_id.clone();
-        let stream_id = self.allocate_stream();
         if let Some(c) = self.clients.get_mut(&client) {
             c.stream = Some(Own {
                 id: stream_id,
@@ -640,6 +687,7 @@ impl Actor {
         }
         self.streams.insert(stream_id, client);
         let mut success = Success::new(start.seq);
+        success.channel = Some(self.endpoint.channel.clone());
         success.stream_id = Some(stream_id);
         self.send_text(client, success.to_json().into());
         let auth = Arc::clone(&self.endpoint.auth);
@@ -671,6 +719,7 @@ impl Actor {
             c.stream = None;
             self.streams.remove(&done.stream_id);
             let denied = FloorUpdate::new(FloorState::Denied)
+                .channel(&self.endpoint.channel)
                 .stream(done.stream_id)
                 .reason(why);
             self.send_event(done.client, &denied.event());
@@ -697,7 +746,7 @@ impl Actor {
         let Some(own) = c.stream.filter(|own| own.id == stop.stream_id) else {
             self.send_event(
                 client,
-                &Event::error(
+                &self.error(
                     Some(stop.seq),
                     ErrorCode::UnknownStream,
                     format!("stream {} is not your active stream", stop.stream_id),
@@ -710,7 +759,9 @@ impl Actor {
         if !matches!(own.state, OwnState::Granted(_)) {
             self.streams.remove(&own.id);
         }
-        self.send_text(client, Success::new(stop.seq).to_json().into());
+        let mut success = Success::new(stop.seq);
+        success.channel = Some(self.endpoint.channel.clone());
+        self.send_text(client, success.to_json().into());
         if own.state != OwnState::Checking {
             self.link.talk_end(StreamKey(u64::from(own.id))).await?;
         }
@@ -747,8 +798,9 @@ impl Actor {
                 self.metrics.frames_refused.increment(1);
                 if c.reported_stream != Some(packet.stream_id) {
                     c.reported_stream = Some(packet.stream_id);
-                    let event = Event::error(
+                    let event = Event::channel_error(
                         None,
+                        &self.endpoint.channel,
                         ErrorCode::UnknownStream,
                         format!(
                             "audio for stream {} which is not yours or has ended; frames dropped",
@@ -778,9 +830,9 @@ impl Actor {
             .collect();
         for client in theirs {
             info!(client, %user, why, "live session ended");
-            self.send_event(client, &Event::error(None, code, why));
+            self.send_event(client, &self.error(None, code, why));
             if let Some(c) = self.clients.get(&client) {
-                c.kicked.cancel();
+                c.ended.cancel();
             }
             if let Some(stream) = self.drop_client(client) {
                 self.link.talk_end(stream).await?;
@@ -824,10 +876,17 @@ impl Actor {
     }
 
     fn allocate_stream(&mut self) -> u32 {
-        let id = self.next_stream;
-        // Zero stays unused so a client can treat it as "no stream".
-        self.next_stream = self.next_stream.checked_add(1).unwrap_or(1);
-        id
+        self.endpoint.stream_ids.next()
+    }
+
+    /// An `on_floor` of this channel.
+    fn floor(&self, state: FloorState) -> FloorUpdate {
+        FloorUpdate::new(state).channel(&self.endpoint.channel)
+    }
+
+    /// An `on_error` about this channel.
+    fn error(&self, seq: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Event {
+        Event::channel_error(seq, &self.endpoint.channel, code, message)
     }
 }
 

@@ -87,6 +87,7 @@ struct Shared {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     sessions: AtomicU64,
+    stream_ids: Arc<endpoint::StreamIds>,
 }
 
 impl Live {
@@ -124,7 +125,7 @@ impl Live {
         let page_config = json!({
             "homeserver_url": config.live.homeserver_url.as_str().trim_end_matches('/'),
             "channels": channels,
-            "protocol": 1,
+            "protocol": protocol::VERSION,
         })
         .to_string();
         Ok(Self {
@@ -137,6 +138,7 @@ impl Live {
                     tracker: TaskTracker::new(),
                     shutdown: CancellationToken::new(),
                     sessions: AtomicU64::new(0),
+                    stream_ids: Arc::new(endpoint::StreamIds::new()),
                 })),
                 auth: Some(Arc::new(auth)),
                 settings,
@@ -195,6 +197,7 @@ impl LiveEndpoints {
             auth,
             self.settings,
             inbox,
+            Arc::clone(&shared.stream_ids),
         )))
     }
 }
@@ -267,12 +270,14 @@ async fn upgrade(
         user = tracing::field::Empty,
     );
     let directory = Arc::clone(&shared.directory);
+    let stream_ids = Arc::clone(&shared.stream_ids);
     let shutdown = shared.shutdown.clone();
     let tracker = shared.tracker.clone();
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
-            let session = session::Session::new(socket, directory, span.clone(), permit);
+            let session =
+                session::Session::new(socket, directory, stream_ids, span.clone(), permit);
             tracker.track_future(session.run(shutdown).instrument(span))
         })
 }

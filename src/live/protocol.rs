@@ -20,6 +20,9 @@ pub const MAX_OPUS: usize = 1500;
 /// bridge's internal format, so a live stream passes through without transcoding.
 pub const SAMPLE_RATE: u32 = 48_000;
 pub const PACKET_MS: u32 = 20;
+/// The protocol's version, in `/live/config.json`: 2 lets one connection log on
+/// to several channels (docs/live-protocol.md).
+pub const VERSION: u32 = 2;
 /// Longest opt-in a logon may ask for (a year): anything longer is "until opted out".
 pub const MAX_LISTEN_S: u64 = 366 * 24 * 3600;
 
@@ -29,6 +32,7 @@ pub const MAX_LISTEN_S: u64 = 366 * 24 * 3600;
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Logon(Logon),
+    Logoff(Logoff),
     StartStream(StartStream),
     StopStream(StopStream),
 }
@@ -37,6 +41,7 @@ impl Command {
     pub fn seq(&self) -> u64 {
         match self {
             Self::Logon(l) => l.seq,
+            Self::Logoff(l) => l.seq,
             Self::StartStream(s) => s.seq,
             Self::StopStream(s) => s.seq,
         }
@@ -62,9 +67,20 @@ pub struct Logon {
     pub listen_for_s: Option<u64>,
 }
 
+/// Leaves one channel of a connection logged on to several (protocol 2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Logoff {
+    pub seq: u64,
+    pub channel: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct StartStream {
     pub seq: u64,
+    /// The channel to talk on; needed only when the connection is logged on to
+    /// more than one (protocol 2).
+    #[serde(default)]
+    pub channel: Option<String>,
     #[serde(rename = "type", default = "audio")]
     pub kind: String,
     #[serde(default = "opus")]
@@ -157,12 +173,15 @@ pub fn parse_command(text: &str) -> Result<Command, BadMessage> {
             })
         }
     };
-    if !matches!(command.as_str(), "logon" | "start_stream" | "stop_stream") {
+    if !matches!(
+        command.as_str(),
+        "logon" | "logoff" | "start_stream" | "stop_stream"
+    ) {
         return Err(BadMessage {
             seq,
             code: ErrorCode::UnknownCommand,
             message: format!(
-                "unknown command {command:?}; expected logon, start_stream or stop_stream"
+                "unknown command {command:?}; expected logon, logoff, start_stream or stop_stream"
             ),
         });
     }
@@ -330,6 +349,9 @@ pub enum FloorState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FloorUpdate {
     pub state: FloorState,
+    /// The channel this is about (protocol 2: a connection may hear several).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -352,6 +374,7 @@ impl FloorUpdate {
     pub fn new(state: FloorState) -> Self {
         Self {
             state,
+            channel: None,
             stream_id: None,
             tx_id: None,
             position: None,
@@ -361,6 +384,11 @@ impl FloorUpdate {
             source: None,
             by: None,
         }
+    }
+
+    pub fn channel(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_owned());
+        self
     }
 
     pub fn stream(mut self, id: u32) -> Self {
@@ -407,17 +435,27 @@ pub enum Event {
     },
     OnStreamStop {
         stream_id: u32,
+        channel: String,
         reason: String,
     },
+    /// `online` after a logon; `offline` (with `reason`) when the bridge ended
+    /// the connection's logon to the channel (protocol 2).
     OnChannelStatus {
         channel: String,
         status: &'static str,
-        room_id: String,
-        users_online: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        users_online: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     OnError {
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
+        /// The channel the error is about, when it is about one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
         error: ErrorCode,
         message: String,
     },
@@ -432,6 +470,22 @@ impl Event {
     pub fn error(seq: Option<u64>, error: ErrorCode, message: impl Into<String>) -> Self {
         Self::OnError {
             seq,
+            channel: None,
+            error,
+            message: message.into(),
+        }
+    }
+
+    /// An `on_error` about one channel.
+    pub fn channel_error(
+        seq: Option<u64>,
+        channel: &str,
+        error: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::OnError {
+            seq,
+            channel: Some(channel.to_owned()),
             error,
             message: message.into(),
         }
@@ -449,6 +503,9 @@ impl Event {
 pub struct Success {
     pub seq: u64,
     pub success: bool,
+    /// The channel the answered command was about (logon, logoff, start_stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -465,6 +522,7 @@ impl Success {
         Self {
             seq,
             success: true,
+            channel: None,
             stream_id: None,
             user_id: None,
             display_name: None,
@@ -494,6 +552,34 @@ mod tests {
         assert!(!logon.listen);
         assert_eq!(logon.listen_for_s, None);
         assert_eq!(logon.channel, "ops");
+    }
+
+    #[test]
+    fn protocol_2_commands_name_their_channel() {
+        let command = parse_command(r#"{"command":"logoff","seq":7,"channel":"net"}"#).unwrap();
+        assert_eq!(
+            command,
+            Command::Logoff(Logoff {
+                seq: 7,
+                channel: "net".into()
+            })
+        );
+        let Command::StartStream(start) =
+            parse_command(r#"{"command":"start_stream","seq":8,"channel":"net"}"#).unwrap()
+        else {
+            panic!("not a start_stream")
+        };
+        assert_eq!(start.channel.as_deref(), Some("net"));
+        let e = parse_command(r#"{"command":"logoff","seq":9}"#).unwrap_err();
+        assert_eq!((e.seq, e.code), (Some(9), ErrorCode::BadMessage));
+        let json = FloorUpdate::new(FloorState::Idle)
+            .channel("net")
+            .event()
+            .to_json();
+        assert_eq!(
+            json,
+            r#"{"command":"on_floor","state":"idle","channel":"net"}"#
+        );
     }
 
     #[test]

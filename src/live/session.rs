@@ -15,14 +15,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::{abortable, AbortHandle, BoxFuture, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
 use super::auth::{unix_ms, Refusal};
-use super::endpoint::{ClientId, ToChannel, Welcome};
+use super::endpoint::{ClientId, StreamIds, ToChannel, Welcome};
 use super::limits::{clip, Permit, BAD_MESSAGE_WARNINGS, CLIP};
-use super::protocol::{parse_command, parse_frame, BadMessage, Command, ErrorCode, Event, Success};
+use super::protocol::{
+    parse_command, parse_frame, BadMessage, Command, ErrorCode, Event, Logoff, Logon, StartStream,
+    StopStream, Success,
+};
 
 /// Messages waiting to be written to one client: five seconds of audio. A client
 /// further behind loses audio frames; one that cannot take a control message is
@@ -42,27 +47,56 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Running channels' live endpoints by name; written when a channel starts.
 pub(crate) type Directory = std::sync::RwLock<HashMap<String, mpsc::Sender<ToChannel>>>;
 
-enum State {
-    Anonymous,
-    LoggingOn {
-        seq: u64,
+/// A channel this connection is logged on to.
+struct Membership {
+    client: ClientId,
+    channel: mpsc::Sender<ToChannel>,
+    user: String,
+    /// The task that reports the channel dropping or ending this logon.
+    watcher: AbortHandle,
+    /// This connection's latest press on the channel: audio and `stop_stream`
+    /// for it go here.
+    own_stream: Option<u32>,
+}
+
+/// A logon the channel is checking.
+struct PendingLogon {
+    seq: u64,
+    user: String,
+}
+
+/// What the session's background waits report, with the channel's name.
+enum Notice {
+    Logon {
         channel: mpsc::Sender<ToChannel>,
-        reply: oneshot::Receiver<Result<Welcome, Refusal>>,
-        deadline: tokio::time::Instant,
+        answer: LogonAnswer,
     },
-    LoggedOn {
-        client: ClientId,
-        channel: mpsc::Sender<ToChannel>,
-        kicked: CancellationToken,
-    },
+    /// The channel dropped the client: the connection reads too slowly.
+    Kicked,
+    /// The channel ended this logon (the user left the room, opted out).
+    Ended,
+    ChannelClosed,
 }
 
 pub(crate) struct Session {
     socket: WebSocket,
     directory: Arc<Directory>,
+    stream_ids: Arc<StreamIds>,
     out_tx: mpsc::Sender<Message>,
     out_rx: mpsc::Receiver<Message>,
-    state: State,
+    /// Channels by name. Protocol 1 clients log on to one; protocol 2 to several,
+    /// each checked like a single logon.
+    members: HashMap<String, Membership>,
+    logging_on: HashMap<String, PendingLogon>,
+    /// Logons being checked and the watchers of logons made, polled by the
+    /// session itself (not spawned): a logon's answer must be taken before
+    /// anything the channel queued after it, so the client hears "success"
+    /// before the channel's status. `None`: a watcher stopped at logoff.
+    notices: FuturesUnordered<BoxFuture<'static, Option<(String, Notice)>>>,
+    /// A logon succeeded once: the logon deadline no longer applies.
+    logged_on_once: bool,
+    /// The last unknown stream reported for audio (once, not fifty times a second).
+    reported_stream: Option<u32>,
     span: Span,
     permit: Permit,
     /// Refused logons of this connection.
@@ -82,6 +116,7 @@ impl Session {
     pub(crate) fn new(
         socket: WebSocket,
         directory: Arc<Directory>,
+        stream_ids: Arc<StreamIds>,
         span: Span,
         permit: Permit,
     ) -> Self {
@@ -89,9 +124,14 @@ impl Session {
         Self {
             socket,
             directory,
+            stream_ids,
             out_tx,
             out_rx,
-            state: State::Anonymous,
+            members: HashMap::new(),
+            logging_on: HashMap::new(),
+            notices: FuturesUnordered::new(),
+            logged_on_once: false,
+            reported_stream: None,
             span,
             permit,
             failed_logons: 0,
@@ -114,7 +154,8 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pushed_out = self.permit.pushed_out.clone();
         let close = loop {
-            let anonymous = matches!(self.state, State::Anonymous);
+            let anonymous =
+                !self.logged_on_once && self.members.is_empty() && self.logging_on.is_empty();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Step::Close(CLOSE_GOING_AWAY, "the bridge is shutting down"),
@@ -127,15 +168,9 @@ impl Session {
                     Step::Close(CLOSE_POLICY, "no logon in time")
                 }
                 _ = ping.tick() => self.ping(limits.idle_timeout).await,
-                event = state_event(&mut self.state) => match event {
-                    StateEvent::Kicked => {
-                        // The channel's last word (why it ended the session) is
-                        // queued; give it a moment to go out before the close.
-                        let _ = tokio::time::timeout(KICK_FLUSH, self.flush()).await;
-                        Step::Close(CLOSE_POLICY, "the bridge dropped this client (too slow, or no longer allowed)")
-                    }
-                    StateEvent::ChannelClosed => Step::Close(CLOSE_GOING_AWAY, "the channel stopped"),
-                    StateEvent::Logon(answer) => self.on_logon_answer(answer).await,
+                Some(notice) = self.notices.next(), if !self.notices.is_empty() => match notice {
+                    Some((name, notice)) => self.on_notice(name, notice).await,
+                    None => Step::Go,
                 },
                 Some(message) = self.out_rx.recv() => self.write(message).await,
                 incoming = self.socket.recv() => {
@@ -166,12 +201,15 @@ impl Session {
             // Best effort: the peer may be gone already, or not reading.
             let _ = self.write(Message::Close(Some(frame))).await;
         }
-        if let State::LoggedOn {
-            client, channel, ..
-        } = &self.state
-        {
+        self.notices.clear();
+        for (_, member) in self.members.drain() {
             // The channel may have stopped already, then there is nobody to tell.
-            let _ = channel.send(ToChannel::Gone { client: *client }).await;
+            let _ = member
+                .channel
+                .send(ToChannel::Gone {
+                    client: member.client,
+                })
+                .await;
         }
         debug!("live session closed");
     }
@@ -225,11 +263,10 @@ impl Session {
             Ok(command) => command,
             Err(bad) => return self.bad(bad).await,
         };
-        let press = matches!(
-            (&command, &self.state),
-            (Command::StartStream(_), State::LoggedOn { .. })
-        );
-        if press && !self.may_press() {
+        if matches!(command, Command::StartStream(_))
+            && !self.members.is_empty()
+            && !self.may_press()
+        {
             let refusal = Refusal::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -237,127 +274,220 @@ impl Session {
                     self.permit.limits().max_presses_per_minute
                 ),
             );
-            return self.refuse(command.seq(), refusal).await;
+            return self.refuse(command.seq(), None, refusal, false).await;
         }
-        match (command, &self.state) {
-            (Command::Logon(logon), State::Anonymous) => {
-                if !self
-                    .permit
-                    .connections()
-                    .may_log_on(self.permit.address, Instant::now())
-                {
-                    let refusal = Refusal::new(
-                        ErrorCode::RateLimited,
-                        "too many refused logons from your address; try again in ten minutes",
-                    );
-                    return self.refuse(logon.seq, refusal).await;
-                }
-                let (found, mut names) = {
-                    let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
-                    let found = directory
-                        .get(&logon.channel)
-                        .filter(|channel| !channel.is_closed())
-                        .cloned();
-                    let names: Vec<String> = directory
-                        .iter()
-                        .filter(|(_, channel)| !channel.is_closed())
-                        .map(|(name, _)| name.clone())
-                        .collect();
-                    (found, names)
+        match command {
+            Command::Logon(logon) => self.logon(logon).await,
+            Command::Logoff(logoff) => self.logoff(logoff).await,
+            Command::StartStream(start) => self.start_stream(start).await,
+            Command::StopStream(stop) => self.stop_stream(stop).await,
+        }
+    }
+
+    async fn logon(&mut self, logon: Logon) -> Step {
+        if self.members.contains_key(&logon.channel) || self.logging_on.contains_key(&logon.channel)
+        {
+            let bad = BadMessage {
+                seq: Some(logon.seq),
+                code: ErrorCode::AlreadyLoggedOn,
+                message: format!(
+                    "this connection is already logged on (or logging on) to {:?}",
+                    clip(&logon.channel, CLIP)
+                ),
+            };
+            return self.bad(bad).await;
+        }
+        // One connection carries one person: every logon names the same user.
+        let user = self
+            .members
+            .values()
+            .map(|m| m.user.as_str())
+            .chain(self.logging_on.values().map(|p| p.user.as_str()))
+            .next();
+        if let Some(user) = user.filter(|user| *user != logon.user_id) {
+            let refusal = Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this connection is for {}; log on as another user on another connection",
+                    clip(user, CLIP)
+                ),
+            );
+            return self.refuse(logon.seq, None, refusal, true).await;
+        }
+        if !self
+            .permit
+            .connections()
+            .may_log_on(self.permit.address, Instant::now())
+        {
+            let refusal = Refusal::new(
+                ErrorCode::RateLimited,
+                "too many refused logons from your address; try again in ten minutes",
+            );
+            return self.refuse(logon.seq, None, refusal, true).await;
+        }
+        let (found, mut names) = {
+            let directory = self.directory.read().unwrap_or_else(|e| e.into_inner());
+            let found = directory
+                .get(&logon.channel)
+                .filter(|channel| !channel.is_closed())
+                .cloned();
+            let names: Vec<String> = directory
+                .iter()
+                .filter(|(_, channel)| !channel.is_closed())
+                .map(|(name, _)| name.clone())
+                .collect();
+            (found, names)
+        };
+        names.sort();
+        let Some(channel) = found else {
+            let refusal = Refusal::new(
+                ErrorCode::UnknownChannel,
+                format!(
+                    "no live channel {:?}; this bridge has: {}",
+                    clip(&logon.channel, CLIP),
+                    names.join(", ")
+                ),
+            );
+            return self.refuse(logon.seq, None, refusal, true).await;
+        };
+        let name = logon.channel.clone();
+        let seq = logon.seq;
+        let user = logon.user_id.clone();
+        let (reply_tx, reply) = oneshot::channel();
+        let message = ToChannel::Logon {
+            logon,
+            out: self.out_tx.clone(),
+            reply: reply_tx,
+        };
+        if channel.send(message).await.is_err() {
+            return self
+                .refuse(seq, Some(&name), channel_not_bridged(), true)
+                .await;
+        }
+        self.logging_on
+            .insert(name.clone(), PendingLogon { seq, user });
+        let deadline = tokio::time::Instant::now() + LOGON_TIMEOUT;
+        self.notices.push(
+            async move {
+                let answer = match tokio::time::timeout_at(deadline, reply).await {
+                    Ok(Ok(Ok(welcome))) => LogonAnswer::Welcome(welcome),
+                    Ok(Ok(Err(refusal))) => LogonAnswer::Refused(refusal),
+                    Ok(Err(_)) => LogonAnswer::ChannelGone,
+                    Err(_) => LogonAnswer::TimedOut,
                 };
-                names.sort();
-                let Some(channel) = found else {
-                    return self
-                        .refuse(
-                            logon.seq,
-                            Refusal::new(
-                                ErrorCode::UnknownChannel,
-                                format!(
-                                    "no live channel {:?}; this bridge has: {}",
-                                    clip(&logon.channel, CLIP),
-                                    names.join(", ")
-                                ),
-                            ),
-                        )
-                        .await;
-                };
-                // The channel is one of ours; the user is recorded once verified.
-                self.span.record("channel", logon.channel.as_str());
-                let seq = logon.seq;
-                let (reply_tx, reply) = oneshot::channel();
-                let message = ToChannel::Logon {
-                    logon,
-                    out: self.out_tx.clone(),
-                    reply: reply_tx,
-                };
-                if channel.send(message).await.is_err() {
-                    return self.refuse(seq, channel_not_bridged()).await;
-                }
-                self.state = State::LoggingOn {
-                    seq,
-                    channel,
-                    reply,
-                    deadline: tokio::time::Instant::now() + LOGON_TIMEOUT,
-                };
-                Step::Go
+                Some((name, Notice::Logon { channel, answer }))
             }
-            (command, State::Anonymous) => {
-                let bad = BadMessage {
-                    seq: Some(command.seq()),
-                    code: ErrorCode::NotLoggedOn,
-                    message: "log on first".into(),
-                };
-                self.bad(bad).await
-            }
-            (command @ Command::Logon(_), _) => {
-                let bad = BadMessage {
-                    seq: Some(command.seq()),
-                    code: ErrorCode::AlreadyLoggedOn,
-                    message: "this connection is already logged on (or logging on); open another \
-                              connection for another channel"
+            .boxed(),
+        );
+        Step::Go
+    }
+
+    async fn logoff(&mut self, logoff: Logoff) -> Step {
+        let Some(member) = self.members.remove(&logoff.channel) else {
+            let bad = BadMessage {
+                seq: Some(logoff.seq),
+                code: ErrorCode::NotLoggedOn,
+                message: format!(
+                    "this connection is not logged on to {:?}",
+                    clip(&logoff.channel, CLIP)
+                ),
+            };
+            return self.bad(bad).await;
+        };
+        member.watcher.abort();
+        self.record_channels();
+        info!(channel = %logoff.channel, "logged off");
+        // A talk in progress ends with the logon (the channel ends it on the hub).
+        let _ = member
+            .channel
+            .send(ToChannel::Gone {
+                client: member.client,
+            })
+            .await;
+        let mut success = Success::new(logoff.seq);
+        success.channel = Some(logoff.channel);
+        self.reply(success.to_json()).await
+    }
+
+    /// The channel a command without a usable `channel` is about: the only one
+    /// logged on. `Err` is the answer to send instead.
+    fn target(&self, seq: u64, channel: Option<&str>) -> Result<String, BadMessage> {
+        let not_logged_on = |message: String| BadMessage {
+            seq: Some(seq),
+            code: ErrorCode::NotLoggedOn,
+            message,
+        };
+        if let Some(name) = channel {
+            return if self.members.contains_key(name) {
+                Ok(name.to_owned())
+            } else {
+                Err(not_logged_on(format!(
+                    "this connection is not logged on to {:?}",
+                    clip(name, CLIP)
+                )))
+            };
+        }
+        let mut names = self.members.keys();
+        match (names.next(), names.next()) {
+            (Some(only), None) => Ok(only.clone()),
+            (Some(_), Some(_)) => Err(BadMessage {
+                seq: Some(seq),
+                code: ErrorCode::BadMessage,
+                message:
+                    "this connection is logged on to several channels: say which with \"channel\""
                         .into(),
-                };
-                self.bad(bad).await
+            }),
+            (None, _) if !self.logging_on.is_empty() => {
+                Err(not_logged_on("wait for the logon's answer".into()))
             }
-            (command, State::LoggingOn { .. }) => {
-                let bad = BadMessage {
-                    seq: Some(command.seq()),
-                    code: ErrorCode::NotLoggedOn,
-                    message: "wait for the logon's answer".into(),
-                };
-                self.bad(bad).await
-            }
-            (
-                Command::StartStream(start),
-                State::LoggedOn {
-                    client, channel, ..
-                },
-            ) => {
-                forward(
-                    channel,
-                    ToChannel::Start {
-                        client: *client,
-                        start,
-                    },
-                )
-                .await
-            }
-            (
-                Command::StopStream(stop),
-                State::LoggedOn {
-                    client, channel, ..
-                },
-            ) => {
-                forward(
-                    channel,
-                    ToChannel::Stop {
-                        client: *client,
-                        stop,
-                    },
-                )
-                .await
-            }
+            (None, _) => Err(not_logged_on("log on first".into())),
         }
+    }
+
+    async fn start_stream(&mut self, start: StartStream) -> Step {
+        let name = match self.target(start.seq, start.channel.as_deref()) {
+            Ok(name) => name,
+            Err(bad) => return self.bad(bad).await,
+        };
+        let stream_id = self.stream_ids.next();
+        let Some(member) = self.members.get_mut(&name) else {
+            return Step::Go;
+        };
+        member.own_stream = Some(stream_id);
+        let message = ToChannel::Start {
+            client: member.client,
+            start,
+            stream_id,
+        };
+        forward(&member.channel.clone(), message).await
+    }
+
+    async fn stop_stream(&mut self, stop: StopStream) -> Step {
+        let owner = self
+            .members
+            .values()
+            .find(|m| m.own_stream == Some(stop.stream_id))
+            .or_else(|| {
+                // One channel: it answers for any stream (unknown_stream included).
+                (self.members.len() == 1)
+                    .then(|| self.members.values().next())
+                    .flatten()
+            })
+            .map(|m| (m.client, m.channel.clone()));
+        let Some((client, channel)) = owner else {
+            let code = if self.members.is_empty() {
+                ErrorCode::NotLoggedOn
+            } else {
+                ErrorCode::UnknownStream
+            };
+            let bad = BadMessage {
+                seq: Some(stop.seq),
+                code,
+                message: format!("stream {} is not your active stream", stop.stream_id),
+            };
+            return self.bad(bad).await;
+        };
+        forward(&channel, ToChannel::Stop { client, stop }).await
     }
 
     /// Counts a press against `live.max_presses_per_minute`.
@@ -378,10 +508,7 @@ impl Session {
     }
 
     fn on_binary(&mut self, frame: bytes::Bytes) -> Step {
-        let State::LoggedOn {
-            client, channel, ..
-        } = &self.state
-        else {
+        if self.members.is_empty() {
             metrics::counter!("walkie_live_bad_messages_total", "reason" => ErrorCode::NotLoggedOn.as_str())
                 .increment(1);
             // Answered through the queue: audio arrives fifty times a second and
@@ -389,94 +516,220 @@ impl Session {
             let event = Event::error(None, ErrorCode::NotLoggedOn, "audio before logon; dropped");
             let _ = self.out_tx.try_send(Message::Text(event.to_json().into()));
             return Step::Go;
-        };
-        match parse_frame(&frame) {
-            Ok(packet) => {
-                let message = ToChannel::Audio {
-                    client: *client,
-                    packet,
-                    raw: frame,
-                };
-                match channel.try_send(message) {
-                    Ok(()) => Step::Go,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        metrics::counter!("walkie_live_frames_dropped_total", "channel" => "inbox")
-                            .increment(1);
-                        Step::Go
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        Step::Close(CLOSE_GOING_AWAY, "the channel stopped")
-                    }
-                }
-            }
+        }
+        let packet = match parse_frame(&frame) {
+            Ok(packet) => packet,
             Err(bad) => {
                 log_bad("bad frame from a live client", &bad);
                 let event = Event::error(None, bad.code, bad.message);
                 let _ = self.out_tx.try_send(Message::Text(event.to_json().into()));
+                return Step::Go;
+            }
+        };
+        let owner = self
+            .members
+            .values()
+            .find(|m| m.own_stream == Some(packet.stream_id))
+            .or_else(|| {
+                // One channel: it drops (and reports) frames of streams not its.
+                (self.members.len() == 1)
+                    .then(|| self.members.values().next())
+                    .flatten()
+            });
+        let Some(member) = owner else {
+            metrics::counter!("walkie_live_bad_messages_total", "reason" => ErrorCode::UnknownStream.as_str())
+                .increment(1);
+            if self.reported_stream != Some(packet.stream_id) {
+                self.reported_stream = Some(packet.stream_id);
+                let event = Event::error(
+                    None,
+                    ErrorCode::UnknownStream,
+                    format!(
+                        "audio for stream {} which is not yours or has ended; frames dropped",
+                        packet.stream_id
+                    ),
+                );
+                let _ = self.out_tx.try_send(Message::Text(event.to_json().into()));
+            }
+            return Step::Go;
+        };
+        let message = ToChannel::Audio {
+            client: member.client,
+            packet,
+            raw: frame,
+        };
+        match member.channel.try_send(message) {
+            Ok(()) => Step::Go,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("walkie_live_frames_dropped_total", "channel" => "inbox")
+                    .increment(1);
                 Step::Go
+            }
+            // The channel stopped; its watcher reports it.
+            Err(mpsc::error::TrySendError::Closed(_)) => Step::Go,
+        }
+    }
+
+    async fn on_notice(&mut self, name: String, notice: Notice) -> Step {
+        match notice {
+            Notice::Logon { channel, answer } => self.on_logon_answer(name, channel, answer).await,
+            Notice::Kicked => {
+                // The channel's last word is queued; give it a moment to go out.
+                let _ = tokio::time::timeout(KICK_FLUSH, self.flush()).await;
+                Step::Close(CLOSE_POLICY, "the bridge dropped this client (too slow)")
+            }
+            Notice::Ended => {
+                self.members.remove(&name);
+                self.record_channels();
+                if self.members.is_empty() {
+                    // The channel told why (on_error); let it go out first.
+                    let _ = tokio::time::timeout(KICK_FLUSH, self.flush()).await;
+                    return Step::Close(
+                        CLOSE_POLICY,
+                        "the bridge ended this logon (no longer allowed)",
+                    );
+                }
+                self.channel_offline(name, "the bridge ended this logon")
+                    .await
+            }
+            Notice::ChannelClosed => {
+                self.members.remove(&name);
+                self.record_channels();
+                if self.members.is_empty() {
+                    return Step::Close(CLOSE_GOING_AWAY, "the channel stopped");
+                }
+                self.channel_offline(name, "the channel stopped").await
             }
         }
     }
 
-    async fn on_logon_answer(&mut self, answer: LogonAnswer) -> Step {
-        let State::LoggingOn { seq, channel, .. } =
-            std::mem::replace(&mut self.state, State::Anonymous)
-        else {
+    /// Tells a client on other channels too that one of its logons is over.
+    async fn channel_offline(&mut self, channel: String, reason: &str) -> Step {
+        info!(%channel, reason, "logon ended");
+        let event = Event::OnChannelStatus {
+            channel,
+            status: "offline",
+            room_id: None,
+            users_online: None,
+            reason: Some(reason.to_owned()),
+        };
+        // Behind whatever the channel queued before (its on_error says why).
+        match self.out_tx.try_send(Message::Text(event.to_json().into())) {
+            Ok(()) => Step::Go,
+            Err(_) => Step::Close(CLOSE_POLICY, "the bridge dropped this client (too slow)"),
+        }
+    }
+
+    /// The channels of this connection, in its span.
+    fn record_channels(&self) {
+        let mut names: Vec<&str> = self.members.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        self.span.record("channel", names.join(",").as_str());
+    }
+
+    async fn on_logon_answer(
+        &mut self,
+        name: String,
+        channel: mpsc::Sender<ToChannel>,
+        answer: LogonAnswer,
+    ) -> Step {
+        let Some(pending) = self.logging_on.remove(&name) else {
             return Step::Go;
         };
+        let seq = pending.seq;
         match answer {
             LogonAnswer::Welcome(welcome) => {
                 let mut success = Success::new(seq);
+                success.channel = Some(name.clone());
                 success.user_id = Some(welcome.identity.user_id.to_string());
                 success.display_name = Some(welcome.identity.display_name.clone());
                 success.listening_until_ms = welcome.identity.listening_until.map(unix_ms);
-                if !self.permit.logged_on() {
-                    // Pushed out while the homeserver was asked; the channel hears
-                    // it is gone when this ends.
-                    self.state = State::LoggedOn {
+                let pushed_out = !self.permit.logged_on();
+                self.logged_on_once = true;
+                let watcher = self.watch(name.clone(), &channel, &welcome);
+                self.members.insert(
+                    name.clone(),
+                    Membership {
                         client: welcome.client,
                         channel,
-                        kicked: welcome.kicked,
-                    };
-                    return Step::Close(CLOSE_TRY_AGAIN, "the bridge is full: log on right after connecting");
+                        user: pending.user,
+                        watcher,
+                        own_stream: None,
+                    },
+                );
+                if pushed_out {
+                    // Pushed out while the homeserver was asked; the channel hears
+                    // it is gone when this ends.
+                    return Step::Close(
+                        CLOSE_TRY_AGAIN,
+                        "the bridge is full: log on right after connecting",
+                    );
                 }
                 self.span.record("user", welcome.identity.user_id.as_str());
-                info!(user = %welcome.identity.user_id, "logged on");
-                self.state = State::LoggedOn {
-                    client: welcome.client,
-                    channel,
-                    kicked: welcome.kicked,
-                };
+                self.record_channels();
+                info!(user = %welcome.identity.user_id, channel = %name, "logged on");
                 self.reply(success.to_json()).await
             }
-            LogonAnswer::Refused(refusal) => self.refuse(seq, refusal).await,
-            LogonAnswer::ChannelGone => self.refuse(seq, channel_not_bridged()).await,
+            LogonAnswer::Refused(refusal) => self.refuse(seq, Some(&name), refusal, true).await,
+            LogonAnswer::ChannelGone => {
+                self.refuse(seq, Some(&name), channel_not_bridged(), true)
+                    .await
+            }
             LogonAnswer::TimedOut => {
-                self.refuse(
-                    seq,
-                    Refusal::new(
-                        ErrorCode::ChannelUnavailable,
-                        "the channel did not answer in time (the bridge may still be starting); try again",
-                    ),
-                )
-                .await
+                let refusal = Refusal::new(
+                    ErrorCode::ChannelUnavailable,
+                    "the channel did not answer in time (the bridge may still be starting); try again",
+                );
+                self.refuse(seq, Some(&name), refusal, true).await
             }
         }
+    }
+
+    /// Waits, in the background, for the channel to drop or end this logon.
+    fn watch(
+        &mut self,
+        name: String,
+        channel: &mpsc::Sender<ToChannel>,
+        welcome: &Welcome,
+    ) -> AbortHandle {
+        let channel = channel.clone();
+        let kicked = welcome.kicked.clone();
+        let ended = welcome.ended.clone();
+        let (watch, handle) = abortable(async move {
+            let notice = tokio::select! {
+                _ = kicked.cancelled() => Notice::Kicked,
+                _ = ended.cancelled() => Notice::Ended,
+                _ = channel.closed() => Notice::ChannelClosed,
+            };
+            (name, notice)
+        });
+        self.notices.push(watch.map(Result::ok).boxed());
+        handle
     }
 
     /// Answers a refused logon (or press); a connection with too many refused
     /// logons is closed after the answer.
-    async fn refuse(&mut self, seq: u64, refusal: Refusal) -> Step {
-        let counts = refusal.code.is_clients_fault() && matches!(self.state, State::Anonymous);
+    async fn refuse(
+        &mut self,
+        seq: u64,
+        channel: Option<&str>,
+        refusal: Refusal,
+        logon: bool,
+    ) -> Step {
+        let counts = logon && refusal.code.is_clients_fault();
         if counts {
             self.failed_logons += 1;
             self.permit
                 .connections()
                 .logon_failed(self.permit.address, Instant::now());
         }
-        let step = self
-            .reply(Event::error(Some(seq), refusal.code, refusal.message).to_json())
-            .await;
+        let event = match channel {
+            Some(channel) => {
+                Event::channel_error(Some(seq), channel, refusal.code, refusal.message)
+            }
+            None => Event::error(Some(seq), refusal.code, refusal.message),
+        };
+        let step = self.reply(event.to_json()).await;
         if counts && self.failed_logons >= self.permit.limits().max_failed_logons {
             metrics::counter!("walkie_live_connections_closed_total", "reason" => "failed_logons")
                 .increment(1);
@@ -522,37 +775,9 @@ fn channel_not_bridged() -> Refusal {
     )
 }
 
+/// Hands a command to its channel. A channel that stopped meanwhile is reported
+/// by the logon's watcher (which also closes a connection left on no channel).
 async fn forward(channel: &mpsc::Sender<ToChannel>, message: ToChannel) -> Step {
-    match channel.send(message).await {
-        Ok(()) => Step::Go,
-        Err(_) => Step::Close(CLOSE_GOING_AWAY, "the channel stopped"),
-    }
-}
-
-enum StateEvent {
-    Logon(LogonAnswer),
-    Kicked,
-    ChannelClosed,
-}
-
-/// What the session's state is waiting for: a logon's answer, or — once logged
-/// on — the channel dropping the client or stopping. Pending when anonymous.
-async fn state_event(state: &mut State) -> StateEvent {
-    match state {
-        State::Anonymous => std::future::pending().await,
-        State::LoggingOn {
-            reply, deadline, ..
-        } => StateEvent::Logon(match tokio::time::timeout_at(*deadline, reply).await {
-            Ok(Ok(Ok(welcome))) => LogonAnswer::Welcome(welcome),
-            Ok(Ok(Err(refusal))) => LogonAnswer::Refused(refusal),
-            Ok(Err(_)) => LogonAnswer::ChannelGone,
-            Err(_) => LogonAnswer::TimedOut,
-        }),
-        State::LoggedOn {
-            channel, kicked, ..
-        } => tokio::select! {
-            _ = kicked.cancelled() => StateEvent::Kicked,
-            _ = channel.closed() => StateEvent::ChannelClosed,
-        },
-    }
+    let _ = channel.send(message).await;
+    Step::Go
 }

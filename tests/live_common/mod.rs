@@ -186,6 +186,37 @@ impl LiveClient {
         self.answer(seq).await
     }
 
+    /// Sends a logon to `channel` (protocol 2: one of several on this
+    /// connection) and returns its answer.
+    pub async fn logon_to(
+        &mut self,
+        channel: &str,
+        user: &TestUser,
+        openid_token: &str,
+        listen: bool,
+    ) -> Value {
+        let seq = self.next_seq();
+        self.send_json(&json!({
+            "command": "logon",
+            "seq": seq,
+            "channel": channel,
+            "user_id": user.user_id,
+            "device_id": user.device_id,
+            "openid_token": openid_token,
+            "listen": listen,
+        }))
+        .await;
+        self.answer(seq).await
+    }
+
+    /// Sends `start_stream` on `channel`; returns the answer.
+    pub async fn start_stream_on(&mut self, channel: &str) -> Value {
+        let seq = self.next_seq();
+        self.send_json(&json!({ "command": "start_stream", "seq": seq, "channel": channel }))
+            .await;
+        self.answer(seq).await
+    }
+
     /// Logs `user` on with a fresh token, opting in; panics unless accepted.
     pub async fn logon_ok(listen_port: u16, synapse: &Synapse, user: &TestUser) -> Self {
         let token = synapse
