@@ -241,6 +241,7 @@ async fn rows_past_their_retention_are_pruned_while_the_daemon_runs() {
         waveform: vec![0],
         mimetype: "audio/ogg".into(),
         created_at: now - 30 * day,
+        talker: String::new(),
     };
     let (old, pending) = (item("old"), item("pending"));
     store.enqueue_outbox(&old).await.expect("enqueue");

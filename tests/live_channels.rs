@@ -13,11 +13,15 @@ mod live_common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bridge_common::{next_floor, ops_room, setup, speech_packets, Setup, SERVER, WAIT};
+use bridge_common::{
+    encrypted_ops_room, next_floor, ops_room, setup, setup_with_room, speech_packets, start_daemon,
+    Setup, SERVER, WAIT,
+};
 use bytes::Bytes;
 use live_common::{Incoming, LiveClient};
 use serde_json::{json, Value};
 use walkie_bridge::daemon::Daemon;
+use walkie_bridge::store::Store;
 use walkie_endpoint::audio::OpusDecoder;
 use walkie_endpoint::testkit::{TestEndpoint, TestEndpointHandle};
 use walkie_endpoint::{
@@ -422,4 +426,159 @@ async fn until_ops_talk_ends(client: &mut LiveClient, when: &str) {
             Incoming::Closed => panic!("{when}: the bridge closed the connection"),
         }
     }
+}
+
+/// `get_history` on `channel`: the answer.
+async fn get_history(client: &mut LiveClient, channel: &str) -> Value {
+    let seq = client.next_seq();
+    client
+        .send_json(&json!({"command": "get_history", "seq": seq, "channel": channel}))
+        .await;
+    client.answer(seq).await
+}
+
+/// The history of `channel` once it lists something. The outbox marks a row
+/// posted right after the homeserver took the voice message, so the test asks
+/// until it does.
+async fn history_once_archived(client: &mut LiveClient, channel: &str) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = get_history(client, channel).await;
+        assert_eq!(answer["success"], true, "{answer}");
+        assert_eq!(answer["channel"], channel);
+        let listed = answer["transmissions"].as_array().expect("a list").clone();
+        if !listed.is_empty() {
+            return listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the talk never reached the history"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `play_recording`: its answer, `on_stream_start`, the frames and the stop.
+async fn replay(
+    client: &mut LiveClient,
+    channel: &str,
+    tx_id: &str,
+) -> (Value, Value, Vec<Bytes>, Value) {
+    let seq = client.next_seq();
+    client
+        .send_json(
+            &json!({"command": "play_recording", "seq": seq, "channel": channel, "tx_id": tx_id}),
+        )
+        .await;
+    let answer = client.answer(seq).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let stream = answer["stream_id"].as_u64().unwrap() as u32;
+    let start = client
+        .until("the replay's start", |v| v["command"] == "on_stream_start")
+        .await;
+    assert_eq!(start["stream_id"], stream);
+    let mut frames = Vec::new();
+    let stop = loop {
+        match client.next().await {
+            Incoming::Audio(id, packet, opus) => {
+                assert_eq!(id, stream);
+                assert_eq!(packet as usize, frames.len(), "packets in order");
+                frames.push(opus);
+            }
+            Incoming::Json(v) if v["command"] == "on_stream_stop" => break v,
+            Incoming::Json(_) => {}
+            Incoming::Closed => panic!("closed during the replay"),
+        }
+    };
+    (answer, start, frames, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_lists_archived_talks_and_replays_them() {
+    let mut bridge = two_channels().await;
+    let mut client = bridge.client().await;
+    let (speech, packets) = speech_packets();
+    let spoken_ms = speech.len() as u64 * 1000 / 48_000;
+    transmit(&mut bridge.ops, "kilo", &packets, Duration::from_millis(2)).await;
+
+    let listed = history_once_archived(&mut client, "ops").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let entry = &listed[0];
+    assert_eq!(entry["talker"], "kilo (Radio)", "{entry}");
+    let duration = entry["duration_ms"].as_u64().expect("duration_ms");
+    assert!(
+        duration.abs_diff(spoken_ms) <= 60,
+        "{duration} ms listed, {spoken_ms} ms spoken"
+    );
+    assert!(entry["started_ms"].as_u64().unwrap() > 0);
+    let tx_id = entry["tx_id"].as_str().expect("tx_id").to_owned();
+    let net = get_history(&mut client, "net").await;
+    assert_eq!(net["transmissions"], json!([]), "{net}");
+
+    // The replay: the archived recording, fetched back from the homeserver.
+    let (answer, start, frames, stop) = replay(&mut client, "ops", &tx_id).await;
+    assert_eq!(answer["duration_ms"], duration);
+    assert_eq!(start["replay"], true, "{start}");
+    assert_eq!(start["channel"], "ops");
+    assert_eq!(start["from"], "kilo (Radio)");
+    assert_eq!(start["tx_id"], tx_id.as_str());
+    assert_eq!(stop["reason"], "replay done", "{stop}");
+    assert_eq!(frames.len(), packets.len(), "the whole recording");
+    let (_, correlation) = common::best_lag(&speech, &decode(&frames), -480..=480);
+    assert!(
+        correlation > 0.85,
+        "the replay: correlation {correlation:.3}"
+    );
+
+    // Only what this channel archived, only while logged on to it.
+    let seq = client.next_seq();
+    client
+        .send_json(
+            &json!({"command": "play_recording", "seq": seq, "channel": "net", "tx_id": tx_id}),
+        )
+        .await;
+    let answer = client.answer(seq).await;
+    assert_eq!(answer["error"], "unknown_recording", "{answer}");
+    let seq = client.next_seq();
+    client
+        .send_json(&json!({"command": "logoff", "seq": seq, "channel": "ops"}))
+        .await;
+    client.answer(seq).await;
+    let answer = get_history(&mut client, "ops").await;
+    assert_eq!(answer["error"], "not_logged_on", "{answer}");
+    client.close().await;
+    bridge.stop().await;
+}
+
+/// In an encrypted room the recording was uploaded encrypted; the bridge, which
+/// kept the key, gives a logged-on member the audio (end to bridge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_rooms_recording_is_replayed_decrypted() {
+    let setup = setup_with_room(encrypted_ops_room()).await;
+    let bob = setup.member("bob").await;
+    let mut running = start_daemon(&setup.config).await;
+    let mut client = LiveClient::logon_ok(setup.listen, &setup.synapse, &bob).await;
+    let (speech, packets) = speech_packets();
+    bridge_common::transmit(&mut running.link, "kilo", &packets).await;
+
+    let listed = history_once_archived(&mut client, "ops").await;
+    let tx_id = listed[0]["tx_id"].as_str().expect("tx_id").to_owned();
+    let store = Store::connect(&setup.config.database.url)
+        .await
+        .expect("the bridge's database");
+    let rows = store.archived("ops", 1).await.expect("archive");
+    assert!(
+        rows[0].mxc_encryption.is_some(),
+        "the recording was uploaded in the clear"
+    );
+    let (_, start, frames, _) = replay(&mut client, "ops", &tx_id).await;
+    assert_eq!(start["replay"], true, "{start}");
+    assert_eq!(frames.len(), packets.len(), "the whole recording");
+    let (_, correlation) = common::best_lag(&speech, &decode(&frames), -480..=480);
+    assert!(
+        correlation > 0.85,
+        "the replay: correlation {correlation:.3}"
+    );
+    client.close().await;
+    running.stop().await;
 }

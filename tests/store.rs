@@ -655,6 +655,7 @@ fn item(channel: &str, created_at: SystemTime) -> OutboxItem {
         waveform: vec![0, 17, 512, 1024, 3],
         mimetype: "audio/ogg".to_owned(),
         created_at,
+        talker: "alice (Mumble)".to_owned(),
     }
 }
 
@@ -792,6 +793,18 @@ async fn outbox_moves_through_upload_post_and_failure(url: &str) {
     // Posted: out of the queue, counted, and deaf to late reports.
     assert!(store.outbox_posted(b.tx, "$event_b").await.unwrap());
     assert!(!store.outbox_posted(b.tx, "$again").await.unwrap());
+    // The live page's history: posted transmissions of the channel, who talked.
+    let archived = store.archived("b", 10).await.unwrap();
+    assert_eq!(txs(&archived), [b.tx]);
+    assert_eq!(archived[0].item.talker, "alice (Mumble)");
+    assert_eq!(
+        archived[0].mxc_uri.as_deref(),
+        Some("mxc://example.org/first")
+    );
+    assert!(
+        store.archived("c", 10).await.unwrap().is_empty(),
+        "not posted yet"
+    );
     assert!(!store.outbox_failed(b.tx, "late", t0).await.unwrap());
     assert!(!store
         .outbox_uploaded(b.tx, "mxc://example.org/late")

@@ -342,6 +342,7 @@ impl Recorder {
             },
             mimetype: MIMETYPE.into(),
             created_at: self.meta.started_at,
+            talker: self.meta.talker.clone(),
         }))
     }
 

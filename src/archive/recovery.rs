@@ -301,5 +301,6 @@ fn item_of(tx: TxId, path: &Path) -> Result<OutboxItem, String> {
         waveform: waveform.finish(),
         mimetype: MIMETYPE.into(),
         created_at: meta.started_at,
+        talker: meta.talker,
     })
 }

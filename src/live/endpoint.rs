@@ -524,6 +524,7 @@ impl Actor {
             matrix_user_id: talker.matrix_user_id.clone(),
             source: source.to_string(),
             tx_id: tx.to_string(),
+            replay: false,
         };
         Hearing {
             tx,

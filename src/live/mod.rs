@@ -16,6 +16,7 @@
 pub mod assets;
 pub mod auth;
 pub mod endpoint;
+pub mod history;
 pub(crate) mod limits;
 pub mod protocol;
 pub mod session;
@@ -88,6 +89,7 @@ struct Shared {
     shutdown: CancellationToken,
     sessions: AtomicU64,
     stream_ids: Arc<endpoint::StreamIds>,
+    history: Arc<history::History>,
 }
 
 impl Live {
@@ -110,6 +112,7 @@ impl Live {
                 },
             });
         }
+        let history = Arc::new(history::History::new(store.clone(), homeserver.clone()));
         let auth = Authenticator::new(
             &config.live.openid_url,
             homeserver,
@@ -139,6 +142,7 @@ impl Live {
                     shutdown: CancellationToken::new(),
                     sessions: AtomicU64::new(0),
                     stream_ids: Arc::new(endpoint::StreamIds::new()),
+                    history,
                 })),
                 auth: Some(Arc::new(auth)),
                 settings,
@@ -271,13 +275,14 @@ async fn upgrade(
     );
     let directory = Arc::clone(&shared.directory);
     let stream_ids = Arc::clone(&shared.stream_ids);
+    let history = Arc::clone(&shared.history);
     let shutdown = shared.shutdown.clone();
     let tracker = shared.tracker.clone();
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
             let session =
-                session::Session::new(socket, directory, stream_ids, span.clone(), permit);
+                session::Session::new(socket, directory, stream_ids, history, span.clone(), permit);
             tracker.track_future(session.run(shutdown).instrument(span))
         })
 }

@@ -35,6 +35,8 @@ pub enum Command {
     Logoff(Logoff),
     StartStream(StartStream),
     StopStream(StopStream),
+    GetHistory(GetHistory),
+    PlayRecording(PlayRecording),
 }
 
 impl Command {
@@ -44,6 +46,8 @@ impl Command {
             Self::Logoff(l) => l.seq,
             Self::StartStream(s) => s.seq,
             Self::StopStream(s) => s.seq,
+            Self::GetHistory(h) => h.seq,
+            Self::PlayRecording(p) => p.seq,
         }
     }
 }
@@ -135,6 +139,24 @@ pub struct StopStream {
     pub stream_id: u32,
 }
 
+/// The channel's latest archived transmissions (protocol 2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct GetHistory {
+    pub seq: u64,
+    pub channel: String,
+    /// How many, newest first (default 20, at most 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Sends an archived transmission's audio again, as a stream (protocol 2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PlayRecording {
+    pub seq: u64,
+    pub channel: String,
+    pub tx_id: String,
+}
+
 /// Why a text message could not be taken as a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -175,13 +197,14 @@ pub fn parse_command(text: &str) -> Result<Command, BadMessage> {
     };
     if !matches!(
         command.as_str(),
-        "logon" | "logoff" | "start_stream" | "stop_stream"
+        "logon" | "logoff" | "start_stream" | "stop_stream" | "get_history" | "play_recording"
     ) {
         return Err(BadMessage {
             seq,
             code: ErrorCode::UnknownCommand,
             message: format!(
-                "unknown command {command:?}; expected logon, logoff, start_stream or stop_stream"
+                "unknown command {command:?}; expected logon, logoff, start_stream, stop_stream, \
+                 get_history or play_recording"
             ),
         });
     }
@@ -266,6 +289,7 @@ pub enum ErrorCode {
     UnsupportedCodec,
     StreamActive,
     UnknownStream,
+    UnknownRecording,
     TooSlow,
     RateLimited,
     Internal,
@@ -293,6 +317,7 @@ impl ErrorCode {
             Self::UnsupportedCodec => "unsupported_codec",
             Self::StreamActive => "stream_active",
             Self::UnknownStream => "unknown_stream",
+            Self::UnknownRecording => "unknown_recording",
             Self::TooSlow => "too_slow",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
@@ -429,9 +454,13 @@ pub enum Event {
         display_name: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         matrix_user_id: Option<String>,
-        /// The endpoint the talk comes from (`mumble.ops`, `live.ops`, …).
+        /// The endpoint the talk comes from (`mumble.ops`, `live.ops`, …), or
+        /// `archive` for a replay.
         source: String,
         tx_id: String,
+        /// A recording played again at the client's request, not a live talk.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replay: bool,
     },
     OnStreamStop {
         stream_id: u32,
@@ -515,6 +544,12 @@ pub struct Success {
     /// With `listen`: until when this device is opted in (unix ms); absent: no expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listening_until_ms: Option<u64>,
+    /// `get_history`: the channel's latest archived transmissions, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transmissions: Option<Vec<super::history::Archived>>,
+    /// `play_recording`: how long the recording plays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 impl Success {
@@ -527,6 +562,8 @@ impl Success {
             user_id: None,
             display_name: None,
             listening_until_ms: None,
+            transmissions: None,
+            duration_ms: None,
         }
     }
 

@@ -23,16 +23,20 @@ use tracing::{debug, info, warn, Span};
 
 use super::auth::{unix_ms, Refusal};
 use super::endpoint::{ClientId, StreamIds, ToChannel, Welcome};
+use super::history::{Archived, History, Recording, DEFAULT_HISTORY};
 use super::limits::{clip, Permit, BAD_MESSAGE_WARNINGS, CLIP};
 use super::protocol::{
-    parse_command, parse_frame, BadMessage, Command, ErrorCode, Event, Logoff, Logon, StartStream,
-    StopStream, Success,
+    encode_frame, parse_command, parse_frame, BadMessage, Command, ErrorCode, Event, GetHistory,
+    Logoff, Logon, PlayRecording, StartStream, StopStream, Success, PACKET_MS, SAMPLE_RATE,
 };
 
 /// Messages waiting to be written to one client: five seconds of audio. A client
 /// further behind loses audio frames; one that cannot take a control message is
 /// dropped (see the channel actor).
 pub(crate) const OUT_QUEUE: usize = 256;
+/// History requests and replays one connection may make in a minute: a page
+/// opening its channels asks a few, a person replays a few; more is a script.
+const MAX_FETCHES_PER_MINUTE: u32 = 60;
 /// How long a logon may wait for its channel (the bridge still starting) and the
 /// homeserver's checks together.
 const LOGON_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,6 +80,25 @@ enum Notice {
     /// The channel ended this logon (the user left the room, opted out).
     Ended,
     ChannelClosed,
+    History {
+        seq: u64,
+        listed: Result<Vec<Archived>, Refusal>,
+    },
+    Recording {
+        seq: u64,
+        fetched: Result<Recording, Refusal>,
+    },
+    /// A replay sent its last frame.
+    ReplayDone,
+}
+
+/// The replay of this connection (one at a time: a new one replaces it).
+struct Replay {
+    channel: String,
+    /// Set once the recording is fetched and its stream announced.
+    stream_id: Option<u32>,
+    /// Stops the fetch or the sending.
+    stop: AbortHandle,
 }
 
 pub(crate) struct Session {
@@ -97,6 +120,10 @@ pub(crate) struct Session {
     logged_on_once: bool,
     /// The last unknown stream reported for audio (once, not fifty times a second).
     reported_stream: Option<u32>,
+    history: Arc<History>,
+    replay: Option<Replay>,
+    /// History requests and replays of the last minute ([`MAX_FETCHES_PER_MINUTE`]).
+    fetches: Presses,
     span: Span,
     permit: Permit,
     /// Refused logons of this connection.
@@ -117,6 +144,7 @@ impl Session {
         socket: WebSocket,
         directory: Arc<Directory>,
         stream_ids: Arc<StreamIds>,
+        history: Arc<History>,
         span: Span,
         permit: Permit,
     ) -> Self {
@@ -132,6 +160,12 @@ impl Session {
             notices: FuturesUnordered::new(),
             logged_on_once: false,
             reported_stream: None,
+            history,
+            replay: None,
+            fetches: Presses {
+                since: Instant::now(),
+                count: 0,
+            },
             span,
             permit,
             failed_logons: 0,
@@ -281,7 +315,165 @@ impl Session {
             Command::Logoff(logoff) => self.logoff(logoff).await,
             Command::StartStream(start) => self.start_stream(start).await,
             Command::StopStream(stop) => self.stop_stream(stop).await,
+            Command::GetHistory(get) => self.get_history(get).await,
+            Command::PlayRecording(play) => self.play_recording(play).await,
         }
+    }
+
+    /// Whether a history request or replay about `channel` may go ahead; `Err`
+    /// is the answer to send instead.
+    fn may_fetch(&mut self, channel: &str) -> Result<Arc<History>, (Option<String>, Refusal)> {
+        if !self.members.contains_key(channel) {
+            let refusal = Refusal::new(
+                ErrorCode::NotLoggedOn,
+                format!(
+                    "this connection is not logged on to {:?}",
+                    clip(channel, CLIP)
+                ),
+            );
+            return Err((None, refusal));
+        }
+        let history = Arc::clone(&self.history);
+        let now = Instant::now();
+        if now.duration_since(self.fetches.since) >= Duration::from_secs(60) {
+            self.fetches = Presses {
+                since: now,
+                count: 0,
+            };
+        }
+        if self.fetches.count >= MAX_FETCHES_PER_MINUTE {
+            let refusal = Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {MAX_FETCHES_PER_MINUTE} history requests and replays in a minute; wait a little"
+                ),
+            );
+            return Err((Some(channel.to_owned()), refusal));
+        }
+        self.fetches.count += 1;
+        Ok(history)
+    }
+
+    async fn get_history(&mut self, get: GetHistory) -> Step {
+        let history = match self.may_fetch(&get.channel) {
+            Ok(history) => history,
+            Err((channel, refusal)) => {
+                return self
+                    .refuse(get.seq, channel.as_deref(), refusal, false)
+                    .await
+            }
+        };
+        let (seq, channel) = (get.seq, get.channel);
+        let limit = get.limit.unwrap_or(DEFAULT_HISTORY);
+        self.notices.push(
+            async move {
+                let listed = history.list(&channel, limit).await;
+                Some((channel, Notice::History { seq, listed }))
+            }
+            .boxed(),
+        );
+        Step::Go
+    }
+
+    async fn play_recording(&mut self, play: PlayRecording) -> Step {
+        let history = match self.may_fetch(&play.channel) {
+            Ok(history) => history,
+            Err((channel, refusal)) => {
+                return self
+                    .refuse(play.seq, channel.as_deref(), refusal, false)
+                    .await
+            }
+        };
+        self.stop_replay("replaced by another replay");
+        let (seq, channel, tx_id) = (play.seq, play.channel, play.tx_id);
+        let name = channel.clone();
+        let (fetch, stop) = abortable(async move {
+            let fetched = history.recording(&channel, &tx_id).await;
+            (channel, Notice::Recording { seq, fetched })
+        });
+        self.notices.push(fetch.map(Result::ok).boxed());
+        self.replay = Some(Replay {
+            channel: name,
+            stream_id: None,
+            stop,
+        });
+        Step::Go
+    }
+
+    /// Stops the replay in progress, if any; a client that heard it start hears
+    /// it stop.
+    fn stop_replay(&mut self, reason: &str) {
+        let Some(replay) = self.replay.take() else {
+            return;
+        };
+        replay.stop.abort();
+        if let Some(stream_id) = replay.stream_id {
+            let stop = Event::OnStreamStop {
+                stream_id,
+                channel: replay.channel,
+                reason: reason.to_owned(),
+            };
+            let _ = self.out_tx.try_send(Message::Text(stop.to_json().into()));
+        }
+    }
+
+    /// The recording is here: announce its stream and send its frames, keeping
+    /// half of the client's queue free for live talk and floor events.
+    async fn start_replay(&mut self, seq: u64, channel: String, recording: Recording) -> Step {
+        let stream_id = self.stream_ids.next();
+        let mut success = Success::new(seq);
+        success.channel = Some(channel.clone());
+        success.stream_id = Some(stream_id);
+        success.duration_ms = Some(recording.duration_ms);
+        let step = self.reply(success.to_json()).await;
+        let start = Event::OnStreamStart {
+            stream_id,
+            kind: "audio",
+            codec: "opus",
+            sample_rate: SAMPLE_RATE,
+            packet_duration: PACKET_MS,
+            channel: channel.clone(),
+            from: recording.talker.clone(),
+            display_name: recording.talker,
+            matrix_user_id: None,
+            source: "archive".into(),
+            tx_id: recording.tx_id,
+            replay: true,
+        };
+        let out = self.out_tx.clone();
+        let stop_channel = channel.clone();
+        let packets = recording.packets;
+        let (pump, stop) = abortable(async move {
+            if out
+                .send(Message::Text(start.to_json().into()))
+                .await
+                .is_ok()
+            {
+                for (packet_id, opus) in (0u32..).zip(packets.iter()) {
+                    while out.capacity() < OUT_QUEUE / 2 {
+                        tokio::time::sleep(Duration::from_millis(PACKET_MS.into())).await;
+                    }
+                    let frame = encode_frame(stream_id, packet_id, opus);
+                    if out.send(Message::Binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                let stop = Event::OnStreamStop {
+                    stream_id,
+                    channel: stop_channel.clone(),
+                    reason: "replay done".into(),
+                };
+                let _ = out.send(Message::Text(stop.to_json().into())).await;
+            }
+            (stop_channel, Notice::ReplayDone)
+        });
+        self.notices.push(pump.map(Result::ok).boxed());
+        self.replay = Some(Replay {
+            channel,
+            stream_id: Some(stream_id),
+            stop,
+        });
+        step
     }
 
     async fn logon(&mut self, logon: Logon) -> Step {
@@ -592,6 +784,32 @@ impl Session {
                 self.channel_offline(name, "the bridge ended this logon")
                     .await
             }
+            Notice::History { seq, listed } => match listed {
+                Ok(transmissions) => {
+                    let mut success = Success::new(seq);
+                    success.channel = Some(name);
+                    success.transmissions = Some(transmissions);
+                    self.reply(success.to_json()).await
+                }
+                Err(refusal) => self.refuse(seq, Some(&name), refusal, false).await,
+            },
+            Notice::Recording { seq, fetched } => {
+                // A replay stopped meanwhile (its channel left) is not started.
+                if self.replay.as_ref().is_none_or(|r| r.channel != name) {
+                    return Step::Go;
+                }
+                match fetched {
+                    Ok(recording) => self.start_replay(seq, name, recording).await,
+                    Err(refusal) => {
+                        self.replay = None;
+                        self.refuse(seq, Some(&name), refusal, false).await
+                    }
+                }
+            }
+            Notice::ReplayDone => {
+                self.replay = None;
+                Step::Go
+            }
             Notice::ChannelClosed => {
                 self.members.remove(&name);
                 self.record_channels();
@@ -620,8 +838,16 @@ impl Session {
         }
     }
 
-    /// The channels of this connection, in its span.
-    fn record_channels(&self) {
+    /// The channels of this connection, in its span; a replay of a channel no
+    /// longer among them stops.
+    fn record_channels(&mut self) {
+        if self
+            .replay
+            .as_ref()
+            .is_some_and(|r| !self.members.contains_key(&r.channel))
+        {
+            self.stop_replay("logged off");
+        }
         let mut names: Vec<&str> = self.members.keys().map(String::as_str).collect();
         names.sort_unstable();
         self.span.record("channel", names.join(",").as_str());

@@ -38,6 +38,11 @@ pub(crate) const SQLITE: Embedded = &[
         "mumble identities",
         include_str!("../../migrations/sqlite/0004_mumble_identities.sql"),
     ),
+    (
+        5,
+        "outbox talker",
+        include_str!("../../migrations/sqlite/0005_outbox_talker.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: Embedded = &[
@@ -60,6 +65,11 @@ pub(crate) const POSTGRES: Embedded = &[
         4,
         "mumble identities",
         include_str!("../../migrations/postgres/0004_mumble_identities.sql"),
+    ),
+    (
+        5,
+        "outbox talker",
+        include_str!("../../migrations/postgres/0005_outbox_talker.sql"),
     ),
 ];
 

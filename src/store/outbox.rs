@@ -36,6 +36,8 @@ pub struct OutboxItem {
     pub mimetype: String,
     /// When the transmission started; the queue is served oldest first.
     pub created_at: SystemTime,
+    /// Who talked, as shown (the recording's ARTIST tag); empty when unknown.
+    pub talker: String,
 }
 
 /// A queued item with its upload state.
@@ -74,11 +76,12 @@ type EntryRow = (
     i64,            // next_attempt_at
     Option<String>, // last_error
     Option<String>, // mxc_encryption
+    Option<String>, // talker
 );
 
 const ENTRY_COLUMNS: &str = "tx_id, channel, room_id, sender, file_path, duration_ms, \
      size_bytes, waveform, mimetype, created_at, mxc_uri, attempts, next_attempt_at, last_error, \
-     mxc_encryption";
+     mxc_encryption, talker";
 
 fn entry(row: EntryRow) -> Result<OutboxEntry, StoreError> {
     let (tx_id, channel, room_id, sender, path, duration, size, waveform, mimetype, created_at) = (
@@ -102,6 +105,7 @@ fn entry(row: EntryRow) -> Result<OutboxEntry, StoreError> {
             waveform: parse_waveform(&waveform)?,
             mimetype,
             created_at: from_ms(created_at),
+            talker: row.15.unwrap_or_default(),
         },
         mxc_uri: row.10,
         attempts: u32::try_from(row.11).unwrap_or(u32::MAX),
@@ -148,8 +152,8 @@ impl Store {
         let created_at = to_ms(item.created_at);
         let inserted = on_pool!(self, pool => sqlx::query(
             "INSERT INTO outbox (tx_id, channel, room_id, sender, file_path, duration_ms, \
-             size_bytes, waveform, mimetype, created_at, attempts, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $10) \
+             size_bytes, waveform, mimetype, created_at, attempts, next_attempt_at, talker) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $10, $11) \
              ON CONFLICT (tx_id) DO NOTHING",
         )
         .bind(tx_key(item.tx))
@@ -162,6 +166,7 @@ impl Store {
         .bind(waveform_json(&item.waveform))
         .bind(&item.mimetype)
         .bind(created_at)
+        .bind(&item.talker)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))
@@ -190,6 +195,28 @@ impl Store {
             .fetch_all(pool)
             .await)
             .map_err(StoreError::query("reading the outbox"))?;
+        rows.into_iter().map(entry).collect()
+    }
+
+    /// The latest `limit` transmissions of `channel` posted to its room, newest
+    /// first: the live page's history (kept as long as posted rows are).
+    pub async fn archived(
+        &self,
+        channel: &str,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM outbox \
+             WHERE channel = $1 AND event_id IS NOT NULL AND mxc_uri IS NOT NULL \
+             ORDER BY created_at DESC, tx_id DESC LIMIT $2"
+        );
+        let rows: Vec<EntryRow> =
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(channel)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)
+            .map_err(StoreError::query("reading the archive"))?;
         rows.into_iter().map(entry).collect()
     }
 
