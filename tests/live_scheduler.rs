@@ -17,7 +17,11 @@ fn the_pages_scheduler_passes_its_tests_in_node() {
         .expect("node runs (scripts/setup.sh installs it)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "node --test failed: {}", output.status);
+    assert!(
+        output.status.success(),
+        "node --test failed: {}",
+        output.status
+    );
     // node's runner passes with zero tests: make sure they ran.
     let passed = stdout
         .lines()

@@ -25,6 +25,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/live/playback-worklet.js"),
     ),
     (
+        "scheduler.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/live/scheduler.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../../web/live/style.css"),

@@ -69,10 +69,11 @@ async function main() {
   await page.fill('#user', user);
   await page.fill('#password', password);
   await page.click('#login-button');
-  const room = page.locator(`#rooms button[data-channel="${channel}"]`);
+  const room = page.locator(`#rooms input[data-channel="${channel}"]`);
   await room.waitFor();
   if (await room.isDisabled()) throw new Error(`the page says ${user} is not in the room of ${channel}`);
-  await room.click();
+  await room.check();
+  await page.click('#start');
   await page.waitForSelector('#connection[data-state="online"]');
   await page.waitForSelector('#talk-button:not([disabled])');
   emit('logged_on');

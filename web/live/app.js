@@ -1,5 +1,6 @@
 // walkie-bridge live talk: log in to the homeserver, prove who you are to the
-// bridge with an OpenID token, then hold to talk. Protocol: docs/live-protocol.md.
+// bridge with an OpenID token, monitor several channels at once (protocol 2) and
+// hold to talk on the selected one. Protocol: docs/live-protocol.md.
 //
 // Audio: the microphone runs through an AudioWorklet into a WebCodecs
 // AudioEncoder (Opus, 48 kHz mono, 20 ms packets) only while the floor is granted;
@@ -7,8 +8,13 @@
 // AudioWorklet. Without WebCodecs there is no Opus in the browser short of shipping
 // a WebAssembly libopus, so the page says so (see the README's fallback note).
 
+import { Scheduler } from './scheduler.js';
+
 const $ = (id) => document.getElementById(id);
 const FRAME_AUDIO = 1;
+// Tests only (`/live/?tap`): the speaker's output and the scheduler's state are
+// kept on `window` for the browser driver (tests/browser/channels.mjs).
+const TAP = new URLSearchParams(location.search).has('tap');
 const RATE = 48000;
 
 const state = {
@@ -30,8 +36,15 @@ const state = {
   packetId: 0,
   encoder: null,
   encodeTime: 0,
-  // What we hear.
-  incoming: null, // { streamId, decoder }
+  // The channels: name -> { name, room, monitored, priority, online, floor, talker }.
+  channelInfo: new Map(),
+  selected: null, // the channel the button talks on
+  talkChannel: null, // the channel of the press in progress
+  // What we hear: every monitored channel's transmissions, played one at a time.
+  scheduler: new Scheduler(),
+  decoder: null,
+  fedUntil: 0,
+  playing: null, // info of the transmission playing
   audio: null, // { ctx, capture, playback, mic }
   canTalk: false,
 };
@@ -144,10 +157,27 @@ async function login(event) {
   }
 }
 
+const PRIORITY_KEY = 'walkie.priority';
+
+function savedPriorities() {
+  try {
+    return new Set(JSON.parse(localStorage.getItem(PRIORITY_KEY) || '[]'));
+  } catch (_) {
+    return new Set();
+  }
+}
+
+function savePriorities() {
+  const names = [...state.channelInfo.values()].filter((c) => c.priority).map((c) => c.name);
+  localStorage.setItem(PRIORITY_KEY, JSON.stringify(names));
+}
+
 async function listRooms() {
   const joined = new Set((await matrix('GET', '/_matrix/client/v3/joined_rooms')).joined_rooms || []);
   const list = $('rooms');
   list.replaceChildren();
+  const priorities = savedPriorities();
+  state.channelInfo.clear();
   for (const channel of state.channels) {
     let roomId = channel.room;
     if (roomId.startsWith('#')) {
@@ -157,23 +187,36 @@ async function listRooms() {
         roomId = null;
       }
     }
+    const member = Boolean(roomId && joined.has(roomId));
     const item = document.createElement('li');
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.dataset.channel = channel.name;
-    button.textContent = `${channel.name} — ${channel.room}`;
-    const member = roomId && joined.has(roomId);
+    const label = document.createElement('label');
+    label.className = 'channel';
+    const box = document.createElement('input');
+    box.type = 'checkbox';
+    box.dataset.channel = channel.name;
+    box.checked = member;
+    box.disabled = !member;
+    label.append(box, ` ${channel.name} — ${channel.room}`);
     if (!member) {
-      button.disabled = true;
       const note = document.createElement('span');
       note.className = 'note';
       note.textContent = 'join this room with your Matrix client first';
-      button.append(note);
+      label.append(note);
     }
-    button.addEventListener('click', () => connect(channel.name));
-    item.append(button);
+    item.append(label);
     list.append(item);
+    state.channelInfo.set(channel.name, {
+      name: channel.name,
+      room: channel.room,
+      member,
+      monitored: false,
+      priority: priorities.has(channel.name),
+      online: false,
+      floor: 'idle',
+      status: 'idle',
+    });
   }
+  $('start').disabled = ![...state.channelInfo.values()].some((c) => c.member);
   $('who').textContent = `Logged in as ${state.userId} (device ${state.deviceId})`;
   show('rooms-panel');
 }
@@ -188,9 +231,15 @@ async function setupAudio() {
   const ctx = new AudioContext({ sampleRate: RATE, latencyHint: 'interactive' });
   await ctx.audioWorklet.addModule('capture-worklet.js');
   await ctx.audioWorklet.addModule('playback-worklet.js');
-  const playback = new AudioWorkletNode(ctx, 'walkie-playback', { outputChannelCount: [1] });
+  const playback = new AudioWorkletNode(ctx, 'walkie-playback', {
+    outputChannelCount: [1],
+    processorOptions: { tap: TAP },
+  });
   playback.connect(ctx.destination);
-  playback.port.onmessage = (event) => setMeter('in-level', event.data.rms);
+  playback.port.onmessage = (event) => {
+    if (event.data.tap) window.__walkieTap?.push(event.data.tap);
+    else setMeter('in-level', event.data.rms);
+  };
 
   let capture = null;
   state.canTalk = false;
@@ -275,9 +324,15 @@ function onMicBlock(samples) {
   data.close();
 }
 
-function startIncoming(streamId) {
-  stopIncoming();
-  const decoder = new AudioDecoder({
+// What plays: the scheduler (scheduler.js) keeps every transmission of every
+// channel and hands out one frame at a time; this keeps up to 250 ms of it fed
+// ahead of the speaker (the playback worklet holds 400 ms), so a timer that fires
+// late on a busy page leaves no gap. A live talk is fed as its frames come.
+const AHEAD_S = 0.25;
+
+function newDecoder() {
+  if (state.decoder && state.decoder.state !== 'closed') state.decoder.close();
+  state.decoder = new AudioDecoder({
     output: (data) => {
       const pcm = new Float32Array(data.numberOfFrames);
       data.copyTo(pcm, { planeIndex: 0, format: 'f32-planar' });
@@ -286,47 +341,183 @@ function startIncoming(streamId) {
     },
     error: (e) => log(`Decoder error: ${e.message}`),
   });
-  decoder.configure({ codec: 'opus', sampleRate: RATE, numberOfChannels: 1 });
-  state.incoming = { streamId, decoder };
+  state.decoder.configure({ codec: 'opus', sampleRate: RATE, numberOfChannels: 1 });
 }
 
-function stopIncoming() {
-  if (state.incoming && state.incoming.decoder.state !== 'closed') state.incoming.decoder.close();
-  state.incoming = null;
+function pump() {
+  const ctx = state.audio?.ctx;
+  if (ctx) {
+    while (state.fedUntil < ctx.currentTime + AHEAD_S) {
+      const played = state.scheduler.tick();
+      if (!played) break;
+      if (played.first || !state.decoder || state.decoder.state !== 'configured') {
+        newDecoder();
+        state.playing = played.info;
+        const how = played.info.replay ? 'replay' : 'live';
+        $('now-playing').textContent = `▶ ${played.info.talker} on ${played.info.channel} (${how})`;
+      }
+      state.decoder.decode(new EncodedAudioChunk({
+        type: 'key',
+        timestamp: Math.round(state.fedUntil * 1e6),
+        data: played.opus,
+      }));
+      state.fedUntil = Math.max(state.fedUntil, ctx.currentTime) + 0.02;
+      if (played.last) {
+        state.playing = null;
+        $('now-playing').textContent = '';
+      }
+    }
+  }
+  // A live talk whose stop came after its last frame ends here.
+  if (state.playing && !state.scheduler.current) {
+    state.playing = null;
+    $('now-playing').textContent = '';
+  }
+  showWaiting();
+}
+
+function showWaiting() {
+  const waiting = state.scheduler.waiting();
+  const perChannel = new Map();
+  for (const w of waiting) perChannel.set(w.channel, (perChannel.get(w.channel) || 0) + 1);
+  for (const [name, info] of state.channelInfo) {
+    const badge = document.querySelector(`#channels li[data-channel="${CSS.escape(name)}"] .waiting-count`);
+    if (badge) badge.textContent = perChannel.get(name) ? String(perChannel.get(name)) : '';
+    info.waiting = perChannel.get(name) || 0;
+  }
+  const text = waiting.length
+    ? `${waiting.length} waiting: ${waiting.map((w) => `${w.talker} on ${w.channel}${w.live ? ' (live)' : ` ${Math.round(w.ms / 1000)} s`}`).join(', ')}`
+    : '';
+  if ($('waiting').textContent !== text) $('waiting').textContent = text;
 }
 
 function onAudioFrame(buffer) {
   if (buffer.byteLength <= 9) return;
   const view = new DataView(buffer);
   if (view.getUint8(0) !== FRAME_AUDIO) return;
-  const streamId = view.getUint32(1);
-  const packetId = view.getUint32(5);
-  const incoming = state.incoming;
-  if (!incoming || incoming.streamId !== streamId || incoming.decoder.state !== 'configured') return;
-  incoming.decoder.decode(new EncodedAudioChunk({
-    type: 'key',
-    timestamp: packetId * 20000,
-    data: new Uint8Array(buffer, 9),
-  }));
+  state.scheduler.frame(view.getUint32(1), new Uint8Array(buffer, 9));
+}
+
+// ---------------------------------------------------------------- channels
+
+function renderChannels() {
+  const list = $('channels');
+  list.replaceChildren();
+  for (const info of state.channelInfo.values()) {
+    if (!info.monitored) continue;
+    const item = document.createElement('li');
+    item.dataset.channel = info.name;
+    item.dataset.floor = info.floor;
+    item.dataset.online = String(info.online);
+    item.setAttribute('role', 'radio');
+    item.setAttribute('aria-checked', String(info.name === state.selected));
+    item.tabIndex = info.name === state.selected ? 0 : -1;
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = info.name;
+    const status = document.createElement('span');
+    status.className = 'status';
+    status.textContent = info.online ? info.status : 'offline';
+    const waiting = document.createElement('span');
+    waiting.className = 'waiting-count';
+    waiting.setAttribute('aria-label', 'transmissions waiting');
+    const star = document.createElement('button');
+    star.type = 'button';
+    star.className = 'priority';
+    star.textContent = '★';
+    star.title = 'Priority: interrupts the other channels';
+    star.setAttribute('aria-label', `priority for ${info.name}`);
+    star.setAttribute('aria-pressed', String(info.priority));
+    star.addEventListener('click', (event) => {
+      event.stopPropagation();
+      info.priority = !info.priority;
+      state.scheduler.setPriority(info.name, info.priority);
+      savePriorities();
+      renderChannels();
+    });
+    item.append(name, status, waiting, star);
+    item.addEventListener('click', () => select(info.name));
+    item.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        event.stopPropagation();
+        select(info.name);
+      }
+    });
+    list.append(item);
+  }
+  showWaiting();
+  const selected = state.channelInfo.get(state.selected);
+  $('talk-on').textContent = state.selected || 'the selected channel';
+  $('history-channel').textContent = state.selected || '';
+  $('talk-button').disabled = !state.canTalk || !selected || !selected.online;
+  showFloor();
+}
+
+function select(name) {
+  if (state.pressing) return;
+  state.selected = name;
+  renderChannels();
+  if ($('history-panel').open) requestHistory();
+}
+
+// The floor line shows the selected channel.
+function showFloor() {
+  const info = state.channelInfo.get(state.selected);
+  if (!info) return;
+  if (state.granted && state.talkChannel === info.name) return setFloor('You are talking', 'granted');
+  setFloor(info.floor === 'taken' ? info.status : `${info.name} idle`, info.floor === 'taken' ? 'taken' : 'idle');
+}
+
+function setChannel(name, fields) {
+  const info = state.channelInfo.get(name);
+  if (!info) return;
+  Object.assign(info, fields);
+  const item = document.querySelector(`#channels li[data-channel="${CSS.escape(name)}"]`);
+  if (item) {
+    item.dataset.floor = info.floor;
+    item.dataset.online = String(info.online);
+    item.querySelector('.status').textContent = info.online ? info.status : 'offline';
+  }
+  if (name === state.selected) {
+    $('talk-button').disabled = !state.canTalk || !info.online;
+    showFloor();
+  }
 }
 
 // ---------------------------------------------------------------- the bridge
 
 function send(command, fields = {}) {
   const seq = ++state.seq;
-  state.pending.set(seq, command);
+  state.pending.set(seq, { command, channel: fields.channel });
   state.ws.send(JSON.stringify({ command, seq, ...fields }));
   return seq;
 }
 
-async function connect(channel) {
+async function monitor() {
   error('');
+  const chosen = [...document.querySelectorAll('#rooms input[type="checkbox"]')]
+    .filter((box) => box.checked && !box.disabled)
+    .map((box) => box.dataset.channel);
+  if (!chosen.length) {
+    error('Pick at least one channel.');
+    return;
+  }
   try {
     await setupAudio();
   } catch (e) {
     error(`Audio: ${e.message}`);
     return;
   }
+  for (const info of state.channelInfo.values()) {
+    info.monitored = chosen.includes(info.name);
+    state.scheduler.setPriority(info.name, info.priority);
+  }
+  state.selected = chosen[0];
+  await connect(chosen);
+}
+
+async function connect(channels) {
   let token;
   try {
     token = await matrix('POST', `/_matrix/client/v3/user/${encodeURIComponent(state.userId)}/openid/request_token`, {});
@@ -344,15 +535,17 @@ async function connect(channel) {
   ws.onopen = () => {
     opened = true;
     const listenFor = $('listen-for').value;
-    const fields = {
-      channel,
-      user_id: state.userId,
-      device_id: state.deviceId,
-      openid_token: token.access_token,
-      listen: $('listen').checked,
-    };
-    if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
-    send('logon', fields);
+    for (const channel of channels) {
+      const fields = {
+        channel,
+        user_id: state.userId,
+        device_id: state.deviceId,
+        openid_token: token.access_token,
+        listen: $('listen').checked,
+      };
+      if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
+      send('logon', fields);
+    }
   };
   ws.onmessage = (event) => {
     if (typeof event.data === 'string') onEvent(JSON.parse(event.data));
@@ -366,14 +559,18 @@ async function connect(channel) {
     state.ws = null;
     state.loggedOn = false;
     releaseLocally();
-    stopIncoming();
+    for (const info of state.channelInfo.values()) {
+      if (info.online) state.scheduler.drop(info.name);
+      info.online = false;
+    }
+    renderChannels();
     setConnection('offline', 'offline');
-    $('talk-button').disabled = true;
     if (event.reason) error(`Disconnected: ${event.reason}`);
     else if (neverOpened) error('The bridge did not take the connection (it may be busy or unreachable); try again in a minute.');
     if (!$('talk-panel').hidden) log('Disconnected from the bridge.');
   };
-  $('channel-name').textContent = channel;
+  show('talk-panel');
+  renderChannels();
 }
 
 function onEvent(event) {
@@ -382,28 +579,40 @@ function onEvent(event) {
     case 'on_error': {
       const what = state.pending.get(event.seq);
       state.pending.delete(event.seq);
-      if (what === 'logon') {
-        error(`The bridge refused the logon: ${event.message}`);
-        state.ws.close();
+      if (what?.command === 'logon') {
+        error(`The bridge refused ${what.channel}: ${event.message}`);
+        setChannel(what.channel, { online: false, status: 'refused' });
         return;
       }
-      if (what === 'start_stream') releaseLocally();
-      log(`Error (${event.error}): ${event.message}`);
+      if (what?.command === 'start_stream') releaseLocally();
+      log(`Error (${event.error}${event.channel ? ` on ${event.channel}` : ''}): ${event.message}`);
       return;
     }
     case 'on_channel_status':
-      $('online').textContent = `${event.users_online} online`;
+      if (event.status === 'offline') {
+        state.scheduler.drop(event.channel);
+        setChannel(event.channel, { online: false, status: 'offline' });
+        log(`${event.channel}: ${event.reason || 'offline'}`);
+      } else {
+        setChannel(event.channel, { online: true, users: event.users_online });
+      }
       return;
     case 'on_floor':
       return onFloor(event);
     case 'on_stream_start':
-      startIncoming(event.stream_id);
-      setFloor(`${event.display_name} is talking (${event.source})`, 'taken');
+      state.scheduler.start(event.stream_id, {
+        channel: event.channel,
+        talker: event.display_name,
+        replay: Boolean(event.replay),
+      });
+      if (!event.replay) {
+        setChannel(event.channel, { floor: 'taken', status: `${event.display_name} is talking (${event.source})` });
+      }
       return;
     case 'on_stream_stop':
-      // What is buffered still plays out; the decoder is done.
-      if (state.incoming && state.incoming.streamId === event.stream_id) stopIncoming();
-      if ($('floor').dataset.state === 'taken') setFloor('Channel idle', 'idle');
+      // What is kept still plays; the transmission is complete.
+      state.scheduler.stop(event.stream_id);
+      if (TAP) window.__walkie.stops += 1;
       return;
     default:
   }
@@ -412,29 +621,31 @@ function onEvent(event) {
 function onAnswer(answer) {
   const what = state.pending.get(answer.seq);
   state.pending.delete(answer.seq);
-  if (what === 'logon') {
+  if (!what) return;
+  if (what.command === 'logon') {
     state.loggedOn = true;
     setConnection('online', 'online');
-    show('talk-panel');
-    $('talk-button').disabled = !state.canTalk;
     if (!state.canTalk) setButton('idle', 'Listening only');
-    log(`Logged on as ${answer.display_name || answer.user_id}.`);
-  } else if (what === 'start_stream') {
+    log(`Monitoring ${answer.channel} as ${answer.display_name || answer.user_id}.`);
+  } else if (what.command === 'start_stream') {
     state.streamId = answer.stream_id;
     // Let go before the answer came: give the request back at once.
     if (!state.pressing) send('stop_stream', { stream_id: state.streamId });
+  } else if (what.command === 'get_history') {
+    showHistory(answer.channel, answer.transmissions || []);
   }
 }
 
 function onFloor(event) {
   const mine = event.stream_id !== undefined && event.stream_id === state.streamId;
+  const channel = event.channel;
   switch (event.state) {
     case 'idle':
-      if (!state.granted) setFloor('Channel idle', 'idle');
-      $('queue').textContent = '';
+      setChannel(channel, { floor: 'idle', status: 'idle' });
+      if (channel === state.talkChannel || channel === state.selected) $('queue').textContent = '';
       return;
     case 'taken':
-      setFloor(`${event.talker.display_name} is talking (${event.source})`, 'taken');
+      setChannel(channel, { floor: 'taken', status: `${event.talker.display_name} is talking (${event.source})` });
       return;
     case 'granted':
       if (!mine) return;
@@ -443,7 +654,7 @@ function onFloor(event) {
       state.granted = true;
       startEncoder();
       setButton('talking', 'Talking…');
-      setFloor('You are talking', 'granted');
+      setChannel(channel, { floor: 'granted', status: 'you are talking' });
       return;
     case 'queued':
       if (!mine) return;
@@ -463,7 +674,7 @@ function onFloor(event) {
       if (!mine && event.stream_id !== state.lastStreamId) return;
       log(`Your talk was cut off: ${event.reason}`);
       releaseLocally();
-      setFloor(`Cut off: ${event.reason}`, 'idle');
+      setChannel(channel, { floor: 'idle', status: `cut off: ${event.reason}` });
       return;
     case 'released':
       if (mine) releaseLocally();
@@ -476,14 +687,49 @@ function onFloor(event) {
   }
 }
 
+// ---------------------------------------------------------------- history
+
+function requestHistory() {
+  if (!state.ws || !state.selected) return;
+  send('get_history', { channel: state.selected, limit: 20 });
+}
+
+function showHistory(channel, transmissions) {
+  if (channel !== state.selected) return;
+  const list = $('history');
+  list.replaceChildren();
+  if (!transmissions.length) {
+    const item = document.createElement('li');
+    item.textContent = 'Nothing archived yet.';
+    list.append(item);
+  }
+  for (const t of transmissions) {
+    const item = document.createElement('li');
+    item.dataset.tx = t.tx_id;
+    const when = new Date(t.started_ms).toLocaleTimeString();
+    item.append(`${when} ${t.talker || 'someone'} — ${(t.duration_ms / 1000).toFixed(1)} s`);
+    const play = document.createElement('button');
+    play.type = 'button';
+    play.textContent = 'Play';
+    play.setAttribute('aria-label', `play ${t.talker || 'the transmission'} at ${when}`);
+    play.addEventListener('click', () => send('play_recording', { channel, tx_id: t.tx_id }));
+    item.append(play);
+    list.append(item);
+  }
+}
+
 // ---------------------------------------------------------------- the button
 
 function press() {
-  if (!state.loggedOn || !state.canTalk || state.pressing) return;
+  const info = state.channelInfo.get(state.selected);
+  if (!state.loggedOn || !state.canTalk || state.pressing || !info || !info.online) return;
   state.pressing = true;
+  state.talkChannel = info.name;
+  // Nothing plays while you talk; what arrives meanwhile is kept and plays after.
+  state.scheduler.setTalking(true);
   error('');
   setButton('requesting', 'Waiting for the floor…');
-  send('start_stream', { type: 'audio', codec: 'opus', sample_rate: RATE, packet_duration: 20 });
+  send('start_stream', { channel: info.name, type: 'audio', codec: 'opus', sample_rate: RATE, packet_duration: 20 });
 }
 
 async function release() {
@@ -499,7 +745,8 @@ async function release() {
   }
   state.lastStreamId = streamId;
   state.streamId = null;
-  if (wasGranted) setFloor('Channel idle', 'idle');
+  state.scheduler.setTalking(false);
+  showFloor();
 }
 
 /** The bridge ended the press (denied, revoked, released): stop without a stop_stream. */
@@ -508,8 +755,10 @@ function releaseLocally() {
   state.streamId = null;
   state.pressing = false;
   state.granted = false;
+  state.scheduler.setTalking(false);
   stopEncoder();
   setButton('idle', 'Hold to talk');
+  showFloor();
 }
 
 function wireButton() {
@@ -547,7 +796,11 @@ function leave() {
     ws.close(1000, 'left');
   }
   state.loggedOn = false;
-  stopIncoming();
+  for (const info of state.channelInfo.values()) {
+    if (info.monitored) state.scheduler.drop(info.name);
+    info.monitored = false;
+    info.online = false;
+  }
   setConnection('offline', 'offline');
   show('rooms-panel');
 }
@@ -559,7 +812,21 @@ function meterLoop() {
 }
 
 $('login-form').addEventListener('submit', login);
+$('start').addEventListener('click', monitor);
 $('leave').addEventListener('click', leave);
+$('history-panel').addEventListener('toggle', () => {
+  if ($('history-panel').open) requestHistory();
+});
+$('history-refresh').addEventListener('click', requestHistory);
 wireButton();
 meterLoop();
+setInterval(pump, 20);
+if (TAP) {
+  window.__walkieTap = [];
+  window.__walkie = {
+    waiting: () => state.scheduler.waiting().length,
+    playing: () => state.playing !== null,
+    stops: 0,
+  };
+}
 loadConfig();

@@ -7,9 +7,15 @@ const TARGET = RATE * 0.06;  // 60 ms
 const MAX = RATE * 0.4;      // 400 ms
 const LEVEL_EVERY = RATE * 0.05;
 
+// With `tap` (tests only: the page's `?tap`), what the speaker gets is also
+// posted back, 100 ms at a time, so a test can check the page's real output.
+const TAP_EVERY = RATE * 0.1;
+
 class PlaybackProcessor extends AudioWorkletProcessor {
-  constructor() {
+  constructor(options) {
     super();
+    this.tap = options?.processorOptions?.tap ? new Float32Array(TAP_EVERY) : null;
+    this.tapped = 0;
     this.queue = [];
     this.offset = 0;
     this.buffered = 0;
@@ -54,6 +60,16 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.sum += sample * sample;
     }
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
+    if (this.tap) {
+      for (let i = 0; i < out.length; i++) {
+        this.tap[this.tapped++] = out[i];
+        if (this.tapped === TAP_EVERY) {
+          this.port.postMessage({ tap: this.tap });
+          this.tap = new Float32Array(TAP_EVERY);
+          this.tapped = 0;
+        }
+      }
+    }
     this.count += out.length;
     if (this.count >= LEVEL_EVERY) {
       this.port.postMessage({ rms: Math.sqrt(this.sum / this.count) });

@@ -1,0 +1,140 @@
+// Drives the live page monitoring several channels in headless Chromium, with
+// the page's speaker output tapped (`/live/?tap`). Run by tests/live_page.rs.
+//
+// In (environment): PAGE_URL (with ?tap), HS_URL, MATRIX_USER, MATRIX_PASSWORD,
+// CHANNELS (comma-separated; the first is selected for talking), FAKE_AUDIO
+// (the fake microphone's WAV), SCENARIO: "simultaneous" (two channels talk at
+// once) or "while_talking" (hold the button on the first channel while another
+// talks), HOLD_MS. Out: one JSON object per line: logged_on, (talking,
+// released,) played {pcm: base64 of 48 kHz i16 LE, from "monitoring" on}, done.
+// Exit code 0 only when every step passed.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name, fallback) => {
+  const value = process.env[name] ?? fallback;
+  if (value === undefined) throw new Error(`${name} is not set`);
+  return value;
+};
+const emit = (event, fields = {}) => console.log(JSON.stringify({ event, ...fields }));
+const STEP_TIMEOUT = 60_000;
+
+const channels = env('CHANNELS').split(',');
+const scenario = env('SCENARIO', 'simultaneous');
+const holdMs = Number(env('HOLD_MS', '4000'));
+const profile = mkdtempSync(join(tmpdir(), 'walkie-chromium-'));
+let context;
+
+async function main() {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 520, height: 900 },
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-audio-capture=${env('FAKE_AUDIO')}`,
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+  });
+
+  await page.goto(env('PAGE_URL'));
+  await page.waitForFunction(() => document.getElementById('homeserver').value !== '');
+  await page.fill('#homeserver', env('HS_URL'));
+  await page.fill('#user', env('MATRIX_USER'));
+  await page.fill('#password', env('MATRIX_PASSWORD'));
+  await page.click('#login-button');
+  for (const channel of channels) {
+    const box = page.locator(`#rooms input[data-channel="${channel}"]`);
+    await box.waitFor();
+    if (await box.isDisabled()) throw new Error(`the page says the user is not in ${channel}'s room`);
+    await box.check();
+  }
+  await page.click('#start');
+  for (const channel of channels) {
+    await page.waitForSelector(`#channels li[data-channel="${channel}"][data-online="true"]`);
+  }
+  await page.waitForSelector('#talk-button:not([disabled])');
+  // What the speaker played from here on.
+  await page.evaluate(() => { window.__walkieTap.length = 0; });
+  emit('logged_on');
+
+  if (scenario === 'while_talking') {
+    const button = page.locator('#talk-button');
+    const box = await button.boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.down();
+    await page.waitForSelector('#talk-button[data-state="talking"]');
+    const grantedAt = Date.now();
+    emit('talking');
+    // Someone talks on the other channel while this user holds the button: the
+    // page keeps it (shown as waiting) and plays it after the release.
+    await page.waitForFunction(() => window.__walkie.stops >= 1);
+    await page.waitForSelector('#waiting:not(:empty)');
+    const waiting = await page.textContent('#waiting');
+    const silentWhileTalking = await page.evaluate(
+      () => window.__walkieTap.every((block) => block.every((s) => Math.abs(s) < 1e-4)),
+    );
+    // Holding the button is the scenario itself (a person talks for HOLD_MS).
+    await page.waitForTimeout(Math.max(0, holdMs - (Date.now() - grantedAt)));
+    await page.mouse.up();
+    await page.waitForSelector('#talk-button[data-state="idle"]');
+    emit('released', { waiting, silent_while_talking: silentWhileTalking });
+  }
+
+  await page.waitForFunction((n) => window.__walkie.stops >= n, scenario === 'while_talking' ? 1 : 2);
+  await page.waitForFunction(() => window.__walkie.waiting() === 0 && !window.__walkie.playing());
+  // The jitter buffer's last 60 ms and a margin of silence.
+  await page.waitForTimeout(500);
+  const pcm = await page.evaluate(() => {
+    const blocks = window.__walkieTap;
+    const length = blocks.reduce((n, b) => n + b.length, 0);
+    const out = new Int16Array(length);
+    let at = 0;
+    for (const block of blocks) {
+      for (const s of block) out[at++] = Math.max(-32768, Math.min(32767, Math.round(s * 32767)));
+    }
+    let binary = '';
+    const bytes = new Uint8Array(out.buffer);
+    for (let i = 0; i < bytes.length; i += 0x8000) {
+      binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    }
+    return btoa(binary);
+  });
+  emit('played', { pcm });
+  if (problems.length) throw new Error(problems.join('\n'));
+  emit('done');
+}
+
+try {
+  await main();
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(0);
+} catch (e) {
+  emit('failed', { message: String(e && e.stack ? e.stack : e) });
+  try {
+    const page = context?.pages()[0];
+    if (page) {
+      const path = join(tmpdir(), `walkie-channels-failure-${process.pid}.png`);
+      await page.screenshot({ path });
+      emit('failure_screenshot', { path, text: await page.textContent('main') });
+    }
+    await context?.close();
+  } catch (_) {
+    // The browser is gone; the error above is what matters.
+  }
+  rmSync(profile, { recursive: true, force: true });
+  process.exit(1);
+}

@@ -1,0 +1,403 @@
+//! The live page monitoring two channels in Debian's headless Chromium, driven by
+//! playwright-core (tests/browser/channels.mjs), against a real Synapse and the
+//! daemon in-process with a test endpoint on each channel. What the page's
+//! speaker played is tapped (`/live/?tap`) and checked by content: where each
+//! transmission is in it, whole, and in which order.
+
+#[path = "bridge_common/mod.rs"]
+mod bridge_common;
+#[path = "../bridges/endpoint/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bridge_common::{next_floor, ops_room, setup, speech_packets, Setup, SERVER, WAIT};
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use walkie_bridge::daemon::Daemon;
+use walkie_endpoint::testkit::{TestEndpoint, TestEndpointHandle};
+use walkie_endpoint::{
+    AudioFrame, Capabilities, EndpointId, FloorEvent, HubLink, Priority, StreamKey, TalkKind,
+    Talker,
+};
+use walkie_harness::TestUser;
+
+const RATE: usize = 48_000;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+struct Driver {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Driver {
+    fn start(vars: &[(&str, String)]) -> Self {
+        assert!(
+            browser_dir().join("node_modules/playwright-core").is_dir(),
+            "tests/browser has no node_modules: run scripts/setup.sh"
+        );
+        let mut command = Command::new("node");
+        command
+            .arg(browser_dir().join("channels.mjs"))
+            .current_dir(browser_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("node runs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The next event from the driver; panics on `failed` with its message.
+    async fn expect(&mut self, event: &str) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("the browser driver said nothing for 120 s ({event})"))
+                .expect("driver output")
+                .unwrap_or_else(|| panic!("the browser driver exited before {event}"));
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                eprintln!("driver: {line}");
+                continue;
+            };
+            if value["event"] != "played" {
+                eprintln!("driver: {value}");
+            }
+            if value["event"] == "failed" {
+                if let Ok(Ok(Some(next))) =
+                    tokio::time::timeout(Duration::from_secs(10), self.lines.next_line()).await
+                {
+                    eprintln!("driver: {next}");
+                }
+                panic!(
+                    "the browser step before {event} failed: {}",
+                    value["message"]
+                );
+            }
+            if value["event"] == event {
+                return value;
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the driver exits")
+            .expect("driver status");
+        assert!(status.success(), "the browser driver failed: {status}");
+    }
+}
+
+struct TwoChannels {
+    setup: Setup,
+    bob: TestUser,
+    ops: HubLink,
+    net: HubLink,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Synapse with #ops and #net, bob in both, the daemon with a test endpoint on
+/// each channel.
+async fn two_channels() -> TwoChannels {
+    let mut setup = setup().await;
+    let mut text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path());
+    text.push_str(&format!(
+        "\n[[channel]]\nname = \"net\"\nroom = \"#net:{SERVER}\"\nendpoints = []\n"
+    ));
+    setup.config = bridge_common::load(&text);
+    let net_room = setup
+        .synapse
+        .client(&setup.alice)
+        .create_room(&ops_room().name("Net").alias("net"))
+        .await
+        .expect("#net");
+    let bob = setup.member("bob").await;
+    setup
+        .synapse
+        .client(&bob)
+        .join(&net_room)
+        .await
+        .expect("bob joins #net");
+    let (ops, ops_handle) = TestEndpoint::new(EndpointId::new("test.ops"), Capabilities::default());
+    let (net, net_handle) = TestEndpoint::new(EndpointId::new("test.net"), Capabilities::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = Daemon::new(setup.config.clone())
+        .with_endpoint("ops", Box::new(ops))
+        .with_endpoint("net", Box::new(net));
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let link = |handle: TestEndpointHandle| async move {
+        tokio::time::timeout(WAIT, handle.link())
+            .await
+            .expect("the daemon starts the test endpoints in time")
+            .expect("the daemon runs the test endpoint")
+    };
+    let ops = link(ops_handle).await;
+    let net = link(net_handle).await;
+    TwoChannels {
+        setup,
+        bob,
+        ops,
+        net,
+        shutdown,
+        task,
+    }
+}
+
+impl TwoChannels {
+    fn driver(&self, scenario: &str) -> Driver {
+        let wav = self.setup.dir.path().join("speech.wav");
+        common::write_wav(&wav, &common::speech(48_000), 48_000);
+        Driver::start(&[
+            (
+                "PAGE_URL",
+                format!("http://127.0.0.1:{}/live/?tap", self.setup.listen),
+            ),
+            ("HS_URL", self.setup.synapse.url()),
+            ("MATRIX_USER", self.bob.user_id.clone()),
+            ("MATRIX_PASSWORD", self.bob.password.clone()),
+            ("CHANNELS", "ops,net".into()),
+            ("FAKE_AUDIO", wav.display().to_string()),
+            ("SCENARIO", scenario.into()),
+        ])
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the daemon stops")
+            .expect("daemon task")
+            .expect("daemon result");
+    }
+}
+
+/// A radio-like transmission at real-time pace (the page plays what comes).
+async fn transmit(link: &mut HubLink, talker: &str, packets: &[Bytes]) {
+    let stream = StreamKey(1);
+    link.talk_start(
+        stream,
+        Talker::new(talker, format!("{talker} (Radio)")),
+        Priority::Normal,
+        TalkKind::Live,
+    )
+    .await
+    .expect("hub");
+    loop {
+        match next_floor(link).await {
+            FloorEvent::Granted { .. } => break,
+            FloorEvent::Denied { reason, .. } => panic!("{talker} denied: {reason}"),
+            _ => {}
+        }
+    }
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for (seq, packet) in packets.iter().enumerate() {
+        pace.tick().await;
+        link.audio(stream, AudioFrame::opus(seq as u32, packet.clone()))
+            .expect("hub");
+    }
+    link.talk_end(stream).await.expect("hub");
+}
+
+/// The page's speaker output, 48 kHz.
+fn played(event: &Value) -> Vec<i16> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(event["pcm"].as_str().expect("pcm"))
+        .expect("base64");
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// RMS per 10 ms.
+fn envelope(pcm: &[i16]) -> Vec<f64> {
+    pcm.chunks(RATE / 100)
+        .map(|c| (c.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
+        .collect()
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        xy += (x - ma) * (y - mb);
+        xx += (x - ma).powi(2);
+        yy += (y - mb).powi(2);
+    }
+    if xx == 0.0 || yy == 0.0 {
+        0.0
+    } else {
+        xy / (xx * yy).sqrt()
+    }
+}
+
+/// Where the speech was played in `output`: `count` non-overlapping places, in
+/// order, each with the sample-exact correlation of the whole speech there.
+/// Found coarsely on 10 ms envelopes, then exactly around each place.
+fn occurrences(speech: &[i16], output: &[i16], count: usize) -> Vec<(usize, f64)> {
+    let (wanted, heard) = (envelope(speech), envelope(output));
+    assert!(
+        heard.len() >= wanted.len() * count,
+        "the page played {} ms, less than {count} × {} ms",
+        output.len() / 48,
+        speech.len() / 48
+    );
+    let mut scores: Vec<(usize, f64)> = (0..=heard.len() - wanted.len())
+        .map(|k| (k, pearson(&wanted, &heard[k..k + wanted.len()])))
+        .collect();
+    scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut found: Vec<usize> = Vec::new();
+    for (k, _) in scores {
+        if found.iter().all(|f| f.abs_diff(k) >= wanted.len()) {
+            found.push(k);
+            if found.len() == count {
+                break;
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+        .into_iter()
+        .map(|k| played_whole(speech, output, k * RATE / 100))
+        .collect()
+}
+
+/// How well the whole speech was played from about `start` on: the median
+/// correlation of its half-second pieces, each found exactly near where the one
+/// before it ended. Piecewise because a browser on a loaded two-core machine may
+/// let its jitter buffer run dry for a moment during a live talk: the gap shifts
+/// what follows, which one alignment for the whole would count as not played.
+/// Returns where the speech starts and that median; panics if a piece is missing
+/// or the pieces are spread over far more than the speech lasts.
+fn played_whole(speech: &[i16], output: &[i16], start: usize) -> (usize, f64) {
+    const PIECE: usize = RATE / 2;
+    let mut correlations = Vec::new();
+    let mut shift: isize = 0;
+    let mut first = None;
+    let mut last_end = start;
+    for (i, piece) in speech.chunks(PIECE).enumerate() {
+        if piece.len() < PIECE / 4 || common::energy_db(piece) < -45.0 {
+            continue;
+        }
+        // Coarse on 10 ms envelopes (±150 ms), then exact (±10 ms).
+        let expected = (start + i * PIECE) as isize + shift;
+        let (wanted, step) = (envelope(piece), (RATE / 100) as isize);
+        let coarse = (-15..=15)
+            .map(|d| expected + d * step)
+            .filter(|at| *at >= 0 && (*at as usize) + piece.len() <= output.len())
+            .max_by(|a, b| {
+                let score = |at: isize| {
+                    let at = at as usize;
+                    pearson(&wanted, &envelope(&output[at..at + piece.len()]))
+                };
+                score(*a).total_cmp(&score(*b))
+            })
+            .unwrap_or(expected);
+        let (lag, correlation) = common::best_lag(piece, output, coarse - 480..=coarse + 480);
+        shift = lag - (start + i * PIECE) as isize;
+        first.get_or_insert(lag.max(0) as usize);
+        last_end = lag.max(0) as usize + piece.len();
+        correlations.push(correlation);
+    }
+    let first = first.expect("the speech has sound");
+    assert!(
+        last_end - first <= speech.len() + RATE / 2,
+        "the speech was spread over {} ms (it lasts {} ms)",
+        (last_end - first) / 48,
+        speech.len() / 48
+    );
+    correlations.sort_by(f64::total_cmp);
+    let median = correlations[correlations.len() / 2];
+    eprintln!(
+        "pieces at {} ms: correlations {:?}",
+        first / 48,
+        correlations
+            .iter()
+            .map(|c| (c * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    (first, median)
+}
+
+/// One browser at a time: two Chromiums, two Synapses and two bridges at once
+/// starve each other's audio on a two-core machine.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_channels_talking_at_once_are_played_whole_one_after_the_other() {
+    let _browser = BROWSER.lock().await;
+    let mut bridge = two_channels().await;
+    let mut driver = bridge.driver("simultaneous");
+    driver.expect("logged_on").await;
+    let (speech, packets) = speech_packets();
+    let (ops, net) = (&mut bridge.ops, &mut bridge.net);
+    tokio::join!(
+        transmit(ops, "kilo", &packets),
+        transmit(net, "lima", &packets)
+    );
+    let output = played(&driver.expect("played").await);
+    driver.expect("done").await;
+    let found = occurrences(&speech, &output, 2);
+    eprintln!("played {} ms; the speech at {found:?}", output.len() / 48);
+    for (at, correlation) in &found {
+        assert!(
+            *correlation > 0.85,
+            "at {} ms the page played something else: {correlation:.3}",
+            at / 48
+        );
+    }
+    assert!(
+        found[1].0 >= found[0].0 + speech.len() - RATE / 5,
+        "the two transmissions overlap: {found:?}"
+    );
+    driver.finish().await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_talk_arriving_while_the_user_talks_is_played_after_the_release() {
+    let _browser = BROWSER.lock().await;
+    let mut bridge = two_channels().await;
+    let mut driver = bridge.driver("while_talking");
+    driver.expect("logged_on").await;
+    driver.expect("talking").await;
+    let (speech, packets) = speech_packets();
+    transmit(&mut bridge.net, "lima", &packets).await;
+    let released = driver.expect("released").await;
+    assert_eq!(released["silent_while_talking"], true, "{released}");
+    assert!(
+        released["waiting"].as_str().unwrap_or("").contains("net"),
+        "{released}"
+    );
+    let output = played(&driver.expect("played").await);
+    driver.expect("done").await;
+    let found = occurrences(&speech, &output, 1);
+    eprintln!("played {} ms; the speech at {found:?}", output.len() / 48);
+    if let Ok(path) = std::env::var("WALKIE_DUMP_WAV") {
+        common::write_wav(Path::new(&path), &output, 48_000);
+    }
+    assert!(
+        found[0].1 > 0.85,
+        "the page played something else: {found:?}"
+    );
+    driver.finish().await;
+    bridge.stop().await;
+}
