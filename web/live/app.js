@@ -7,6 +7,11 @@
 // AudioWorklet. Without WebCodecs there is no Opus in the browser short of shipping
 // a WebAssembly libopus, so the page says so (see the README's fallback note).
 
+import {
+  bindMediaSessionButtons, bindPushToTalkKey, keepAwake, OpenIdToken, PushToTalkKey,
+  Reconnector, registerServiceWorker, showMicrophoneOnMediaSession, showOnMediaSession,
+} from './device.js';
+
 const $ = (id) => document.getElementById(id);
 const FRAME_AUDIO = 1;
 const RATE = 48000;
@@ -17,6 +22,7 @@ const state = {
   userId: '',
   deviceId: '',
   channels: [],
+  channel: '',
   micRms: 0,
   lastStreamId: null,
   ws: null,
@@ -61,12 +67,14 @@ function setConnection(text, stateName) {
 function setFloor(text, stateName) {
   $('floor').textContent = text;
   $('floor').dataset.state = stateName;
+  showOnMediaSession({ channel: state.channel, status: text });
 }
 
 function setButton(stateName, text) {
   const button = $('talk-button');
   button.dataset.state = stateName;
   button.textContent = text;
+  showMicrophoneOnMediaSession(stateName === 'talking');
 }
 
 function setMeter(id, rms) {
@@ -135,6 +143,7 @@ async function login(event) {
       state.userId = answer.user_id;
       state.deviceId = answer.device_id;
     }
+    tokens.forget();
     $('password').value = '';
     await listRooms();
   } catch (e) {
@@ -327,11 +336,14 @@ async function connect(channel) {
     error(`Audio: ${e.message}`);
     return;
   }
+  state.channel = channel;
   let token;
   try {
-    token = await matrix('POST', `/_matrix/client/v3/user/${encodeURIComponent(state.userId)}/openid/request_token`, {});
+    token = await tokens.get();
   } catch (e) {
-    error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    if (!reconnector.lost('the homeserver cannot be reached')) {
+      error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    }
     return;
   }
   const url = new URL('ws', location.href);
@@ -343,16 +355,7 @@ async function connect(channel) {
   let opened = false;
   ws.onopen = () => {
     opened = true;
-    const listenFor = $('listen-for').value;
-    const fields = {
-      channel,
-      user_id: state.userId,
-      device_id: state.deviceId,
-      openid_token: token.access_token,
-      listen: $('listen').checked,
-    };
-    if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
-    send('logon', fields);
+    logOn(token);
   };
   ws.onmessage = (event) => {
     if (typeof event.data === 'string') onEvent(JSON.parse(event.data));
@@ -363,17 +366,53 @@ async function connect(channel) {
     // Closed before the upgrade (code 1006, no reason): refused by a connection
     // limit of the bridge, or the bridge is unreachable.
     const neverOpened = !opened && event.code === 1006;
+    const wasLoggedOn = state.loggedOn;
     state.ws = null;
     state.loggedOn = false;
     releaseLocally();
     stopIncoming();
     setConnection('offline', 'offline');
     $('talk-button').disabled = true;
+    if (wasLoggedOn) log(`Disconnected from the bridge${event.reason ? `: ${event.reason}` : ''}.`);
+    // The reconnector's status line tells about the tries; errors are for giving up.
+    if (reconnector.lost(event.reason)) return;
+    keepAwake(false);
     if (event.reason) error(`Disconnected: ${event.reason}`);
     else if (neverOpened) error('The bridge did not take the connection (it may be busy or unreachable); try again in a minute.');
-    if (!$('talk-panel').hidden) log('Disconnected from the bridge.');
   };
   $('channel-name').textContent = channel;
+}
+
+function logOn(token) {
+  const listenFor = $('listen-for').value;
+  const fields = {
+    channel: state.channel,
+    user_id: state.userId,
+    device_id: state.deviceId,
+    openid_token: token.access_token,
+    listen: $('listen').checked,
+  };
+  if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
+  send('logon', fields);
+}
+
+/** The bridge refused the OpenID token (expired while away): log on with a new one. */
+async function logOnWithNewToken(ws) {
+  let token = null;
+  let why = 'the bridge refused a new OpenID token too';
+  try {
+    token = await tokens.renew();
+  } catch (e) {
+    why = `cannot get an OpenID token from the homeserver: ${e.message}`;
+  }
+  if (state.ws !== ws) return;
+  if (token) {
+    logOn(token);
+    return;
+  }
+  reconnector.stop();
+  error(`Not logged on: ${why}.`);
+  ws.close();
 }
 
 function onEvent(event) {
@@ -383,7 +422,13 @@ function onEvent(event) {
       const what = state.pending.get(event.seq);
       state.pending.delete(event.seq);
       if (what === 'logon') {
-        error(`The bridge refused the logon: ${event.message}`);
+        const next = reconnector.refused(event.error);
+        if (next === 'token') {
+          log(`The bridge refused the OpenID token (${event.error}); getting a new one.`);
+          logOnWithNewToken(state.ws);
+          return;
+        }
+        if (next === 'stop') error(`The bridge refused the logon: ${event.message}`);
         state.ws.close();
         return;
       }
@@ -414,6 +459,9 @@ function onAnswer(answer) {
   state.pending.delete(answer.seq);
   if (what === 'logon') {
     state.loggedOn = true;
+    reconnector.connected();
+    tokens.accepted();
+    keepAwake(true);
     setConnection('online', 'online');
     show('talk-panel');
     $('talk-button').disabled = !state.canTalk;
@@ -524,22 +572,15 @@ function wireButton() {
     button.addEventListener(name, () => release());
   }
   button.addEventListener('contextmenu', (event) => event.preventDefault());
-  document.addEventListener('keydown', (event) => {
-    if (event.code !== 'Space' || event.repeat || $('talk-panel').hidden) return;
-    if (event.target instanceof HTMLInputElement) return;
-    event.preventDefault();
-    press();
-  });
-  document.addEventListener('keyup', (event) => {
-    if (event.code !== 'Space' || $('talk-panel').hidden) return;
-    event.preventDefault();
-    release();
-  });
+  bindPushToTalkKey(pttKey, { press, release, active: () => !$('talk-panel').hidden });
+  bindMediaSessionButtons(() => (state.pressing ? release() : press()));
   // Letting go of the page (tab switch) lets go of the button.
   window.addEventListener('blur', () => release());
 }
 
 function leave() {
+  reconnector.stop();
+  keepAwake(false);
   release();
   if (state.ws) {
     const ws = state.ws;
@@ -558,6 +599,11 @@ function meterLoop() {
   requestAnimationFrame(meterLoop);
 }
 
+const tokens = new OpenIdToken(() => matrix('POST', `/_matrix/client/v3/user/${encodeURIComponent(state.userId)}/openid/request_token`, {}));
+const reconnector = new Reconnector({ reconnect: () => connect(state.channel), status: $('net-status') });
+const pttKey = new PushToTalkKey($('ptt-key'), document.querySelectorAll('.ptt-key-name'));
+
+registerServiceWorker();
 $('login-form').addEventListener('submit', login);
 $('leave').addEventListener('click', leave);
 wireButton();
