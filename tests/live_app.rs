@@ -11,7 +11,8 @@
 //!   itself; holding a chosen key (T) talks to a test endpoint for as long as it is
 //!   held; the bridge stops and starts again on the same port and configuration,
 //!   the page says it is reconnecting, logs on again by itself and plays a talk from
-//!   the test endpoint, shown on the Media Session too.
+//!   the test endpoint, shown on the Media Session too; the network goes offline
+//!   and back (Chromium's emulation), and the page connects anew at once.
 //!
 //! The two tests take turns (SERIAL): each runs Synapse, the bridge and Chromium,
 //! and two of those at once on a two-core machine starve the page's audio.
@@ -427,6 +428,16 @@ async fn the_page_reconnects_after_a_restart_and_talks_with_the_chosen_key() {
         "the Media Session does not show who talks: {media}"
     );
     assert_eq!(media["artist"], "Channel ops");
+    let network = driver.expect("network_back").await;
+    assert!(
+        network["offline_status"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Offline"),
+        "{network}"
+    );
+    assert_eq!(network["status"], "Back online.", "{network}");
+    assert_eq!(network["new_logons"], 1, "{network}");
     let left = driver.expect("left").await;
     assert_eq!(left["status"], "", "no tries after leaving: {left}");
     driver.expect("done").await;

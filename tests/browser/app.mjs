@@ -313,6 +313,23 @@ async function reconnect() {
   });
   emit('heard', { level, floor, media });
 
+  // The network goes away and comes back (a train, a lift, Wi-Fi to mobile): the
+  // page says so and connects anew as soon as it is back, without waiting out a try.
+  await page.waitForSelector('#floor[data-state="idle"]');
+  const logons = () => page.$$eval('#log li', (items) => items.filter((i) => i.textContent.includes('Logged on as')).length);
+  const logonsBefore = await logons();
+  await context.setOffline(true);
+  await page.waitForSelector('#net-status[data-state="offline"]');
+  const offlineStatus = await page.textContent('#net-status');
+  await context.setOffline(false);
+  await page.waitForSelector('#net-status[data-state="online"]');
+  await page.waitForSelector('#connection[data-state="online"]');
+  emit('network_back', {
+    offline_status: offlineStatus,
+    status: await page.textContent('#net-status'),
+    new_logons: (await logons()) - logonsBefore,
+  });
+
   // Leaving lets the screen sleep again and ends the tries for good.
   await page.click('#leave');
   await page.waitForSelector('#rooms-panel:not([hidden])');

@@ -346,6 +346,16 @@ async function connect(channel) {
     }
     return;
   }
+  const old = state.ws;
+  if (old) {
+    // Still open after the network went away and came back: replaced, as its
+    // path may be dead without either end knowing yet.
+    state.ws = null;
+    state.loggedOn = false;
+    releaseLocally();
+    stopIncoming();
+    old.close(1000, 'reconnecting');
+  }
   const url = new URL('ws', location.href);
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(url);

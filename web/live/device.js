@@ -268,7 +268,8 @@ const TOKEN_REFUSALS = new Set(['invalid_token', 'token_expired']);
 /**
  * Reconnects a connection that was logged on once, after it closes without the user
  * asking: 1 s, then doubling up to 30 s, back to 1 s after every good logon; at
- * once when the device comes back online. No random spread: a restarted bridge's
+ * once when the device comes back online (a connection still open then is replaced:
+ * it belongs to the network that went away). No random spread: a restarted bridge's
  * clients come back over the doubling steps, and a predictable number is what the
  * status line can promise. It says what it does in `status` (an aria-live region).
  *
@@ -300,6 +301,7 @@ export class Reconnector {
     const wasRetrying = this.retrying;
     this.active = true;
     this.retrying = false;
+    this.waitingForNetwork = false;
     this.delay = FIRST_RETRY_MS;
     clearTimeout(this.timer);
     this.timer = null;
@@ -358,10 +360,14 @@ export class Reconnector {
   }
 
   wentOffline() {
-    if (!this.active || !this.timer) return;
-    // No point in trying without a network; online below tries at once.
+    if (!this.active) return;
+    // No point in trying without a network; online below tries at once. A
+    // connection that looks open is not trusted either: it is bound to a network
+    // that is gone, and a dead TCP connection can take the bridge's 45 s idle
+    // timeout to be noticed, so it is replaced when the network is back.
     clearTimeout(this.timer);
     this.timer = null;
+    this.retrying = true;
     this.waitingForNetwork = true;
     this.say('Offline: reconnecting when the network is back…', 'offline');
   }
