@@ -3,10 +3,13 @@
 //! real bridge:
 //!
 //! - installable and offline: the service worker registers and controls the page,
+//!   and replaces itself when the bridge serves a new page (the upgrade played by a
+//!   reverse proxy in the driver that rewrites app.js and sw.js on their way),
 //!   Chromium finds the manifest valid and the page installable, every icon loads
-//!   at its stated size; with the bridge stopped, a reload still shows the page,
-//!   served by the service worker, while nothing outside the page's files is
-//!   answered from a cache; the chosen push-to-talk key survives the reload.
+//!   at its stated size; with the bridge stopped (the proxy answering 502, then
+//!   nothing listening at all), a reload still shows the page, served by the
+//!   service worker, while nothing outside the page's files is answered from a
+//!   cache; the chosen push-to-talk key survives the reload.
 //! - reconnecting and the key: a refused OpenID token is replaced by the page
 //!   itself; holding a chosen key (T) talks to a test endpoint for as long as it is
 //!   held; the bridge stops and starts again on the same port and configuration,
@@ -161,17 +164,46 @@ async fn the_page_installs_and_opens_without_the_bridge() {
         shutdown,
         task,
     } = start_daemon(&setup.config).await;
-    let url = page_url(&setup);
     let mut driver = Driver::start(&[
         ("SCENARIO", "install".into()),
-        ("PAGE_URL", url.clone()),
+        ("PAGE_URL", page_url(&setup)),
         ("HS_URL", setup.synapse.url()),
     ]);
 
+    // The page is loaded through the driver's reverse proxy in front of the bridge.
     let registered = driver.expect("registered").await;
+    let url = registered["page_url"]
+        .as_str()
+        .expect("page_url")
+        .to_owned();
+    assert!(url.ends_with("/live/"), "{url}");
     assert_eq!(registered["scope"], url.as_str(), "the worker's scope");
     assert_eq!(registered["script"], format!("{url}sw.js"));
     driver.expect("controlled").await;
+
+    let upgraded = driver.expect("upgraded").await;
+    let names = |key: &str| -> Vec<String> {
+        upgraded[key]
+            .as_array()
+            .expect("cache names")
+            .iter()
+            .filter_map(|n| n.as_str())
+            .filter(|n| n.starts_with("walkie-live-") && *n != "walkie-live-config")
+            .map(str::to_owned)
+            .collect()
+    };
+    let (before, after) = (names("caches_before"), names("caches"));
+    assert_eq!(before.len(), 1, "one cache of the page's files: {upgraded}");
+    assert_eq!(after.len(), 1, "the old cache is dropped: {upgraded}");
+    assert_eq!(
+        after[0],
+        format!("walkie-live-upgraded{}", &before[0]["walkie-live-".len()..])
+    );
+    assert_eq!(
+        upgraded["served_new_page"], true,
+        "the upgraded bridge's app.js was not used at once: {upgraded}"
+    );
+    assert_eq!(upgraded["kept_new_page"], true, "{upgraded}");
 
     let manifest = driver.expect("manifest").await;
     assert_eq!(
@@ -225,7 +257,19 @@ async fn the_page_installs_and_opens_without_the_bridge() {
     stop_daemon(shutdown, task).await;
     driver.tell("bridge_stopped").await;
 
-    let offline = driver.expect("offline_page").await;
+    // The proxy answers 502 for the bridge that is down, then nothing answers at all.
+    let bridge_down = driver.expect("bridge_down").await;
+    assert_opens_from_the_service_worker(&bridge_down, &url, "HTTP 502");
+    let nothing_there = driver.expect("nothing_there").await;
+    assert_opens_from_the_service_worker(&nothing_there, &url, "network error");
+    driver.expect("done").await;
+    driver.finish().await;
+}
+
+/// The page reloaded with the bridge out of reach: shown, every file from the service
+/// worker, the chosen key kept, and nothing beyond the page's files answered from a
+/// cache (each try gets `unreachable`, what the network says).
+fn assert_opens_from_the_service_worker(offline: &Value, url: &str, unreachable: &str) {
     assert_eq!(offline["document_status"], 200, "{offline}");
     assert_eq!(
         offline["document_from_service_worker"], true,
@@ -236,7 +280,6 @@ async fn the_page_installs_and_opens_without_the_bridge() {
         .as_str()
         .unwrap_or("")
         .contains("live talk"));
-    // Every file the page loaded came from the service worker (the bridge is gone).
     let responses = offline["responses"].as_array().expect("responses");
     for file in ["", "app.js", "device.js", "style.css", "config.json"] {
         let want = format!("{url}{file}");
@@ -247,15 +290,13 @@ async fn the_page_installs_and_opens_without_the_bridge() {
         assert_eq!(response["status"], 200, "{response}");
         assert_eq!(response["from_service_worker"], true, "{response}");
     }
-    // Nothing else is answered from a cache: not the WebSocket's path, not another
-    // name under /live/, not the listener's other routes.
+    // Not the WebSocket's path, not another name under /live/, not the listener's
+    // other routes.
     for (path, answer) in offline["tries"].as_object().expect("tries") {
-        assert_eq!(answer, "network error", "{path} was answered offline");
+        assert_eq!(answer, unreachable, "{path} was answered offline");
     }
     assert_eq!(offline["key"], "F8", "the chosen key is kept");
     assert_eq!(offline["hint"], "F8", "the hint names the chosen key");
-    driver.expect("done").await;
-    driver.finish().await;
 }
 
 async fn stop_daemon(

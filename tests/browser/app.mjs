@@ -8,12 +8,15 @@
 // fake microphone plays), HOLD_MS (default 1500).
 // In (stdin): one line per thing the Rust side did that the page cannot see coming
 // ("bridge_stopped").
+// "install" loads the page through a small reverse proxy of its own in front of the
+// bridge (see startProxy), to play an upgraded bridge and a proxy whose bridge is down.
 // Out: one JSON object per line on stdout, {"event": ...}. Exit code 0 only when
 // every step passed.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -97,9 +100,99 @@ async function chooseKey(page, key) {
 
 // ------------------------------------------------------------ install
 
+const MARK = '\n// walkie-test: the upgraded bridge\n';
+
+/**
+ * A reverse proxy in front of the bridge, as deployments have one (for HTTPS). It
+ * plays two things the test cannot do to the bridge itself: an upgraded bridge
+ * (`upgraded`: app.js changed, and so sw.js's VERSION), and the proxy's own answer
+ * when the bridge behind it is down (502, as nginx gives).
+ */
+async function startProxy(upstream) {
+  const target = new URL(upstream);
+  const proxy = { upgraded: false };
+  proxy.server = createServer((req, res) => {
+    const path = new URL(req.url, target).pathname;
+    const out = httpRequest(
+      { host: target.hostname, port: target.port, path: req.url, method: req.method, headers: { ...req.headers, host: target.host } },
+      (up) => {
+        const rewrite = proxy.upgraded && up.statusCode === 200 && (path === '/live/app.js' || path === '/live/sw.js');
+        if (!rewrite) {
+          res.writeHead(up.statusCode, up.headers);
+          up.pipe(res);
+          return;
+        }
+        const chunks = [];
+        up.on('data', (chunk) => chunks.push(chunk));
+        up.on('end', () => {
+          let body = Buffer.concat(chunks).toString('utf8');
+          body = path === '/live/app.js'
+            ? body + MARK
+            : body.replace(/const VERSION = '([0-9a-f]+)'/, "const VERSION = 'upgraded$1'");
+          const headers = { ...up.headers, 'content-length': Buffer.byteLength(body) };
+          delete headers['transfer-encoding'];
+          res.writeHead(200, headers);
+          res.end(body);
+        });
+      },
+    );
+    out.on('error', () => {
+      if (res.headersSent) return res.destroy();
+      res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end('502 Bad Gateway: the bridge is down');
+    });
+    req.pipe(out);
+  });
+  await new Promise((resolve) => proxy.server.listen(0, '127.0.0.1', resolve));
+  proxy.origin = `http://127.0.0.1:${proxy.server.address().port}`;
+  proxy.close = () => new Promise((resolve) => {
+    proxy.server.close(resolve);
+    proxy.server.closeAllConnections();
+  });
+  return proxy;
+}
+
+/** Reloads with the bridge unreachable: the page, where each file came from, and what else answers. */
+async function reloadUnreachable(page) {
+  const responses = [];
+  const record = (r) => responses.push({ url: r.url(), status: r.status(), from_service_worker: r.fromServiceWorker() });
+  page.on('response', record);
+  const reloaded = await page.reload();
+  await waitForConfig(page);
+  await page.waitForSelector('#login-panel:not([hidden])');
+  page.off('response', record);
+  const seen = await page.evaluate(async () => {
+    // Outside the page's files: the service worker must not answer from a cache.
+    const tries = {};
+    for (const path of ['/live/ws', '/live/not-a-page-file.js', '/health', '/_matrix/app/v1/ping']) {
+      try {
+        const response = await fetch(path, { cache: 'no-store' });
+        tries[path] = `HTTP ${response.status}`;
+      } catch (e) {
+        tries[path] = 'network error';
+      }
+    }
+    return {
+      title: document.title,
+      controlled: navigator.serviceWorker.controller !== null,
+      key: document.getElementById('ptt-key').value,
+      hint: document.querySelector('.ptt-key-name').textContent,
+      tries,
+    };
+  });
+  return {
+    ...seen,
+    document_status: reloaded?.status() ?? null,
+    document_from_service_worker: reloaded?.fromServiceWorker() ?? null,
+    responses,
+  };
+}
+
 async function install() {
   const { page, problems, watch } = await launch();
-  await page.goto(pageUrl);
+  const proxy = await startProxy(pageUrl);
+  const url = new URL(new URL(pageUrl).pathname, proxy.origin).href;
+  await page.goto(url);
   await waitForConfig(page);
 
   // The service worker installs (keeping the page's files) and takes over.
@@ -107,12 +200,44 @@ async function install() {
     const registration = await navigator.serviceWorker.ready;
     return { scope: registration.scope, script: registration.active.scriptURL, state: registration.active.state };
   });
-  emit('registered', registered);
+  emit('registered', { page_url: url, ...registered });
   await page.reload();
   await waitForConfig(page);
   const controller = await page.evaluate(() => navigator.serviceWorker.controller?.scriptURL ?? null);
   if (!controller) throw new Error('after a reload the page is not controlled by the service worker');
   emit('controlled', { controller });
+
+  // The bridge is upgraded. The page must get the new app.js at once (network
+  // first), and the browser must install the new worker, which keeps the new files
+  // and drops the old cache.
+  const cachesBefore = await page.evaluate(() => caches.keys());
+  proxy.upgraded = true;
+  const upgraded = await page.evaluate(async (mark) => {
+    const registration = await navigator.serviceWorker.getRegistration();
+    const changed = new Promise((resolve) => {
+      navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true });
+    });
+    await registration.update();
+    await changed;
+    // The controller changes as the new worker starts activating; its clean-up is
+    // done once it is activated.
+    const worker = navigator.serviceWorker.controller;
+    if (worker.state !== 'activated') {
+      await new Promise((resolve) => {
+        worker.addEventListener('statechange', () => worker.state === 'activated' && resolve());
+      });
+    }
+    const script = await (await fetch('app.js')).text();
+    const names = await caches.keys();
+    const current = names.find((n) => n.startsWith('walkie-live-upgraded'));
+    const kept = current ? await (await caches.open(current)).match('app.js') : null;
+    return {
+      caches: names,
+      served_new_page: script.endsWith(mark),
+      kept_new_page: kept ? (await kept.text()).endsWith(mark) : false,
+    };
+  }, MARK);
+  emit('upgraded', { caches_before: cachesBefore, ...upgraded });
 
   // Chromium's own verdicts: the manifest as parsed, and whether it would offer to install.
   const cdp = await context.newCDPSession(page);
@@ -124,10 +249,10 @@ async function install() {
     const data = await response.json();
     const icons = [];
     for (const icon of data.icons) {
-      const url = new URL(icon.src, response.url);
-      const fetched = await fetch(url, { cache: 'no-store' });
+      const iconUrl = new URL(icon.src, response.url);
+      const fetched = await fetch(iconUrl, { cache: 'no-store' });
       const image = new Image();
-      image.src = url;
+      image.src = iconUrl;
       let loaded = true;
       try {
         await image.decode();
@@ -136,7 +261,7 @@ async function install() {
       }
       icons.push({
         ...icon,
-        url: url.href,
+        url: iconUrl.href,
         status: fetched.status,
         content_type: fetched.headers.get('content-type'),
         loaded,
@@ -158,7 +283,7 @@ async function install() {
     installability_errors: installability.installabilityErrors,
   });
 
-  // A key chosen now must still be the key on the offline start below.
+  // A key chosen now must still be the key on the offline starts below.
   const chosen = await chooseKey(page, 'F8');
   emit('key_chosen', { key: chosen });
 
@@ -168,38 +293,10 @@ async function install() {
 
   // From here on failed loads are the point, not a fault.
   watch.on = false;
-  const responses = [];
-  const record = (r) => responses.push({ url: r.url(), status: r.status(), from_service_worker: r.fromServiceWorker() });
-  page.on('response', record);
-  const reloaded = await page.reload();
-  await waitForConfig(page);
-  await page.waitForSelector('#login-panel:not([hidden])');
-  page.off('response', record);
-  const offline = await page.evaluate(async () => {
-    // Outside the page's files: the service worker must not answer from a cache.
-    const tries = {};
-    for (const path of ['/live/ws', '/live/not-a-page-file.js', '/health', '/_matrix/app/v1/ping']) {
-      try {
-        const response = await fetch(path, { cache: 'no-store' });
-        tries[path] = `HTTP ${response.status}`;
-      } catch (e) {
-        tries[path] = 'network error';
-      }
-    }
-    return {
-      title: document.title,
-      controlled: navigator.serviceWorker.controller !== null,
-      key: document.getElementById('ptt-key').value,
-      hint: document.querySelector('.ptt-key-name').textContent,
-      tries,
-    };
-  });
-  emit('offline_page', {
-    ...offline,
-    document_status: reloaded?.status() ?? null,
-    document_from_service_worker: reloaded?.fromServiceWorker() ?? null,
-    responses,
-  });
+  // The proxy is there and says 502; then nothing is there at all.
+  emit('bridge_down', await reloadUnreachable(page));
+  await proxy.close();
+  emit('nothing_there', await reloadUnreachable(page));
   if (problems.length) throw new Error(problems.join('\n'));
   emit('done');
 }

@@ -10,7 +10,8 @@
 // previous version's page against an upgraded bridge for one load after every
 // upgrade. The files are small and come from the bridge the page must reach anyway
 // to talk, so asking it first costs nothing when it is there. When it is not there,
-// a refused connection fails at once; a network that swallows packets is cut short
+// a refused connection fails at once, a reverse proxy's 502/503/504 counts as not
+// there; a network that swallows packets is cut short
 // after NETWORK_TIMEOUT_MS, the cached copy is served, and the network answer, if it
 // still comes, refreshes the cache for next time.
 //
@@ -81,7 +82,7 @@ async function networkFirst(event, request, key) {
   const cache = await caches.open(CACHE);
   const network = fetch(request).then(async (response) => {
     // Only whole, good answers are kept: an error page must not replace a file.
-    if (response.ok && response.status === 200) await cache.put(key, response.clone());
+    if (response.status === 200) await cache.put(key, response.clone());
     return response;
   });
   // The refresh may finish after we answered from the cache.
@@ -90,31 +91,35 @@ async function networkFirst(event, request, key) {
   const timeout = new Promise((resolve) => {
     timer = setTimeout(() => resolve(null), NETWORK_TIMEOUT_MS);
   });
-  try {
-    const first = await Promise.race([network, timeout]);
-    if (first) return first;
-  } catch (_) {
-    // The bridge cannot be reached: the cached copy below.
-  } finally {
-    clearTimeout(timer);
-  }
+  // null: unreachable, or no answer in time.
+  const first = await Promise.race([network.catch(() => null), timeout]);
+  clearTimeout(timer);
+  // A reverse proxy (HTTPS in front of the bridge, as the README says) answers
+  // 502/503/504 when the bridge is down: that is unreachable too. Other answers (a
+  // 404) are the bridge's word.
+  if (first && first.status < 500) return first;
   const cached = await cache.match(key);
   if (cached) return cached;
-  // Nothing kept yet (the first visit is still installing us): wait for the network.
-  try {
-    return await network;
-  } catch (_) {
-    return Response.error();
-  }
+  // Nothing kept yet (the first visit is still installing us): the network's answer.
+  return first || network.catch(() => Response.error());
 }
 
 async function bridgeOrLastAnswer(request) {
   const cache = await caches.open(CONFIG_CACHE);
+  let response = null;
   try {
-    const response = await fetch(request);
-    if (response.ok) await cache.put(request.url, response.clone());
-    return response;
+    response = await fetch(request);
+    if (response.ok) {
+      await cache.put(request.url, response.clone());
+      return response;
+    }
   } catch (_) {
-    return (await cache.match(request.url)) || Response.error();
+    // Unreachable: the last answer below.
   }
+  // Unreachable, or a proxy's 5xx for a bridge that is down: the last answer kept.
+  if (!response || response.status >= 500) {
+    const kept = await cache.match(request.url);
+    if (kept) return kept;
+  }
+  return response || Response.error();
 }
