@@ -408,12 +408,16 @@ function logOn(token) {
 
 /** The bridge refused the OpenID token (expired while away): log on with a new one. */
 async function logOnWithNewToken(ws) {
-  let token = null;
-  let why = 'the bridge refused a new OpenID token too';
+  let token;
   try {
     token = await tokens.renew();
   } catch (e) {
-    why = `cannot get an OpenID token from the homeserver: ${e.message}`;
+    // The homeserver is out of reach: the reconnector tries again later (when this
+    // connection had logged on before), with a token requested then.
+    if (state.ws !== ws) return;
+    error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    ws.close();
+    return;
   }
   if (state.ws !== ws) return;
   if (token) {
@@ -421,7 +425,7 @@ async function logOnWithNewToken(ws) {
     return;
   }
   reconnector.stop();
-  error(`Not logged on: ${why}.`);
+  error('Not logged on: the bridge refused a new OpenID token too.');
   ws.close();
 }
 
