@@ -166,8 +166,8 @@ if ! nio_installed; then
   pymumble_installed || { echo "setup: installing matrix-nio broke pymumble in $TEST_VENV" >&2; exit 1; }
 fi
 
-# The live-talk page's browser test (tests/live_browser.rs) runs tests/browser/live.mjs
-# with playwright-core from the committed lock file. playwright-core never downloads
+# The live-talk page's browser tests (tests/live_browser.rs, tests/live_app.rs) run
+# tests/browser/live.mjs and app.mjs with playwright-core from the committed lock file. playwright-core never downloads
 # a browser; the test uses Debian's /usr/bin/chromium.
 # Node.js and npm: the machine's own when it has them (a packaged Node.js from
 # elsewhere conflicts with Debian's npm); Debian's otherwise.

@@ -8,6 +8,10 @@
 // AudioWorklet. Without WebCodecs there is no Opus in the browser short of shipping
 // a WebAssembly libopus, so the page says so (see the README's fallback note).
 
+import {
+  bindMediaSessionButtons, bindPushToTalkKey, keepAwake, OpenIdToken, PushToTalkKey,
+  Reconnector, registerServiceWorker, showMicrophoneOnMediaSession, showOnMediaSession,
+} from './device.js';
 import { Scheduler } from './scheduler.js';
 
 const $ = (id) => document.getElementById(id);
@@ -23,6 +27,8 @@ const state = {
   userId: '',
   deviceId: '',
   channels: [],
+  monitoring: [], // the channels this page logs on to (again, after a reconnect)
+  tokenRetried: new Set(), // channels whose logon got a new token on this connection
   micRms: 0,
   lastStreamId: null,
   ws: null,
@@ -74,12 +80,14 @@ function setConnection(text, stateName) {
 function setFloor(text, stateName) {
   $('floor').textContent = text;
   $('floor').dataset.state = stateName;
+  showOnMediaSession({ channel: state.selected, status: text });
 }
 
 function setButton(stateName, text) {
   const button = $('talk-button');
   button.dataset.state = stateName;
   button.textContent = text;
+  showMicrophoneOnMediaSession(stateName === 'talking');
 }
 
 function setMeter(id, rms) {
@@ -148,6 +156,7 @@ async function login(event) {
       state.userId = answer.user_id;
       state.deviceId = answer.device_id;
     }
+    tokens.forget();
     $('password').value = '';
     await listRooms();
   } catch (e) {
@@ -514,17 +523,30 @@ async function monitor() {
     state.scheduler.setPriority(info.name, info.priority);
   }
   state.selected = chosen[0];
-  await connect(chosen);
+  state.monitoring = chosen;
+  await connect();
 }
 
-async function connect(channels) {
+async function connect() {
   let token;
   try {
-    token = await matrix('POST', `/_matrix/client/v3/user/${encodeURIComponent(state.userId)}/openid/request_token`, {});
+    token = await tokens.get();
   } catch (e) {
-    error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    if (!reconnector.lost('the homeserver cannot be reached')) {
+      error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    }
     return;
   }
+  const old = state.ws;
+  if (old) {
+    // Still open after the network went away and came back: replaced, as its
+    // path may be dead without either end knowing yet.
+    state.ws = null;
+    state.loggedOn = false;
+    releaseLocally();
+    old.close(1000, 'reconnecting');
+  }
+  state.tokenRetried = new Set();
   const url = new URL('ws', location.href);
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(url);
@@ -534,18 +556,7 @@ async function connect(channels) {
   let opened = false;
   ws.onopen = () => {
     opened = true;
-    const listenFor = $('listen-for').value;
-    for (const channel of channels) {
-      const fields = {
-        channel,
-        user_id: state.userId,
-        device_id: state.deviceId,
-        openid_token: token.access_token,
-        listen: $('listen').checked,
-      };
-      if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
-      send('logon', fields);
-    }
+    for (const channel of state.monitoring) logOn(channel, token);
   };
   ws.onmessage = (event) => {
     if (typeof event.data === 'string') onEvent(JSON.parse(event.data));
@@ -556,6 +567,7 @@ async function connect(channels) {
     // Closed before the upgrade (code 1006, no reason): refused by a connection
     // limit of the bridge, or the bridge is unreachable.
     const neverOpened = !opened && event.code === 1006;
+    const wasLoggedOn = state.loggedOn;
     state.ws = null;
     state.loggedOn = false;
     releaseLocally();
@@ -565,12 +577,53 @@ async function connect(channels) {
     }
     renderChannels();
     setConnection('offline', 'offline');
+    if (wasLoggedOn) log(`Disconnected from the bridge${event.reason ? `: ${event.reason}` : ''}.`);
+    // The reconnector's status line tells about the tries; errors are for giving up.
+    if (reconnector.lost(event.reason)) return;
+    keepAwake(false);
     if (event.reason) error(`Disconnected: ${event.reason}`);
     else if (neverOpened) error('The bridge did not take the connection (it may be busy or unreachable); try again in a minute.');
-    if (!$('talk-panel').hidden) log('Disconnected from the bridge.');
   };
   show('talk-panel');
   renderChannels();
+}
+
+function logOn(channel, token) {
+  const listenFor = $('listen-for').value;
+  const fields = {
+    channel,
+    user_id: state.userId,
+    device_id: state.deviceId,
+    openid_token: token.access_token,
+    listen: $('listen').checked,
+  };
+  if ($('listen').checked && listenFor) fields.listen_for_s = Number(listenFor);
+  send('logon', fields);
+}
+
+/** The bridge refused the OpenID token (expired while away): log on with a new one. */
+async function logOnWithNewToken(ws, channel) {
+  if (state.tokenRetried.has(channel)) {
+    reconnector.stop();
+    error('Not logged on: the bridge refused a new OpenID token too.');
+    ws.close();
+    return;
+  }
+  state.tokenRetried.add(channel);
+  let token;
+  try {
+    // Null when another channel's refusal renewed it already: that one is new.
+    token = (await tokens.renew()) ?? (await tokens.get());
+  } catch (e) {
+    // The homeserver is out of reach: the reconnector tries again later (when this
+    // connection had logged on before), with a token requested then.
+    if (state.ws !== ws) return;
+    error(`Cannot get an OpenID token from the homeserver: ${e.message}`);
+    ws.close();
+    return;
+  }
+  if (state.ws !== ws) return;
+  logOn(channel, token);
 }
 
 function onEvent(event) {
@@ -580,8 +633,17 @@ function onEvent(event) {
       const what = state.pending.get(event.seq);
       state.pending.delete(event.seq);
       if (what?.command === 'logon') {
-        error(`The bridge refused ${what.channel}: ${event.message}`);
+        const others = [...state.channelInfo.values()].some((c) => c.online && c.name !== what.channel);
+        const next = reconnector.refused(event.error, others);
+        if (next === 'token') {
+          log(`The bridge refused the OpenID token (${event.error}); getting a new one.`);
+          logOnWithNewToken(state.ws, what.channel);
+          return;
+        }
         setChannel(what.channel, { online: false, status: 'refused' });
+        if (next === 'stop') error(`The bridge refused ${what.channel}: ${event.message}`);
+        // Nothing logged on: closed (a transient refusal is tried again later).
+        if (!others) state.ws?.close();
         return;
       }
       if (what?.command === 'start_stream') releaseLocally();
@@ -624,6 +686,9 @@ function onAnswer(answer) {
   if (!what) return;
   if (what.command === 'logon') {
     state.loggedOn = true;
+    reconnector.connected();
+    tokens.accepted();
+    keepAwake(true);
     setConnection('online', 'online');
     if (!state.canTalk) setButton('idle', 'Listening only');
     log(`Monitoring ${answer.channel} as ${answer.display_name || answer.user_id}.`);
@@ -773,22 +838,15 @@ function wireButton() {
     button.addEventListener(name, () => release());
   }
   button.addEventListener('contextmenu', (event) => event.preventDefault());
-  document.addEventListener('keydown', (event) => {
-    if (event.code !== 'Space' || event.repeat || $('talk-panel').hidden) return;
-    if (event.target instanceof HTMLInputElement) return;
-    event.preventDefault();
-    press();
-  });
-  document.addEventListener('keyup', (event) => {
-    if (event.code !== 'Space' || $('talk-panel').hidden) return;
-    event.preventDefault();
-    release();
-  });
+  bindPushToTalkKey(pttKey, { press, release, active: () => !$('talk-panel').hidden });
+  bindMediaSessionButtons(() => (state.pressing ? release() : press()));
   // Letting go of the page (tab switch) lets go of the button.
   window.addEventListener('blur', () => release());
 }
 
 function leave() {
+  reconnector.stop();
+  keepAwake(false);
   release();
   if (state.ws) {
     const ws = state.ws;
@@ -811,6 +869,11 @@ function meterLoop() {
   requestAnimationFrame(meterLoop);
 }
 
+const tokens = new OpenIdToken(() => matrix('POST', `/_matrix/client/v3/user/${encodeURIComponent(state.userId)}/openid/request_token`, {}));
+const reconnector = new Reconnector({ reconnect: () => connect(), status: $('net-status') });
+const pttKey = new PushToTalkKey($('ptt-key'), document.querySelectorAll('.ptt-key-name'));
+
+registerServiceWorker();
 $('login-form').addEventListener('submit', login);
 $('start').addEventListener('click', monitor);
 $('leave').addEventListener('click', leave);
