@@ -419,6 +419,30 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         base.file_kib,
         last.file_kib,
     );
+    // The first minutes fill what is capped but starts empty (SQLite's page
+    // caches, the allocator's slabs and its pages first written, the metrics'
+    // label sets): RSS grows there once. What grows after that is what a leak
+    // would show, so it is reported on its own, beside the figure from minute 1.
+    if let Some(warm) = steady.iter().copied().find(|r| r.minute >= WARM_UP_MINUTES) {
+        let after: Vec<(f64, f64)> = steady_rss
+            .iter()
+            .copied()
+            .filter(|(minute, _)| *minute >= warm.minute)
+            .collect();
+        println!(
+            "  after the warm-up (from minute {:.1}): RSS {} → {} KiB ({:+.2} %), slope {:+.1} KiB/min; \
+             anonymous {} → {} KiB; CPU {:.1} % → {:.1} %",
+            warm.minute,
+            warm.rss_kib,
+            last.rss_kib,
+            (last.rss_kib as f64 / warm.rss_kib.max(1) as f64 - 1.0) * 100.0,
+            slope(&after),
+            warm.anon_kib,
+            last.anon_kib,
+            warm.cpu_percent,
+            last.cpu_percent,
+        );
+    }
     println!(
         "  bridge process: tasks first {} / last {}, threads {} / {}, fds {} / {}; \
          database {} / {} KiB, spool files {} / {}",
@@ -446,6 +470,9 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         last.scraped.libc_free_kib
     );
 }
+
+/// Where the soak's "after the warm-up" figures start (see the summary).
+const WARM_UP_MINUTES: f64 = 5.0;
 
 /// What one scrape of the bridge's /metrics said: its live tasks, and its two
 /// heaps (`walkie_heap_bytes`), which tell a leak (allocated grows) from an

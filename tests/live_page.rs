@@ -164,7 +164,15 @@ impl TwoChannels {
     fn driver(&self, scenario: &str) -> Driver {
         let wav = self.setup.dir.path().join("speech.wav");
         common::write_wav(&wav, &common::speech(48_000), 48_000);
+        // `WALKIE_UPDATE_SCREENSHOT=1` puts the screenshots in docs/ (the README
+        // shows them); otherwise they go to the test's temp dir.
+        let shots = if std::env::var_os("WALKIE_UPDATE_SCREENSHOT").is_some() {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+        } else {
+            self.setup.dir.path().to_path_buf()
+        };
         Driver::start(&[
+            ("SCREENSHOT_DIR", shots.display().to_string()),
             (
                 "PAGE_URL",
                 format!("http://127.0.0.1:{}/live/?tap", self.setup.listen),
@@ -349,9 +357,18 @@ async fn two_channels_talking_at_once_are_played_whole_one_after_the_other() {
     driver.expect("logged_on").await;
     let (speech, packets) = speech_packets();
     let (ops, net) = (&mut bridge.ops, &mut bridge.net);
+    let shots = async {
+        let event = driver.expect("screenshots").await;
+        let dir = Path::new(event["dir"].as_str().expect("dir"));
+        for name in ["live-page-phone.png", "live-page-desktop.png"] {
+            let size = std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+            assert!(size > 10_000, "{name} is {size} bytes");
+        }
+    };
     tokio::join!(
         transmit(ops, "kilo", &packets),
-        transmit(net, "lima", &packets)
+        transmit(net, "lima", &packets),
+        shots
     );
     let output = played(&driver.expect("played").await);
     driver.expect("done").await;

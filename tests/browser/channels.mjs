@@ -5,7 +5,9 @@
 // CHANNELS (comma-separated; the first is selected for talking), FAKE_AUDIO
 // (the fake microphone's WAV), SCENARIO: "simultaneous" (two channels talk at
 // once) or "while_talking" (hold the button on the first channel while another
-// talks), HOLD_MS. Out: one JSON object per line: logged_on, (talking,
+// talks), HOLD_MS, SCREENSHOT_DIR (optional: "simultaneous" takes the page
+// phone-sized and desktop-sized while one channel plays and the other waits,
+// as live-page-phone.png and live-page-desktop.png). Out: one JSON object per line: logged_on, (talking,
 // released,) played {pcm: base64 of 48 kHz i16 LE, from "monitoring" on}, done.
 // Exit code 0 only when every step passed.
 
@@ -93,6 +95,15 @@ async function main() {
     emit('released', { waiting, silent_while_talking: silentWhileTalking });
   }
 
+  const shots = process.env.SCREENSHOT_DIR;
+  if (shots && scenario === 'simultaneous') {
+    await page.waitForSelector('#waiting:not(:empty)');
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.screenshot({ path: join(shots, 'live-page-phone.png') });
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await page.screenshot({ path: join(shots, 'live-page-desktop.png') });
+    emit('screenshots', { dir: shots });
+  }
   await page.waitForFunction((n) => window.__walkie.stops >= n, scenario === 'while_talking' ? 1 : 2);
   await page.waitForFunction(() => window.__walkie.waiting() === 0 && !window.__walkie.playing());
   // The jitter buffer's last 60 ms and a margin of silence.
