@@ -14,116 +14,43 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bridge_common::{
-    encrypted_ops_room, next_floor, ops_room, setup, setup_with_room, speech_packets, start_daemon,
-    Setup, SERVER, WAIT,
+    encrypted_ops_room, next_floor, setup_with_room, speech_packets, start_daemon, two_channels,
+    TwoChannels, WAIT,
 };
 use bytes::Bytes;
 use live_common::{Incoming, LiveClient};
 use serde_json::{json, Value};
-use walkie_bridge::daemon::Daemon;
 use walkie_bridge::store::Store;
 use walkie_endpoint::audio::OpusDecoder;
-use walkie_endpoint::testkit::{TestEndpoint, TestEndpointHandle};
 use walkie_endpoint::{
-    AudioFrame, Capabilities, Downlink, EndpointId, FloorEvent, HubLink, Priority, StreamKey,
-    TalkKind, Talker,
+    AudioFrame, Downlink, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker,
 };
-use walkie_harness::TestUser;
 
-struct TwoChannels {
-    setup: Setup,
-    bob: TestUser,
-    net_room: String,
-    ops: HubLink,
-    net: HubLink,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-/// Synapse with #ops and #net, bob in both, and the daemon bridging both with a
-/// test endpoint each (`test.ops`, `test.net`).
-async fn two_channels() -> TwoChannels {
-    let mut setup = setup().await;
-    let mut text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path());
-    text.push_str(&format!(
-        "\n[[channel]]\nname = \"net\"\nroom = \"#net:{SERVER}\"\nendpoints = []\n"
-    ));
-    setup.config = bridge_common::load(&text);
-    let net_room = setup
+/// A client logged on to both channels with one token; the answers and the
+/// channels' first events checked.
+async fn client(bridge: &TwoChannels) -> LiveClient {
+    let token = bridge
+        .setup
         .synapse
-        .client(&setup.alice)
-        .create_room(&ops_room().name("Net").alias("net"))
+        .client(&bridge.bob)
+        .openid_token()
         .await
-        .expect("#net");
-    let bob = setup.member("bob").await;
-    setup
-        .synapse
-        .client(&bob)
-        .join(&net_room)
-        .await
-        .expect("bob joins #net");
-    let (ops, ops_handle) = TestEndpoint::new(EndpointId::new("test.ops"), Capabilities::default());
-    let (net, net_handle) = TestEndpoint::new(EndpointId::new("test.net"), Capabilities::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let daemon = Daemon::new(setup.config.clone())
-        .with_endpoint("ops", Box::new(ops))
-        .with_endpoint("net", Box::new(net));
-    let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let link = |handle: TestEndpointHandle| async move {
-        tokio::time::timeout(WAIT, handle.link())
-            .await
-            .expect("the daemon starts the test endpoints in time")
-            .expect("the daemon runs the test endpoint")
-    };
-    let ops = link(ops_handle).await;
-    let net = link(net_handle).await;
-    TwoChannels {
-        setup,
-        bob,
-        net_room,
-        ops,
-        net,
-        shutdown,
-        task,
+        .expect("OpenID token");
+    let mut client = LiveClient::connect(bridge.setup.listen).await;
+    for channel in ["ops", "net"] {
+        let answer = client
+            .logon_to(channel, &bridge.bob, &token.access_token, true)
+            .await;
+        assert_eq!(answer["success"], true, "logon to {channel}: {answer}");
+        assert_eq!(answer["channel"], channel, "{answer}");
+        let idle = client
+            .until(&format!("{channel} idle"), |v| {
+                v["command"] == "on_floor" && v["channel"] == channel
+            })
+            .await;
+        assert_eq!(idle["state"], "idle", "{idle}");
     }
-}
-
-impl TwoChannels {
-    /// A client logged on to both channels with one token; the answers and the
-    /// channels' first events checked.
-    async fn client(&self) -> LiveClient {
-        let token = self
-            .setup
-            .synapse
-            .client(&self.bob)
-            .openid_token()
-            .await
-            .expect("OpenID token");
-        let mut client = LiveClient::connect(self.setup.listen).await;
-        for channel in ["ops", "net"] {
-            let answer = client
-                .logon_to(channel, &self.bob, &token.access_token, true)
-                .await;
-            assert_eq!(answer["success"], true, "logon to {channel}: {answer}");
-            assert_eq!(answer["channel"], channel, "{answer}");
-            let idle = client
-                .until(&format!("{channel} idle"), |v| {
-                    v["command"] == "on_floor" && v["channel"] == channel
-                })
-                .await;
-            assert_eq!(idle["state"], "idle", "{idle}");
-        }
-        client
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the daemon stops")
-            .expect("daemon task")
-            .expect("daemon result");
-    }
+    client
 }
 
 /// A transmission from a test endpoint at `pace` per frame, ended at the hub.
@@ -213,7 +140,7 @@ async fn hear_both(client: &mut LiveClient) -> HashMap<String, (Value, Vec<Bytes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_hears_two_channels_at_once_and_talks_on_the_one_it_names() {
     let mut bridge = two_channels().await;
-    let mut client = bridge.client().await;
+    let mut client = client(&bridge).await;
     let (speech, packets) = speech_packets();
 
     // Both channels talk at the same moment: both arrive whole, apart.
@@ -313,7 +240,7 @@ async fn one_connection_hears_two_channels_at_once_and_talks_on_the_one_it_names
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_logon_is_checked_and_ends_on_its_own() {
     let mut bridge = two_channels().await;
-    let mut client = bridge.client().await;
+    let mut client = client(&bridge).await;
     let (_, packets) = speech_packets();
 
     // Logoff: #net's talk no longer reaches the client, #ops's does.
@@ -438,8 +365,9 @@ async fn get_history(client: &mut LiveClient, channel: &str) -> Value {
 }
 
 /// The history of `channel` once it lists something. The outbox marks a row
-/// posted right after the homeserver took the voice message, so the test asks
-/// until it does.
+/// posted right after the homeserver answers the send, and nothing tells a live
+/// client when (the room's event can be seen before the row is marked): so the
+/// test asks again, every 100 ms, within WAIT.
 async fn history_once_archived(client: &mut LiveClient, channel: &str) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -496,7 +424,7 @@ async fn replay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_lists_archived_talks_and_replays_them() {
     let mut bridge = two_channels().await;
-    let mut client = bridge.client().await;
+    let mut client = client(&bridge).await;
     let (speech, packets) = speech_packets();
     let spoken_ms = speech.len() as u64 * 1000 / 48_000;
     transmit(&mut bridge.ops, "kilo", &packets, Duration::from_millis(2)).await;

@@ -14,18 +14,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bridge_common::{next_floor, ops_room, setup, speech_packets, Setup, SERVER, WAIT};
+use bridge_common::{next_floor, speech_packets, two_channels, TwoChannels, WAIT};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use walkie_bridge::daemon::Daemon;
-use walkie_endpoint::testkit::{TestEndpoint, TestEndpointHandle};
-use walkie_endpoint::{
-    AudioFrame, Capabilities, EndpointId, FloorEvent, HubLink, Priority, StreamKey, TalkKind,
-    Talker,
-};
-use walkie_harness::TestUser;
+use walkie_endpoint::{AudioFrame, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker};
 
 const RATE: usize = 48_000;
 
@@ -104,96 +98,30 @@ impl Driver {
     }
 }
 
-struct TwoChannels {
-    setup: Setup,
-    bob: TestUser,
-    ops: HubLink,
-    net: HubLink,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-/// Synapse with #ops and #net, bob in both, the daemon with a test endpoint on
-/// each channel.
-async fn two_channels() -> TwoChannels {
-    let mut setup = setup().await;
-    let mut text = bridge_common::config_text(&setup.synapse.url(), setup.listen, setup.dir.path());
-    text.push_str(&format!(
-        "\n[[channel]]\nname = \"net\"\nroom = \"#net:{SERVER}\"\nendpoints = []\n"
-    ));
-    setup.config = bridge_common::load(&text);
-    let net_room = setup
-        .synapse
-        .client(&setup.alice)
-        .create_room(&ops_room().name("Net").alias("net"))
-        .await
-        .expect("#net");
-    let bob = setup.member("bob").await;
-    setup
-        .synapse
-        .client(&bob)
-        .join(&net_room)
-        .await
-        .expect("bob joins #net");
-    let (ops, ops_handle) = TestEndpoint::new(EndpointId::new("test.ops"), Capabilities::default());
-    let (net, net_handle) = TestEndpoint::new(EndpointId::new("test.net"), Capabilities::default());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let daemon = Daemon::new(setup.config.clone())
-        .with_endpoint("ops", Box::new(ops))
-        .with_endpoint("net", Box::new(net));
-    let task = tokio::spawn(daemon.run(shutdown.clone()));
-    let link = |handle: TestEndpointHandle| async move {
-        tokio::time::timeout(WAIT, handle.link())
-            .await
-            .expect("the daemon starts the test endpoints in time")
-            .expect("the daemon runs the test endpoint")
+/// The browser driver on `bridge`'s page, for `scenario`.
+fn driver(bridge: &TwoChannels, scenario: &str) -> Driver {
+    let wav = bridge.setup.dir.path().join("speech.wav");
+    common::write_wav(&wav, &common::speech(48_000), 48_000);
+    // `WALKIE_UPDATE_SCREENSHOT=1` puts the screenshots in docs/ (the README
+    // shows them); otherwise they go to the test's temp dir.
+    let shots = if std::env::var_os("WALKIE_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        bridge.setup.dir.path().to_path_buf()
     };
-    let ops = link(ops_handle).await;
-    let net = link(net_handle).await;
-    TwoChannels {
-        setup,
-        bob,
-        ops,
-        net,
-        shutdown,
-        task,
-    }
-}
-
-impl TwoChannels {
-    fn driver(&self, scenario: &str) -> Driver {
-        let wav = self.setup.dir.path().join("speech.wav");
-        common::write_wav(&wav, &common::speech(48_000), 48_000);
-        // `WALKIE_UPDATE_SCREENSHOT=1` puts the screenshots in docs/ (the README
-        // shows them); otherwise they go to the test's temp dir.
-        let shots = if std::env::var_os("WALKIE_UPDATE_SCREENSHOT").is_some() {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
-        } else {
-            self.setup.dir.path().to_path_buf()
-        };
-        Driver::start(&[
-            ("SCREENSHOT_DIR", shots.display().to_string()),
-            (
-                "PAGE_URL",
-                format!("http://127.0.0.1:{}/live/?tap", self.setup.listen),
-            ),
-            ("HS_URL", self.setup.synapse.url()),
-            ("MATRIX_USER", self.bob.user_id.clone()),
-            ("MATRIX_PASSWORD", self.bob.password.clone()),
-            ("CHANNELS", "ops,net".into()),
-            ("FAKE_AUDIO", wav.display().to_string()),
-            ("SCENARIO", scenario.into()),
-        ])
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the daemon stops")
-            .expect("daemon task")
-            .expect("daemon result");
-    }
+    Driver::start(&[
+        ("SCREENSHOT_DIR", shots.display().to_string()),
+        (
+            "PAGE_URL",
+            format!("http://127.0.0.1:{}/live/?tap", bridge.setup.listen),
+        ),
+        ("HS_URL", bridge.setup.synapse.url()),
+        ("MATRIX_USER", bridge.bob.user_id.clone()),
+        ("MATRIX_PASSWORD", bridge.bob.password.clone()),
+        ("CHANNELS", "ops,net".into()),
+        ("FAKE_AUDIO", wav.display().to_string()),
+        ("SCENARIO", scenario.into()),
+    ])
 }
 
 /// A radio-like transmission at real-time pace (the page plays what comes).
@@ -353,7 +281,7 @@ static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn two_channels_talking_at_once_are_played_whole_one_after_the_other() {
     let _browser = BROWSER.lock().await;
     let mut bridge = two_channels().await;
-    let mut driver = bridge.driver("simultaneous");
+    let mut driver = driver(&bridge, "simultaneous");
     driver.expect("logged_on").await;
     let (speech, packets) = speech_packets();
     let (ops, net) = (&mut bridge.ops, &mut bridge.net);
@@ -393,7 +321,7 @@ async fn two_channels_talking_at_once_are_played_whole_one_after_the_other() {
 async fn a_talk_arriving_while_the_user_talks_is_played_after_the_release() {
     let _browser = BROWSER.lock().await;
     let mut bridge = two_channels().await;
-    let mut driver = bridge.driver("while_talking");
+    let mut driver = driver(&bridge, "while_talking");
     driver.expect("logged_on").await;
     driver.expect("talking").await;
     let (speech, packets) = speech_packets();

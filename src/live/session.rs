@@ -450,6 +450,9 @@ impl Session {
                 .is_ok()
             {
                 for (packet_id, opus) in (0u32..).zip(packets.iter()) {
+                    // A timer on purpose: the queue has no "half free" signal
+                    // (reserve() waits for one slot), and a frame's time is
+                    // the natural step to look again.
                     while out.capacity() < OUT_QUEUE / 2 {
                         tokio::time::sleep(Duration::from_millis(PACKET_MS.into())).await;
                     }

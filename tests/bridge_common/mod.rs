@@ -542,3 +542,75 @@ pub async fn spawn_under_default_nofile(
     );
     child
 }
+
+// ---- two channels --------------------------------------------------------
+
+/// Synapse with #ops and #net, bob joined to both, and the daemon bridging both
+/// with a test endpoint each (`test.ops`, `test.net`): the live tests of several
+/// channels on one connection and one page.
+pub struct TwoChannels {
+    pub setup: Setup,
+    pub bob: TestUser,
+    pub net_room: String,
+    pub ops: HubLink,
+    pub net: HubLink,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn two_channels() -> TwoChannels {
+    let mut setup = setup().await;
+    let mut text = config_text(&setup.synapse.url(), setup.listen, setup.dir.path());
+    text.push_str(&format!(
+        "\n[[channel]]\nname = \"net\"\nroom = \"#net:{SERVER}\"\nendpoints = []\n"
+    ));
+    setup.config = load(&text);
+    let net_room = setup
+        .synapse
+        .client(&setup.alice)
+        .create_room(&ops_room().name("Net").alias("net"))
+        .await
+        .expect("#net");
+    let bob = setup.member("bob").await;
+    setup
+        .synapse
+        .client(&bob)
+        .join(&net_room)
+        .await
+        .expect("bob joins #net");
+    let (ops, ops_handle) = TestEndpoint::new(EndpointId::new("test.ops"), Capabilities::default());
+    let (net, net_handle) = TestEndpoint::new(EndpointId::new("test.net"), Capabilities::default());
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(setup.config.clone())
+        .with_endpoint("ops", Box::new(ops))
+        .with_endpoint("net", Box::new(net));
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    let link = |handle: walkie_endpoint::testkit::TestEndpointHandle| async move {
+        tokio::time::timeout(WAIT, handle.link())
+            .await
+            .expect("the daemon starts the test endpoints in time")
+            .expect("the daemon runs the test endpoint")
+    };
+    let ops = link(ops_handle).await;
+    let net = link(net_handle).await;
+    TwoChannels {
+        setup,
+        bob,
+        net_room,
+        ops,
+        net,
+        shutdown,
+        task,
+    }
+}
+
+impl TwoChannels {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the daemon stops")
+            .expect("daemon task")
+            .expect("daemon result");
+    }
+}
