@@ -14,7 +14,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bridge_common::{next_floor, speech_packets, two_channels, TwoChannels, WAIT};
+use bridge_common::{
+    next_floor, reversed_speech_packets, speech_packets, two_channels, TwoChannels, WAIT,
+};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -159,6 +161,16 @@ fn played(event: &Value) -> Vec<i16> {
     bytes
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// What the page said it played, in order ("▶ kilo (Radio) on ops (live)").
+fn heard(event: &Value) -> Vec<String> {
+    event["heard"]
+        .as_array()
+        .expect("heard")
+        .iter()
+        .map(|v| v.as_str().expect("text").to_owned())
         .collect()
 }
 
@@ -342,6 +354,105 @@ async fn a_talk_arriving_while_the_user_talks_is_played_after_the_release() {
     assert!(
         found[0].1 > 0.85,
         "the page played something else: {found:?}"
+    );
+    driver.finish().await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_channel_interrupts_and_the_interrupted_talk_resumes_after_it() {
+    let _browser = BROWSER.lock().await;
+    let mut bridge = two_channels().await;
+    let mut driver = driver(&bridge, "priority");
+    driver.expect("logged_on").await;
+    // Two different signals, so each is found in the output on its own.
+    let (speech, packets) = speech_packets();
+    let (backwards, reversed) = reversed_speech_packets();
+    let (ops, net) = (&mut bridge.ops, &mut bridge.net);
+    let interrupt = async {
+        // ops is heard; a second and a half into it the priority channel (net)
+        // talks. The pause is the scenario (where in ops's talk net cuts in),
+        // not a wait for something to happen.
+        driver.expect("playing").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        transmit(net, "lima", &reversed).await;
+    };
+    tokio::join!(transmit(ops, "kilo", &packets), interrupt);
+    let event = driver.expect("played").await;
+    driver.expect("done").await;
+    assert_eq!(
+        heard(&event),
+        [
+            "▶ kilo (Radio) on ops (live)",
+            "▶ lima (Radio) on net (live)",
+            "▶ kilo (Radio) on ops (live)"
+        ],
+        "ops, interrupted by net, then the rest of ops"
+    );
+    let output = played(&event);
+    let (net_at, net_correlation) = occurrences(&backwards, &output, 1)[0];
+    eprintln!("played {} ms; net at {} ms", output.len() / 48, net_at / 48);
+    assert!(
+        net_correlation > 0.85,
+        "the priority talk was not played whole: {net_correlation:.3}"
+    );
+    // Without the priority talk, the output is ops's talk, whole: resumed where
+    // it stopped, not restarted and not cut.
+    let net_end = (net_at + backwards.len()).min(output.len());
+    let rest: Vec<i16> = output[..net_at]
+        .iter()
+        .chain(&output[net_end..])
+        .copied()
+        .collect();
+    let (ops_at, ops_correlation) = occurrences(&speech, &rest, 1)[0];
+    assert!(
+        ops_correlation > 0.85,
+        "the interrupted talk was not played whole around the priority one: {ops_correlation:.3}"
+    );
+    assert!(
+        ops_at + RATE < net_at && net_at < ops_at + speech.len() - RATE,
+        "net ({} ms) did not interrupt ops ({} ms)",
+        net_at / 48,
+        ops_at / 48
+    );
+    driver.finish().await;
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmission_replayed_from_the_history_plays_the_archived_audio() {
+    let _browser = BROWSER.lock().await;
+    let mut bridge = two_channels().await;
+    let (speech, packets) = speech_packets();
+    // Before the page is open: it can only hear this from the archive.
+    transmit(&mut bridge.ops, "kilo", &packets).await;
+    let mut driver = driver(&bridge, "history");
+    driver.expect("logged_on").await;
+    let listed = driver.expect("listed").await;
+    let entry = listed["text"].as_str().expect("text");
+    // "21:04:05 kilo (Radio) — 3.6 s" (and the Play button's text).
+    let spoken = speech.len() as f64 / RATE as f64;
+    let listed_s = entry
+        .split_once('—')
+        .and_then(|(_, after)| after.trim().split_once(" s"))
+        .and_then(|(seconds, _)| seconds.parse::<f64>().ok());
+    assert!(
+        entry.contains("kilo (Radio)") && listed_s.is_some_and(|s| (s - spoken).abs() <= 0.15),
+        "the history shows {entry:?}, not kilo's talk of {spoken:.2} s"
+    );
+    let event = driver.expect("played").await;
+    driver.expect("done").await;
+    let heard = heard(&event);
+    assert!(
+        heard.len() == 1 && heard[0].contains("on ops (replay)"),
+        "{heard:?}"
+    );
+    let output = played(&event);
+    let found = occurrences(&speech, &output, 1);
+    eprintln!("played {} ms; the speech at {found:?}", output.len() / 48);
+    assert!(
+        found[0].1 > 0.85,
+        "the page replayed something else: {found:?}"
     );
     driver.finish().await;
     bridge.stop().await;

@@ -339,11 +339,25 @@ impl Running {
 
 pub fn speech_packets() -> (Vec<i16>, Vec<bytes::Bytes>) {
     let speech = common::speech(48_000);
-    let mut encoder = OpusEncoder::new().expect("encoder");
-    let packets = frames_of(&speech)
-        .map(|frame| encoder.encode(&frame).expect("encode"))
-        .collect();
+    let packets = opus_packets(&speech);
     (speech, packets)
+}
+
+/// The speech backwards, and its packets: the same sound and length, but a
+/// different signal, for a test that must tell two transmissions apart.
+pub fn reversed_speech_packets() -> (Vec<i16>, Vec<bytes::Bytes>) {
+    let mut speech = common::speech(48_000);
+    speech.reverse();
+    let packets = opus_packets(&speech);
+    (speech, packets)
+}
+
+/// 48 kHz mono PCM as 20 ms Opus packets.
+pub fn opus_packets(pcm: &[i16]) -> Vec<bytes::Bytes> {
+    let mut encoder = OpusEncoder::new().expect("encoder");
+    frames_of(pcm)
+        .map(|frame| encoder.encode(&frame).expect("encode"))
+        .collect()
 }
 
 pub async fn next_floor(link: &mut HubLink) -> FloorEvent {

@@ -5,10 +5,15 @@
 // CHANNELS (comma-separated; the first is selected for talking), FAKE_AUDIO
 // (the fake microphone's WAV), SCENARIO: "simultaneous" (two channels talk at
 // once) or "while_talking" (hold the button on the first channel while another
-// talks), HOLD_MS, SCREENSHOT_DIR (optional: "simultaneous" takes the page
+// talks), "priority" (the last channel is marked priority before anything
+// plays; says `playing` once the first channel is heard, so the test can talk
+// on the priority one and interrupt it) or "history" (opens "Recent on" for the
+// first channel, asking again until a transmission is listed, and plays it),
+// HOLD_MS, SCREENSHOT_DIR (optional: "simultaneous" takes the page
 // phone-sized and desktop-sized while one channel plays and the other waits,
 // as live-page-phone.png and live-page-desktop.png). Out: one JSON object per line: logged_on, (talking,
-// released,) played {pcm: base64 of 48 kHz i16 LE, from "monitoring" on}, done.
+// released, playing,) played {pcm: base64 of 48 kHz i16 LE, from "monitoring"
+// on; heard: what the page said it played, in order}, done.
 // Exit code 0 only when every step passed.
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -68,9 +73,47 @@ async function main() {
     await page.waitForSelector(`#channels li[data-channel="${channel}"][data-online="true"]`);
   }
   await page.waitForSelector('#talk-button:not([disabled])');
-  // What the speaker played from here on.
-  await page.evaluate(() => { window.__walkieTap.length = 0; });
+  if (scenario === 'priority') {
+    const star = page.locator(`#channels li[data-channel="${channels.at(-1)}"] button.priority`);
+    await star.click();
+    await page.waitForSelector(
+      `#channels li[data-channel="${channels.at(-1)}"] button.priority[aria-pressed="true"]`,
+    );
+  }
+  // What the speaker played from here on, and what the page said it played
+  // ("▶ kilo (Radio) on ops (live)"), each change once.
+  await page.evaluate(() => {
+    window.__walkieTap.length = 0;
+    window.__heard = [];
+    const shown = document.getElementById('now-playing');
+    new MutationObserver(() => {
+      const text = shown.textContent;
+      if (text && window.__heard.at(-1) !== text) window.__heard.push(text);
+    }).observe(shown, { childList: true, characterData: true, subtree: true });
+  });
   emit('logged_on');
+
+  if (scenario === 'priority') {
+    await page.waitForFunction(
+      (channel) => document.getElementById('now-playing').textContent.includes(`on ${channel} `),
+      channels[0],
+    );
+    emit('playing', { channel: channels[0] });
+  }
+
+  if (scenario === 'history') {
+    await page.click('#history-panel summary');
+    // The outbox lists a talk once the homeserver took it: a user asks again.
+    const play = page.locator('#history li[data-tx] button');
+    const deadline = Date.now() + STEP_TIMEOUT;
+    while (!(await play.count())) {
+      if (Date.now() > deadline) throw new Error('nothing reached the history');
+      await page.click('#history-refresh');
+      await page.waitForTimeout(200);
+    }
+    emit('listed', { text: await page.textContent('#history li[data-tx]') });
+    await play.first().click();
+  }
 
   if (scenario === 'while_talking') {
     const button = page.locator('#talk-button');
@@ -104,7 +147,8 @@ async function main() {
     await page.screenshot({ path: join(shots, 'live-page-desktop.png') });
     emit('screenshots', { dir: shots });
   }
-  await page.waitForFunction((n) => window.__walkie.stops >= n, scenario === 'while_talking' ? 1 : 2);
+  const transmissions = { simultaneous: 2, while_talking: 1, priority: 2, history: 1 }[scenario];
+  await page.waitForFunction((n) => window.__walkie.stops >= n, transmissions);
   await page.waitForFunction(() => window.__walkie.waiting() === 0 && !window.__walkie.playing());
   // The jitter buffer's last 60 ms and a margin of silence.
   await page.waitForTimeout(500);
@@ -123,7 +167,7 @@ async function main() {
     }
     return btoa(binary);
   });
-  emit('played', { pcm });
+  emit('played', { pcm, heard: await page.evaluate(() => window.__heard) });
   if (problems.length) throw new Error(problems.join('\n'));
   emit('done');
 }
