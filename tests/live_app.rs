@@ -22,17 +22,16 @@
 
 #[path = "bridge_common/mod.rs"]
 mod bridge_common;
+#[path = "browser_common/mod.rs"]
+mod browser_common;
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use bridge_common::{setup, speech_packets, start_daemon, Running, WAIT};
+use browser_common::Driver;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use walkie_endpoint::audio::OpusDecoder;
 use walkie_endpoint::{
     AudioFrame, Downlink, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker,
@@ -43,106 +42,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const HOLD_MS: u64 = 1500;
 /// The driver waits up to 80 s for a reconnect (tries at 1, 2, 4, 8, 16, 30 s).
 const DRIVER_SILENCE: Duration = Duration::from_secs(100);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// The driver's needs, checked up front so a missing install says how to fix it.
-fn check_tools() {
-    let dir = browser_dir();
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "{} has no node_modules: run scripts/setup.sh (it runs `npm ci` there)",
-        dir.display()
-    );
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
-    );
-}
-
-struct Driver {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Driver {
-    fn start(vars: &[(&str, String)]) -> Self {
-        let mut command = Command::new("node");
-        command
-            .arg(browser_dir().join("app.mjs"))
-            .current_dir(browser_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let mut child = command
-            .spawn()
-            .expect("node runs (scripts/setup.sh installs it)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take().expect("piped stdin");
-        Self {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// Tells the driver what the test did (the page cannot see it coming).
-    async fn tell(&mut self, what: &str) {
-        self.stdin
-            .write_all(format!("{what}\n").as_bytes())
-            .await
-            .expect("the driver reads its stdin");
-        self.stdin.flush().await.expect("flush");
-    }
-
-    /// The next event from the driver; panics on `failed` with its message.
-    async fn expect(&mut self, event: &str) -> Value {
-        loop {
-            let line = tokio::time::timeout(DRIVER_SILENCE, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("the browser driver said nothing for {DRIVER_SILENCE:?} (waiting for {event})")
-                })
-                .expect("driver output")
-                .unwrap_or_else(|| panic!("the browser driver exited before {event}"));
-            let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                eprintln!("driver: {line}");
-                continue;
-            };
-            eprintln!("driver: {value}");
-            if value["event"] == "failed" {
-                // The screenshot line follows; show it too.
-                if let Ok(Ok(Some(next))) =
-                    tokio::time::timeout(Duration::from_secs(10), self.lines.next_line()).await
-                {
-                    eprintln!("driver: {next}");
-                }
-                panic!(
-                    "the browser step before {event} failed: {}",
-                    value["message"]
-                );
-            }
-            if value["event"] == event {
-                return value;
-            }
-        }
-    }
-
-    async fn finish(mut self) {
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the driver exits")
-            .expect("driver status");
-        assert!(status.success(), "the browser driver failed: {status}");
-    }
-}
 
 fn page_url(setup: &bridge_common::Setup) -> String {
     format!("http://127.0.0.1:{}/live/", setup.listen)
@@ -156,7 +55,6 @@ fn stated_size(sizes: &str) -> Option<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_installs_and_opens_without_the_bridge() {
-    check_tools();
     let _turn = SERIAL.lock().await;
     let setup = setup().await;
     let Running {
@@ -164,11 +62,15 @@ async fn the_page_installs_and_opens_without_the_bridge() {
         shutdown,
         task,
     } = start_daemon(&setup.config).await;
-    let mut driver = Driver::start(&[
-        ("SCENARIO", "install".into()),
-        ("PAGE_URL", page_url(&setup)),
-        ("HS_URL", setup.synapse.url()),
-    ]);
+    let mut driver = Driver::start(
+        "app.mjs",
+        &[
+            ("SCENARIO", "install".into()),
+            ("PAGE_URL", page_url(&setup)),
+            ("HS_URL", setup.synapse.url()),
+        ],
+    )
+    .with_silence(DRIVER_SILENCE);
 
     // The page is loaded through the driver's reverse proxy in front of the bridge.
     let registered = driver.expect("registered").await;
@@ -370,7 +272,6 @@ async fn talk_in_real_time(link: &mut HubLink, packets: &[bytes::Bytes]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_reconnects_after_a_restart_and_talks_with_the_chosen_key() {
-    check_tools();
     let _turn = SERIAL.lock().await;
     let setup = setup().await;
     let bob = setup.member("bob").await;
@@ -381,16 +282,20 @@ async fn the_page_reconnects_after_a_restart_and_talks_with_the_chosen_key() {
     } = start_daemon(&setup.config).await;
     let wav = setup.dir.path().join("speech.wav");
     common::write_wav(&wav, &common::speech(48_000), 48_000);
-    let mut driver = Driver::start(&[
-        ("SCENARIO", "reconnect".into()),
-        ("PAGE_URL", page_url(&setup)),
-        ("HS_URL", setup.synapse.url()),
-        ("MATRIX_USER", bob.user_id.clone()),
-        ("MATRIX_PASSWORD", bob.password.clone()),
-        ("CHANNEL", "ops".into()),
-        ("FAKE_AUDIO", wav.display().to_string()),
-        ("HOLD_MS", HOLD_MS.to_string()),
-    ]);
+    let mut driver = Driver::start(
+        "app.mjs",
+        &[
+            ("SCENARIO", "reconnect".into()),
+            ("PAGE_URL", page_url(&setup)),
+            ("HS_URL", setup.synapse.url()),
+            ("MATRIX_USER", bob.user_id.clone()),
+            ("MATRIX_PASSWORD", bob.password.clone()),
+            ("CHANNEL", "ops".into()),
+            ("FAKE_AUDIO", wav.display().to_string()),
+            ("HOLD_MS", HOLD_MS.to_string()),
+        ],
+    )
+    .with_silence(DRIVER_SILENCE);
 
     let logged_on = driver.expect("logged_on").await;
     assert_eq!(

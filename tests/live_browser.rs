@@ -9,115 +9,24 @@
 
 #[path = "bridge_common/mod.rs"]
 mod bridge_common;
+#[path = "browser_common/mod.rs"]
+mod browser_common;
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use bridge_common::{
     is_voice_message_from, setup, speech_packets, start_daemon, Running, SERVER, WAIT,
 };
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use browser_common::Driver;
 use walkie_endpoint::audio::OpusDecoder;
 use walkie_endpoint::{
     AudioFrame, Downlink, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker,
 };
 
 const HOLD_MS: u64 = 2000;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// The driver's needs, checked up front so a missing install says how to fix it.
-fn check_tools() {
-    let dir = browser_dir();
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir(),
-        "{} has no node_modules: run scripts/setup.sh (it runs `npm ci` there)",
-        dir.display()
-    );
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run scripts/setup.sh (Debian package chromium)"
-    );
-}
-
-struct Driver {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Driver {
-    fn start(vars: &[(&str, String)]) -> Self {
-        let mut command = Command::new("node");
-        command
-            .arg(browser_dir().join("live.mjs"))
-            .current_dir(browser_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let mut child = command
-            .spawn()
-            .expect("node runs (scripts/setup.sh installs it)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// The next event from the driver; panics on `failed` with its message.
-    async fn expect(&mut self, event: &str) -> Value {
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(90), self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("the browser driver said nothing for 90 s (waiting for {event})")
-                })
-                .expect("driver output")
-                .unwrap_or_else(|| panic!("the browser driver exited before {event}"));
-            let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                eprintln!("driver: {line}");
-                continue;
-            };
-            eprintln!("driver: {value}");
-            if value["event"] == "failed" || value["event"] == "failure_screenshot" {
-                if value["event"] == "failed" {
-                    // The screenshot line follows; show it too.
-                    if let Ok(Ok(Some(next))) =
-                        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line()).await
-                    {
-                        eprintln!("driver: {next}");
-                    }
-                }
-                panic!(
-                    "the browser step before {event} failed: {}",
-                    value["message"]
-                );
-            }
-            if value["event"] == event {
-                return value;
-            }
-        }
-    }
-
-    async fn finish(mut self) {
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the driver exits")
-            .expect("driver status");
-        assert!(status.success(), "the browser driver failed: {status}");
-    }
-}
 
 /// The frames of one transmission from `live.ops`, Taken to Released.
 async fn receive_live_talk(link: &mut HubLink, bob: &str) -> Vec<bytes::Bytes> {
@@ -178,7 +87,6 @@ async fn talk_in_real_time(link: &mut HubLink, packets: &[bytes::Bytes]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_talks_and_listens_in_headless_chromium() {
-    check_tools();
     let setup = setup().await;
     let bob = setup.member("bob").await;
     let Running {
@@ -194,20 +102,23 @@ async fn the_page_talks_and_listens_in_headless_chromium() {
     } else {
         setup.dir.path().join("live-page.png")
     };
-    let mut driver = Driver::start(&[
-        (
-            "PAGE_URL",
-            format!("http://127.0.0.1:{}/live/", setup.listen),
-        ),
-        ("HS_URL", setup.synapse.url()),
-        ("MATRIX_USER", bob.user_id.clone()),
-        ("MATRIX_PASSWORD", bob.password.clone()),
-        ("CHANNEL", "ops".into()),
-        ("FAKE_AUDIO", wav.display().to_string()),
-        ("SCREENSHOT", screenshot.display().to_string()),
-        ("HOLD_MS", HOLD_MS.to_string()),
-        ("MODE", "test".into()),
-    ]);
+    let mut driver = Driver::start(
+        "live.mjs",
+        &[
+            (
+                "PAGE_URL",
+                format!("http://127.0.0.1:{}/live/", setup.listen),
+            ),
+            ("HS_URL", setup.synapse.url()),
+            ("MATRIX_USER", bob.user_id.clone()),
+            ("MATRIX_PASSWORD", bob.password.clone()),
+            ("CHANNEL", "ops".into()),
+            ("FAKE_AUDIO", wav.display().to_string()),
+            ("SCREENSHOT", screenshot.display().to_string()),
+            ("HOLD_MS", HOLD_MS.to_string()),
+            ("MODE", "test".into()),
+        ],
+    );
     driver.expect("logged_on").await;
     let talking = driver.expect("talking").await;
     eprintln!("press → grant shown: {} ms", talking["press_to_grant_ms"]);

@@ -6,99 +6,24 @@
 
 #[path = "bridge_common/mod.rs"]
 mod bridge_common;
+#[path = "browser_common/mod.rs"]
+mod browser_common;
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bridge_common::{
-    next_floor, reversed_speech_packets, speech_packets, two_channels, TwoChannels, WAIT,
+    next_floor, reversed_speech_packets, speech_packets, two_channels, TwoChannels,
 };
+use browser_common::Driver;
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use walkie_endpoint::{AudioFrame, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker};
 
 const RATE: usize = 48_000;
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-struct Driver {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Driver {
-    fn start(vars: &[(&str, String)]) -> Self {
-        assert!(
-            browser_dir().join("node_modules/playwright-core").is_dir(),
-            "tests/browser has no node_modules: run scripts/setup.sh"
-        );
-        let mut command = Command::new("node");
-        command
-            .arg(browser_dir().join("channels.mjs"))
-            .current_dir(browser_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in vars {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("node runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// The next event from the driver; panics on `failed` with its message.
-    async fn expect(&mut self, event: &str) -> Value {
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("the browser driver said nothing for 120 s ({event})"))
-                .expect("driver output")
-                .unwrap_or_else(|| panic!("the browser driver exited before {event}"));
-            let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                eprintln!("driver: {line}");
-                continue;
-            };
-            if value["event"] != "played" {
-                eprintln!("driver: {value}");
-            }
-            if value["event"] == "failed" {
-                if let Ok(Ok(Some(next))) =
-                    tokio::time::timeout(Duration::from_secs(10), self.lines.next_line()).await
-                {
-                    eprintln!("driver: {next}");
-                }
-                panic!(
-                    "the browser step before {event} failed: {}",
-                    value["message"]
-                );
-            }
-            if value["event"] == event {
-                return value;
-            }
-        }
-    }
-
-    async fn finish(mut self) {
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the driver exits")
-            .expect("driver status");
-        assert!(status.success(), "the browser driver failed: {status}");
-    }
-}
 
 /// The browser driver on `bridge`'s page, for `scenario`.
 fn driver(bridge: &TwoChannels, scenario: &str) -> Driver {
@@ -111,19 +36,23 @@ fn driver(bridge: &TwoChannels, scenario: &str) -> Driver {
     } else {
         bridge.setup.dir.path().to_path_buf()
     };
-    Driver::start(&[
-        ("SCREENSHOT_DIR", shots.display().to_string()),
-        (
-            "PAGE_URL",
-            format!("http://127.0.0.1:{}/live/?tap", bridge.setup.listen),
-        ),
-        ("HS_URL", bridge.setup.synapse.url()),
-        ("MATRIX_USER", bridge.bob.user_id.clone()),
-        ("MATRIX_PASSWORD", bridge.bob.password.clone()),
-        ("CHANNELS", "ops,net".into()),
-        ("FAKE_AUDIO", wav.display().to_string()),
-        ("SCENARIO", scenario.into()),
-    ])
+    Driver::start(
+        "channels.mjs",
+        &[
+            ("SCREENSHOT_DIR", shots.display().to_string()),
+            (
+                "PAGE_URL",
+                format!("http://127.0.0.1:{}/live/?tap", bridge.setup.listen),
+            ),
+            ("HS_URL", bridge.setup.synapse.url()),
+            ("MATRIX_USER", bridge.bob.user_id.clone()),
+            ("MATRIX_PASSWORD", bridge.bob.password.clone()),
+            ("CHANNELS", "ops,net".into()),
+            ("FAKE_AUDIO", wav.display().to_string()),
+            ("SCENARIO", scenario.into()),
+        ],
+    )
+    .with_silence(Duration::from_secs(120))
 }
 
 /// A radio-like transmission at real-time pace (the page plays what comes).
