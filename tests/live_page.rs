@@ -20,7 +20,7 @@ use bridge_common::{
 };
 use browser_common::Driver;
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{json, Value};
 use walkie_endpoint::{AudioFrame, FloorEvent, HubLink, Priority, StreamKey, TalkKind, Talker};
 
 const RATE: usize = 48_000;
@@ -302,7 +302,16 @@ async fn a_priority_channel_interrupts_and_the_interrupted_talk_resumes_after_it
         // ops is heard; a second and a half into it the priority channel (net)
         // talks. The pause is the scenario (where in ops's talk net cuts in),
         // not a wait for something to happen.
-        driver.expect("playing").await;
+        let playing = driver.expect("playing").await;
+        let floor = &playing["floor"];
+        assert!(
+            floor["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("kilo (Radio) is talking"))
+                && floor["role"] == "status"
+                && floor["live"] == "polite",
+            "a screen reader is not told who talks: {floor}"
+        );
         tokio::time::sleep(Duration::from_millis(1500)).await;
         transmit(net, "lima", &reversed).await;
     };
@@ -357,6 +366,49 @@ async fn a_transmission_replayed_from_the_history_plays_the_archived_audio() {
     transmit(&mut bridge.ops, "kilo", &packets).await;
     let mut driver = driver(&bridge, "history");
     driver.expect("logged_on").await;
+    // Usable with a keyboard and a screen reader, checked on the way.
+    let accessible = driver.expect("accessible").await;
+    assert_eq!(accessible["unnamed"], json!([]), "{accessible}");
+    for control in [
+        "radio: ops",
+        "radio: net",
+        "button: priority for ops",
+        "button: priority for net",
+        "button: Hold to talk",
+    ] {
+        let named = accessible["named"].as_array().expect("named");
+        assert!(
+            named
+                .iter()
+                .any(|n| n.as_str().is_some_and(|n| n.starts_with(control))),
+            "no {control:?} for a screen reader: {named:?}"
+        );
+    }
+    // A radio's content is presentational: the ★ button must not be in it.
+    let radio_holds_star = |n: &Value| {
+        n.as_str()
+            .is_some_and(|n| n.starts_with("radio:") && n.contains("priority"))
+    };
+    assert!(
+        !accessible["named"]
+            .as_array()
+            .expect("named")
+            .iter()
+            .any(radio_holds_star),
+        "a channel's radio holds its ★ button: {accessible}"
+    );
+    assert_eq!(
+        accessible["keys"],
+        json!([
+            "Tab → radio ops (selected; talk on ops)",
+            "ArrowDown → radio net (selected; talk on net)",
+            "ArrowUp → radio ops (selected; talk on ops)",
+            "Tab → priority ops",
+            "Tab → priority net",
+            "Tab → talk-button"
+        ]),
+        "the keyboard's way through the page"
+    );
     let listed = driver.expect("listed").await;
     let entry = listed["text"].as_str().expect("text");
     // "21:04:05 kilo (Radio) — 3.6 s" (and the Play button's text).

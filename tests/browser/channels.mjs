@@ -98,10 +98,20 @@ async function main() {
       (channel) => document.getElementById('now-playing').textContent.includes(`on ${channel} `),
       channels[0],
     );
-    emit('playing', { channel: channels[0] });
+    // What a screen reader is told about the selected channel's floor.
+    const floor = await page.waitForFunction(() => {
+      const line = document.getElementById('floor');
+      return line.textContent.includes('is talking') && {
+        text: line.textContent,
+        live: line.getAttribute('aria-live'),
+        role: line.getAttribute('role'),
+      };
+    });
+    emit('playing', { channel: channels[0], floor: await floor.jsonValue() });
   }
 
   if (scenario === 'history') {
+    emit('accessible', await accessibility(page));
     await page.click('#history-panel summary');
     // The outbox lists a talk once the homeserver took it: a user asks again.
     const play = page.locator('#history li[data-tx] button');
@@ -170,6 +180,41 @@ async function main() {
   emit('played', { pcm, heard: await page.evaluate(() => window.__heard) });
   if (problems.length) throw new Error(problems.join('\n'));
   emit('done');
+}
+
+// What a screen reader and a keyboard user get on the monitoring page:
+// `unnamed`, the interactive elements in Chromium's accessibility tree without
+// a name; `named`, the others ("role: name"); `keys`, where the focus is after
+// each key from the "leave" button: Tab into the channels, the arrows through
+// them (selecting), Tab on to the ★ buttons and the talk button.
+async function accessibility(page) {
+  const cdp = await page.context().newCDPSession(page);
+  const { nodes } = await cdp.send('Accessibility.getFullAXTree');
+  const interactive = new Set(['button', 'checkbox', 'textbox', 'radio', 'combobox', 'link', 'switch', 'slider']);
+  const unnamed = [];
+  const named = [];
+  for (const node of nodes) {
+    const role = node.role?.value;
+    if (node.ignored || !interactive.has(role)) continue;
+    const name = (node.name?.value || '').trim();
+    if (name) named.push(`${role}: ${name}`);
+    else unnamed.push(`${role} (DOM node ${node.backendDOMNodeId})`);
+  }
+  await cdp.detach();
+  const where = () => page.evaluate(() => {
+    const element = document.activeElement;
+    const channel = element.closest('li')?.dataset.channel;
+    if (element.matches('.pick')) return `radio ${channel} (${element.getAttribute('aria-checked') === 'true' ? 'selected' : 'not selected'}; talk on ${document.getElementById('talk-on').textContent})`;
+    if (element.matches('button.priority')) return `priority ${channel}`;
+    return element.id || element.tagName;
+  });
+  await page.focus('#leave');
+  const keys = [];
+  for (const key of ['Tab', 'ArrowDown', 'ArrowUp', 'Tab', 'Tab', 'Tab']) {
+    await page.keyboard.press(key);
+    keys.push(`${key} → ${await where()}`);
+  }
+  return { unnamed, named, keys };
 }
 
 try {

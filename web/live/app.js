@@ -411,6 +411,10 @@ function onAudioFrame(buffer) {
 
 function renderChannels() {
   const list = $('channels');
+  // Rebuilding the list must not lose the keyboard's place in it.
+  const focused = list.contains(document.activeElement)
+    ? { channel: document.activeElement.closest('li')?.dataset.channel, star: document.activeElement.matches('button.priority') }
+    : null;
   list.replaceChildren();
   for (const info of state.channelInfo.values()) {
     if (!info.monitored) continue;
@@ -418,9 +422,16 @@ function renderChannels() {
     item.dataset.channel = info.name;
     item.dataset.floor = info.floor;
     item.dataset.online = String(info.online);
-    item.setAttribute('role', 'radio');
-    item.setAttribute('aria-checked', String(info.name === state.selected));
-    item.tabIndex = info.name === state.selected ? 0 : -1;
+    item.dataset.selected = String(info.name === state.selected);
+    // The radio is a part of the row, not the row: a radio's content is
+    // presentational to a screen reader, which would hide the ★ button in it.
+    item.setAttribute('role', 'none');
+    const pick = document.createElement('span');
+    pick.className = 'pick';
+    pick.setAttribute('role', 'radio');
+    pick.setAttribute('aria-checked', String(info.name === state.selected));
+    // One tab stop for the group (the selected channel); arrows move in it.
+    pick.tabIndex = info.name === state.selected ? 0 : -1;
     const name = document.createElement('span');
     name.className = 'name';
     name.textContent = info.name;
@@ -430,6 +441,7 @@ function renderChannels() {
     const waiting = document.createElement('span');
     waiting.className = 'waiting-count';
     waiting.setAttribute('aria-label', 'transmissions waiting');
+    pick.append(name, status, waiting);
     const star = document.createElement('button');
     star.type = 'button';
     star.className = 'priority';
@@ -444,16 +456,14 @@ function renderChannels() {
       savePriorities();
       renderChannels();
     });
-    item.append(name, status, waiting, star);
+    item.append(pick, star);
     item.addEventListener('click', () => select(info.name));
-    item.addEventListener('keydown', (event) => {
-      if (event.key === 'Enter' || event.key === ' ') {
-        event.preventDefault();
-        event.stopPropagation();
-        select(info.name);
-      }
-    });
+    pick.addEventListener('keydown', (event) => onChannelKey(event, info.name));
     list.append(item);
+  }
+  if (focused?.channel) {
+    const row = list.querySelector(`li[data-channel="${CSS.escape(focused.channel)}"]`);
+    row?.querySelector(focused.star ? 'button.priority' : '.pick')?.focus();
   }
   showWaiting();
   const selected = state.channelInfo.get(state.selected);
@@ -468,6 +478,25 @@ function select(name) {
   state.selected = name;
   renderChannels();
   if ($('history-panel').open) requestHistory();
+}
+
+// The radio group's keys (WAI-ARIA radio group): Enter or Space selects, the
+// arrows select the next or previous channel, wrapping, and move the focus there.
+function onChannelKey(event, name) {
+  const names = [...state.channelInfo.values()].filter((c) => c.monitored).map((c) => c.name);
+  const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1 }[event.key];
+  if (event.key === 'Enter' || event.key === ' ') {
+    select(name);
+  } else if (step && names.length) {
+    const next = names[(names.indexOf(name) + step + names.length) % names.length];
+    select(next);
+    $('channels').querySelector(`li[data-channel="${CSS.escape(next)}"] .pick`)?.focus();
+  } else {
+    return;
+  }
+  // Not the push-to-talk key's too, nor the page's scrolling.
+  event.preventDefault();
+  event.stopPropagation();
 }
 
 // The floor line shows the selected channel.
