@@ -112,15 +112,16 @@ pub struct LinkCounters {
 
 /// An endpoint's end of its connection to the channel hub.
 ///
-/// Control goes both ways without loss; audio upward is `try_send` (a full hub
-/// inbox drops the frame rather than stall the endpoint's receive loop) and audio
-/// downward is a bounded ring: a slow endpoint loses its oldest frames.
+/// Control goes both ways without loss (down on an unbounded [`lossy_queue`],
+/// which allocates only while events wait); audio upward is `try_send` (a full
+/// hub inbox drops the frame rather than stall the endpoint's receive loop) and
+/// audio downward is a bounded ring: a slow endpoint loses its oldest frames.
 #[derive(Debug)]
 pub struct HubLink {
     id: EndpointId,
     uplink: mpsc::Sender<(EndpointId, Uplink)>,
     gone: mpsc::UnboundedSender<EndpointId>,
-    control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+    control: lossy_queue::Receiver<Ordered<FloorEvent>>,
     audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     /// Taken off a channel but not yet handed out, because the other channel
     /// had something the hub sent earlier.
@@ -152,7 +153,7 @@ impl HubLink {
         id: EndpointId,
         uplink: mpsc::Sender<(EndpointId, Uplink)>,
         gone: mpsc::UnboundedSender<EndpointId>,
-        control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+        control: lossy_queue::Receiver<Ordered<FloorEvent>>,
         audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     ) -> Self {
         let id_label = id.to_string();
@@ -305,8 +306,9 @@ impl HubLink {
             }
             tokio::select! {
                 event = self.control.recv() => match event {
-                    Some(event) => self.next_control = Some(event),
-                    None => return Err(HubClosed),
+                    Ok(event) => self.next_control = Some(event),
+                    // Closed; an unbounded queue never lags.
+                    Err(_) => return Err(HubClosed),
                 },
                 frame = self.audio.recv() => match frame {
                     Ok(frame) => self.next_audio = Some(frame),
