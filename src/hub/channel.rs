@@ -337,7 +337,7 @@ impl ChannelHub {
                 kind,
             } => self.apply(Input::Request {
                 who: Claimant { endpoint, stream },
-                talker,
+                talker: *talker,
                 priority,
                 kind,
             }),

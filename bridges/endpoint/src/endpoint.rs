@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Uplink {
     TalkStart {
         stream: StreamKey,
-        talker: Talker,
+        /// Boxed: a talker is 104 bytes and starts are rare, while every uplink
+        /// slot is the size of the largest variant (the hub's inbox allocates 32
+        /// slots up front per channel, idle or not).
+        talker: Box<Talker>,
         priority: Priority,
         kind: TalkKind,
     },
@@ -229,7 +232,7 @@ impl HubLink {
     ) -> Result<(), HubClosed> {
         self.send(Uplink::TalkStart {
             stream,
-            talker,
+            talker: Box::new(talker),
             priority,
             kind,
         })
@@ -349,5 +352,19 @@ impl Drop for HubLink {
         // attached under the same id by whether its control channel is closed.
         self.control.close();
         let _ = self.gone.send(self.id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of the hub's inbox is this size, and tokio's `mpsc` allocates
+    /// 32 slots when a channel is made, idle or not: what is large and rare (the
+    /// talker of a `TalkStart`) is boxed so that every channel does not pay for it.
+    #[test]
+    fn an_uplink_message_is_small() {
+        let size = std::mem::size_of::<(EndpointId, Uplink)>();
+        assert!(size <= 88, "(EndpointId, Uplink) is {size} bytes");
     }
 }
