@@ -1278,6 +1278,29 @@ async fn idle_memory(env: &ConfigEnv<'_>, broker: &Mosquitto, results: &mut Resu
                 kib,
             );
         }
+        // jemalloc's own view (`walkie_heap_bytes`): what is allocated, and what it
+        // holds resident (allocated plus freed pages not yet given back), so an
+        // RSS change can be told apart from the allocator's timing.
+        let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.status))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        for state in ["allocated", "resident"] {
+            let prefix = format!("walkie_heap_bytes{{heap=\"rust\",state=\"{state}\"}} ");
+            let bytes = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            results.value(
+                "P5",
+                &format!("  jemalloc {state}, {n} channels"),
+                "KiB",
+                bytes / 1024.0,
+            );
+        }
         points.push((n as f64, rss as f64));
         drop(streams);
         if Bridge::heap_traced() {

@@ -91,7 +91,7 @@ pub struct HubStats {
 
 struct Attached {
     capabilities: Capabilities,
-    control: mpsc::UnboundedSender<Ordered<FloorEvent>>,
+    control: lossy_queue::Sender<Ordered<FloorEvent>>,
     audio: lossy_queue::Sender<Ordered<DownFrame>>,
     metrics: EndpointMetrics,
 }
@@ -268,7 +268,7 @@ impl ChannelHub {
     }
 
     fn connect(&mut self, id: EndpointId, capabilities: Capabilities) -> HubLink {
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = lossy_queue::unbounded();
         let (audio, audio_rx) = lossy_queue::channel(AUDIO_DOWNLINK_FRAMES);
         self.endpoints.insert(
             id.clone(),
@@ -337,7 +337,7 @@ impl ChannelHub {
                 kind,
             } => self.apply(Input::Request {
                 who: Claimant { endpoint, stream },
-                talker,
+                talker: *talker,
                 priority,
                 kind,
             }),

@@ -550,7 +550,7 @@ impl Session {
         let user = logon.user_id.clone();
         let (reply_tx, reply) = oneshot::channel();
         let message = ToChannel::Logon {
-            logon,
+            logon: Box::new(logon),
             out: self.out_tx.clone(),
             reply: reply_tx,
         };
@@ -651,7 +651,7 @@ impl Session {
         member.own_stream = Some(stream_id);
         let message = ToChannel::Start {
             client: member.client,
-            start,
+            start: Box::new(start),
             stream_id,
         };
         forward(&member.channel.clone(), message).await

@@ -320,7 +320,7 @@ impl RoomState {
             } => {
                 self.tell(RoomOp::FloorTaken {
                     tx,
-                    talker: talker.clone(),
+                    talker: Box::new(talker.clone()),
                     source: source.clone(),
                     since: SystemTime::now(),
                 });
@@ -869,7 +869,7 @@ impl RoomState {
         let talker = matrix_talker(&outgoing.sender);
         self.tell(RoomOp::FloorTaken {
             tx,
-            talker,
+            talker: Box::new(talker),
             source: self.parts.id.clone(),
             since: SystemTime::now(),
         });

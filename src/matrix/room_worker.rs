@@ -32,7 +32,10 @@ pub enum RoomOp {
     /// A Matrix user (`talker.matrix_user_id`) is named as themself, without a puppet.
     FloorTaken {
         tx: TxId,
-        talker: Talker,
+        /// Boxed: one talker (104 bytes) per transmission would make every slot
+        /// of the ops queue that large, and tokio's `mpsc` allocates 32 slots
+        /// when a channel is made.
+        talker: Box<Talker>,
         source: EndpointId,
         since: SystemTime,
     },
@@ -343,6 +346,15 @@ impl Transient for SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every slot of the ops queue is this size, and tokio's `mpsc` allocates 32
+    /// slots when a channel is made: the talker of `FloorTaken` is boxed so that
+    /// every idle channel does not pay for it.
+    #[test]
+    fn a_room_op_is_small() {
+        let size = std::mem::size_of::<RoomOp>();
+        assert!(size <= 64, "RoomOp is {size} bytes");
+    }
 
     #[test]
     fn an_answer_has_the_same_transaction_id_every_time() {

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Uplink {
     TalkStart {
         stream: StreamKey,
-        talker: Talker,
+        /// Boxed: a talker is 104 bytes and starts are rare, while every uplink
+        /// slot is the size of the largest variant (the hub's inbox allocates 32
+        /// slots up front per channel, idle or not).
+        talker: Box<Talker>,
         priority: Priority,
         kind: TalkKind,
     },
@@ -112,15 +115,16 @@ pub struct LinkCounters {
 
 /// An endpoint's end of its connection to the channel hub.
 ///
-/// Control goes both ways without loss; audio upward is `try_send` (a full hub
-/// inbox drops the frame rather than stall the endpoint's receive loop) and audio
-/// downward is a bounded ring: a slow endpoint loses its oldest frames.
+/// Control goes both ways without loss (down on an unbounded [`lossy_queue`],
+/// which allocates only while events wait); audio upward is `try_send` (a full
+/// hub inbox drops the frame rather than stall the endpoint's receive loop) and
+/// audio downward is a bounded ring: a slow endpoint loses its oldest frames.
 #[derive(Debug)]
 pub struct HubLink {
     id: EndpointId,
     uplink: mpsc::Sender<(EndpointId, Uplink)>,
     gone: mpsc::UnboundedSender<EndpointId>,
-    control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+    control: lossy_queue::Receiver<Ordered<FloorEvent>>,
     audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     /// Taken off a channel but not yet handed out, because the other channel
     /// had something the hub sent earlier.
@@ -152,7 +156,7 @@ impl HubLink {
         id: EndpointId,
         uplink: mpsc::Sender<(EndpointId, Uplink)>,
         gone: mpsc::UnboundedSender<EndpointId>,
-        control: mpsc::UnboundedReceiver<Ordered<FloorEvent>>,
+        control: lossy_queue::Receiver<Ordered<FloorEvent>>,
         audio: lossy_queue::Receiver<Ordered<DownFrame>>,
     ) -> Self {
         let id_label = id.to_string();
@@ -228,7 +232,7 @@ impl HubLink {
     ) -> Result<(), HubClosed> {
         self.send(Uplink::TalkStart {
             stream,
-            talker,
+            talker: Box::new(talker),
             priority,
             kind,
         })
@@ -305,8 +309,9 @@ impl HubLink {
             }
             tokio::select! {
                 event = self.control.recv() => match event {
-                    Some(event) => self.next_control = Some(event),
-                    None => return Err(HubClosed),
+                    Ok(event) => self.next_control = Some(event),
+                    // Closed; an unbounded queue never lags.
+                    Err(_) => return Err(HubClosed),
                 },
                 frame = self.audio.recv() => match frame {
                     Ok(frame) => self.next_audio = Some(frame),
@@ -347,5 +352,19 @@ impl Drop for HubLink {
         // attached under the same id by whether its control channel is closed.
         self.control.close();
         let _ = self.gone.send(self.id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every slot of the hub's inbox is this size, and tokio's `mpsc` allocates
+    /// 32 slots when a channel is made, idle or not: what is large and rare (the
+    /// talker of a `TalkStart`) is boxed so that every channel does not pay for it.
+    #[test]
+    fn an_uplink_message_is_small() {
+        let size = std::mem::size_of::<(EndpointId, Uplink)>();
+        assert!(size <= 88, "(EndpointId, Uplink) is {size} bytes");
     }
 }

@@ -10,6 +10,11 @@
 //! growing channels (tokio's `mpsc`, flume, async-channel) refuse the newest when
 //! full instead. This queue holds memory only for frames actually waiting and
 //! gives it back once they are taken.
+//!
+//! Without a depth ([`unbounded`]) it never drops and carries the hub's floor
+//! events to an endpoint, for the same reason: tokio's `mpsc` allocates a block
+//! of 32 slots when a channel is made (5.5 KiB per endpoint for the control
+//! downlink, 22 KiB of an idle channel's heap), for a handful of events per talk.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +50,16 @@ pub struct SendError<T>(pub T);
 
 /// A queue that keeps at most `depth` items (at least one).
 pub fn channel<T>(depth: usize) -> (Sender<T>, Receiver<T>) {
+    channel_of_depth(depth)
+}
+
+/// A queue that never drops an item (and so never reports `Lagged`): for
+/// messages that must all arrive, such as floor events.
+pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+    channel_of_depth(usize::MAX)
+}
+
+fn channel_of_depth<T>(depth: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -109,6 +124,11 @@ impl<T> Sender<T> {
     /// an item nobody wants; [`send`](Self::send) drops it anyway.
     pub fn is_wanted(&self) -> bool {
         self.shared.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Whether the receiver is gone (dropped or [closed](Receiver::close)).
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().receiver_gone
     }
 
     /// Queues `item`, dropping the oldest one if `depth` are already waiting.
@@ -200,14 +220,20 @@ impl<T> Receiver<T> {
             }
         }
     }
-}
 
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
+    /// Stops taking items, as dropping the receiver does, while it is still
+    /// held: the sender sees [`Sender::is_closed`] from now on.
+    pub fn close(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_gone = true;
         // Frames held for nobody are freed now, not when the hub lets go.
         state.items = VecDeque::new();
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -253,6 +279,30 @@ mod tests {
         drop(tx);
         assert_eq!(rx.try_recv(), Ok(1));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn an_unbounded_queue_keeps_everything_and_allocates_only_when_used() {
+        let (tx, mut rx) = unbounded();
+        assert_eq!(rx.shared.lock().items.capacity(), 0);
+        for i in 0..1000 {
+            tx.send(i).expect("receiver alive");
+        }
+        for i in 0..1000 {
+            assert_eq!(rx.try_recv(), Ok(i));
+        }
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn a_closed_receiver_is_seen_by_the_sender() {
+        let (tx, mut rx) = unbounded();
+        assert!(!tx.is_closed());
+        rx.close();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.send(1), Err(SendError(1))));
+        drop(rx);
+        assert!(tx.is_closed());
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl Endpoint for MqttEndpoint {
             let mut network = eventloop.network_options();
             network.set_tcp_nodelay(true);
             eventloop.set_network_options(network);
+            // rumqttc makes room for 100 events up front (14.8 KiB per connection,
+            // the largest item of an idle endpoint's heap). It is not a bound: the
+            // queue grows when it needs to, and between two polls it holds only
+            // the packets of one read (at most 10) and the requests sent since.
+            eventloop.state.events = std::collections::VecDeque::new();
             let (events_tx, events) = mpsc::channel(256);
             let poller = AbortOnDrop(tokio::spawn(poll_broker(
                 eventloop,
