@@ -692,6 +692,7 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
     device.flush().await.unwrap();
     let before = device.requests_sent();
     let handed = device.changes_handed();
+    let flushes = device.flushes_queued();
     let transactions = bridge.stats.transactions();
     let started = std::time::Instant::now();
     for i in 0..10 {
@@ -716,6 +717,13 @@ async fn transactions_top_up_one_time_keys_and_bring_to_device_messages() {
         device.changes_handed() - handed,
         0,
         "the same key counts again were handed to the machine"
+    );
+    // Nor ask its store for outgoing requests after each (store reads on the
+    // blocking pool too).
+    assert_eq!(
+        device.flushes_queued() - flushes,
+        0,
+        "transactions that brought nothing new queued flushes"
     );
     assert_eq!(bridge.stats.bad_device_parts(), 0);
     drop(device);

@@ -57,6 +57,12 @@ pub struct CryptoDevice {
     pub(crate) share: Mutex<()>,
     /// A background flush is queued and has not started yet.
     flush_queued: AtomicBool,
+    /// No flush has succeeded since the device was opened, or the last one gave
+    /// up: the next transaction queues one even if it brings nothing new.
+    flush_owed: AtomicBool,
+    /// Times a transaction queued a background flush (tests: an idle device
+    /// must not ask its store for outgoing requests on every transaction).
+    flushes_queued: AtomicU64,
     /// Set once the homeserver has the device, its keys and its cross-signing
     /// identity ([`Self::ready`]).
     ready: OnceCell<()>,
@@ -94,6 +100,8 @@ impl CryptoDevice {
             pump: Mutex::new(()),
             share: Mutex::new(()),
             flush_queued: AtomicBool::new(false),
+            flush_owed: AtomicBool::new(true),
+            flushes_queued: AtomicU64::new(0),
             ready: OnceCell::new(),
             requests: AtomicU64::new(0),
             changes_handed: AtomicU64::new(0),
@@ -165,6 +173,16 @@ impl CryptoDevice {
     /// store) since the device was opened.
     pub fn changes_handed(&self) -> u64 {
         self.changes_handed.load(Ordering::Relaxed)
+    }
+
+    /// Background flushes queued since the device was opened.
+    pub fn flushes_queued(&self) -> u64 {
+        self.flushes_queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last background flush gave up (or none has succeeded yet).
+    pub(crate) fn flush_owed(&self) -> bool {
+        self.flush_owed.load(Ordering::Acquire)
     }
 
     pub(crate) fn store_error(&self, source: CryptoStoreError) -> CryptoError {
@@ -255,6 +273,7 @@ impl CryptoDevice {
     /// Queues a [`Self::flush`] in the background (at most one waiting), retried
     /// with backoff while the homeserver is unreachable.
     pub(crate) fn flush_later(self: &Arc<Self>) {
+        self.flushes_queued.fetch_add(1, Ordering::Relaxed);
         if self.flush_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -277,6 +296,7 @@ impl CryptoDevice {
                             if sent > 0 {
                                 debug!(sent, "requests sent");
                             }
+                            device.flush_owed.store(false, Ordering::Release);
                             return;
                         }
                         Err(error) if error.is_transient() && attempt < FLUSH_RETRIES => {
@@ -289,6 +309,7 @@ impl CryptoDevice {
                         }
                         Err(error) => {
                             warn!(%error, "cannot send the device's key requests; the next transaction tries again");
+                            device.flush_owed.store(true, Ordering::Release);
                             return;
                         }
                     }
@@ -358,14 +379,15 @@ impl CryptoDevice {
     }
 
     /// Hands the machine what a transaction brought for this device. Returns the
-    /// room keys that arrived.
+    /// room keys that arrived, or `None` when the transaction brought nothing the
+    /// machine does not have already (nothing handed, so nothing new to send).
     pub(crate) async fn receive(
         &self,
         to_device: Vec<Raw<AnyToDeviceEvent>>,
         device_lists: &DeviceLists,
         one_time_keys: &BTreeMap<OneTimeKeyAlgorithm, UInt>,
         unused_fallback_keys: Option<&[OneTimeKeyAlgorithm]>,
-    ) -> Result<Vec<RoomKeyInfo>, CryptoError> {
+    ) -> Result<Option<Vec<RoomKeyInfo>>, CryptoError> {
         let messages = to_device.len();
         // Synapse repeats every bridge device's key counts in every transaction.
         // Handing the machine the same counts again changes nothing, but it still
@@ -389,7 +411,7 @@ impl CryptoDevice {
         if unchanged {
             metrics::counter!("walkie_crypto_sync_changes_total", "result" => "unchanged")
                 .increment(1);
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let changes = EncryptionSyncChanges {
             to_device_events: to_device,
@@ -449,6 +471,6 @@ impl CryptoDevice {
                 keys: room_keys.clone(),
             });
         }
-        Ok(room_keys)
+        Ok(Some(room_keys))
     }
 }

@@ -186,9 +186,15 @@ impl CryptoDevices {
                 .receive(events, &device_lists, counts, fallback)
                 .await
             {
-                Ok(_) => {
+                Ok(handed) => {
                     report.devices += 1;
-                    device.flush_later();
+                    // Nothing handed, nothing new to send: asking the store for
+                    // outgoing requests on every transaction was ~9 store reads a
+                    // second on tokio's blocking pool in the soak, whose rare
+                    // overlaps grew the pool for good (issue 14, the RSS steps).
+                    if handed.is_some() || device.flush_owed() {
+                        device.flush_later();
+                    }
                 }
                 Err(error) => {
                     warn!(%user, %error, "the crypto device could not take a transaction");
