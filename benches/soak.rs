@@ -21,6 +21,7 @@
 #[path = "../bridges/endpoint/tests/common/mod.rs"]
 mod common;
 mod e2e_common;
+mod host_speed;
 mod smaps;
 
 use std::io::Write as _;
@@ -98,6 +99,11 @@ struct Row {
     /// The bridge's SQLite database with its WAL, and the files in its spool.
     db_kib: u64,
     spool_files: u64,
+    /// The host's speed: µs of CPU per frame of a fixed Opus job on the
+    /// bridge's core (see `host_speed`); up means the machine got slower.
+    host_us_per_frame: f64,
+    /// Share of the window the hypervisor gave the bridge's core to others.
+    steal_percent: f64,
 }
 
 async fn soak(length: Duration, out: &Path) {
@@ -123,7 +129,14 @@ async fn soak(length: Duration, out: &Path) {
     };
     let bridge = Bridge::start(&dir, "soak", &config_text(&env, &channels), status).await;
     let streams = Streams::connect(broker.port(), CHANNELS, "soak").await;
-    let audio = audio(&common::speech(48_000), &common::speech(16_000));
+    let speech48 = common::speech(48_000);
+    let audio = audio(&speech48, &common::speech(16_000));
+    let host = host_speed::HostSpeed::start(
+        BRIDGE_CORE,
+        Duration::from_millis(WINDOW_TICKS * 20),
+        &speech48,
+    );
+    let mut steal_mark = host_speed::steal_and_total(BRIDGE_CORE);
     // Let every MQTT endpoint connect and subscribe before the first talk.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -139,7 +152,7 @@ async fn soak(length: Duration, out: &Path) {
     let (idle_rss, _) = bridge.rss_kib();
     println!("RSS idle with 20 channels: {idle_rss} KiB");
     println!(
-        "{:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6}  load",
+        "{:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6}  load",
         "min",
         "RSS KiB",
         "anon KiB",
@@ -161,7 +174,9 @@ async fn soak(length: Duration, out: &Path) {
         "heapKiB",
         "jeRes",
         "libcKiB",
-        "lcFree"
+        "lcFree",
+        "ref us",
+        "steal%"
     );
 
     let total_ticks = (length.as_secs_f64() / 0.02) as u64;
@@ -221,6 +236,9 @@ async fn soak(length: Duration, out: &Path) {
             let cpu = bridge.cpu_seconds();
             let cpu_percent = (cpu - cpu_mark.0) / cpu_mark.1.elapsed().as_secs_f64() * 100.0;
             let cpu_us_per_frame = (cpu - cpu_mark.0) * 1e6 / window.sent.max(1) as f64;
+            let steal = host_speed::steal_and_total(BRIDGE_CORE);
+            let steal_percent = host_speed::steal_percent(steal_mark, steal);
+            steal_mark = steal;
             cpu_mark = (cpu, Instant::now());
             let s = [
                 summarize(&window.latencies[0]),
@@ -255,10 +273,12 @@ async fn soak(length: Duration, out: &Path) {
                 fds,
                 db_kib: files_kib(&dir, "walkie.db"),
                 spool_files: count_files(&dir.join("spool")),
+                host_us_per_frame: host.us_per_frame(),
+                steal_percent,
             };
             spawn_scrape(bridge.status, scraped.clone());
             println!(
-                "{:>6.1} {:>9} {:>9} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6}  {}",
+                "{:>6.1} {:>9} {:>9} {:>9} {:>6.1} {:>9.1} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>7} {:>5} {:>5} {:>6} {:>4} {:>4} {:>7} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6.1} {:>6.2}  {}",
                 row.minute,
                 row.rss_kib,
                 row.anon_kib,
@@ -281,6 +301,8 @@ async fn soak(length: Duration, out: &Path) {
                 row.scraped.rust_resident_kib,
                 row.scraped.libc_in_use_kib,
                 row.scraped.libc_free_kib,
+                row.host_us_per_frame,
+                row.steal_percent,
                 row.load
             );
             rows.push(row);
@@ -388,10 +410,10 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         .iter()
         .map(|r| (r.minute, r.rss_kib as f64))
         .collect();
-    let mean = |v: &[&Row], n: usize, f: fn(&Row) -> f64| {
+    fn mean(v: &[&Row], n: usize, f: impl Fn(&Row) -> f64) -> f64 {
         let taken: Vec<f64> = v.iter().take(n).map(|r| f(r)).collect();
         taken.iter().sum::<f64>() / taken.len().max(1) as f64
-    };
+    }
     let tail: Vec<&Row> = steady.iter().rev().copied().collect();
     println!(
         "  steady state (the {} windows at full traffic, {full} frames each, from minute {:.1}): \
@@ -468,6 +490,30 @@ fn report(rows: &[Row], all: &Window, idle_rss: u64, posted: f64, drained: Durat
         last.scraped.libc_in_use_kib,
         base.scraped.libc_free_kib,
         last.scraped.libc_free_kib
+    );
+    // CPU in units of the host's speed at the start: a bridge doing the same
+    // work on a host that got 10 % slower shows 10 % more CPU, and the same
+    // figure here.
+    let normalised = |r: &Row| r.cpu_percent * base.host_us_per_frame / r.host_us_per_frame;
+    let steady_host: Vec<(f64, f64)> = steady
+        .iter()
+        .map(|r| (r.minute, r.host_us_per_frame))
+        .collect();
+    println!(
+        "  host speed (a fixed Opus job on the bridge's core, nice 19): first 10 windows {:.1} / \
+         last 10 {:.1} us per frame ({:+.1} %), slope {:+.4} us/min; steal first 10 {:.2} % / \
+         last 10 {:.2} %; bridge CPU at the first windows' host speed: first 10 {:.1} % / \
+         last 10 {:.1} %",
+        mean(&steady, 10, |r| r.host_us_per_frame),
+        mean(&tail, 10, |r| r.host_us_per_frame),
+        (mean(&tail, 10, |r| r.host_us_per_frame) / mean(&steady, 10, |r| r.host_us_per_frame)
+            - 1.0)
+            * 100.0,
+        slope(&steady_host),
+        mean(&steady, 10, |r| r.steal_percent),
+        mean(&tail, 10, |r| r.steal_percent),
+        mean(&steady, 10, normalised),
+        mean(&tail, 10, normalised),
     );
 }
 
@@ -566,12 +612,13 @@ fn write_csv(rows: &[Row], dir: &Path) {
         file,
         "minute,rss_kib,hwm_kib,cpu_percent,cpu_us_per_frame,opus_p50_ms,opus_p99_ms,opus_max_ms,\
          pcm16_p50_ms,pcm16_p99_ms,pcm16_max_ms,frames,lost,late,tasks,threads,fds,db_kib,spool_files,loadavg,\
-         anon_kib,file_kib,rust_allocated_kib,rust_resident_kib,libc_in_use_kib,libc_free_kib"
+         anon_kib,file_kib,rust_allocated_kib,rust_resident_kib,libc_in_use_kib,libc_free_kib,\
+         host_ref_us_per_frame,steal_percent"
     );
     for r in rows {
         let _ = writeln!(
             file,
-            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.2},{},{},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.2},{:.3}",
             r.minute,
             r.rss_kib,
             r.hwm_kib,
@@ -597,7 +644,9 @@ fn write_csv(rows: &[Row], dir: &Path) {
             r.scraped.rust_allocated_kib,
             r.scraped.rust_resident_kib,
             r.scraped.libc_in_use_kib,
-            r.scraped.libc_free_kib
+            r.scraped.libc_free_kib,
+            r.host_us_per_frame,
+            r.steal_percent
         );
     }
     println!("wrote {}", path.display());
