@@ -30,13 +30,29 @@ fn main() {
         "cargo:rustc-env=WALKIE_COMMIT={}",
         commit.unwrap_or_else(|| "unknown".to_owned())
     );
-    // A new commit, a checkout or a staged change: stamp again.
+    // A new commit or a checkout: stamp again. Not on the index: git rewrites it
+    // whenever it refreshes its stat cache (a plain `git status` does), and each
+    // re-run of this script rebuilt the crate and every test binary — with fat
+    // LTO a 20-minute release build — for a stamp that had not changed. So
+    // "-dirty" says whether the tree had changes when HEAD last moved; builds
+    // from a clean checkout (CI, the packages) are stamped right.
     if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
-        for file in ["HEAD", "index"] {
-            println!("cargo:rerun-if-changed={git_dir}/{file}");
-        }
+        // logs/HEAD (the reflog) is appended at every commit and checkout, also
+        // where the branch's ref is packed and there is no loose ref file yet.
+        let mut watched = vec![
+            "HEAD".to_owned(),
+            "logs/HEAD".to_owned(),
+            "packed-refs".to_owned(),
+        ];
         if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{head}");
+            watched.push(head);
+        }
+        for file in watched {
+            // A path that does not exist would make cargo run this every build.
+            let path = std::path::Path::new(&git_dir).join(file);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
 }
