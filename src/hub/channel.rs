@@ -290,9 +290,12 @@ impl ChannelHub {
 
     /// Runs until `shutdown` fires. On the way out the floor is released and every
     /// endpoint is told, so a keyed radio hears the release before its link closes.
-    pub async fn run(self, shutdown: CancellationToken) {
+    ///
+    /// Not an `async fn`: one would keep `self` in its own state beside the copy
+    /// moved into the event loop's (issue 16: 1.3 KiB more per idle channel).
+    pub fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> + Send {
         let span = info_span!("channel", channel = %self.name);
-        self.event_loop(shutdown).instrument(span).await;
+        self.event_loop(shutdown).instrument(span)
     }
 
     async fn event_loop(mut self, shutdown: CancellationToken) {

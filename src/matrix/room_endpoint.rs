@@ -275,19 +275,22 @@ impl RoomState {
 
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), EndpointError> {
         info!(room = %self.parts.room, "room endpoint started");
+        // The rare events' work is boxed: this future lives as long as the
+        // channel, and would otherwise keep room for the largest of them (a
+        // Matrix event's, 1.5 KiB) all the time (issue 16). Not the 20 ms ones.
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 down = self.link.recv() => match down {
-                    Ok(Downlink::Floor(event)) => self.on_floor(event).await,
+                    Ok(Downlink::Floor(event)) => Box::pin(self.on_floor(event)).await,
                     Ok(Downlink::Audio(frame)) => self.on_audio(frame),
                     Err(_) => break,
                 },
                 _ = self.ticker.tick(), if self.playing.is_some() => self.play_next().await,
-                Some(imported) = self.imported_rx.recv() => self.on_imported(imported).await,
-                Some(recorded) = self.recorder.next() => self.on_recorded(recorded).await,
-                Some(inbound) = self.parts.inbound.recv() => self.on_inbound(inbound).await,
+                Some(imported) = self.imported_rx.recv() => Box::pin(self.on_imported(imported)).await,
+                Some(recorded) = self.recorder.next() => Box::pin(self.on_recorded(recorded)).await,
+                Some(inbound) = self.parts.inbound.recv() => Box::pin(self.on_inbound(inbound)).await,
             }
         }
         // A recording cut by shutdown is still a transmission: finish it so it is
@@ -298,7 +301,7 @@ impl RoomState {
                 let done = match &recorded {
                     Recorded::Finished { tx: t, .. } | Recorded::Failed { tx: t, .. } => *t == tx,
                 };
-                self.on_recorded(recorded).await;
+                Box::pin(self.on_recorded(recorded)).await;
                 if done {
                     break;
                 }

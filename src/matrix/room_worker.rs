@@ -118,11 +118,16 @@ impl RoomWorker {
 
     /// Works off `ops` until the sender side is dropped or `shutdown` fires; on
     /// shutdown the floor is written idle so the room does not show a stale talker.
-    pub async fn run(
+    ///
+    /// Not an `async fn`, and each op's work boxed: the task lives as long as
+    /// its channel and is idle nearly always, while an `async fn` would keep
+    /// `self` twice more and room for the largest op's state all the time
+    /// (issue 16: 5 KiB per idle channel; an op is a few per transmission).
+    pub fn run(
         mut self,
         mut ops: mpsc::UnboundedReceiver<RoomOp>,
         shutdown: CancellationToken,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send {
         let span = tracing::info_span!("room", room = %self.room);
         async move {
             loop {
@@ -134,17 +139,16 @@ impl RoomWorker {
                         None => break,
                     },
                 };
-                self.apply(op).await;
+                Box::pin(self.apply(op)).await;
             }
             // Whatever is still queued is out of date now; only the end state matters.
             let talkers: Vec<TxId> = self.typing.keys().copied().collect();
             for tx in talkers {
-                self.apply(RoomOp::FloorReleased { tx }).await;
+                Box::pin(self.apply(RoomOp::FloorReleased { tx })).await;
             }
-            self.apply(RoomOp::FloorIdle).await;
+            Box::pin(self.apply(RoomOp::FloorIdle)).await;
         }
         .instrument(span)
-        .await;
     }
 
     async fn apply(&mut self, op: RoomOp) {
