@@ -21,6 +21,7 @@ mod outbox;
 mod recorder;
 mod recovery;
 mod spool;
+mod spool_reader;
 mod voice_message;
 mod worker;
 

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use matrix_sdk_crypto::{AttachmentEncryptor, MediaEncryptionInfo};
 
+use super::spool_reader::SpoolReader;
 use super::voice_message::{voice_message_content, voice_message_file_name, VoiceMessage};
 use super::OutboxItem;
 use crate::matrix::crypto::EncryptionSettings;
@@ -98,6 +99,7 @@ pub struct Outbox {
     /// Encrypts for encrypted rooms. Without it (tests of the plain path only)
     /// every room is taken for a plain one.
     rooms: Option<RoomSender>,
+    reader: SpoolReader,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -139,6 +141,7 @@ impl Outbox {
             notify: Arc::new(Notify::new()),
             puppets: None,
             rooms: None,
+            reader: SpoolReader::start(),
         }
     }
 
@@ -464,7 +467,7 @@ impl Outbox {
         encrypt: bool,
     ) -> Result<(OwnedMxcUri, Option<MediaEncryptionInfo>), Outcome> {
         let item = &entry.item;
-        let data = match tokio::fs::read(&item.path).await {
+        let data = match self.reader.read(&item.path).await {
             Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(self
