@@ -273,7 +273,7 @@ async fn soak(length: Duration, out: &Path) {
                 fds,
                 db_kib: files_kib(&dir, "walkie.db"),
                 spool_files: count_files(&dir.join("spool")),
-                host_us_per_frame: host.us_per_frame(),
+                host_us_per_frame: host.take_us_per_frame(),
                 steal_percent,
             };
             spawn_scrape(bridge.status, scraped.clone());
