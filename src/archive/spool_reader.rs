@@ -7,7 +7,9 @@
 //! needed the pool at the same time left it one thread — and that thread's
 //! allocator cache — bigger for good (issue 14, the 2-hour soak's RSS steps).
 //! One thread that only reads keeps the pool for rare work, whose threads end
-//! when it is done. A slow spool disk delays the outbox only, as before.
+//! when it is done. A slow spool disk delays the outbox only, as before. Not
+//! the recording threads ([`super::worker`]): their queues keep each channel's
+//! frames in order, and a read there would hold up a recording behind it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,17 +47,18 @@ impl SpoolReader {
         }
     }
 
-    /// The whole file, read off the async workers.
+    /// The whole file, read off the async workers. Should the thread be gone,
+    /// tokio's pool reads it: a recording is never failed for want of a reader.
     pub async fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let Some(jobs) = &self.jobs else {
-            return tokio::fs::read(path).await;
-        };
-        let (reply, answer) = oneshot::channel();
-        jobs.send((path.to_owned(), reply))
-            .map_err(|_| io::Error::other("the spool reader thread has stopped"))?;
-        answer
-            .await
-            .map_err(|_| io::Error::other("the spool reader thread has stopped"))?
+        if let Some(jobs) = &self.jobs {
+            let (reply, answer) = oneshot::channel();
+            if jobs.send((path.to_owned(), reply)).is_ok() {
+                if let Ok(read) = answer.await {
+                    return read;
+                }
+            }
+        }
+        tokio::fs::read(path).await
     }
 }
 
